@@ -1,0 +1,44 @@
+// Basic types shared by every stage of the pipeline.
+#ifndef MOE_CORE_TYPES_HPP
+#define MOE_CORE_TYPES_HPP
+
+#include <Eigen/Core>
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace moe {
+
+/// Signed index type used for every size and position (Eigen's).
+using Index = Eigen::Index;
+
+/// Tokens are rows: a batch of T tokens of width d is a T x d row-major matrix.
+template <class S>
+using RowMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <class S>
+using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+template <class S>
+using RowVector = Eigen::Matrix<S, 1, Eigen::Dynamic>;
+
+/// Read-only view of a row-major matrix, accepted at every API boundary.
+template <class S>
+using ConstMatrixRef = Eigen::Ref<const RowMatrix<S>>;
+
+/// Writable view of a row-major matrix.
+template <class S>
+using MatrixRef = Eigen::Ref<RowMatrix<S>>;
+
+/// The scalar types the library is instantiated and tested with.
+template <class S>
+concept Scalar = std::same_as<S, float> || std::same_as<S, double>;
+
+/// Inference records nothing for backward; training records what backward needs.
+enum class Mode : std::uint8_t { inference, training };
+
+}  // namespace moe
+
+#endif  // MOE_CORE_TYPES_HPP
