@@ -1,0 +1,18 @@
+# moe_list_executables(<out-var> <source-dir>): the executable targets defined in <source-dir>
+# and its subdirectories (BUILDSYSTEM_TARGETS is per directory, so recurse).
+function(moe_list_executables out dir)
+  set(result "")
+  get_property(targets DIRECTORY ${dir} PROPERTY BUILDSYSTEM_TARGETS)
+  foreach(target IN LISTS targets)
+    get_target_property(type ${target} TYPE)
+    if(type STREQUAL "EXECUTABLE")
+      list(APPEND result ${target})
+    endif()
+  endforeach()
+  get_property(subdirs DIRECTORY ${dir} PROPERTY SUBDIRECTORIES)
+  foreach(sub IN LISTS subdirs)
+    moe_list_executables(sub_result ${sub})
+    list(APPEND result ${sub_result})
+  endforeach()
+  set(${out} ${result} PARENT_SCOPE)
+endfunction()

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# tests/packaging/run.sh <scratch-dir>
+# Packaging is a test: configure moe (tests/examples/benchmarks off), install it into
+# <scratch-dir>/prefix, then build and run
+#   find_package/      against the installed tree (with moe::io, and again without nlohmann_json)
+#   add_subdirectory/  on the source tree.
+# Exits non-zero on any failure. Honours CXX, CMAKE_GENERATOR and MOE_PACKAGING_JOBS (default 2).
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+  echo "usage: $0 <scratch-dir>" >&2
+  exit 2
+fi
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+scratch=$1
+jobs=${MOE_PACKAGING_JOBS:-2}
+
+# Fresh every time: a stale install tree would hide a missing install rule.
+rm -rf "$scratch"
+mkdir -p "$scratch"
+scratch=$(cd "$scratch" && pwd)
+prefix=$scratch/prefix
+
+step() { echo "-- packaging: $*"; }
+
+step "configure and install moe into $prefix"
+cmake -S "$root" -B "$scratch/moe" -DCMAKE_BUILD_TYPE=Release \
+  -DMOE_BUILD_TESTS=OFF -DMOE_BUILD_EXAMPLES=OFF -DMOE_BUILD_BENCHMARKS=OFF -DMOE_INSTALL=ON
+cmake --build "$scratch/moe" --parallel "$jobs"
+cmake --install "$scratch/moe" --prefix "$prefix"
+
+step "every header is installed"
+(cd "$root/include" && find moe -name '*.hpp' | sort) > "$scratch/headers.src"
+(cd "$prefix/include" && find moe -name '*.hpp' | sort) > "$scratch/headers.installed"
+diff -u "$scratch/headers.src" "$scratch/headers.installed"
+test -f "$prefix/share/cmake/moe/moeConfig.cmake"
+test -f "$prefix/share/cmake/moe/moeConfigVersion.cmake"
+
+step "find_package consumer (moe::moe + moe::io)"
+cmake -S "$here/find_package" -B "$scratch/find_package" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$prefix"
+cmake --build "$scratch/find_package" --parallel "$jobs"
+"$scratch/find_package/consumer"
+
+step "find_package consumer without nlohmann_json (moe::moe only)"
+cmake -S "$here/find_package" -B "$scratch/find_package_no_io" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=ON -DEXPECT_IO=OFF
+cmake --build "$scratch/find_package_no_io" --parallel "$jobs"
+"$scratch/find_package_no_io/consumer"
+
+step "find_package rejects an incompatible major version"
+mkdir -p "$scratch/version_check"
+cat > "$scratch/version_check/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.21)
+project(moe_version_check NONE)
+find_package(moe 99 QUIET)
+if(moe_FOUND)
+  message(FATAL_ERROR "find_package(moe 99) accepted version ${moe_VERSION}")
+endif()
+CMAKE
+cmake -S "$scratch/version_check" -B "$scratch/version_check/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+
+step "add_subdirectory consumer"
+cmake -S "$here/add_subdirectory" -B "$scratch/add_subdirectory" -DCMAKE_BUILD_TYPE=Release \
+  -DMOE_SOURCE_DIR="$root"
+cmake --build "$scratch/add_subdirectory" --parallel "$jobs"
+"$scratch/add_subdirectory/consumer"
+
+step "all passed"
