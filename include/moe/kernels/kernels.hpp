@@ -1,0 +1,13 @@
+// Every model-free kernel: gather, scatter-add, weighted gather, softmax, activations, top-k.
+#ifndef MOE_KERNELS_KERNELS_HPP
+#define MOE_KERNELS_KERNELS_HPP
+
+#include "moe/kernels/activations.hpp"
+#include "moe/kernels/arch.hpp"
+#include "moe/kernels/gather_rows.hpp"
+#include "moe/kernels/softmax.hpp"
+#include "moe/kernels/top_k.hpp"
+#include "moe/kernels/weighted_gather.hpp"
+#include "moe/kernels/weighted_scatter_add.hpp"
+
+#endif  // MOE_KERNELS_KERNELS_HPP
