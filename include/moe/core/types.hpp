@@ -39,6 +39,14 @@ concept Scalar = std::same_as<S, float> || std::same_as<S, double>;
 /// Inference records nothing for backward; training records what backward needs.
 enum class Mode : std::uint8_t { inference, training };
 
+namespace detail {
+/// Resizes only when the shape changes, so steady-state calls do not allocate.
+template <class M>
+void ensure_shape(M& m, Index rows, Index cols) {
+  if (m.rows() != rows || m.cols() != cols) m.resize(rows, cols);
+}
+}  // namespace detail
+
 }  // namespace moe
 
 #endif  // MOE_CORE_TYPES_HPP

@@ -1,0 +1,72 @@
+// Step 5 with always-on shared experts (Qwen2-MoE, DeepSeek-V3).
+#ifndef MOE_COMBINE_SHARED_EXPERT_COMBINER_HPP
+#define MOE_COMBINE_SHARED_EXPERT_COMBINER_HPP
+
+#include <moe/combine/weighted_sum_combiner.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/kernels/activations.hpp>
+
+#include <cstdint>
+#include <utility>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+enum class SharedGate : std::uint8_t {
+  none,     ///< y += shared(x)  (DeepSeek-V3 shared_experts)
+  sigmoid,  ///< y += sigmoid(x w) * shared(x)  (Qwen2-MoE shared_expert_gate, w [1, d])
+};
+
+/// The weighted sum of routed experts plus a shared expert every token goes through.
+/// SharedType is an expert bank of one expert (e.g. SwiGLUExperts<S>(1, d, shared_ff)).
+template <class SharedType, SharedGate Gate>
+class SharedExpertCombiner {
+ public:
+  using scalar_type = typename SharedType::scalar_type;
+  using shared_type = SharedType;
+  static constexpr SharedGate gate_kind = Gate;
+
+  explicit SharedExpertCombiner(SharedType shared)
+      : shared_(std::move(shared)), gate_weight_(Vector<scalar_type>::Zero(shared_.input_dim())) {
+    detail::require(shared_.num_experts() == 1, "SharedExpertCombiner::SharedExpertCombiner()",
+                    "shared expert bank size", 1, shared_.num_experts());
+  }
+
+  [[nodiscard]] SharedType& shared_expert() noexcept { return shared_; }
+  [[nodiscard]] const SharedType& shared_expert() const noexcept { return shared_; }
+  /// The shared expert gate's weight [d] (Gate == sigmoid); unused otherwise.
+  [[nodiscard]] Vector<scalar_type>& gate_weight() noexcept { return gate_weight_; }
+  [[nodiscard]] const Vector<scalar_type>& gate_weight() const noexcept { return gate_weight_; }
+
+  template <class Arch = xsimd::default_arch>
+  void combine(const ConstMatrixRef<scalar_type>& x, const DispatchPlan<scalar_type>& plan,
+               const ConstMatrixRef<scalar_type>& y_perm, MatrixRef<scalar_type> y,
+               Workspace<scalar_type>& ws) const {
+    detail::require(x.cols() == shared_.input_dim(), "SharedExpertCombiner::combine()",
+                    "x columns (shared expert input_dim)", shared_.input_dim(), x.cols());
+    WeightedSumCombiner<scalar_type>{}.template combine<Arch>(x, plan, y_perm, y, ws);
+    const Index T = x.rows();
+    detail::ensure_shape(ws.combine_hidden, T, shared_.hidden_cols());
+    detail::ensure_shape(ws.combine_out, T, shared_.output_dim());
+    if (T == 0) return;
+    shared_.template forward<Arch>(0, x, ws.combine_hidden, ws.combine_out);
+    if constexpr (Gate == SharedGate::sigmoid) {
+      ws.combine_gate.resize(T);
+      ws.combine_gate.noalias() = x * gate_weight_;
+      kernels::Sigmoid<Arch>{}(ws.combine_gate.data(), T);
+      y.noalias() += ws.combine_gate.asDiagonal() * ws.combine_out;
+    } else {
+      y += ws.combine_out;
+    }
+  }
+
+ private:
+  SharedType shared_;
+  Vector<scalar_type> gate_weight_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_COMBINE_SHARED_EXPERT_COMBINER_HPP

@@ -1,0 +1,44 @@
+// Caller-owned buffers for forward (and, later, backward).
+#ifndef MOE_CORE_WORKSPACE_HPP
+#define MOE_CORE_WORKSPACE_HPP
+
+#include <moe/core/types.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <vector>
+
+namespace moe {
+
+/// What one forward call saw: per-expert load after capacity, and drops.
+struct LayerStatistics {
+  Index tokens = 0;
+  Index assignments = 0;
+  Index dropped = 0;
+  std::vector<Index> expert_load;  ///< kept assignments per expert
+};
+
+/// Every buffer a layer needs, owned by the caller.
+///
+/// A layer is const during forward and holds no per-call state, so one layer can serve many
+/// threads, each with its own Workspace. After the first call with a given shape, forward
+/// reuses these buffers. Statistics of the last call live here for the same reason.
+template <class S>
+struct Workspace {
+  RoutingResult<S> routing;
+  DispatchPlan<S> plan;
+  RowMatrix<S> x_perm;  ///< gathered expert-contiguous inputs [N, d]
+  RowMatrix<S> hidden;  ///< per-slot expert intermediates [N, expert hidden_cols()]
+  RowMatrix<S> y_perm;  ///< expert outputs [N, d_out]
+  /// Scratch the combiner may use (e.g. a shared expert's activations and output).
+  RowMatrix<S> combine_hidden;
+  RowMatrix<S> combine_out;
+  Vector<S> combine_gate;
+  LayerStatistics stats;
+  /// Which mode the last forward ran in (backward needs training).
+  Mode last_mode = Mode::inference;
+};
+
+}  // namespace moe
+
+#endif  // MOE_CORE_WORKSPACE_HPP

@@ -1,0 +1,109 @@
+// A bank of plain two-layer FFN experts: y = act(x Wi^T + bi) Wo^T + bo.
+#ifndef MOE_EXPERT_FFN_EXPERTS_HPP
+#define MOE_EXPERT_FFN_EXPERTS_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/kernels/activations.hpp>
+
+#include <cstdint>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+enum class Activation : std::uint8_t {
+  relu,       ///< max(x, 0): Switch Transformers
+  gelu_erf,   ///< 0.5 x (1 + erf(x / sqrt 2))
+  gelu_tanh,  ///< 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  silu,       ///< x sigmoid(x)
+};
+
+/// E two-layer FFN experts with a fixed activation (Switch Transformers wi/wo, GELU experts
+/// of Soft MoE). Biases are optional (Switch has none): call enable_biases() to add them.
+///
+/// Weights: wi() is [E * ff, d], wo() is [E * d, ff], Hugging Face [out, in] orientation.
+/// hidden_cols() = 2 ff: per row [pre-activation | activation].
+template <class S, Activation Act>
+class FFNExperts {
+ public:
+  using scalar_type = S;
+  static constexpr Activation activation = Act;
+
+  FFNExperts(Index num_experts, Index d_model, Index d_ff)
+      : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
+    constexpr const char* where = "FFNExperts::FFNExperts()";
+    detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
+    detail::require(d_model >= 1, where, "d_model", ">= 1", d_model);
+    detail::require(d_ff >= 1, where, "d_ff", ">= 1", d_ff);
+    wi_.setZero(num_experts * d_ff, d_model);
+    wo_.setZero(num_experts * d_model, d_ff);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return num_experts_; }
+  [[nodiscard]] Index input_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index output_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index d_ff() const noexcept { return d_ff_; }
+  [[nodiscard]] Index hidden_cols() const noexcept { return 2 * d_ff_; }
+  [[nodiscard]] bool has_biases() const noexcept { return bi_.size() != 0; }
+
+  /// Adds zero biases bi [E, ff] and bo [E, d].
+  void enable_biases() {
+    bi_.setZero(num_experts_, d_ff_);
+    bo_.setZero(num_experts_, d_model_);
+  }
+
+  [[nodiscard]] auto wi(Index e) { return wi_.middleRows(check(e) * d_ff_, d_ff_); }
+  [[nodiscard]] auto wi(Index e) const { return wi_.middleRows(check(e) * d_ff_, d_ff_); }
+  [[nodiscard]] auto wo(Index e) { return wo_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto wo(Index e) const { return wo_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] RowMatrix<S>& wi() noexcept { return wi_; }
+  [[nodiscard]] const RowMatrix<S>& wi() const noexcept { return wi_; }
+  [[nodiscard]] RowMatrix<S>& wo() noexcept { return wo_; }
+  [[nodiscard]] const RowMatrix<S>& wo() const noexcept { return wo_; }
+  /// [E, ff] and [E, d]; empty unless enable_biases() was called.
+  [[nodiscard]] RowMatrix<S>& bi() noexcept { return bi_; }
+  [[nodiscard]] const RowMatrix<S>& bi() const noexcept { return bi_; }
+  [[nodiscard]] RowMatrix<S>& bo() noexcept { return bo_; }
+  [[nodiscard]] const RowMatrix<S>& bo() const noexcept { return bo_; }
+
+  template <class Arch = xsimd::default_arch>
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    auto pre = hidden.leftCols(ff);
+    pre.noalias() = x * wi_.middleRows(e * ff, ff).transpose();
+    if (has_biases()) pre.rowwise() += bi_.row(e);
+    auto act = hidden.middleCols(ff, ff);
+    act = pre;
+    for (Index r = 0; r < n; ++r) apply_activation<Arch>(act.row(r).data(), ff);
+    y.noalias() = act * wo_.middleRows(e * d_model_, d_model_).transpose();
+    if (has_biases()) y.rowwise() += bo_.row(e);
+  }
+
+ private:
+  template <class Arch>
+  static void apply_activation(S* v, Index n) {
+    if constexpr (Act == Activation::relu) kernels::Relu<Arch>{}(v, n);
+    else if constexpr (Act == Activation::gelu_erf) kernels::GeluErf<Arch>{}(v, n);
+    else if constexpr (Act == Activation::gelu_tanh) kernels::GeluTanh<Arch>{}(v, n);
+    else kernels::Silu<Arch>{}(v, n);
+  }
+
+  Index check(Index e) const {
+    detail::require(e >= 0 && e < num_experts_, "FFNExperts", "expert index",
+                    detail::concat("in [0, ", num_experts_, ")"), e);
+    return e;
+  }
+
+  Index num_experts_;
+  Index d_model_;
+  Index d_ff_;
+  RowMatrix<S> wi_;
+  RowMatrix<S> wo_;
+  RowMatrix<S> bi_;
+  RowMatrix<S> bo_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_EXPERT_FFN_EXPERTS_HPP

@@ -1,0 +1,106 @@
+// The GPT-OSS expert: a clamped, biased GLU with gate and up interleaved.
+#ifndef MOE_EXPERT_GPT_OSS_EXPERTS_HPP
+#define MOE_EXPERT_GPT_OSS_EXPERTS_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// E GPT-OSS experts, stored as the checkpoint stores them ([in, out] orientation):
+///
+/// | member          | shape        | checkpoint name                     |
+/// |-----------------|--------------|-------------------------------------|
+/// | gate_up(e)      | [d, 2ff]     | mlp.experts.gate_up_proj [E, d, 2ff] |
+/// | gate_up_bias()  | [E, 2ff]     | mlp.experts.gate_up_proj_bias        |
+/// | down(e)         | [ff, d]      | mlp.experts.down_proj [E, ff, d]     |
+/// | down_bias()     | [E, d]       | mlp.experts.down_proj_bias           |
+///
+/// h = x gate_up + b, gate = h[:, 0::2] clamped above at limit, up = h[:, 1::2] clamped to
+/// [-limit, limit], a = (up + 1) * gate * sigmoid(alpha * gate), y = a down + b_down.
+/// hidden_cols() = 3 ff: per row [h (interleaved, before clamping) | a].
+template <class S>
+class GptOssExperts {
+ public:
+  using scalar_type = S;
+
+  GptOssExperts(Index num_experts, Index d_model, Index d_ff, S alpha = S(1.702), S limit = S(7))
+      : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff), alpha_(alpha), limit_(limit) {
+    constexpr const char* where = "GptOssExperts::GptOssExperts()";
+    detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
+    detail::require(d_model >= 1, where, "d_model", ">= 1", d_model);
+    detail::require(d_ff >= 1, where, "d_ff", ">= 1", d_ff);
+    gate_up_.setZero(num_experts * d_model, 2 * d_ff);
+    gate_up_bias_.setZero(num_experts, 2 * d_ff);
+    down_.setZero(num_experts * d_ff, d_model);
+    down_bias_.setZero(num_experts, d_model);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return num_experts_; }
+  [[nodiscard]] Index input_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index output_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index d_ff() const noexcept { return d_ff_; }
+  [[nodiscard]] Index hidden_cols() const noexcept { return 3 * d_ff_; }
+  [[nodiscard]] S alpha() const noexcept { return alpha_; }
+  [[nodiscard]] S limit() const noexcept { return limit_; }
+
+  [[nodiscard]] auto gate_up(Index e) { return gate_up_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto gate_up(Index e) const { return gate_up_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto down(Index e) { return down_.middleRows(check(e) * d_ff_, d_ff_); }
+  [[nodiscard]] auto down(Index e) const { return down_.middleRows(check(e) * d_ff_, d_ff_); }
+  /// All experts' blocks: [E * d, 2ff] and [E * ff, d], the checkpoint's memory layout.
+  [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
+  [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
+  [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
+  [[nodiscard]] const RowMatrix<S>& down() const noexcept { return down_; }
+  [[nodiscard]] RowMatrix<S>& gate_up_bias() noexcept { return gate_up_bias_; }
+  [[nodiscard]] const RowMatrix<S>& gate_up_bias() const noexcept { return gate_up_bias_; }
+  [[nodiscard]] RowMatrix<S>& down_bias() noexcept { return down_bias_; }
+  [[nodiscard]] const RowMatrix<S>& down_bias() const noexcept { return down_bias_; }
+
+  template <class Arch = xsimd::default_arch>
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    auto h = hidden.leftCols(2 * ff);
+    h.noalias() = x * gate_up_.middleRows(e * d_model_, d_model_);
+    h.rowwise() += gate_up_bias_.row(e);
+    for (Index r = 0; r < n; ++r) {
+      const S* hr = hidden.row(r).data();
+      S* a = hidden.row(r).data() + 2 * ff;
+      for (Index j = 0; j < ff; ++j) {
+        const S gate = std::min(hr[2 * j], limit_);
+        const S up = std::clamp(hr[2 * j + 1], -limit_, limit_);
+        const S glu = gate / (S(1) + std::exp(-alpha_ * gate));
+        a[j] = (up + S(1)) * glu;
+      }
+    }
+    y.noalias() = hidden.middleCols(2 * ff, ff) * down_.middleRows(e * ff, ff);
+    y.rowwise() += down_bias_.row(e);
+  }
+
+ private:
+  Index check(Index e) const {
+    detail::require(e >= 0 && e < num_experts_, "GptOssExperts", "expert index",
+                    detail::concat("in [0, ", num_experts_, ")"), e);
+    return e;
+  }
+
+  Index num_experts_;
+  Index d_model_;
+  Index d_ff_;
+  S alpha_;
+  S limit_;
+  RowMatrix<S> gate_up_;
+  RowMatrix<S> gate_up_bias_;
+  RowMatrix<S> down_;
+  RowMatrix<S> down_bias_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_EXPERT_GPT_OSS_EXPERTS_HPP

@@ -1,0 +1,87 @@
+// A bank of SwiGLU experts: y = (silu(x Wg^T) * (x Wu^T)) Wd^T.
+#ifndef MOE_EXPERT_SWIGLU_EXPERTS_HPP
+#define MOE_EXPERT_SWIGLU_EXPERTS_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/kernels/activations.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// E SwiGLU experts (Mixtral w1/w3/w2, Qwen/OLMoE/DeepSeek gate_proj/up_proj/down_proj).
+///
+/// Weights live in two contiguous blocks, so an expert is a slice and a fused checkpoint
+/// loads with one copy: gate_up() is [E * 2ff, d] (expert e's gate rows, then its up rows,
+/// each in the Hugging Face [out, in] orientation), down() is [E * d, ff]. One GEMM then
+/// produces gate and up side by side.
+///
+/// hidden_cols() = 3 ff: per row [gate pre-activation | up | silu(gate) * up], kept for backward.
+template <class S>
+class SwiGLUExperts {
+ public:
+  using scalar_type = S;
+
+  SwiGLUExperts(Index num_experts, Index d_model, Index d_ff)
+      : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
+    constexpr const char* where = "SwiGLUExperts::SwiGLUExperts()";
+    detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
+    detail::require(d_model >= 1, where, "d_model", ">= 1", d_model);
+    detail::require(d_ff >= 1, where, "d_ff", ">= 1", d_ff);
+    gate_up_.setZero(num_experts * 2 * d_ff, d_model);
+    down_.setZero(num_experts * d_model, d_ff);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return num_experts_; }
+  [[nodiscard]] Index input_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index output_dim() const noexcept { return d_model_; }
+  [[nodiscard]] Index d_ff() const noexcept { return d_ff_; }
+  [[nodiscard]] Index hidden_cols() const noexcept { return 3 * d_ff_; }
+
+  /// Expert e's gate projection [ff, d] (w1 / gate_proj).
+  [[nodiscard]] auto gate_proj(Index e) { return gate_up_.middleRows(check(e) * 2 * d_ff_, d_ff_); }
+  [[nodiscard]] auto gate_proj(Index e) const { return gate_up_.middleRows(check(e) * 2 * d_ff_, d_ff_); }
+  /// Expert e's up projection [ff, d] (w3 / up_proj).
+  [[nodiscard]] auto up_proj(Index e) { return gate_up_.middleRows(check(e) * 2 * d_ff_ + d_ff_, d_ff_); }
+  [[nodiscard]] auto up_proj(Index e) const { return gate_up_.middleRows(check(e) * 2 * d_ff_ + d_ff_, d_ff_); }
+  /// Expert e's down projection [d, ff] (w2 / down_proj).
+  [[nodiscard]] auto down_proj(Index e) { return down_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto down_proj(Index e) const { return down_.middleRows(check(e) * d_model_, d_model_); }
+
+  [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
+  [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
+  [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
+  [[nodiscard]] const RowMatrix<S>& down() const noexcept { return down_; }
+
+  /// Runs expert e on the rows of x [n, d]; hidden is [n, hidden_cols()], y is [n, d].
+  template <class Arch = xsimd::default_arch>
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    hidden.leftCols(2 * ff).noalias() = x * gate_up_.middleRows(e * 2 * ff, 2 * ff).transpose();
+    const kernels::SiluMul<Arch> glu{};
+    for (Index r = 0; r < n; ++r) {
+      S* row = hidden.row(r).data();
+      glu(row, row + ff, row + 2 * ff, ff);
+    }
+    y.noalias() = hidden.middleCols(2 * ff, ff) * down_.middleRows(e * d_model_, d_model_).transpose();
+  }
+
+ private:
+  Index check(Index e) const {
+    detail::require(e >= 0 && e < num_experts_, "SwiGLUExperts", "expert index",
+                    detail::concat("in [0, ", num_experts_, ")"), e);
+    return e;
+  }
+
+  Index num_experts_;
+  Index d_model_;
+  Index d_ff_;
+  RowMatrix<S> gate_up_;
+  RowMatrix<S> down_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_EXPERT_SWIGLU_EXPERTS_HPP

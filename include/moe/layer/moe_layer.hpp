@@ -1,0 +1,175 @@
+// The layer: six stages, each a call into the folder named after it.
+#ifndef MOE_LAYER_MOE_LAYER_HPP
+#define MOE_LAYER_MOE_LAYER_HPP
+
+#include <moe/combine/shared_expert_combiner.hpp>
+#include <moe/combine/weighted_sum_combiner.hpp>
+#include <moe/core/concepts.hpp>
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/traits.hpp>
+#include <moe/core/types.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/statistics.hpp>
+#include <moe/expert/ffn_experts.hpp>
+#include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/run_experts.hpp>
+#include <moe/expert/swiglu_experts.hpp>
+#include <moe/gather/gather.hpp>
+#include <moe/router/top_k_router.hpp>
+
+#include <type_traits>
+#include <utility>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// A sparse Mixture-of-Experts layer, x [T, d] -> y [T, d_out], assembled at compile time
+/// from three policies (docs/policies.md):
+///
+/// - ExpertType: a bank of E experts that runs one expert on a slab of rows;
+/// - RouterType: x -> RoutingResult (token, expert, gate) triples;
+/// - CombinerType: expert outputs -> y (weighted sum, plus shared experts if any);
+/// - Arch: the xsimd architecture the kernels are instantiated for.
+///
+/// The layer is immutable during forward and keeps no per-call state: every buffer and the
+/// statistics of a call live in the caller's Workspace, so one layer may serve many threads.
+template <class ExpertType, class RouterType, class CombinerType, class Arch = xsimd::default_arch>
+class MoELayer {
+  static_assert(detail::HasScalarType<ExpertType>,
+                "MoELayer: ExpertType must declare `using scalar_type = float or double;` (docs/policies.md#experts)");
+  static_assert(detail::HasExpertSizes<ExpertType>,
+                "MoELayer: ExpertType must provide num_experts(), input_dim(), output_dim() and hidden_cols() "
+                "(docs/policies.md#experts)");
+  static_assert(detail::HasExpertForward<ExpertType, Arch>,
+                "MoELayer: ExpertType must provide template <class Arch> void forward(Index e, const "
+                "ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const (docs/policies.md#experts)");
+  static_assert(detail::HasScalarType<RouterType>,
+                "MoELayer: RouterType must declare `using scalar_type = float or double;` (docs/policies.md#routers)");
+  static_assert(detail::HasRouterSizes<RouterType>,
+                "MoELayer: RouterType must provide num_experts() and input_dim() (docs/policies.md#routers)");
+  static_assert(detail::HasRoute<RouterType, Arch>,
+                "MoELayer: RouterType must provide template <class Arch> void route(const ConstMatrixRef<S>& x, "
+                "RoutingResult<S>& out, const ForwardContext& ctx) const (docs/policies.md#routers)");
+  static_assert(detail::HasScalarType<CombinerType>,
+                "MoELayer: CombinerType must declare `using scalar_type = float or double;` "
+                "(docs/policies.md#combiners)");
+  static_assert(detail::HasCombine<CombinerType, Arch>,
+                "MoELayer: CombinerType must provide template <class Arch> void combine(const ConstMatrixRef<S>& x, "
+                "const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm, MatrixRef<S> y, Workspace<S>& ws) "
+                "const (docs/policies.md#combiners)");
+  static_assert(std::is_same_v<typename ExpertType::scalar_type, typename RouterType::scalar_type> &&
+                    std::is_same_v<typename ExpertType::scalar_type, typename CombinerType::scalar_type>,
+                "MoELayer: ExpertType, RouterType and CombinerType must have the same scalar_type "
+                "(docs/policies.md)");
+
+ public:
+  using scalar_type = typename ExpertType::scalar_type;
+  using expert_type = ExpertType;
+  using router_type = RouterType;
+  using combiner_type = CombinerType;
+  using arch_type = Arch;
+  using workspace_type = Workspace<scalar_type>;
+
+  /// Takes built policies. `capacity` limits the rows each expert takes (dropless by default).
+  MoELayer(ExpertType experts, RouterType router, CombinerType combiner, Capacity capacity = {})
+      : experts_(std::move(experts)), router_(std::move(router)), combiner_(std::move(combiner)), capacity_(capacity) {
+    constexpr const char* where = "MoELayer::MoELayer()";
+    detail::require(router_.num_experts() == experts_.num_experts(), where, "router num_experts (= experts)",
+                    experts_.num_experts(), router_.num_experts());
+    detail::require(router_.input_dim() == experts_.input_dim(), where, "router input_dim (= experts input_dim)",
+                    experts_.input_dim(), router_.input_dim());
+  }
+
+  MoELayer(ExpertType experts, RouterType router)
+    requires std::is_default_constructible_v<CombinerType>
+      : MoELayer(std::move(experts), std::move(router), CombinerType{}) {}
+
+  [[nodiscard]] Index num_experts() const noexcept { return experts_.num_experts(); }
+  [[nodiscard]] Index input_dim() const noexcept { return experts_.input_dim(); }
+  [[nodiscard]] Index output_dim() const noexcept { return experts_.output_dim(); }
+  [[nodiscard]] const Capacity& capacity() const noexcept { return capacity_; }
+  void set_capacity(Capacity c) noexcept { capacity_ = c; }
+
+  [[nodiscard]] ExpertType& experts() noexcept { return experts_; }
+  [[nodiscard]] const ExpertType& experts() const noexcept { return experts_; }
+  [[nodiscard]] RouterType& router() noexcept { return router_; }
+  [[nodiscard]] const RouterType& router() const noexcept { return router_; }
+  [[nodiscard]] CombinerType& combiner() noexcept { return combiner_; }
+  [[nodiscard]] const CombinerType& combiner() const noexcept { return combiner_; }
+
+  /// y = MoE(x). x is [T, input_dim()], y must be [T, output_dim()]. T = 0 is allowed.
+  void forward(const ConstMatrixRef<scalar_type>& x, MatrixRef<scalar_type> y, workspace_type& ws,
+               const ForwardContext& ctx = {}) const {
+    validate(x, y, ctx);
+    router_.template route<Arch>(x, ws.routing, ctx);                           // 1 route
+    build_plan(ws.routing, ws.plan, capacity_);                                 // 2 plan
+    prepare(ws, x.cols());
+    gather_tokens<Arch>(x, ws.plan, ws.x_perm);                                 // 3 gather
+    run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);      // 4 experts
+    combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);             // 5 combine
+    record_statistics(ws.plan, ws.routing.size(), ws.stats);                    // 6 statistics for the losses
+    ws.last_mode = ctx.mode;
+  }
+
+  /// Convenience overload that returns y.
+  [[nodiscard]] RowMatrix<scalar_type> forward(const ConstMatrixRef<scalar_type>& x, workspace_type& ws,
+                                               const ForwardContext& ctx = {}) const {
+    RowMatrix<scalar_type> y(x.rows(), output_dim());
+    forward(x, y, ws, ctx);
+    return y;
+  }
+
+ private:
+  void validate(const ConstMatrixRef<scalar_type>& x, const MatrixRef<scalar_type>& y,
+                const ForwardContext& ctx) const {
+    constexpr const char* where = "MoELayer::forward()";
+    detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
+    detail::require_shape(y, x.rows(), output_dim(), where, "y");
+    if constexpr (router_traits<RouterType>::needs_token_ids)
+      detail::require(static_cast<Index>(ctx.token_ids.size()) == x.rows(), where,
+                      "token_ids length (one per row of x)", x.rows(), ctx.token_ids.size());
+    else
+      (void)ctx;
+  }
+
+  void prepare(workspace_type& ws, Index d) const {
+    const Index n = ws.plan.rows();
+    detail::ensure_shape(ws.x_perm, n, d);
+    detail::ensure_shape(ws.hidden, n, experts_.hidden_cols());
+    detail::ensure_shape(ws.y_perm, n, output_dim());
+  }
+
+  ExpertType experts_;
+  RouterType router_;
+  CombinerType combiner_;
+  Capacity capacity_;
+};
+
+// Named configurations --------------------------------------------------------------------
+
+/// Mixtral: softmax, top-2, renormalised; SwiGLU experts (w1, w3, w2).
+template <class S>
+using MixtralMoE = MoELayer<SwiGLUExperts<S>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+/// OLMoE: as Mixtral, with norm_topk_prob = false in the router.
+template <class S>
+using OlmoeMoE = MixtralMoE<S>;
+/// Qwen2-MoE: softmax top-k, plus a sigmoid-gated shared SwiGLU expert.
+template <class S>
+using Qwen2MoE = MoELayer<SwiGLUExperts<S>, SoftmaxTopKRouter<S>,
+                          SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid>>;
+/// DeepSeek-V3: sigmoid, group-limited routing with a correction bias, plus ungated shared experts.
+template <class S>
+using DeepSeekV3MoE = MoELayer<SwiGLUExperts<S>, GroupLimitedRouter<S>,
+                               SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none>>;
+/// GPT-OSS: top-k of biased logits then softmax; clamped GLU experts with biases.
+template <class S>
+using GptOssMoE = MoELayer<GptOssExperts<S>, TopKSoftmaxRouter<S>, WeightedSumCombiner<S>>;
+/// Switch Transformers: top-1 softmax (not renormalised), ReLU FFN experts, optional capacity.
+template <class S>
+using SwitchMoE = MoELayer<FFNExperts<S, Activation::relu>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+
+}  // namespace moe
+
+#endif  // MOE_LAYER_MOE_LAYER_HPP

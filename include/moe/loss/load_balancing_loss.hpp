@@ -1,0 +1,47 @@
+// The auxiliary load-balancing loss of Switch / Mixtral (transformers' load_balancing_loss_func).
+#ifndef MOE_LOSS_LOAD_BALANCING_LOSS_HPP
+#define MOE_LOSS_LOAD_BALANCING_LOSS_HPP
+
+#include <moe/core/types.hpp>
+#include <moe/kernels/softmax.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <cstdint>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// E * sum_e f_e * P_e, with f_e = (assignments routed to e) / T, counted from the router's
+/// choices before capacity, and P_e = mean over tokens of softmax(logits)_e.
+///
+/// Normalization::transformers equals k at perfect balance (transformers, one layer);
+/// Normalization::unit divides by k so that it equals 1 at balance (Switch, Megatron).
+struct LoadBalancingLoss {
+  enum class Normalization : std::uint8_t { transformers, unit };
+  Normalization normalization = Normalization::transformers;
+
+  template <class S, class Arch = xsimd::default_arch>
+  [[nodiscard]] S operator()(const RoutingResult<S>& routing) const {
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    if (T == 0) return S(0);
+    RowMatrix<S> probs = routing.logits;
+    kernels::SoftmaxRows<Arch>{}(probs.data(), T, E, E);
+    const Vector<S> p_mean = probs.colwise().mean().transpose();
+    std::vector<Index> counts = routing.expert_counts();
+    S sum = 0;
+    for (Index e = 0; e < E; ++e)
+      sum += static_cast<S>(counts[static_cast<std::size_t>(e)]) / static_cast<S>(T) * p_mean[e];
+    S loss = static_cast<S>(E) * sum;
+    if (normalization == Normalization::unit) {
+      const Index per_token = routing.size() / T;
+      loss /= static_cast<S>(per_token);
+    }
+    return loss;
+  }
+};
+
+}  // namespace moe
+
+#endif  // MOE_LOSS_LOAD_BALANCING_LOSS_HPP

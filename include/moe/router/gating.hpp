@@ -1,0 +1,168 @@
+// Gating rules of token-choice top-k routers: from logits [T, E] to k (expert, gate) pairs
+// per token. Each rule is a small policy; TopKRouter owns the projection and calls one.
+//
+// Ties: when two experts have equal scores, the lower expert index is selected first
+// (moe::kernels::top_k), in every rule below.
+#ifndef MOE_ROUTER_GATING_HPP
+#define MOE_ROUTER_GATING_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/kernels/activations.hpp>
+#include <moe/kernels/softmax.hpp>
+#include <moe/kernels/top_k.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace moe {
+
+/// softmax over all experts, then the k largest probabilities; optionally renormalised so
+/// the k weights sum to 1. Mixtral (renormalize = true), Qwen2-MoE and OLMoE
+/// (renormalize = norm_topk_prob), Switch (k = 1, renormalize = false).
+template <class S>
+struct SoftmaxTopK {
+  using scalar_type = S;
+  bool renormalize = true;
+
+  void validate(Index /*num_experts*/, Index /*k*/) const {}
+
+  template <class Arch>
+  void select(RoutingResult<S>& out, Index k) const {
+    const Index T = out.num_tokens;
+    const Index E = out.num_experts;
+    out.scores = out.logits;
+    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
+    for (Index t = 0; t < T; ++t) {
+      const S* row = out.scores.data() + t * E;
+      Index* idx = out.expert.data() + t * k;
+      kernels::top_k(row, E, k, idx);
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) {
+        out.token[static_cast<std::size_t>(t * k + j)] = t;
+        out.gate[static_cast<std::size_t>(t * k + j)] = row[idx[j]];
+        sum += row[idx[j]];
+      }
+      if (renormalize)
+        for (Index j = 0; j < k; ++j) out.gate[static_cast<std::size_t>(t * k + j)] /= sum;
+    }
+  }
+};
+
+/// The k largest logits, then softmax over those k (GPT-OSS; its router has a learned bias,
+/// which TopKRouter adds to the logits). `scores` holds the logits.
+template <class S>
+struct TopKSoftmax {
+  using scalar_type = S;
+
+  void validate(Index /*num_experts*/, Index /*k*/) const {}
+
+  template <class Arch>
+  void select(RoutingResult<S>& out, Index k) const {
+    const Index T = out.num_tokens;
+    const Index E = out.num_experts;
+    out.scores = out.logits;
+    for (Index t = 0; t < T; ++t) {
+      const S* row = out.logits.data() + t * E;
+      Index* idx = out.expert.data() + t * k;
+      kernels::top_k(row, E, k, idx);
+      S* g = out.gate.data() + t * k;
+      for (Index j = 0; j < k; ++j) {
+        out.token[static_cast<std::size_t>(t * k + j)] = t;
+        g[j] = row[idx[j]];
+      }
+      kernels::SoftmaxRows<Arch>{}(g, 1, k, k);
+    }
+  }
+};
+
+/// DeepSeek-V3: sigmoid scores; a correction bias that only steers selection; experts in
+/// n_group groups, a group scored by the sum of its top-2 biased scores, the best
+/// topk_group groups kept and every other expert masked to -inf; the top k of the biased
+/// scores among the kept groups; weights from the unbiased scores, renormalised (optional)
+/// and multiplied by routed_scaling_factor.
+///
+/// transformers masks with 0.0 instead of -inf; the two agree whenever the biased scores
+/// of kept experts are positive. -inf is the rule as written in the paper, and never
+/// selects a masked expert.
+template <class S>
+struct SigmoidGroupLimited {
+  using scalar_type = S;
+  Index n_group = 1;
+  Index topk_group = 1;
+  S routed_scaling_factor = S(1);
+  bool renormalize = true;
+  /// Selection-only bias [E] (e_score_correction_bias); empty means zero.
+  Vector<S> correction_bias;
+
+  void validate(Index num_experts, Index k) const {
+    constexpr const char* where = "SigmoidGroupLimited::validate()";
+    detail::require(n_group >= 1, where, "n_group", ">= 1", n_group);
+    detail::require(num_experts % n_group == 0, where, "n_group dividing num_experts",
+                    detail::concat("a divisor of ", num_experts), n_group);
+    detail::require(topk_group >= 1 && topk_group <= n_group, where, "topk_group",
+                    detail::concat("in [1, n_group = ", n_group, "]"), topk_group);
+    const Index reachable = topk_group * (num_experts / n_group);
+    detail::require(k <= reachable, where, "top_k",
+                    detail::concat("<= topk_group * experts per group = ", reachable), k);
+    detail::require(correction_bias.size() == 0 || correction_bias.size() == num_experts, where,
+                    "correction_bias length", detail::concat("0 or num_experts = ", num_experts),
+                    correction_bias.size());
+  }
+
+  template <class Arch>
+  void select(RoutingResult<S>& out, Index k) const {
+    const Index T = out.num_tokens;
+    const Index E = out.num_experts;
+    const Index group_size = E / n_group;
+    const Index per_group = std::min<Index>(2, group_size);
+    out.scores = out.logits;
+    kernels::Sigmoid<Arch>{}(out.scores.data(), T * E);
+
+    // Per-call scratch, O(E), independent of T.
+    std::vector<S> biased(static_cast<std::size_t>(E));
+    std::vector<S> group_scores(static_cast<std::size_t>(n_group));
+    std::vector<Index> order(static_cast<std::size_t>(std::max(E, n_group)));
+    constexpr S neg_inf = -std::numeric_limits<S>::infinity();
+    for (Index t = 0; t < T; ++t) {
+      const S* score = out.scores.data() + t * E;
+      for (Index e = 0; e < E; ++e)
+        biased[static_cast<std::size_t>(e)] =
+            score[e] + (correction_bias.size() ? correction_bias[e] : S(0));
+      for (Index g = 0; g < n_group; ++g) {
+        kernels::top_k(biased.data() + g * group_size, group_size, per_group, order.data());
+        S s = 0;
+        for (Index j = 0; j < per_group; ++j) s += biased[static_cast<std::size_t>(g * group_size + order[j])];
+        group_scores[static_cast<std::size_t>(g)] = s;
+      }
+      kernels::top_k(group_scores.data(), n_group, topk_group, order.data());
+      // Mask the groups not kept.
+      for (Index g = 0; g < n_group; ++g) {
+        bool kept = false;
+        for (Index j = 0; j < topk_group; ++j) kept = kept || order[j] == g;
+        if (!kept)
+          for (Index e = g * group_size; e < (g + 1) * group_size; ++e) biased[static_cast<std::size_t>(e)] = neg_inf;
+      }
+      Index* idx = out.expert.data() + t * k;
+      kernels::top_k(biased.data(), E, k, idx);
+      S* gate = out.gate.data() + t * k;
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) {
+        out.token[static_cast<std::size_t>(t * k + j)] = t;
+        gate[j] = score[idx[j]];
+        sum += gate[j];
+      }
+      // Same operation order as transformers: divide by (sum + 1e-20), then scale.
+      for (Index j = 0; j < k; ++j) {
+        if (renormalize) gate[j] /= sum + S(1e-20);
+        gate[j] *= routed_scaling_factor;
+      }
+    }
+  }
+};
+
+}  // namespace moe
+
+#endif  // MOE_ROUTER_GATING_HPP

@@ -1,0 +1,90 @@
+// Token-choice top-k routing: a linear projection to logits, then a gating rule.
+#ifndef MOE_ROUTER_TOP_K_ROUTER_HPP
+#define MOE_ROUTER_TOP_K_ROUTER_HPP
+
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/router/gating.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <utility>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// logits = x W^T (+ b), then GatingType picks k experts per token and their weights.
+///
+/// | member      | shape  | checkpoint name (Mixtral / Qwen / GPT-OSS)          |
+/// |-------------|--------|------------------------------------------------------|
+/// | weight()    | [E, d] | block_sparse_moe.gate.weight / mlp.gate.weight / mlp.router.weight |
+/// | bias()      | [E]    | mlp.router.bias (GPT-OSS only; empty otherwise)     |
+template <class GatingType>
+class TopKRouter {
+ public:
+  using scalar_type = typename GatingType::scalar_type;
+  using gating_type = GatingType;
+  static constexpr bool token_choice = true;
+
+  /// Zero weights for E experts over inputs of width d; k experts per token.
+  TopKRouter(Index num_experts, Index input_dim, Index k, GatingType gating = {}, bool with_bias = false)
+      : TopKRouter(RowMatrix<scalar_type>::Zero(num_experts, input_dim), k, std::move(gating),
+                   with_bias ? Vector<scalar_type>::Zero(num_experts) : Vector<scalar_type>()) {}
+
+  /// Takes the weight [E, d] and an optional logit bias [E] (empty for none).
+  TopKRouter(RowMatrix<scalar_type> weight, Index k, GatingType gating = {}, Vector<scalar_type> bias = {})
+      : weight_(std::move(weight)), bias_(std::move(bias)), k_(k), gating_(std::move(gating)) {
+    constexpr const char* where = "TopKRouter::TopKRouter()";
+    detail::require(weight_.rows() >= 1, where, "num_experts", ">= 1", weight_.rows());
+    detail::require(weight_.cols() >= 1, where, "input_dim", ">= 1", weight_.cols());
+    detail::require(k_ >= 1 && k_ <= weight_.rows(), where, "k",
+                    detail::concat("in [1, num_experts = ", weight_.rows(), "]"), k_);
+    detail::require(bias_.size() == 0 || bias_.size() == weight_.rows(), where, "bias length",
+                    detail::concat("0 or num_experts = ", weight_.rows()), bias_.size());
+    gating_.validate(weight_.rows(), k_);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return weight_.rows(); }
+  [[nodiscard]] Index input_dim() const noexcept { return weight_.cols(); }
+  [[nodiscard]] Index k() const noexcept { return k_; }
+
+  [[nodiscard]] RowMatrix<scalar_type>& weight() noexcept { return weight_; }
+  [[nodiscard]] const RowMatrix<scalar_type>& weight() const noexcept { return weight_; }
+  [[nodiscard]] Vector<scalar_type>& bias() noexcept { return bias_; }
+  [[nodiscard]] const Vector<scalar_type>& bias() const noexcept { return bias_; }
+  [[nodiscard]] GatingType& gating() noexcept { return gating_; }
+  [[nodiscard]] const GatingType& gating() const noexcept { return gating_; }
+
+  template <class Arch = xsimd::default_arch>
+  void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out,
+             const ForwardContext& /*ctx*/ = {}) const {
+    detail::require(x.cols() == input_dim(), "TopKRouter::route()", "x columns (input_dim)", input_dim(),
+                    x.cols());
+    const Index T = x.rows();
+    out.reset(T, num_experts(), T * k_, k_);
+    detail::ensure_shape(out.logits, T, num_experts());
+    out.logits.noalias() = x * weight_.transpose();
+    if (bias_.size() != 0) out.logits.rowwise() += bias_.transpose();
+    gating_.template select<Arch>(out, k_);
+  }
+
+ private:
+  RowMatrix<scalar_type> weight_;
+  Vector<scalar_type> bias_;
+  Index k_;
+  GatingType gating_;
+};
+
+/// Mixtral, Qwen2-MoE, OLMoE: softmax, top-k, optional renormalisation.
+template <class S>
+using SoftmaxTopKRouter = TopKRouter<SoftmaxTopK<S>>;
+/// GPT-OSS: top-k of biased logits, softmax over the k.
+template <class S>
+using TopKSoftmaxRouter = TopKRouter<TopKSoftmax<S>>;
+/// DeepSeek-V3: sigmoid, correction bias, group-limited selection, scaling.
+template <class S>
+using GroupLimitedRouter = TopKRouter<SigmoidGroupLimited<S>>;
+
+}  // namespace moe
+
+#endif  // MOE_ROUTER_TOP_K_ROUTER_HPP
