@@ -2,7 +2,7 @@
 #ifndef MOE_KERNELS_TOP_K_HPP
 #define MOE_KERNELS_TOP_K_HPP
 
-#include <algorithm>
+#include <utility>
 #include <cassert>
 #include <cmath>
 
@@ -28,6 +28,21 @@ struct RanksBefore {
   }
 };
 
+// Restores "no child ranks after its parent" below pos in heap[0, size).
+template <class Before>
+void sift_down_worst(Index* heap, Index size, Index pos, const Before& before) {
+  const Index moving = heap[pos];
+  for (;;) {
+    Index child = 2 * pos + 1;
+    if (child >= size) break;
+    if (child + 1 < size && before(heap[child], heap[child + 1])) ++child;  // the worse child
+    if (!before(moving, heap[child])) break;
+    heap[pos] = heap[child];
+    pos = child;
+  }
+  heap[pos] = moving;
+}
+
 }  // namespace detail
 
 /// Writes to out_indices[0, k) the indices of the k largest values of row[0, n), in descending
@@ -46,19 +61,23 @@ void top_k(const S* row, Index n, Index k, Index* out_indices) {
     out_indices[0] = best;
     return;
   }
-  // With "ranks before" as the heap's less-than, the heap's front is the worst of the k kept.
-  Index* first = out_indices;
-  Index* last = out_indices + k;
-  for (Index i = 0; i < k; ++i) out_indices[i] = i;
-  std::make_heap(first, last, before);
+  // A heap of the k best so far, worst at the root, kept in out_indices. Hand-written rather
+  // than std::make_heap / sort_heap: GCC 12 reports a false -Warray-bounds inside
+  // std::__adjust_heap when k is a known small constant.
+  Index* heap = out_indices;
+  for (Index i = 0; i < k; ++i) heap[i] = i;
+  for (Index pos = k / 2; pos-- > 0;) detail::sift_down_worst(heap, k, pos, before);
   for (Index i = k; i < n; ++i) {
-    if (before(i, *first)) {
-      std::pop_heap(first, last, before);
-      *(last - 1) = i;
-      std::push_heap(first, last, before);
+    if (before(i, heap[0])) {
+      heap[0] = i;
+      detail::sift_down_worst(heap, k, 0, before);
     }
   }
-  std::sort_heap(first, last, before);
+  // Heap sort: moving the worst to the back each time leaves the best first.
+  for (Index end = k - 1; end > 0; --end) {
+    std::swap(heap[0], heap[end]);
+    detail::sift_down_worst(heap, end, 0, before);
+  }
 }
 
 }  // namespace moe::kernels

@@ -1,0 +1,129 @@
+// kernels::WeightedScatterAdd against its scalar twin (bit for bit) and its fixed order.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "moe/kernels/reference/weighted_scatter_add.hpp"
+#include "moe/kernels/weighted_scatter_add.hpp"
+
+namespace {
+
+using moe::Index;
+
+template <class S>
+using AlignedVector = std::vector<S, xsimd::aligned_allocator<S, 64>>;
+
+template <class F>
+void for_each_arch(F&& f) {
+  f(xsimd::default_arch{});
+#if XSIMD_WITH_SSE2
+  if constexpr (!std::is_same_v<xsimd::default_arch, xsimd::sse2>) f(xsimd::sse2{});
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (!std::is_same_v<xsimd::default_arch, xsimd::avx2>) f(xsimd::avx2{});
+#endif
+}
+
+template <class S, class Arch>
+std::vector<Index> sweep_sizes() {
+  const Index w = static_cast<Index>(xsimd::batch<S, Arch>::size);
+  std::vector<Index> sizes{1, 3, w - 1, w, w + 1, 3 * w, 8 * w + 2};
+  std::erase_if(sizes, [](Index v) { return v <= 0; });
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  return sizes;
+}
+
+template <class S>
+std::string first_difference(const S* a, const S* b, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    if (std::memcmp(a + i, b + i, sizeof(S)) != 0) {
+      std::ostringstream os;
+      os.precision(17);
+      os << "element " << i << ": kernel " << a[i] << ", reference " << b[i];
+      return os.str();
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("WeightedScatterAdd matches the reference bit for bit",
+                   "[kernels][weighted_scatter_add]", float, double) {
+  using S = TestType;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<S> value(-5, 5);
+  std::uniform_real_distribution<S> gate(-2, 2);
+  for_each_arch([&]<class Arch>(Arch) {
+    CAPTURE(Arch::name());
+    for (const Index d : sweep_sizes<S, Arch>()) {
+      for (const Index n : {Index{1}, Index{4}, Index{17}}) {
+        for (const Index offset : {Index{0}, Index{1}}) {
+          CAPTURE(d, n, offset);
+          const Index m = 1 + n / 3;  // fewer target rows than sources: rows repeat
+          const Index src_stride = d + 2;
+          const Index dst_stride = d + 4;
+          AlignedVector<S> src(static_cast<std::size_t>(offset + n * src_stride));
+          for (S& v : src) v = value(rng);
+          std::vector<S> weights(static_cast<std::size_t>(n));
+          for (S& g : weights) g = gate(rng);
+          std::vector<Index> rows(static_cast<std::size_t>(n));
+          std::uniform_int_distribution<Index> pick(0, m - 1);
+          for (Index& r : rows) r = pick(rng);
+          AlignedVector<S> got(static_cast<std::size_t>(offset + m * dst_stride));
+          for (S& v : got) v = value(rng);
+          AlignedVector<S> want = got;
+          moe::kernels::WeightedScatterAdd<Arch>{}(src.data() + offset, src_stride, rows.data(),
+                                                   weights.data(), n, d, got.data() + offset,
+                                                   dst_stride);
+          moe::kernels::reference::weighted_scatter_add(src.data() + offset, src_stride,
+                                                        rows.data(), weights.data(), n, d,
+                                                        want.data() + offset, dst_stride);
+          REQUIRE(first_difference(got.data(), want.data(), static_cast<Index>(got.size())) == "");
+        }
+      }
+    }
+  });
+}
+
+TEMPLATE_TEST_CASE("weighted_scatter_add computes a small case by hand",
+                   "[kernels][weighted_scatter_add]", float, double) {
+  using S = TestType;
+  const std::vector<S> src{1, 2, 3, 4, 5, 6};  // 3 source rows of 2
+  const std::vector<Index> rows{1, 0, 1};
+  const std::vector<S> weights{2, 1, S(0.5)};
+  std::vector<S> dst{0, 0, 10, 10};
+  moe::kernels::weighted_scatter_add(src.data(), 2, rows.data(), weights.data(), 3, 2, dst.data(),
+                                     2);
+  // row 0 = 1 * [3, 4]; row 1 = 10 + 2 * [1, 2] + 0.5 * [5, 6]
+  REQUIRE(dst == std::vector<S>{3, 4, S(14.5), 17});
+}
+
+TEMPLATE_TEST_CASE("weighted_scatter_add accumulates repeated rows in index order",
+                   "[kernels][weighted_scatter_add]", float, double) {
+  using S = TestType;
+  // big + 1 rounds back to big, so the order is visible in the result:
+  // ((1 + big) + 1) - big = 0 in index order, while (big - big) + 1 + 1 would give 2.
+  const S big = std::is_same_v<S, float> ? S(1e8) : S(1e17);
+  REQUIRE(big + S(1) == big);
+  for_each_arch([&]<class Arch>(Arch) {
+    CAPTURE(Arch::name());
+    const Index d = sweep_sizes<S, Arch>().back();  // SIMD body and scalar tail both
+    std::vector<S> src;
+    for (const S v : {big, S(1), -big})
+      for (Index j = 0; j < d; ++j) src.push_back(v);
+    const std::vector<Index> rows{0, 0, 0};
+    const std::vector<S> weights{1, 1, 1};
+    std::vector<S> dst(static_cast<std::size_t>(d), S(1));
+    moe::kernels::WeightedScatterAdd<Arch>{}(src.data(), d, rows.data(), weights.data(), 3, d,
+                                             dst.data(), d);
+    REQUIRE(dst == std::vector<S>(static_cast<std::size_t>(d), S(0)));
+  });
+}
