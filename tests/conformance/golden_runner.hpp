@@ -1,0 +1,75 @@
+// The conformance harness: each layer family registers a runner that loads a golden case,
+// runs it, and reports every quantity it computed under the golden file's names (without the
+// "expected." prefix). golden_test.cpp compares each against the file.
+#ifndef MOE_TESTS_CONFORMANCE_GOLDEN_RUNNER_HPP
+#define MOE_TESTS_CONFORMANCE_GOLDEN_RUNNER_HPP
+
+#include <moe/core/context.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/io/safetensors.hpp>
+#include <moe/loss/load_balancing_loss.hpp>
+#include <moe/loss/z_loss.hpp>
+
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "support/golden.hpp"
+
+namespace moe::test {
+
+/// Quantities computed for one case, as [rows, cols] matrices in double, keyed like the golden
+/// file's expected tensors: "output" is compared with "expected.output", "aux_loss" with
+/// "expected.aux_loss", and so on. A tensor [B, S, d] is reported as [B*S, d], a vector [n] as
+/// [1, n], a scalar as [1, 1]; only the element count and row-major order must agree.
+struct GoldenRun {
+  std::map<std::string, RowMatrix<double>> values;
+  void set(const std::string& key, RowMatrix<double> m) { values[key] = std::move(m); }
+  void set_scalar(const std::string& key, double v) { values[key] = RowMatrix<double>::Constant(1, 1, v); }
+};
+
+struct FamilyRunner {
+  std::function<GoldenRun(const io::SafetensorsFile&)> run_float;
+  std::function<GoldenRun(const io::SafetensorsFile&)> run_double;
+};
+
+inline std::map<std::string, FamilyRunner>& family_registry() {
+  static std::map<std::string, FamilyRunner> registry;
+  return registry;
+}
+
+/// Registers the runner of a family (metadata "family"); used from a static initialiser.
+inline bool register_family(const std::string& family, FamilyRunner runner) {
+  family_registry()[family] = std::move(runner);
+  return true;
+}
+
+inline Index meta_index(const io::SafetensorsFile& f, const std::string& key) { return std::stol(meta(f, key)); }
+inline bool meta_bool(const io::SafetensorsFile& f, const std::string& key) {
+  const std::string v = meta(f, key);
+  if (v != "true" && v != "false") throw std::runtime_error("metadata " + key + " is neither true nor false: " + v);
+  return v == "true";
+}
+inline double meta_double(const io::SafetensorsFile& f, const std::string& key) { return std::stod(meta(f, key)); }
+
+/// Runs a token-routed layer on the case's input and reports output, logits, dense gates and
+/// the aux and z losses.
+template <class Layer>
+GoldenRun run_routed_layer(const Layer& layer, const io::SafetensorsFile& f, const ForwardContext& ctx = {}) {
+  using S = typename Layer::scalar_type;
+  const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
+  Workspace<S> ws;
+  const RowMatrix<S> y = layer.forward(x, ws, ctx);
+  GoldenRun r;
+  r.set("output", y.template cast<double>());
+  r.set("router_logits", ws.routing.logits.template cast<double>());
+  r.set("gates", ws.routing.dense_gates().template cast<double>());
+  r.set_scalar("aux_loss", static_cast<double>(LoadBalancingLoss{}(ws.routing)));
+  r.set_scalar("z_loss", static_cast<double>(RouterZLoss{}(ws.routing)));
+  return r;
+}
+
+}  // namespace moe::test
+
+#endif  // MOE_TESTS_CONFORMANCE_GOLDEN_RUNNER_HPP
