@@ -6,13 +6,15 @@
 
 #include "moe/core/types.hpp"
 
-// GCC 12.1 and 12.2 (PR 105593) raise -Wmaybe-uninitialized inside their own AVX-512
+// GCC 12.1 and 12.2 (PR 105593) raise -W(maybe-)uninitialized inside their own AVX-512
 // intrinsics (the self-initialised _mm512_undefined_*) once xsimd inlines them into user code,
 // which breaks -Werror builds with -march=native. The warning is checked along the inlining
 // chain, so each kernel header silences it around its own definitions, and nowhere else.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#define MOE_KERNELS_BEGIN_SIMD_CODE \
-  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define MOE_KERNELS_BEGIN_SIMD_CODE                                \
+  _Pragma("GCC diagnostic push")                                   \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")            \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
 #define MOE_KERNELS_END_SIMD_CODE _Pragma("GCC diagnostic pop")
 #else
 #define MOE_KERNELS_BEGIN_SIMD_CODE
