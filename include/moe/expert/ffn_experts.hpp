@@ -52,10 +52,10 @@ class FFNExperts {
     bo_.setZero(num_experts_, d_model_);
   }
 
-  [[nodiscard]] auto wi(Index e) { return wi_.middleRows(check(e) * d_ff_, d_ff_); }
-  [[nodiscard]] auto wi(Index e) const { return wi_.middleRows(check(e) * d_ff_, d_ff_); }
-  [[nodiscard]] auto wo(Index e) { return wo_.middleRows(check(e) * d_model_, d_model_); }
-  [[nodiscard]] auto wo(Index e) const { return wo_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto wi(Index e) { return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
+  [[nodiscard]] auto wi(Index e) const { return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
+  [[nodiscard]] auto wo(Index e) { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto wo(Index e) const { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
   [[nodiscard]] RowMatrix<S>& wi() noexcept { return wi_; }
   [[nodiscard]] const RowMatrix<S>& wi() const noexcept { return wi_; }
   [[nodiscard]] RowMatrix<S>& wo() noexcept { return wo_; }
@@ -89,8 +89,8 @@ class FFNExperts {
     else kernels::Silu<Arch>{}(v, n);
   }
 
-  Index check(Index e) const {
-    detail::require(e >= 0 && e < num_experts_, "FFNExperts", "expert index",
+  Index check(Index e, const char* accessor) const {
+    detail::require(e >= 0 && e < num_experts_, detail::concat("FFNExperts::", accessor, "()"), "expert index",
                     detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }

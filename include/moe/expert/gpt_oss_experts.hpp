@@ -48,10 +48,10 @@ class GptOssExperts {
   [[nodiscard]] S alpha() const noexcept { return alpha_; }
   [[nodiscard]] S limit() const noexcept { return limit_; }
 
-  [[nodiscard]] auto gate_up(Index e) { return gate_up_.middleRows(check(e) * d_model_, d_model_); }
-  [[nodiscard]] auto gate_up(Index e) const { return gate_up_.middleRows(check(e) * d_model_, d_model_); }
-  [[nodiscard]] auto down(Index e) { return down_.middleRows(check(e) * d_ff_, d_ff_); }
-  [[nodiscard]] auto down(Index e) const { return down_.middleRows(check(e) * d_ff_, d_ff_); }
+  [[nodiscard]] auto gate_up(Index e) { return gate_up_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto gate_up(Index e) const { return gate_up_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto down(Index e) { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
+  [[nodiscard]] auto down(Index e) const { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
   /// All experts' blocks: [E * d, 2ff] and [E * ff, d], the checkpoint's memory layout.
   [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
   [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
@@ -84,8 +84,8 @@ class GptOssExperts {
   }
 
  private:
-  Index check(Index e) const {
-    detail::require(e >= 0 && e < num_experts_, "GptOssExperts", "expert index",
+  Index check(Index e, const char* accessor) const {
+    detail::require(e >= 0 && e < num_experts_, detail::concat("GptOssExperts::", accessor, "()"), "expert index",
                     detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }

@@ -40,14 +40,14 @@ class SwiGLUExperts {
   [[nodiscard]] Index hidden_cols() const noexcept { return 3 * d_ff_; }
 
   /// Expert e's gate projection [ff, d] (w1 / gate_proj).
-  [[nodiscard]] auto gate_proj(Index e) { return gate_up_.middleRows(check(e) * 2 * d_ff_, d_ff_); }
-  [[nodiscard]] auto gate_proj(Index e) const { return gate_up_.middleRows(check(e) * 2 * d_ff_, d_ff_); }
+  [[nodiscard]] auto gate_proj(Index e) { return gate_up_.middleRows(check(e, __func__) * 2 * d_ff_, d_ff_); }
+  [[nodiscard]] auto gate_proj(Index e) const { return gate_up_.middleRows(check(e, __func__) * 2 * d_ff_, d_ff_); }
   /// Expert e's up projection [ff, d] (w3 / up_proj).
-  [[nodiscard]] auto up_proj(Index e) { return gate_up_.middleRows(check(e) * 2 * d_ff_ + d_ff_, d_ff_); }
-  [[nodiscard]] auto up_proj(Index e) const { return gate_up_.middleRows(check(e) * 2 * d_ff_ + d_ff_, d_ff_); }
+  [[nodiscard]] auto up_proj(Index e) { return gate_up_.middleRows(check(e, __func__) * 2 * d_ff_ + d_ff_, d_ff_); }
+  [[nodiscard]] auto up_proj(Index e) const { return gate_up_.middleRows(check(e, __func__) * 2 * d_ff_ + d_ff_, d_ff_); }
   /// Expert e's down projection [d, ff] (w2 / down_proj).
-  [[nodiscard]] auto down_proj(Index e) { return down_.middleRows(check(e) * d_model_, d_model_); }
-  [[nodiscard]] auto down_proj(Index e) const { return down_.middleRows(check(e) * d_model_, d_model_); }
+  [[nodiscard]] auto down_proj(Index e) { return down_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto down_proj(Index e) const { return down_.middleRows(check(e, __func__) * d_model_, d_model_); }
 
   [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
   [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
@@ -69,8 +69,8 @@ class SwiGLUExperts {
   }
 
  private:
-  Index check(Index e) const {
-    detail::require(e >= 0 && e < num_experts_, "SwiGLUExperts", "expert index",
+  Index check(Index e, const char* accessor) const {
+    detail::require(e >= 0 && e < num_experts_, detail::concat("SwiGLUExperts::", accessor, "()"), "expert index",
                     detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }
