@@ -246,3 +246,35 @@ TEMPLATE_TEST_CASE("silu and gelu vanish at zero; gelu_erf(x) - gelu_erf(-x) = x
     REQUIRE(std::abs(far_tanh[1]) <= eps);
   });
 }
+
+TEMPLATE_TEST_CASE("activations of infinities and NaN agree with the references",
+                   "[kernels][activations]", float, double) {
+  using S = TestType;
+  const S inf = std::numeric_limits<S>::infinity();
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  // Same result, NaN counting as equal to NaN: the saturating clamps in front of xsimd's
+  // transcendentals must not change what the formula gives at the extremes.
+  const auto same = [](S a, S b) { return (std::isnan(a) && std::isnan(b)) || a == b; };
+  namespace k = moe::kernels;
+  namespace ref = moe::kernels::reference;
+  for_each_arch([&]<class Arch>(Arch) {
+    const Index n = sweep_sizes<S, Arch>().back();
+    std::vector<S> x(static_cast<std::size_t>(n));
+    const S specials[] = {inf, -inf, nan, S(1e30), S(-1e30), S(0)};
+    for (Index i = 0; i < n; ++i) x[i] = specials[i % 6];
+    const auto check = [&](const char* name, auto kernel, auto reference) {
+      std::vector<S> got = x, want = x;
+      kernel(got.data(), n);
+      reference(want.data(), n);
+      for (Index i = 0; i < n; ++i) {
+        CAPTURE(name, Arch::name(), x[i], got[i], want[i]);
+        REQUIRE(same(got[i], want[i]));
+      }
+    };
+    check("sigmoid", k::Sigmoid<Arch>{}, [](S* p, Index m) { ref::sigmoid(p, m); });
+    check("silu", k::Silu<Arch>{}, [](S* p, Index m) { ref::silu(p, m); });
+    check("relu", k::Relu<Arch>{}, [](S* p, Index m) { ref::relu(p, m); });
+    check("gelu_erf", k::GeluErf<Arch>{}, [](S* p, Index m) { ref::gelu_erf(p, m); });
+    check("gelu_tanh", k::GeluTanh<Arch>{}, [](S* p, Index m) { ref::gelu_tanh(p, m); });
+  });
+}

@@ -220,3 +220,33 @@ TEMPLATE_TEST_CASE("logsumexp of empty, infinite and NaN rows", "[kernels][logsu
   moe::kernels::logsumexp_rows(data.data(), 1, 0, 3, &empty);
   REQUIRE(empty == -inf);
 }
+
+TEMPLATE_TEST_CASE("softmax of masked and NaN rows agrees with the reference",
+                   "[kernels][softmax]", float, double) {
+  using S = TestType;
+  const S inf = std::numeric_limits<S>::infinity();
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  for_each_arch([&]<class Arch>(Arch) {
+    const Index cols = sweep_sizes<S, Arch>().back();
+    // Row 0: every other logit masked; row 1: all masked (NaN, as the formula); row 2: a NaN.
+    std::vector<S> got(static_cast<std::size_t>(3 * cols));
+    for (Index j = 0; j < cols; ++j) {
+      got[j] = (j % 2 == 0) ? S(j % 7) : -inf;
+      got[cols + j] = -inf;
+      got[2 * cols + j] = S(j % 5);
+    }
+    got[2 * cols + cols / 2] = nan;
+    std::vector<S> want = got;
+    moe::kernels::SoftmaxRows<Arch>{}(got.data(), 3, cols, cols);
+    moe::kernels::reference::softmax_rows(want.data(), 3, cols, cols);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(Arch::name(), i, got[i], want[i]);
+      REQUIRE(std::isnan(got[i]) == std::isnan(want[i]));
+      if (!std::isnan(want[i])) REQUIRE(close_to_reference(got[i], want[i]));
+    }
+    for (Index j = 0; j < cols; ++j) {
+      if (j % 2 == 1) REQUIRE(got[j] == S(0));
+      REQUIRE(std::isnan(got[2 * cols + j]));
+    }
+  });
+}

@@ -8,6 +8,7 @@
 
 #include "moe/core/types.hpp"
 #include "moe/kernels/arch.hpp"
+#include "moe/kernels/simd_math.hpp"
 
 MOE_KERNELS_BEGIN_SIMD_CODE
 
@@ -29,8 +30,8 @@ struct SigmoidOp {
   static xsimd::batch<S, A> simd(const xsimd::batch<S, A>& x) {
     using Batch = xsimd::batch<S, A>;
     const Batch one(S(1));
-    const Batch e = xsimd::exp(-xsimd::abs(x));
-    return xsimd::select(x >= Batch(S(0)), one, e) / (one + e);
+    const Batch e = exp_nonpositive(-xsimd::abs(x));
+    return xsimd::select(x >= Batch(S(0)), one, e) / (one + e);  // NaN: e is NaN
   }
 };
 
@@ -74,7 +75,9 @@ struct GeluErfOp {
   template <class S, class A>
   static xsimd::batch<S, A> simd(const xsimd::batch<S, A>& x) {
     using Batch = xsimd::batch<S, A>;
-    return Batch(S(0.5)) * x * (Batch(S(1)) + xsimd::erf(x * Batch(inv_sqrt2<S>)));
+    // erf is exactly +-1 beyond |z| = 10 in float and double; NaN x still gives NaN via * x.
+    const Batch z = clamp_symmetric(x * Batch(inv_sqrt2<S>), S(10));
+    return Batch(S(0.5)) * x * (Batch(S(1)) + xsimd::erf(z));
   }
 };
 
@@ -89,7 +92,8 @@ struct GeluTanhOp {
     using Batch = xsimd::batch<S, A>;
     const Batch inner =
         Batch(sqrt_2_over_pi<S>) * (x + Batch(gelu_tanh_cubic<S>) * (x * x * x));
-    return Batch(S(0.5)) * x * (Batch(S(1)) + xsimd::tanh(inner));
+    // tanh is exactly +-1 beyond |z| = 40 in float and double; NaN x still gives NaN via * x.
+    return Batch(S(0.5)) * x * (Batch(S(1)) + xsimd::tanh(clamp_symmetric(inner, S(40))));
   }
 };
 

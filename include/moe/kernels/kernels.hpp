@@ -5,6 +5,7 @@
 #include "moe/kernels/activations.hpp"
 #include "moe/kernels/arch.hpp"
 #include "moe/kernels/gather_rows.hpp"
+#include "moe/kernels/simd_math.hpp"
 #include "moe/kernels/softmax.hpp"
 #include "moe/kernels/top_k.hpp"
 #include "moe/kernels/weighted_gather.hpp"

@@ -11,6 +11,7 @@
 
 #include "moe/core/types.hpp"
 #include "moe/kernels/arch.hpp"
+#include "moe/kernels/simd_math.hpp"
 
 MOE_KERNELS_BEGIN_SIMD_CODE
 
@@ -52,7 +53,7 @@ S sum_exp_shifted(Ptr row, Index cols, S m) {
   Batch acc(S(0));
   Index j = 0;
   for (; j + w <= cols; j += w) {
-    const Batch e = xsimd::exp(Batch::load_unaligned(row + j) - mv);
+    const Batch e = exp_nonpositive(Batch::load_unaligned(row + j) - mv);
     if constexpr (Store) e.store_unaligned(row + j);
     acc += e;
   }
