@@ -1,11 +1,92 @@
+// MoELayer end to end against the dense scalar oracle, and its argument errors.
 #include <moe/moe.hpp>
 
 #include <catch2/catch.hpp>
 
-TEST_CASE("a Mixtral layer compiles and runs", "[layer]") {
-  moe::MixtralMoE<float> layer(moe::SwiGLUExperts<float>(4, 8, 16), moe::SoftmaxTopKRouter<float>(4, 8, 2));
-  moe::Workspace<float> ws;
-  moe::RowMatrix<float> x = moe::RowMatrix<float>::Random(5, 8);
-  auto y = layer.forward(x, ws);
-  REQUIRE(y.rows() == 5);
+#include <random>
+
+#include "support/reference_moe.hpp"
+
+namespace {
+
+using moe::Index;
+using moe::RowMatrix;
+
+template <class M>
+void fill(M&& m, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> n(0.0, scale);
+  for (Index r = 0; r < m.rows(); ++r)
+    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
+}
+
+moe::MixtralMoE<double> random_mixtral(Index E, Index d, Index ff, Index k) {
+  moe::SwiGLUExperts<double> experts(E, d, ff);
+  fill(experts.gate_up(), 1, 0.3);
+  fill(experts.down(), 2, 0.3);
+  moe::SoftmaxTopKRouter<double> router(E, d, k);
+  fill(router.weight(), 3);
+  return {std::move(experts), std::move(router)};
+}
+
+}  // namespace
+
+TEST_CASE("a Mixtral layer equals the dense mixture of its experts under its own gates", "[layer]") {
+  for (const Index k : {Index{1}, Index{2}, Index{8}}) {
+    const auto layer = random_mixtral(8, 12, 10, k);
+    RowMatrix<double> x(33, 12);
+    fill(x, 4);
+    moe::Workspace<double> ws;
+    const RowMatrix<double> y = layer.forward(x, ws);
+    const RowMatrix<double> gates = ws.routing.dense_gates();
+    const auto& ex = layer.experts();
+    const RowMatrix<double> ref = moe::test::ref_mixture(
+        x, gates,
+        [&](Index e, const moe::RowVector<double>& xt) {
+          return moe::test::ref_swiglu(xt, ex.gate_proj(e), ex.up_proj(e), ex.down_proj(e));
+        },
+        12);
+    REQUIRE((y - ref).cwiseAbs().maxCoeff() < 1e-12);
+    // Every token's k choices were kept; the load adds up.
+    Index total = 0;
+    for (Index l : ws.stats.expert_load) total += l;
+    REQUIRE(total == 33 * k);
+    REQUIRE(ws.stats.dropped == 0);
+  }
+}
+
+TEST_CASE("a workspace is reusable across shapes and calls give identical results", "[layer]") {
+  const auto layer = random_mixtral(4, 6, 5, 2);
+  moe::Workspace<double> ws;
+  RowMatrix<double> a(9, 6), b(3, 6);
+  fill(a, 5);
+  fill(b, 6);
+  const RowMatrix<double> ya = layer.forward(a, ws);
+  const RowMatrix<double> yb = layer.forward(b, ws);
+  moe::Workspace<double> fresh;
+  REQUIRE(layer.forward(a, ws) == ya);
+  REQUIRE(layer.forward(b, fresh) == yb);
+}
+
+TEST_CASE("zero tokens give an empty output", "[layer]") {
+  const auto layer = random_mixtral(4, 6, 5, 2);
+  moe::Workspace<double> ws;
+  const RowMatrix<double> y = layer.forward(RowMatrix<double>(0, 6), ws);
+  REQUIRE(y.rows() == 0);
+  REQUIRE(y.cols() == 6);
+  REQUIRE(ws.stats.assignments == 0);
+}
+
+TEST_CASE("layer arguments of the wrong shape are refused with what was expected", "[layer][errors]") {
+  const auto layer = random_mixtral(4, 6, 5, 2);
+  moe::Workspace<double> ws;
+  REQUIRE_THROWS_WITH(layer.forward(RowMatrix<double>::Zero(3, 5), ws),
+                      "MoELayer::forward(): x columns (input_dim) expected 6, got 5");
+  RowMatrix<double> y(2, 6);
+  REQUIRE_THROWS_WITH(layer.forward(RowMatrix<double>::Zero(3, 6), y, ws),
+                      "MoELayer::forward(): y expected shape [3, 6], got [2, 6]");
+  REQUIRE_THROWS_WITH(moe::MixtralMoE<double>(moe::SwiGLUExperts<double>(4, 6, 5), moe::SoftmaxTopKRouter<double>(5, 6, 2)),
+                      "MoELayer::MoELayer(): router num_experts (= experts) expected 4, got 5");
+  REQUIRE_THROWS_WITH(moe::MixtralMoE<double>(moe::SwiGLUExperts<double>(4, 6, 5), moe::SoftmaxTopKRouter<double>(4, 7, 2)),
+                      "MoELayer::MoELayer(): router input_dim (= experts input_dim) expected 6, got 7");
 }
