@@ -1,0 +1,271 @@
+// moe-compare: every router policy on one workload, one table.
+//
+//   moe-compare [--tokens T] [--d-model D] [--d-ff F] [--experts E] [--top-k K]
+//               [--routers a,b,...] [--reps R] [--seed S] [--json [FILE]] [--list]
+//
+// The default workload is built in: T = 4096 tokens of width 256 drawn from 32 Gaussian
+// clusters (so routing has structure to find), 16 SwiGLU experts of width 512, top-2.
+// Every router gets the same experts, the same input and, where it has one, the same router
+// projection, so differences in the table come from the routing rule alone.
+#include <moe/moe.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "example_util.hpp"
+
+namespace {
+
+using moe::Index;
+using moe::RowMatrix;
+using S = float;
+
+struct Workload {
+  Index tokens = 4096;
+  Index d_model = 256;
+  Index d_ff = 512;
+  Index experts = 16;
+  Index top_k = 2;
+  int reps = 3;
+  std::uint64_t seed = 1;
+};
+
+struct Row {
+  std::string router;
+  std::string rule;
+  double tokens_per_s = 0;
+  double load_cv = 0;        ///< population std / mean of the per-expert kept load
+  double load_max_mean = 0;  ///< max / mean of the per-expert kept load
+  double dropped = 0;        ///< fraction of tokens that no expert processed
+  std::optional<double> aux_loss;
+  std::optional<double> z_loss;
+};
+
+/// Inputs: tokens near one of 32 cluster centres.
+RowMatrix<S> make_input(const Workload& w) {
+  RowMatrix<S> centres(32, w.d_model), x(w.tokens, w.d_model);
+  moe::examples::fill_normal(centres, w.seed + 100, 1.0);
+  moe::examples::fill_normal(x, w.seed + 101, 0.3);
+  for (Index t = 0; t < w.tokens; ++t) x.row(t) += centres.row((t * 7919) % 32);
+  return x;
+}
+
+moe::SwiGLUExperts<S> make_experts(const Workload& w) {
+  moe::SwiGLUExperts<S> e(w.experts, w.d_model, w.d_ff);
+  moe::examples::fill_normal(e.gate_up(), w.seed + 1, 1.0 / std::sqrt(double(w.d_model)));
+  moe::examples::fill_normal(e.down(), w.seed + 2, 1.0 / std::sqrt(double(w.d_ff)));
+  return e;
+}
+
+RowMatrix<S> make_router_weight(const Workload& w) {
+  RowMatrix<S> g(w.experts, w.d_model);
+  moe::examples::fill_normal(g, w.seed + 3, 1.0 / std::sqrt(double(w.d_model)));
+  return g;
+}
+
+/// Runs a layer reps times (after one warm-up call) and measures the table's columns.
+template <class Layer>
+Row measure(const std::string& name, const std::string& rule, const Layer& layer, const RowMatrix<S>& x,
+            const Workload& w, const moe::ForwardContext& ctx, bool has_logits = true) {
+  moe::Workspace<S> ws;
+  RowMatrix<S> y(x.rows(), layer.output_dim());
+  layer.forward(x, y, ws, ctx);
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < w.reps; ++r) layer.forward(x, y, ws, ctx);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  Row row;
+  row.router = name;
+  row.rule = rule;
+  row.tokens_per_s = double(x.rows()) * w.reps / seconds;
+  const auto& load = ws.stats.expert_load;
+  double mean = 0, var = 0, max = 0;
+  for (Index l : load) mean += double(l) / double(load.size());
+  for (Index l : load) {
+    var += (double(l) - mean) * (double(l) - mean) / double(load.size());
+    max = std::max(max, double(l));
+  }
+  row.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
+  row.load_max_mean = mean > 0 ? max / mean : 0.0;
+  std::vector<bool> served(static_cast<size_t>(x.rows()), false);
+  for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
+  row.dropped = x.rows() ? double(std::count(served.begin(), served.end(), false)) / double(x.rows()) : 0.0;
+  if (has_logits) {
+    row.aux_loss = double(moe::LoadBalancingLoss{moe::LoadBalancingLoss::Normalization::unit}(ws.routing));
+    row.z_loss = double(moe::RouterZLoss{}(ws.routing));
+  }
+  return row;
+}
+
+struct RouterEntry {
+  std::string name;
+  std::string rule;
+  std::function<Row(const Workload&, const RowMatrix<S>&, const std::string&, const std::string&)> run;
+};
+
+std::vector<RouterEntry> routers() {
+  std::vector<RouterEntry> list;
+  const auto topk_softmax = [](bool renormalize) {
+    return [renormalize](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+      const moe::MixtralMoE<S> layer(make_experts(w), moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k,
+                                                                                moe::SoftmaxTopK<S>{renormalize}));
+      return measure(name, rule, layer, x, w, {});
+    };
+  };
+  list.push_back({"softmax-topk", "softmax, top-k, renormalised (Mixtral)", topk_softmax(true)});
+  list.push_back({"softmax-topk-raw", "softmax, top-k, not renormalised (OLMoE, Qwen)", topk_softmax(false)});
+  list.push_back({"topk-softmax", "top-k of logits, softmax over k (GPT-OSS)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::TopKSoftmaxRouter<S>, moe::WeightedSumCombiner<S>>
+                        layer(make_experts(w), moe::TopKSoftmaxRouter<S>(make_router_weight(w), w.top_k));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"sigmoid-group", "sigmoid, group-limited, bias (DeepSeek-V3)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    moe::SigmoidGroupLimited<S> g;
+                    g.n_group = w.experts % 4 == 0 ? 4 : 1;
+                    g.topk_group = g.n_group == 4 ? 2 : 1;
+                    g.routed_scaling_factor = 1;
+                    g.correction_bias = moe::Vector<S>::Zero(w.experts);
+                    if (w.top_k > g.topk_group * (w.experts / g.n_group)) g.topk_group = g.n_group;
+                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::GroupLimitedRouter<S>, moe::WeightedSumCombiner<S>>
+                        layer(make_experts(w), moe::GroupLimitedRouter<S>(make_router_weight(w), w.top_k, g));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"switch-cap1.25", "top-1 softmax, capacity factor 1.25 (Switch)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::MixtralMoE<S> layer(make_experts(w),
+                                                   moe::SoftmaxTopKRouter<S>(make_router_weight(w), 1, moe::SoftmaxTopK<S>{false}),
+                                                   moe::WeightedSumCombiner<S>{}, moe::Capacity::from_factor(1.25));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  return list;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+[[noreturn]] void usage(const char* argv0, int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: %s [--tokens T] [--d-model D] [--d-ff F] [--experts E] [--top-k K] [--routers a,b,...]\n"
+               "          [--reps R] [--seed S] [--json [FILE]] [--list]\n",
+               argv0);
+  std::exit(code);
+}
+
+std::string fmt_opt(const std::optional<double>& v) {
+  if (!v) return "     n/a";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%8.4f", *v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Workload w;
+  std::vector<std::string> selected;
+  std::optional<std::string> json_path;
+  bool want_json = false;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      const auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument("option " + a + " needs a value");
+        return argv[++i];
+      };
+      if (a == "--tokens") w.tokens = std::stol(value());
+      else if (a == "--d-model") w.d_model = std::stol(value());
+      else if (a == "--d-ff") w.d_ff = std::stol(value());
+      else if (a == "--experts") w.experts = std::stol(value());
+      else if (a == "--top-k") w.top_k = std::stol(value());
+      else if (a == "--reps") w.reps = std::stoi(value());
+      else if (a == "--seed") w.seed = std::stoull(value());
+      else if (a == "--routers") selected = split(value());
+      else if (a == "--json") {
+        want_json = true;
+        if (i + 1 < argc && argv[i + 1][0] != '-') json_path = argv[++i];
+      } else if (a == "--list") {
+        for (const auto& r : routers()) std::printf("%-18s %s\n", r.name.c_str(), r.rule.c_str());
+        return 0;
+      } else if (a == "--help" || a == "-h") usage(argv[0], 0);
+      else throw std::invalid_argument("unknown option " + a);
+    }
+    if (w.tokens < 1 || w.d_model < 1 || w.d_ff < 1 || w.experts < 1 || w.reps < 1)
+      throw std::invalid_argument("--tokens, --d-model, --d-ff, --experts and --reps must be >= 1");
+    if (w.top_k < 1 || w.top_k > w.experts)
+      throw std::invalid_argument("--top-k must be in [1, --experts = " + std::to_string(w.experts) + "]");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-compare: %s\n", e.what());
+    usage(argv[0], 2);
+  }
+
+  auto all = routers();
+  std::vector<RouterEntry> run;
+  if (selected.empty()) run = all;
+  for (const auto& name : selected) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const RouterEntry& r) { return r.name == name; });
+    if (it == all.end()) {
+      std::fprintf(stderr, "moe-compare: unknown router '%s' (--list shows them)\n", name.c_str());
+      return 2;
+    }
+    run.push_back(*it);
+  }
+
+  std::fprintf(stderr, "moe-compare: %ld tokens, d_model %ld, d_ff %ld, %ld experts, top-%ld, %d reps, kernels %s\n",
+               long(w.tokens), long(w.d_model), long(w.d_ff), long(w.experts), long(w.top_k), w.reps,
+               moe::kernels::arch_name());
+  const RowMatrix<S> x = make_input(w);
+  std::vector<Row> rows;
+  for (size_t i = 0; i < run.size(); ++i) {
+    std::fprintf(stderr, "[%zu/%zu] %s ...\n", i + 1, run.size(), run[i].name.c_str());
+    rows.push_back(run[i].run(w, x, run[i].name, run[i].rule));
+  }
+
+  if (want_json) {
+    nlohmann::json j;
+    j["workload"] = {{"tokens", w.tokens}, {"d_model", w.d_model}, {"d_ff", w.d_ff}, {"experts", w.experts},
+                     {"top_k", w.top_k},   {"reps", w.reps},       {"seed", w.seed}, {"arch", moe::kernels::arch_name()}};
+    for (const auto& r : rows) {
+      nlohmann::json o = {{"router", r.router},       {"rule", r.rule},
+                          {"tokens_per_s", r.tokens_per_s}, {"load_cv", r.load_cv},
+                          {"load_max_over_mean", r.load_max_mean}, {"dropped_fraction", r.dropped}};
+      o["aux_loss"] = r.aux_loss ? nlohmann::json(*r.aux_loss) : nlohmann::json(nullptr);
+      o["z_loss"] = r.z_loss ? nlohmann::json(*r.z_loss) : nlohmann::json(nullptr);
+      j["results"].push_back(o);
+    }
+    if (json_path) {
+      std::ofstream(*json_path) << j.dump(2) << "\n";
+      std::fprintf(stderr, "moe-compare: wrote %s\n", json_path->c_str());
+    } else {
+      std::cout << j.dump(2) << "\n";
+      return 0;
+    }
+  }
+
+  std::printf("%-18s %12s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "load CV", "max/mean", "dropped",
+              "aux", "z loss", "rule");
+  for (const auto& r : rows)
+    std::printf("%-18s %12.0f %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s, r.load_cv,
+                r.load_max_mean, 100.0 * r.dropped, fmt_opt(r.aux_loss).c_str(), fmt_opt(r.z_loss).c_str(),
+                r.rule.c_str());
+  std::printf("aux = load-balancing loss normalised to 1 at perfect balance; load = kept assignments per expert\n");
+  return 0;
+}
