@@ -3,10 +3,13 @@
 #define MOE_EXPERT_FFN_EXPERTS_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
 
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -28,6 +31,14 @@ class FFNExperts {
  public:
   using scalar_type = S;
   static constexpr Activation activation = Act;
+
+  /// Checkpoint names; "{e}" stands for the expert index. Defaults: Switch Transformers.
+  struct Names {
+    std::string wi = "experts.expert_{e}.wi.weight";
+    std::string wo = "experts.expert_{e}.wo.weight";
+    std::string bi = "experts.expert_{e}.wi.bias";
+    std::string bo = "experts.expert_{e}.wo.bias";
+  };
 
   FFNExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
@@ -56,6 +67,18 @@ class FFNExperts {
   [[nodiscard]] auto wi(Index e) const { return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
   [[nodiscard]] auto wo(Index e) { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
   [[nodiscard]] auto wo(Index e) const { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    visit(*this, f);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    visit(*this, f);
+  }
+
   [[nodiscard]] RowMatrix<S>& wi() noexcept { return wi_; }
   [[nodiscard]] const RowMatrix<S>& wi() const noexcept { return wi_; }
   [[nodiscard]] RowMatrix<S>& wo() noexcept { return wo_; }
@@ -80,6 +103,23 @@ class FFNExperts {
     if (has_biases()) y.rowwise() += bo_.row(e);
   }
 
+  /// Backward of forward(e, ...): dx, and dL/dW accumulated into grad (same shapes).
+  template <class Arch = xsimd::default_arch>
+  void backward(Index e, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy,
+                MatrixRef<S> dx, MatrixRef<S> scratch, FFNExperts& grad) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    grad.wo_.middleRows(e * d_model_, d_model_).noalias() += dy.transpose() * hidden.middleCols(ff, ff);
+    if (has_biases()) grad.bo_.row(e) += dy.colwise().sum();
+    auto dpre = scratch.leftCols(ff);
+    dpre.noalias() = dy * wo_.middleRows(e * d_model_, d_model_);
+    for (Index r = 0; r < n; ++r)
+      for (Index j = 0; j < ff; ++j) dpre(r, j) *= derivative(hidden(r, j));
+    grad.wi_.middleRows(e * ff, ff).noalias() += dpre.transpose() * x;
+    if (has_biases()) grad.bi_.row(e) += dpre.colwise().sum();
+    dx.noalias() = dpre * wi_.middleRows(e * ff, ff);
+  }
+
  private:
   template <class Arch>
   static void apply_activation(S* v, Index n) {
@@ -87,6 +127,37 @@ class FFNExperts {
     else if constexpr (Act == Activation::gelu_erf) kernels::GeluErf<Arch>{}(v, n);
     else if constexpr (Act == Activation::gelu_tanh) kernels::GeluTanh<Arch>{}(v, n);
     else kernels::Silu<Arch>{}(v, n);
+  }
+
+  /// d act / d pre at pre-activation v.
+  static S derivative(S v) {
+    if constexpr (Act == Activation::relu) {
+      return v > S(0) ? S(1) : S(0);
+    } else if constexpr (Act == Activation::gelu_erf) {
+      constexpr S inv_sqrt2 = S(0.70710678118654752440L);
+      constexpr S inv_sqrt_2pi = S(0.39894228040143267794L);
+      return S(0.5) * (S(1) + std::erf(v * inv_sqrt2)) + v * inv_sqrt_2pi * std::exp(S(-0.5) * v * v);
+    } else if constexpr (Act == Activation::gelu_tanh) {
+      constexpr S c = S(0.79788456080286535588L);
+      constexpr S a = S(0.044715L);
+      const S th = std::tanh(c * (v + a * v * v * v));
+      return S(0.5) * (S(1) + th) + S(0.5) * v * (S(1) - th * th) * c * (S(1) + S(3) * a * v * v);
+    } else {
+      const S sig = S(1) / (S(1) + std::exp(-v));
+      return sig * (S(1) + v * (S(1) - sig));
+    }
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F& f) {
+    for (Index e = 0; e < self.num_experts_; ++e) {
+      f(detail::expand_name(self.names_.wi, e), self.wi_.middleRows(e * self.d_ff_, self.d_ff_));
+      f(detail::expand_name(self.names_.wo, e), self.wo_.middleRows(e * self.d_model_, self.d_model_));
+      if (self.has_biases()) {
+        f(detail::expand_name(self.names_.bi, e), self.bi_.row(e));
+        f(detail::expand_name(self.names_.bo, e), self.bo_.row(e));
+      }
+    }
   }
 
   Index check(Index e, const char* accessor) const {
@@ -102,6 +173,7 @@ class FFNExperts {
   RowMatrix<S> wo_;
   RowMatrix<S> bi_;
   RowMatrix<S> bo_;
+  Names names_;
 };
 
 }  // namespace moe

@@ -3,10 +3,12 @@
 #define MOE_EXPERT_GPT_OSS_EXPERTS_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -27,6 +29,14 @@ template <class S>
 class GptOssExperts {
  public:
   using scalar_type = S;
+
+  /// Checkpoint names of the fused tensors (all experts in one tensor each).
+  struct Names {
+    std::string gate_up = "experts.gate_up_proj";
+    std::string gate_up_bias = "experts.gate_up_proj_bias";
+    std::string down = "experts.down_proj";
+    std::string down_bias = "experts.down_proj_bias";
+  };
 
   GptOssExperts(Index num_experts, Index d_model, Index d_ff, S alpha = S(1.702), S limit = S(7))
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff), alpha_(alpha), limit_(limit) {
@@ -53,6 +63,25 @@ class GptOssExperts {
   [[nodiscard]] auto down(Index e) { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
   [[nodiscard]] auto down(Index e) const { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
   /// All experts' blocks: [E * d, 2ff] and [E * ff, d], the checkpoint's memory layout.
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  /// The fused checkpoint tensors, flattened to 2-D ([E*d, 2ff], [E, 2ff], [E*ff, d], [E, d]).
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f(names_.gate_up, gate_up_);
+    f(names_.gate_up_bias, gate_up_bias_);
+    f(names_.down, down_);
+    f(names_.down_bias, down_bias_);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    f(names_.gate_up, gate_up_);
+    f(names_.gate_up_bias, gate_up_bias_);
+    f(names_.down, down_);
+    f(names_.down_bias, down_bias_);
+  }
+
   [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
   [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
   [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
@@ -83,6 +112,40 @@ class GptOssExperts {
     y.rowwise() += down_bias_.row(e);
   }
 
+  /// Backward of forward(e, ...). A clamp that was active passes no gradient (torch.clamp:
+  /// the gradient flows where min <= v <= max).
+  template <class Arch = xsimd::default_arch>
+  void backward(Index e, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy,
+                MatrixRef<S> dx, MatrixRef<S> scratch, GptOssExperts& grad) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    grad.down_.middleRows(e * ff, ff).noalias() += hidden.middleCols(2 * ff, ff).transpose() * dy;
+    grad.down_bias_.row(e) += dy.colwise().sum();
+    auto da = scratch.middleCols(2 * ff, ff);
+    da.noalias() = dy * down_.middleRows(e * ff, ff).transpose();
+    for (Index r = 0; r < n; ++r) {
+      const S* h = hidden.row(r).data();
+      S* out = scratch.row(r).data();
+      for (Index j = 0; j < ff; ++j) {
+        const S g_raw = h[2 * j];
+        const S u_raw = h[2 * j + 1];
+        const S g = std::min(g_raw, limit_);
+        const S u = std::clamp(u_raw, -limit_, limit_);
+        const S sig = S(1) / (S(1) + std::exp(-alpha_ * g));
+        const S glu = g * sig;
+        const S a = out[2 * ff + j];
+        const S dglu = a * (u + S(1));
+        const S dg = dglu * (sig + alpha_ * g * sig * (S(1) - sig));
+        out[2 * j] = g_raw <= limit_ ? dg : S(0);
+        out[2 * j + 1] = (u_raw >= -limit_ && u_raw <= limit_) ? a * glu : S(0);
+      }
+    }
+    const auto dh = scratch.leftCols(2 * ff);
+    grad.gate_up_.middleRows(e * d_model_, d_model_).noalias() += x.transpose() * dh;
+    grad.gate_up_bias_.row(e) += dh.colwise().sum();
+    dx.noalias() = dh * gate_up_.middleRows(e * d_model_, d_model_).transpose();
+  }
+
  private:
   Index check(Index e, const char* accessor) const {
     detail::require(e >= 0 && e < num_experts_, detail::concat("GptOssExperts::", accessor, "()"), "expert index",
@@ -99,6 +162,7 @@ class GptOssExperts {
   RowMatrix<S> gate_up_bias_;
   RowMatrix<S> down_;
   RowMatrix<S> down_bias_;
+  Names names_;
 };
 
 }  // namespace moe

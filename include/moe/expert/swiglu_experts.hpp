@@ -3,9 +3,12 @@
 #define MOE_EXPERT_SWIGLU_EXPERTS_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
 
+#include <cmath>
+#include <string>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -22,6 +25,13 @@ template <class S>
 class SwiGLUExperts {
  public:
   using scalar_type = S;
+
+  /// Checkpoint names of expert e's projections; "{e}" stands for the expert index.
+  struct Names {
+    std::string gate = "experts.{e}.gate_proj.weight";
+    std::string up = "experts.{e}.up_proj.weight";
+    std::string down = "experts.{e}.down_proj.weight";
+  };
 
   SwiGLUExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
@@ -49,6 +59,27 @@ class SwiGLUExperts {
   [[nodiscard]] auto down_proj(Index e) { return down_.middleRows(check(e, __func__) * d_model_, d_model_); }
   [[nodiscard]] auto down_proj(Index e) const { return down_.middleRows(check(e, __func__) * d_model_, d_model_); }
 
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  /// Calls f(name, block) for every trainable tensor, in the checkpoint's orientation.
+  template <class F>
+  void for_each_parameter(F&& f) {
+    for (Index e = 0; e < num_experts_; ++e) {
+      f(detail::expand_name(names_.gate, e), gate_proj(e));
+      f(detail::expand_name(names_.up, e), up_proj(e));
+      f(detail::expand_name(names_.down, e), down_proj(e));
+    }
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    for (Index e = 0; e < num_experts_; ++e) {
+      f(detail::expand_name(names_.gate, e), gate_proj(e));
+      f(detail::expand_name(names_.up, e), up_proj(e));
+      f(detail::expand_name(names_.down, e), down_proj(e));
+    }
+  }
+
   [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
   [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
   [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
@@ -68,6 +99,33 @@ class SwiGLUExperts {
     y.noalias() = hidden.middleCols(2 * ff, ff) * down_.middleRows(e * d_model_, d_model_).transpose();
   }
 
+  /// Backward of forward(e, x, ...) given dy [n, d]: dx = dL/dx, and dL/dW accumulated into
+  /// grad (a bank of the same shape). hidden is what forward wrote; scratch is [n, hidden_cols()].
+  template <class Arch = xsimd::default_arch>
+  void backward(Index e, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy,
+                MatrixRef<S> dx, MatrixRef<S> scratch, SwiGLUExperts& grad) const {
+    const Index n = x.rows();
+    const Index ff = d_ff_;
+    const auto down_e = down_.middleRows(e * d_model_, d_model_);
+    grad.down_.middleRows(e * d_model_, d_model_).noalias() += dy.transpose() * hidden.middleCols(2 * ff, ff);
+    auto da = scratch.middleCols(2 * ff, ff);
+    da.noalias() = dy * down_e;
+    for (Index r = 0; r < n; ++r) {
+      const S* h = hidden.row(r).data();
+      S* out = scratch.row(r).data();
+      for (Index j = 0; j < ff; ++j) {
+        const S g = h[j];
+        const S sig = S(1) / (S(1) + std::exp(-g));
+        const S a = out[2 * ff + j];
+        out[j] = a * h[ff + j] * sig * (S(1) + g * (S(1) - sig));  // d silu(g) = s (1 + g (1 - s))
+        out[ff + j] = a * g * sig;
+      }
+    }
+    const auto dgu = scratch.leftCols(2 * ff);
+    grad.gate_up_.middleRows(e * 2 * ff, 2 * ff).noalias() += dgu.transpose() * x;
+    dx.noalias() = dgu * gate_up_.middleRows(e * 2 * ff, 2 * ff);
+  }
+
  private:
   Index check(Index e, const char* accessor) const {
     detail::require(e >= 0 && e < num_experts_, detail::concat("SwiGLUExperts::", accessor, "()"), "expert index",
@@ -80,6 +138,7 @@ class SwiGLUExperts {
   Index d_ff_;
   RowMatrix<S> gate_up_;
   RowMatrix<S> down_;
+  Names names_;
 };
 
 }  // namespace moe
