@@ -49,6 +49,34 @@ struct SoftmaxTopK {
         for (Index j = 0; j < k; ++j) out.gate[static_cast<std::size_t>(t * k + j)] /= sum;
     }
   }
+
+  /// Adds dL/dlogits to dlogits [T, E] given dL/dgate per assignment. The gradient reaches
+  /// every logit through the softmax, not only the selected ones.
+  void backward(const RoutingResult<S>& r, Index k, const S* dgate, MatrixRef<S> dlogits) const {
+    const Index E = r.num_experts;
+    for (Index t = 0; t < r.num_tokens; ++t) {
+      const S* p = r.scores.data() + t * E;
+      const Index* idx = r.expert.data() + t * k;
+      const S* dg = dgate + t * k;
+      const S* g = r.gate.data() + t * k;
+      // dp for the selected probabilities; through the renormalisation g_j = p_j / sum p.
+      S sum_p = 0, dot = 0;
+      for (Index j = 0; j < k; ++j) {
+        sum_p += p[idx[j]];
+        dot += dg[j] * g[j];
+      }
+      S c = 0;  // sum_m p_m dp_m
+      for (Index j = 0; j < k; ++j) {
+        const S dp = renormalize ? (dg[j] - dot) / sum_p : dg[j];
+        c += p[idx[j]] * dp;
+      }
+      for (Index e = 0; e < E; ++e) dlogits(t, e) -= p[e] * c;
+      for (Index j = 0; j < k; ++j) {
+        const S dp = renormalize ? (dg[j] - dot) / sum_p : dg[j];
+        dlogits(t, idx[j]) += p[idx[j]] * dp;
+      }
+    }
+  }
 };
 
 /// The k largest logits, then softmax over those k (GPT-OSS; its router has a learned bias,
@@ -74,6 +102,18 @@ struct TopKSoftmax {
         g[j] = row[idx[j]];
       }
       kernels::SoftmaxRows<Arch>{}(g, 1, k, k);
+    }
+  }
+
+  /// Only the k selected logits get a gradient: that of a softmax over them.
+  void backward(const RoutingResult<S>& r, Index k, const S* dgate, MatrixRef<S> dlogits) const {
+    for (Index t = 0; t < r.num_tokens; ++t) {
+      const Index* idx = r.expert.data() + t * k;
+      const S* dg = dgate + t * k;
+      const S* g = r.gate.data() + t * k;
+      S dot = 0;
+      for (Index j = 0; j < k; ++j) dot += g[j] * dg[j];
+      for (Index j = 0; j < k; ++j) dlogits(t, idx[j]) += g[j] * (dg[j] - dot);
     }
   }
 };
@@ -158,6 +198,29 @@ struct SigmoidGroupLimited {
       for (Index j = 0; j < k; ++j) {
         if (renormalize) gate[j] /= sum + S(1e-20);
         gate[j] *= routed_scaling_factor;
+      }
+    }
+  }
+
+  /// Through the scaling, the renormalisation and the sigmoid of the selected experts; the
+  /// correction bias only steered selection and gets no gradient.
+  void backward(const RoutingResult<S>& r, Index k, const S* dgate, MatrixRef<S> dlogits) const {
+    const Index E = r.num_experts;
+    for (Index t = 0; t < r.num_tokens; ++t) {
+      const S* s = r.scores.data() + t * E;
+      const Index* idx = r.expert.data() + t * k;
+      const S* dg = dgate + t * k;
+      S sum = 0, dot = 0;
+      for (Index j = 0; j < k; ++j) {
+        sum += s[idx[j]];
+        dot += dg[j] * s[idx[j]];
+      }
+      const S denom = sum + S(1e-20);
+      for (Index j = 0; j < k; ++j) {
+        const S sj = s[idx[j]];
+        const S ds = renormalize ? routed_scaling_factor * (dg[j] / denom - dot / (denom * denom))
+                                 : routed_scaling_factor * dg[j];
+        dlogits(t, idx[j]) += ds * sj * (S(1) - sj);
       }
     }
   }

@@ -8,6 +8,7 @@
 #include <moe/router/gating.hpp>
 #include <moe/router/routing_result.hpp>
 
+#include <string>
 #include <utility>
 #include <xsimd/xsimd.hpp>
 
@@ -25,6 +26,12 @@ class TopKRouter {
   using scalar_type = typename GatingType::scalar_type;
   using gating_type = GatingType;
   static constexpr bool token_choice = true;
+
+  /// Checkpoint names of the router's trainable tensors.
+  struct Names {
+    std::string weight = "gate.weight";
+    std::string bias = "gate.bias";
+  };
 
   /// Zero weights for E experts over inputs of width d; k experts per token.
   TopKRouter(Index num_experts, Index input_dim, Index k, GatingType gating = {}, bool with_bias = false)
@@ -52,6 +59,20 @@ class TopKRouter {
   [[nodiscard]] const RowMatrix<scalar_type>& weight() const noexcept { return weight_; }
   [[nodiscard]] Vector<scalar_type>& bias() noexcept { return bias_; }
   [[nodiscard]] const Vector<scalar_type>& bias() const noexcept { return bias_; }
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f(names_.weight, weight_);
+    if (bias_.size() != 0) f(names_.bias, bias_);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    f(names_.weight, weight_);
+    if (bias_.size() != 0) f(names_.bias, bias_);
+  }
+
   [[nodiscard]] GatingType& gating() noexcept { return gating_; }
   [[nodiscard]] const GatingType& gating() const noexcept { return gating_; }
 
@@ -68,11 +89,25 @@ class TopKRouter {
     gating_.template select<Arch>(out, k_);
   }
 
+  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
+  /// [T, E] comes in holding any loss gradients and leaves holding the total dL/dlogits.
+  /// Accumulates dL/dW (and dL/db) into grad and adds dL/dx to dx.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
+                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
+                TopKRouter& grad) const {
+    gating_.backward(routing, k_, dgate, dlogits);
+    grad.weight_.noalias() += dlogits.transpose() * x;
+    if (bias_.size() != 0) grad.bias_ += dlogits.colwise().sum().transpose();
+    dx.noalias() += dlogits * weight_;
+  }
+
  private:
   RowMatrix<scalar_type> weight_;
   Vector<scalar_type> bias_;
   Index k_;
   GatingType gating_;
+  Names names_;
 };
 
 /// Mixtral, Qwen2-MoE, OLMoE: softmax, top-k, optional renormalisation.
