@@ -73,3 +73,27 @@ TEST_CASE("losses of an empty batch are zero", "[loss]") {
   REQUIRE(moe::LoadBalancingLoss{}(r) == 0.0f);
   REQUIRE(moe::RouterZLoss{}(r) == 0.0f);
 }
+
+#include "support/finite_difference.hpp"
+
+TEST_CASE("aux and z loss gradients with respect to the logits match finite differences", "[loss][backward]") {
+  std::mt19937 gen(7);
+  std::normal_distribution<double> n;
+  RowMatrix<double> x(11, 5), w(6, 5);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = n(gen);
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = n(gen);
+  moe::SoftmaxTopKRouter<double> router(w, 2);
+  moe::RoutingResult<double> r;
+  router.route(x, r);
+  for (const auto norm : {moe::LoadBalancingLoss::Normalization::transformers, moe::LoadBalancingLoss::Normalization::unit}) {
+    const moe::LoadBalancingLoss aux{norm};
+    RowMatrix<double> d = RowMatrix<double>::Zero(11, 6);
+    aux.backward(r, 0.7, d);
+    // The choices (f) stay fixed while the logits move: differentiate with r's triples.
+    const auto numeric = moe::test::numeric_gradient(r.logits, [&] { return 0.7 * aux(r); });
+    CHECK(moe::test::relative_gap(d, numeric) < 1e-7);
+  }
+  RowMatrix<double> dz = RowMatrix<double>::Zero(11, 6);
+  moe::RouterZLoss{}.backward(r, 1.3, dz);
+  CHECK(moe::test::relative_gap(dz, moe::test::numeric_gradient(r.logits, [&] { return 1.3 * moe::RouterZLoss{}(r); })) < 1e-7);
+}

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <vector>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -39,6 +40,27 @@ struct LoadBalancingLoss {
       loss /= static_cast<S>(per_token);
     }
     return loss;
+  }
+
+  /// Adds weight * dL/dlogits to dlogits [T, E]. f counts discrete choices and is a constant;
+  /// the gradient flows through P only.
+  template <class S, class Arch = xsimd::default_arch>
+  void backward(const RoutingResult<S>& routing, std::type_identity_t<S> weight,
+                MatrixRef<std::type_identity_t<S>> dlogits) const {
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    if (T == 0 || weight == S(0)) return;
+    RowMatrix<S> probs = routing.logits;
+    kernels::SoftmaxRows<Arch>{}(probs.data(), T, E, E);
+    const std::vector<Index> counts = routing.expert_counts();
+    S scale = weight * static_cast<S>(E) / (static_cast<S>(T) * static_cast<S>(T));
+    if (normalization == Normalization::unit) scale /= static_cast<S>(routing.size() / T);
+    Vector<S> v(E);  // dL/dp_te, the same for every token
+    for (Index e = 0; e < E; ++e) v[e] = scale * static_cast<S>(counts[static_cast<std::size_t>(e)]);
+    for (Index t = 0; t < T; ++t) {
+      const S c = probs.row(t).dot(v.transpose());
+      for (Index e = 0; e < E; ++e) dlogits(t, e) += probs(t, e) * (v[e] - c);
+    }
   }
 };
 

@@ -6,6 +6,8 @@
 #include <moe/kernels/softmax.hpp>
 #include <moe/router/routing_result.hpp>
 
+#include <cmath>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -19,6 +21,21 @@ struct RouterZLoss {
     Vector<S> lse(T);
     kernels::LogSumExpRows<Arch>{}(routing.logits.data(), T, routing.num_experts, routing.num_experts, lse.data());
     return lse.squaredNorm() / static_cast<S>(T);
+  }
+
+  /// Adds weight * dL/dlogits = weight * 2/T * lse_t * softmax(logits_t) to dlogits [T, E].
+  template <class S, class Arch = xsimd::default_arch>
+  void backward(const RoutingResult<S>& routing, std::type_identity_t<S> weight,
+                MatrixRef<std::type_identity_t<S>> dlogits) const {
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    if (T == 0 || weight == S(0)) return;
+    Vector<S> lse(T);
+    kernels::LogSumExpRows<Arch>{}(routing.logits.data(), T, E, E, lse.data());
+    for (Index t = 0; t < T; ++t) {
+      const S c = weight * S(2) / static_cast<S>(T) * lse[t];
+      for (Index e = 0; e < E; ++e) dlogits(t, e) += c * std::exp(routing.logits(t, e) - lse[t]);
+    }
   }
 };
 
