@@ -3,6 +3,7 @@
 #define MOE_LAYER_MOE_LAYER_HPP
 
 #include <moe/combine/shared_expert_combiner.hpp>
+#include <moe/combine/soft_combiner.hpp>
 #include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/concepts.hpp>
 #include <moe/core/context.hpp>
@@ -17,6 +18,7 @@
 #include <moe/expert/run_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
+#include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
 
 #include <type_traits>
@@ -25,12 +27,24 @@
 
 namespace moe {
 
+namespace detail {
+/// A combiner states that it reads dense dispatch/combine weights (SoftCombiner) by
+/// `static constexpr bool is_dense = true;`, as a router does.
+template <class CombinerType>
+inline constexpr bool combiner_is_dense = [] {
+  if constexpr (requires { CombinerType::is_dense; }) return bool(CombinerType::is_dense);
+  else return false;
+}();
+}  // namespace detail
+
 /// A sparse Mixture-of-Experts layer, x [T, d] -> y [T, d_out], assembled at compile time
 /// from three policies (docs/policies.md):
 ///
 /// - ExpertType: a bank of E experts that runs one expert on a slab of rows;
-/// - RouterType: x -> RoutingResult (token, expert, gate) triples;
-/// - CombinerType: expert outputs -> y (weighted sum, plus shared experts if any);
+/// - RouterType: x -> RoutingResult (token, expert, gate) triples, or, for a dense router
+///   (router_traits<R>::is_dense, Soft MoE), dispatch weights over slots;
+/// - CombinerType: expert outputs -> y (weighted sum, plus shared experts if any; the
+///   combine weights of the slots for a dense router);
 /// - Arch: the xsimd architecture the kernels are instantiated for.
 ///
 /// The layer is immutable during forward and keeps no per-call state: every buffer and the
@@ -63,6 +77,9 @@ class MoELayer {
                     std::is_same_v<typename ExpertType::scalar_type, typename CombinerType::scalar_type>,
                 "MoELayer: ExpertType, RouterType and CombinerType must have the same scalar_type "
                 "(docs/policies.md)");
+  static_assert(router_traits<RouterType>::is_dense == detail::combiner_is_dense<CombinerType>,
+                "MoELayer: a dense RouterType (is_dense = true, Soft MoE) needs a dense CombinerType such as "
+                "SoftCombiner, and a sparse router a sparse combiner (docs/soft_moe.md)");
 
  public:
   using scalar_type = typename ExpertType::scalar_type;
@@ -100,16 +117,32 @@ class MoELayer {
   [[nodiscard]] const CombinerType& combiner() const noexcept { return combiner_; }
 
   /// y = MoE(x). x is [T, input_dim()], y must be [T, output_dim()]. T = 0 is allowed.
+  ///
+  /// A dense router (Soft MoE) takes the dense path, chosen at compile time: the same six
+  /// stages on slots instead of triples (router/soft_router.hpp). It reads
+  /// ctx.sequence_length, which must be 0 (one sequence) or divide T; sparse routers ignore
+  /// it, and the dense path ignores capacity (every expert takes exactly its B*p slots).
   void forward(const ConstMatrixRef<scalar_type>& x, MatrixRef<scalar_type> y, workspace_type& ws,
                const ForwardContext& ctx = {}) const {
     validate(x, y, ctx);
-    router_.template route<Arch>(x, ws.routing, ctx);                           // 1 route
-    build_plan(ws.routing, ws.plan, capacity_);                                 // 2 plan
-    prepare(ws, x.cols());
-    gather_tokens<Arch>(x, ws.plan, ws.x_perm);                                 // 3 gather
-    run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);      // 4 experts
-    combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);             // 5 combine
-    record_statistics(ws.plan, ws.routing.size(), ws.stats);                    // 6 statistics for the losses
+    if constexpr (router_traits<RouterType>::is_dense) {
+      router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route: logits, dispatch D
+      const SlotLayout layout = make_slot_layout(ws.routing, ctx.sequence_length);
+      build_slot_plan(layout, x.rows(), ws.plan);                               // 2 plan: E slabs of B*p slots
+      prepare(ws, x.cols());
+      gather_slots<Arch>(x, ws.routing, layout, ws.x_perm);                     // 3 gather: D_b^T X_b
+      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);    // 4 experts
+      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine: C_b * slots
+      record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
+    } else {
+      router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
+      build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
+      prepare(ws, x.cols());
+      gather_tokens<Arch>(x, ws.plan, ws.x_perm);                               // 3 gather
+      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);    // 4 experts
+      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine
+      record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
+    }
     ws.last_mode = ctx.mode;
   }
 
@@ -130,8 +163,8 @@ class MoELayer {
     if constexpr (router_traits<RouterType>::needs_token_ids)
       detail::require(static_cast<Index>(ctx.token_ids.size()) == x.rows(), where,
                       "token_ids length (one per row of x)", x.rows(), ctx.token_ids.size());
-    else
-      (void)ctx;
+    if constexpr (router_traits<RouterType>::is_dense) (void)detail::num_sequences(x.rows(), ctx.sequence_length, where);
+    (void)ctx;
   }
 
   void prepare(workspace_type& ws, Index d) const {
@@ -169,6 +202,10 @@ using GptOssMoE = MoELayer<GptOssExperts<S>, TopKSoftmaxRouter<S>, WeightedSumCo
 /// Switch Transformers: top-1 softmax (not renormalised), ReLU FFN experts, optional capacity.
 template <class S>
 using SwitchMoE = MoELayer<FFNExperts<S, Activation::relu>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+/// Soft MoE (Puigcerver et al. 2023): every slot a softmax mixture of its sequence's tokens,
+/// every token a softmax mixture of the slots; GELU (erf) FFN experts. The dense path.
+template <class S>
+using SoftMoE = MoELayer<FFNExperts<S, Activation::gelu_erf>, SoftRouter<S>, SoftCombiner<S>>;
 
 }  // namespace moe
 

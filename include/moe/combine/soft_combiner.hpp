@@ -1,0 +1,64 @@
+// Step 5 of the dense path (Soft MoE): every token mixes the outputs of every slot of its
+// sequence.
+#ifndef MOE_COMBINE_SOFT_COMBINER_HPP
+#define MOE_COMBINE_SOFT_COMBINER_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/kernels/softmax.hpp>
+#include <moe/router/soft_router.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// Y_b = C_b * (slot outputs of sequence b), C = softmax of each row of the router's logits
+/// over the E*p slots (Puigcerver et al. 2023). The combine weights C [T, E*p] are left in
+/// ws.combine_hidden (combine_weights(ws)) for the losses, the backward pass and the tests.
+///
+/// It reads the dense plan of build_slot_plan (expert-major slot rows) and the logits in
+/// ws.routing; MoELayer pairs it with a dense router (router_traits<R>::is_dense).
+template <class S>
+struct SoftCombiner {
+  using scalar_type = S;
+  static constexpr bool is_dense = true;
+
+  template <class Arch = xsimd::default_arch>
+  void combine(const ConstMatrixRef<S>& x, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
+               MatrixRef<S> y, Workspace<S>& ws) const {
+    constexpr const char* where = "SoftCombiner::combine()";
+    const Index T = x.rows();
+    const RowMatrix<S>& logits = ws.routing.logits;
+    detail::require(logits.rows() == T && plan.num_tokens == T, where, "routing logits and plan rows (tokens)", T,
+                    detail::concat(logits.rows(), " and ", plan.num_tokens));
+    const SlotLayout layout = slot_layout(plan, logits.cols());
+    detail::require(y_perm.rows() == layout.rows() && y_perm.cols() == y.cols(), where, "y_perm",
+                    detail::concat("shape [", layout.rows(), ", ", y.cols(), "]"),
+                    detail::concat("[", y_perm.rows(), ", ", y_perm.cols(), "]"));
+    const Index slots = logits.cols();
+    detail::ensure_shape(ws.combine_hidden, T, slots);
+    y.setZero();
+    if (T == 0) return;
+    ws.combine_hidden = logits;
+    kernels::SoftmaxRows<Arch>{}(ws.combine_hidden.data(), T, slots, slots);
+    // One GEMM per (sequence, expert): the expert's p slot outputs of that sequence, summed in
+    // ascending expert order.
+    const Index n = layout.sequence_length;
+    const Index p = layout.slots_per_expert;
+    for (Index b = 0; b < layout.num_sequences; ++b)
+      for (Index e = 0; e < layout.num_experts; ++e)
+        y.middleRows(b * n, n).noalias() +=
+            ws.combine_hidden.block(b * n, e * p, n, p) * y_perm.middleRows(layout.row(b, e * p), p);
+  }
+
+  /// The combine weights C [T, E*p] of the last combine() into ws.
+  [[nodiscard]] static const RowMatrix<S>& combine_weights(const Workspace<S>& ws) noexcept {
+    return ws.combine_hidden;
+  }
+};
+
+}  // namespace moe
+
+#endif  // MOE_COMBINE_SOFT_COMBINER_HPP

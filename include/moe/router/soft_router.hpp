@@ -1,0 +1,234 @@
+// Soft MoE routing (Puigcerver et al. 2023): every token reaches every slot with a weight.
+//
+// The dense path of MoELayer runs the same six stages as the sparse one, with dense data:
+//   1 route    SoftRouter::route      x -> logits [T, E*p], dispatch weights D [T, E*p]
+//   2 plan     build_slot_plan        E slabs of B*p slot rows (offsets only, nothing dropped)
+//   3 gather   gather_slots           slot inputs = D_b^T X_b per sequence b
+//   4 experts  run_experts            unchanged: expert e runs on its slab
+//   5 combine  SoftCombiner           Y_b = softmax_rows(logits_b) * slot outputs
+//   6 stats    record_statistics      every expert takes B*p rows
+// The plan and gather helpers live here, beside the router whose output they read, because
+// only dense routers produce the dispatch matrix they consume.
+#ifndef MOE_ROUTER_SOFT_ROUTER_HPP
+#define MOE_ROUTER_SOFT_ROUTER_HPP
+
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <cmath>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// How the slots of a dense routing lie in X_perm.
+///
+/// The batch holds B sequences of S consecutive tokens; each sequence has E*p slots, slot i
+/// belonging to expert i / p. X_perm is expert-major (expert, then sequence, then the
+/// expert's p slots), so one expert sees the slots of every sequence as one slab and runs one
+/// GEMM chain on B*p rows.
+struct SlotLayout {
+  Index num_sequences = 0;
+  Index sequence_length = 0;
+  Index num_experts = 0;
+  Index slots_per_expert = 0;
+
+  [[nodiscard]] Index slots_per_sequence() const noexcept { return num_experts * slots_per_expert; }
+  /// Rows of one expert's slab: its p slots in each of the B sequences.
+  [[nodiscard]] Index rows_per_expert() const noexcept { return num_sequences * slots_per_expert; }
+  [[nodiscard]] Index rows() const noexcept { return num_experts * rows_per_expert(); }
+  /// The X_perm row of slot `slot` (in [0, E*p)) of sequence b.
+  [[nodiscard]] Index row(Index b, Index slot) const noexcept {
+    const Index e = slot / slots_per_expert;
+    return e * rows_per_expert() + b * slots_per_expert + slot % slots_per_expert;
+  }
+};
+
+namespace detail {
+
+/// Checks ForwardContext::sequence_length against T tokens and returns B.
+inline Index num_sequences(Index tokens, Index sequence_length, std::string_view where) {
+  require(sequence_length >= 0 && (sequence_length == 0 || tokens % sequence_length == 0), where,
+          "ctx.sequence_length", concat("0 or a divisor of the number of tokens ", tokens), sequence_length);
+  if (tokens == 0) return 0;
+  return sequence_length == 0 ? 1 : tokens / sequence_length;
+}
+
+}  // namespace detail
+
+/// The layout of a dense routing result: T and E from the result, p from the width of its
+/// logits [T, E*p], B from the sequence length (0: the whole batch is one sequence).
+template <class S>
+[[nodiscard]] SlotLayout make_slot_layout(const RoutingResult<S>& routing, Index sequence_length) {
+  constexpr const char* where = "moe::make_slot_layout()";
+  const Index T = routing.num_tokens;
+  const Index E = routing.num_experts;
+  detail::require(E >= 1 && routing.logits.cols() % E == 0, where, "logits columns (num_experts * slots_per_expert)",
+                  detail::concat("a multiple of num_experts = ", E), routing.logits.cols());
+  SlotLayout l;
+  l.num_sequences = detail::num_sequences(T, sequence_length, where);
+  l.sequence_length = l.num_sequences == 0 ? 0 : T / l.num_sequences;
+  l.num_experts = E;
+  l.slots_per_expert = routing.logits.cols() / E;
+  return l;
+}
+
+/// The layout a dense plan was built with; `slots_per_sequence` is E*p (the logits' width).
+template <class S>
+[[nodiscard]] SlotLayout slot_layout(const DispatchPlan<S>& plan, Index slots_per_sequence) {
+  constexpr const char* where = "moe::slot_layout()";
+  const Index E = plan.num_experts;
+  detail::require(E >= 1 && slots_per_sequence % E == 0, where, "slots per sequence",
+                  detail::concat("a multiple of num_experts = ", E), slots_per_sequence);
+  SlotLayout l;
+  l.num_experts = E;
+  l.slots_per_expert = slots_per_sequence / E;
+  detail::require(l.slots_per_expert >= 1 && plan.capacity >= 0 && plan.capacity % l.slots_per_expert == 0, where,
+                  "plan capacity (rows per expert of a dense plan)",
+                  detail::concat("a multiple of slots_per_expert = ", l.slots_per_expert), plan.capacity);
+  l.num_sequences = plan.capacity / l.slots_per_expert;
+  l.sequence_length = l.num_sequences == 0 ? 0 : plan.num_tokens / l.num_sequences;
+  return l;
+}
+
+/// Step 2 of the dense path: expert e's slab is rows [e*B*p, (e+1)*B*p). Every slot is
+/// filled, so capacity (= B*p, the rows each expert takes) never drops anything. A dense plan
+/// has offsets only: token, gate, assignment and slot_of stay empty, since a slot mixes every
+/// token of its sequence.
+template <class S>
+void build_slot_plan(const SlotLayout& layout, Index num_tokens, DispatchPlan<S>& plan) {
+  const Index E = layout.num_experts;
+  plan.num_tokens = num_tokens;
+  plan.num_experts = E;
+  plan.capacity = layout.rows_per_expert();
+  plan.offsets.resize(static_cast<std::size_t>(E) + 1);
+  for (Index e = 0; e <= E; ++e) plan.offsets[static_cast<std::size_t>(e)] = e * layout.rows_per_expert();
+  plan.token.clear();
+  plan.gate.clear();
+  plan.assignment.clear();
+  plan.slot_of.clear();
+  plan.dropped.clear();
+}
+
+/// Step 3 of the dense path: the slot inputs of sequence b are D_b^T X_b (D = routing.scores),
+/// each slot a convex combination of its sequence's tokens. x_perm must be [layout.rows(), d].
+template <class Arch = xsimd::default_arch, class S>
+void gather_slots(const ConstMatrixRef<std::type_identity_t<S>>& x, const RoutingResult<S>& routing,
+                  const SlotLayout& layout, MatrixRef<std::type_identity_t<S>> x_perm) {
+  const Index n = layout.sequence_length;
+  const Index p = layout.slots_per_expert;
+  for (Index b = 0; b < layout.num_sequences; ++b)
+    for (Index e = 0; e < layout.num_experts; ++e)
+      x_perm.middleRows(layout.row(b, e * p), p).noalias() =
+          routing.scores.block(b * n, e * p, n, p).transpose() * x.middleRows(b * n, n);
+}
+
+/// The Soft MoE router: logits = X Phi per token [T, E*p], dispatch weights D = softmax of
+/// each column over the tokens of its sequence. The combine weights (softmax of each row over
+/// the E*p slots) are the combiner's business: SoftCombiner computes them from `logits`.
+///
+/// With normalisation on (the paper's section 2.3, off by default), the logits are
+/// scale * l2n(X) l2n(Phi), rows of X and columns of Phi normalised as
+/// v / sqrt(|v|^2 + epsilon) (vmoe's soft router), scale a learned scalar; only the logits
+/// see the normalised X, the slots mix the raw tokens.
+///
+/// | member  | shape      | name in the golden files |
+/// |---------|------------|--------------------------|
+/// | phi()   | [d, E*p]   | moe.phi                  |
+/// | scale() | scalar     | (normalisation only)     |
+///
+/// Output: RoutingResult with num_experts = E, no triples (size() == 0, k = 0), logits and
+/// scores [T, E*p], scores = D.
+template <class S>
+class SoftRouter {
+ public:
+  using scalar_type = S;
+  static constexpr bool is_dense = true;
+  static constexpr bool token_choice = false;
+
+  /// Zero Phi for E experts of p slots each, over inputs of width d.
+  SoftRouter(Index num_experts, Index input_dim, Index slots_per_expert, bool normalize = false)
+      : SoftRouter(checked_zero_phi(num_experts, input_dim, slots_per_expert), slots_per_expert, normalize) {}
+
+  /// Takes Phi [d, E*p]; E = columns / p.
+  SoftRouter(RowMatrix<S> phi, Index slots_per_expert, bool normalize = false)
+      : phi_(std::move(phi)), slots_per_expert_(slots_per_expert), normalize_(normalize) {
+    constexpr const char* where = "SoftRouter::SoftRouter()";
+    detail::require(slots_per_expert_ >= 1, where, "slots_per_expert", ">= 1", slots_per_expert_);
+    detail::require(phi_.rows() >= 1, where, "phi rows (input_dim)", ">= 1", phi_.rows());
+    detail::require(phi_.cols() >= 1 && phi_.cols() % slots_per_expert_ == 0, where,
+                    "phi columns (num_experts * slots_per_expert)",
+                    detail::concat("a positive multiple of slots_per_expert = ", slots_per_expert_), phi_.cols());
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return phi_.cols() / slots_per_expert_; }
+  [[nodiscard]] Index input_dim() const noexcept { return phi_.rows(); }
+  [[nodiscard]] Index slots_per_expert() const noexcept { return slots_per_expert_; }
+  [[nodiscard]] Index num_slots() const noexcept { return phi_.cols(); }
+
+  [[nodiscard]] RowMatrix<S>& phi() noexcept { return phi_; }
+  [[nodiscard]] const RowMatrix<S>& phi() const noexcept { return phi_; }
+  [[nodiscard]] bool normalize() const noexcept { return normalize_; }
+  void set_normalize(bool on) noexcept { normalize_ = on; }
+  [[nodiscard]] S& scale() noexcept { return scale_; }
+  [[nodiscard]] const S& scale() const noexcept { return scale_; }
+  [[nodiscard]] S& epsilon() noexcept { return epsilon_; }
+  [[nodiscard]] const S& epsilon() const noexcept { return epsilon_; }
+
+  /// Reads ctx.sequence_length (0: the batch is one sequence), which must divide T.
+  template <class Arch = xsimd::default_arch>
+  void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {
+    constexpr const char* where = "SoftRouter::route()";
+    detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
+    const Index T = x.rows();
+    const Index B = detail::num_sequences(T, ctx.sequence_length, where);
+    const Index n = B == 0 ? 0 : T / B;
+    const Index slots = num_slots();
+    out.reset(T, num_experts(), 0, 0);
+    detail::ensure_shape(out.logits, T, slots);
+    detail::ensure_shape(out.scores, T, slots);
+    if (T == 0) return;
+    out.logits.noalias() = x * phi_;
+    // Per-call scratch of E*p values, independent of T (as SigmoidGroupLimited's).
+    RowVector<S> col(slots);
+    if (normalize_) {
+      for (Index t = 0; t < T; ++t) out.logits.row(t) /= std::sqrt(x.row(t).squaredNorm() + epsilon_);
+      col = ((phi_.colwise().squaredNorm().array() + epsilon_).rsqrt() * scale_).matrix();
+      out.logits.array().rowwise() *= col.array();
+    }
+    out.scores = out.logits;
+    // Softmax down each column, within each sequence: subtract the column max so exp <= 1.
+    for (Index b = 0; b < B; ++b) {
+      auto d = out.scores.middleRows(b * n, n);
+      col = d.colwise().maxCoeff();
+      d.array().rowwise() -= col.array();
+      d = d.array().exp().matrix();
+      col = d.colwise().sum();
+      d.array().rowwise() /= col.array();
+    }
+  }
+
+ private:
+  static RowMatrix<S> checked_zero_phi(Index num_experts, Index input_dim, Index slots_per_expert) {
+    constexpr const char* where = "SoftRouter::SoftRouter()";
+    detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
+    detail::require(input_dim >= 1, where, "input_dim", ">= 1", input_dim);
+    detail::require(slots_per_expert >= 1, where, "slots_per_expert", ">= 1", slots_per_expert);
+    return RowMatrix<S>::Zero(input_dim, num_experts * slots_per_expert);
+  }
+
+  RowMatrix<S> phi_;
+  Index slots_per_expert_;
+  bool normalize_;
+  S scale_ = S(1);
+  S epsilon_ = S(1e-6);
+};
+
+}  // namespace moe
+
+#endif  // MOE_ROUTER_SOFT_ROUTER_HPP
