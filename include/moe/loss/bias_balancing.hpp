@@ -1,0 +1,114 @@
+// DeepSeek-V3's balancing (Liu et al. 2024, section 2.1.2): the auxiliary-loss-free bias
+// update, and the complementary sequence-wise balance loss.
+#ifndef MOE_LOSS_BIAS_BALANCING_HPP
+#define MOE_LOSS_BIAS_BALANCING_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <span>
+#include <vector>
+
+namespace moe {
+
+/// The auxiliary-loss-free update a training loop calls after each step:
+///   b_e += gamma * sign(mean load - load_e),
+/// so an overloaded expert's bias falls and an underloaded one's rises. The bias only
+/// steers selection (SigmoidGroupLimited::correction_bias), never the gate values, so it
+/// balances load without a gradient that competes with the language-model loss.
+///
+/// With `mean_centred`, the mean of the update is subtracted so the biases keep their mean
+/// (zero if they start at zero): a common variant that stops them drifting together, which
+/// changes nothing in selection since top-k is invariant to a shared offset.
+///
+/// The sign is computed exactly in integers (sign(sum - E * load_e)). An empty bias stands
+/// for zero (as in SigmoidGroupLimited) and is first sized to E.
+struct BiasBalancing {
+  double update_rate = 1e-3;  ///< gamma (DeepSeek-V3: 0.001, then 0 for the last 500B tokens)
+  bool mean_centred = false;
+
+  template <class S>
+  void operator()(Vector<S>& bias, std::span<const Index> load) const {
+    constexpr const char* where = "BiasBalancing::operator()()";
+    const auto E = static_cast<Index>(load.size());
+    detail::require(E >= 1, where, "load length (one per expert)", ">= 1", E);
+    if (bias.size() == 0) bias = Vector<S>::Zero(E);
+    detail::require(bias.size() == E, where, "bias length (one per expert, as the load)", E, bias.size());
+    Index total = 0;
+    for (const Index l : load) total += l;
+    Index sign_sum = 0;
+    for (Index e = 0; e < E; ++e) {
+      const Index diff = total - E * load[static_cast<std::size_t>(e)];
+      const Index sign = (diff > 0) - (diff < 0);
+      sign_sum += sign;
+      bias[e] += static_cast<S>(update_rate * static_cast<double>(sign));
+    }
+    if (mean_centred) bias.array() -= static_cast<S>(update_rate * static_cast<double>(sign_sum) / static_cast<double>(E));
+  }
+
+  /// The kept load of the last forward (after capacity).
+  template <class S>
+  void operator()(Vector<S>& bias, const LayerStatistics& stats) const {
+    (*this)(bias, std::span<const Index>(stats.expert_load));
+  }
+
+  /// The router's choices (before capacity).
+  template <class S>
+  void operator()(Vector<S>& bias, const RoutingResult<S>& routing) const {
+    const std::vector<Index> counts = routing.expert_counts();
+    (*this)(bias, std::span<const Index>(counts));
+  }
+};
+
+/// DeepSeek-V3's complementary sequence-wise balance loss, for each sequence of T_s tokens:
+///   L_seq = alpha * sum_e f_e P_e,
+///   f_e = E / (k T_s) * (tokens of the sequence that chose e),
+///   P_e = mean over the sequence's tokens of s'_{t,e} = s_{t,e} / sum_e' s_{t,e'},
+/// averaged over the sequences of the batch. s are routing.scores, which must be
+/// non-negative (DeepSeek-V3's sigmoid scores, or softmax probabilities); the choices are the
+/// router's triples, i.e. after the correction bias steered them. At perfect balance every
+/// f_e = 1 and L = alpha, whatever the scores.
+struct SequenceBalanceLoss {
+  double alpha = 1e-4;  ///< DeepSeek-V3: 0.0001
+
+  /// sequence_length 0: the whole batch is one sequence. Needs a token-choice result (k >= 1).
+  template <class S>
+  [[nodiscard]] S operator()(const RoutingResult<S>& routing, Index sequence_length = 0) const {
+    constexpr const char* where = "SequenceBalanceLoss::operator()()";
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    const Index k = routing.k;
+    detail::require(k >= 1 && routing.size() == T * k, where, "a token-choice routing (k >= 1, T * k assignments)",
+                    detail::concat("T * k = ", T, " * ", k), routing.size());
+    detail::require_shape(routing.scores, T, E, where, "routing scores");
+    detail::require(sequence_length >= 0 && (sequence_length == 0 || T % sequence_length == 0), where,
+                    "sequence_length", detail::concat("0 or a divisor of the number of tokens ", T), sequence_length);
+    if (T == 0) return S(0);
+    const Index n = sequence_length == 0 ? T : sequence_length;
+    const Index B = T / n;
+    // Counted from the triples' token field, so any assignment order works.
+    std::vector<Index> count(static_cast<std::size_t>(B * E), 0);
+    for (Index i = 0; i < routing.size(); ++i) {
+      const auto iu = static_cast<std::size_t>(i);
+      ++count[static_cast<std::size_t>(routing.token[iu] / n * E + routing.expert[iu])];
+    }
+    Vector<S> p(E);
+    S total = 0;
+    for (Index b = 0; b < B; ++b) {
+      p.setZero();
+      for (Index t = b * n; t < (b + 1) * n; ++t) p += routing.scores.row(t).transpose() / routing.scores.row(t).sum();
+      S seq = 0;
+      for (Index e = 0; e < E; ++e)
+        seq += static_cast<S>(E) / static_cast<S>(k * n) * static_cast<S>(count[static_cast<std::size_t>(b * E + e)]) *
+               (p[e] / static_cast<S>(n));
+      total += seq;
+    }
+    return static_cast<S>(alpha) * total / static_cast<S>(B);
+  }
+};
+
+}  // namespace moe
+
+#endif  // MOE_LOSS_BIAS_BALANCING_HPP
