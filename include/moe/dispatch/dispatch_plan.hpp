@@ -8,31 +8,66 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
 namespace moe {
 
+/// The order in which assignments claim an expert's slots when capacity is bounded. It only
+/// decides who is dropped: the kept rows of an expert always stay in routing (token) order.
+///
+/// An assignment's rank is its place among its token's assignments in routing order (j for
+/// the j-th choice of a token-choice router, best first).
+enum class Priority : std::uint8_t {
+  /// First come, first served over the flattened batch: by (rank, token), so for k > 1 every
+  /// first choice is served before any second choice (GShard); for k = 1 token order.
+  position,
+  /// Batch Prioritized Routing (V-MoE): by (rank, decreasing gate of the token's first
+  /// assignment, token), so confident tokens keep their expert when it overflows.
+  batch_prioritized,
+};
+
 /// How many assignments one expert may take. Dropless (`none`) is the default.
 struct Capacity {
   enum class Kind : std::uint8_t { none, factor, absolute };
   Kind kind = Kind::none;
-  /// capacity = max(minimum, ceil(factor * assignments / E)) for Kind::factor.
+  /// Kind::factor: capacity = max(minimum, ceil(factor * n / E)) for n assignments, i.e.
+  /// ceil(cf * k * T / E) for a token-choice router (n = T * k), computed in double.
   double factor = 1.0;
   Index minimum = 0;
   /// The capacity itself for Kind::absolute.
   Index absolute = 0;
+  /// Who claims slots first when an expert overflows.
+  Priority priority = Priority::position;
 
   static Capacity unlimited() { return {}; }
-  static Capacity from_factor(double f, Index min = 0) { return {Kind::factor, f, min, 0}; }
-  static Capacity fixed(Index c) { return {Kind::absolute, 1.0, 0, c}; }
+  static Capacity from_factor(double f, Index min = 0, Priority p = Priority::position) {
+    return {Kind::factor, f, min, 0, p};
+  }
+  static Capacity fixed(Index c, Priority p = Priority::position) { return {Kind::absolute, 1.0, 0, c, p}; }
+
+  /// Throws std::invalid_argument for a factor that is not positive and finite, or a negative
+  /// minimum or absolute capacity.
+  void validate() const {
+    constexpr const char* where = "Capacity::validate()";
+    if (kind == Kind::factor) {
+      detail::require(std::isfinite(factor) && factor > 0, where, "factor", "finite and > 0", factor);
+      detail::require(minimum >= 0, where, "minimum", ">= 0", minimum);
+    }
+    if (kind == Kind::absolute) detail::require(absolute >= 0, where, "absolute capacity", ">= 0", absolute);
+  }
 
   /// Slots per expert for n assignments over E experts; -1 when unlimited.
   [[nodiscard]] Index slots(Index num_assignments, Index num_experts) const {
+    validate();
     switch (kind) {
       case Kind::none: return -1;
       case Kind::absolute: return absolute;
       case Kind::factor: {
+        if (num_experts <= 0) return minimum;
+        // factor * n first, as the frameworks write ceil(cf * tokens / E).
         const double c = std::ceil(factor * static_cast<double>(num_assignments) / static_cast<double>(num_experts));
         return std::max(minimum, static_cast<Index>(c));
       }
@@ -62,19 +97,91 @@ struct DispatchPlan {
   /// Routing assignments dropped by capacity, in routing order.
   std::vector<Index> dropped;
 
+  /// Scratch of build_plan when capacity is bounded (kept so a steady-state call allocates
+  /// nothing): the serving order of the assignments, each assignment's rank, a per-token
+  /// counter, and the per-token priority score of batch-prioritized routing.
+  std::vector<Index> order;
+  std::vector<Index> rank;
+  std::vector<Index> token_count;
+  std::vector<S> token_score;
+
   [[nodiscard]] Index rows() const noexcept { return offsets.empty() ? 0 : offsets.back(); }
   [[nodiscard]] Index begin(Index e) const { return offsets[static_cast<std::size_t>(e)]; }
   [[nodiscard]] Index count(Index e) const {
     return offsets[static_cast<std::size_t>(e) + 1] - offsets[static_cast<std::size_t>(e)];
   }
+  /// Whether routing assignment i kept its slot.
+  [[nodiscard]] bool kept(Index i) const { return slot_of[static_cast<std::size_t>(i)] >= 0; }
 };
+
+namespace detail {
+
+/// Fills plan.order with the serving order of `priority` (see Priority).
+template <class S>
+void priority_order(const RoutingResult<S>& routing, DispatchPlan<S>& plan, Priority priority) {
+  const Index n = routing.size();
+  const Index T = routing.num_tokens;
+  const Index k = routing.k;
+  const auto nu = static_cast<std::size_t>(n);
+  plan.order.resize(nu);
+
+  // Token-major layout (token t's choices at [t*k, t*k+k)): rank = i mod k, and the position
+  // order (rank, token) is written directly, without sorting.
+  bool token_major = k > 0 && n == T * k;
+  for (Index i = 0; token_major && i < n; ++i) token_major = routing.token[static_cast<std::size_t>(i)] == i / k;
+  if (token_major && priority == Priority::position) {
+    std::size_t q = 0;
+    for (Index j = 0; j < k; ++j)
+      for (Index t = 0; t < T; ++t) plan.order[q++] = t * k + j;
+    return;
+  }
+
+  // General case: rank = number of earlier assignments of the same token.
+  plan.rank.resize(nu);
+  plan.token_count.assign(static_cast<std::size_t>(T), 0);
+  for (std::size_t i = 0; i < nu; ++i) {
+    const Index t = routing.token[i];
+    if (t < 0 || t >= T)
+      detail::throw_invalid("moe::build_plan()", "token index in [0, num_tokens)", detail::concat("[0, ", T, ")"), t);
+    plan.rank[i] = plan.token_count[static_cast<std::size_t>(t)]++;
+  }
+  const bool bpr = priority == Priority::batch_prioritized;
+  if (bpr) {
+    // The token's score is the gate of its first assignment; NaN sorts last so the order
+    // stays a strict weak ordering.
+    plan.token_score.assign(static_cast<std::size_t>(T), -std::numeric_limits<S>::infinity());
+    for (std::size_t i = 0; i < nu; ++i)
+      if (plan.rank[i] == 0 && !std::isnan(routing.gate[i]))
+        plan.token_score[static_cast<std::size_t>(routing.token[i])] = routing.gate[i];
+  }
+  for (std::size_t i = 0; i < nu; ++i) plan.order[i] = static_cast<Index>(i);
+  // std::sort with a total order (the assignment index breaks every tie) is deterministic and,
+  // unlike std::stable_sort, never allocates.
+  std::sort(plan.order.begin(), plan.order.end(), [&](Index a, Index b) {
+    const auto au = static_cast<std::size_t>(a);
+    const auto bu = static_cast<std::size_t>(b);
+    if (plan.rank[au] != plan.rank[bu]) return plan.rank[au] < plan.rank[bu];
+    const Index ta = routing.token[au];
+    const Index tb = routing.token[bu];
+    if (bpr) {
+      const S sa = plan.token_score[static_cast<std::size_t>(ta)];
+      const S sb = plan.token_score[static_cast<std::size_t>(tb)];
+      if (sa != sb) return sa > sb;
+    }
+    if (ta != tb) return ta < tb;
+    return a < b;
+  });
+}
+
+}  // namespace detail
 
 /// Builds the plan by a stable counting sort over experts.
 ///
-/// With a capacity, assignments claim slots in `priority` order (a permutation of the
-/// assignment indices; empty means routing order, i.e. first come, first served); the kept
-/// ones are then laid out in routing order inside each expert, so capacity only decides who
-/// is dropped, never the order of the kept rows.
+/// With a bounded capacity, assignments claim slots in the order of `capacity.priority`
+/// (computed here from the routing), or in the order `priority` gives when it is not empty (a
+/// permutation of the assignment indices); an assignment that finds its expert full is
+/// dropped. The kept ones are then laid out in routing order inside each expert, so capacity
+/// only decides who is dropped, never the order of the kept rows.
 template <class S>
 void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Capacity& capacity = {},
                 std::span<const Index> priority = {}) {
@@ -93,33 +200,49 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
 
   for (Index i = 0; i < n; ++i) {
     const Index e = routing.expert[static_cast<std::size_t>(i)];
-    detail::require(e >= 0 && e < E, "moe::build_plan()", "expert index in [0, num_experts)",
-                    detail::concat("[0, ", E, ")"), e);
+    if (e < 0 || e >= E)
+      detail::throw_invalid("moe::build_plan()", "expert index in [0, num_experts)", detail::concat("[0, ", E, ")"), e);
   }
 
   // Counting: offsets[e + 1] counts expert e's kept assignments. slot_of marks drops with -1.
   if (plan.capacity < 0) {
     for (Index e : routing.expert) ++plan.offsets[static_cast<std::size_t>(e) + 1];
   } else {
+    if (priority.empty()) {
+      detail::priority_order(routing, plan, capacity.priority);
+      priority = plan.order;
+    }
+    // slot_of: -2 not yet served, 0 kept, -1 dropped; a repeated entry finds no -2.
+    std::fill(plan.slot_of.begin(), plan.slot_of.end(), Index{-2});
     for (Index q = 0; q < n; ++q) {
-      const Index i = priority.empty() ? q : priority[static_cast<std::size_t>(q)];
+      const Index i = priority[static_cast<std::size_t>(q)];
+      // throw_invalid behind an if: require() would build its strings on every iteration.
+      if (i < 0 || i >= n || plan.slot_of[static_cast<std::size_t>(i)] != -2)
+        detail::throw_invalid("moe::build_plan()", "priority entry", detail::concat("a permutation of [0, ", n, ")"),
+                              detail::concat(i, " at position ", q));
       const auto e = static_cast<std::size_t>(routing.expert[static_cast<std::size_t>(i)]);
       if (plan.offsets[e + 1] < plan.capacity) {
         ++plan.offsets[e + 1];
+        plan.slot_of[static_cast<std::size_t>(i)] = 0;
       } else {
         plan.slot_of[static_cast<std::size_t>(i)] = -1;
       }
     }
+    plan.dropped.reserve(static_cast<std::size_t>(n));
     for (Index i = 0; i < n; ++i)
       if (plan.slot_of[static_cast<std::size_t>(i)] < 0) plan.dropped.push_back(i);
   }
   for (std::size_t e = 0; e < En; ++e) plan.offsets[e + 1] += plan.offsets[e];
 
   const auto rows = static_cast<std::size_t>(plan.offsets[En]);
+  // rows <= n: reserving n keeps a same-sized batch allocation-free whatever its routing.
+  plan.token.reserve(static_cast<std::size_t>(n));
+  plan.gate.reserve(static_cast<std::size_t>(n));
+  plan.assignment.reserve(static_cast<std::size_t>(n));
   plan.token.resize(rows);
   plan.gate.resize(rows);
   plan.assignment.resize(rows);
-  // Reuse `dropped`-free cursor storage: a second pass in routing order keeps token order.
+  // The offsets double as cursors: a second pass in routing order keeps token order.
   std::vector<Index>& cursor = plan.offsets;  // advanced below, then restored
   for (Index i = 0; i < n; ++i) {
     const auto iu = static_cast<std::size_t>(i);
