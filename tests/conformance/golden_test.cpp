@@ -1,8 +1,9 @@
 // Conformance with the golden reference layers (../shared/golden/README.md).
 //
-// Every case in the folder runs in float and in double. Every "expected.*" tensor that is not
-// a gradient must be produced by the family's runner and match within the README's
-// tolerance (max |a-b| / max |b| below 1e-5 in float, 1e-10 in double). A case whose family
+// Every case in the folder runs in float and in double. Every "expected.*" tensor must be
+// produced by the family's runner and match within the README's tolerance (max |a-b| /
+// max |b| below 1e-5 in float and 1e-10 in double; gradients 1e-4 in float). Gradients are
+// skipped, with a warning, only for a runner that reports none (has_gradients = false). A case whose family
 // has no runner FAILS, except the families in `pending_families`, which a later issue adds.
 #include <catch2/catch.hpp>
 
@@ -25,9 +26,17 @@ const std::set<std::string> pending_families = {"switch_transformers", "shazeer2
 
 bool is_gradient(const std::string& key) { return key.rfind("expected.grad", 0) == 0; }
 
-void check_case(const SafetensorsFile& f, const moe::test::GoldenRun& run, double tol) {
+bool is_loss_gradient(const std::string& key) { return key.rfind("expected.grad_", 0) == 0; }
+
+void check_case(const SafetensorsFile& f, const moe::test::GoldenRun& run, double tol, double grad_tol) {
+  bool skipped_gradients = false;
   for (const std::string& name : f.names()) {
-    if (name.rfind("expected.", 0) != 0 || is_gradient(name)) continue;
+    if (name.rfind("expected.", 0) != 0) continue;
+    const bool gradient = is_gradient(name) || is_loss_gradient(name);
+    if (gradient && !run.has_gradients) {
+      skipped_gradients = true;
+      continue;
+    }
     const std::string key = name.substr(std::string("expected.").size());
     INFO("quantity " << key);
     const auto it = run.values.find(key);
@@ -50,9 +59,11 @@ void check_case(const SafetensorsFile& f, const moe::test::GoldenRun& run, doubl
       for (Index i = 0; i < numel; ++i) expected.data()[i] = v[static_cast<std::size_t>(i)];
     }
     const double err = moe::test::max_relative_error(actual, expected);
-    INFO("max relative error " << err << " (tolerance " << tol << ")");
-    CHECK(err < tol);
+    const double limit = gradient ? grad_tol : tol;
+    INFO("max relative error " << err << " (tolerance " << limit << ")");
+    CHECK(err < limit);
   }
+  if (skipped_gradients) WARN("gradients not checked: this family's backward lands with issue #4");
 }
 
 }  // namespace
@@ -61,6 +72,7 @@ TEMPLATE_TEST_CASE("golden cases match the reference in every computed quantity"
                    double) {
   constexpr bool is_float = std::is_same_v<TestType, float>;
   const double tol = is_float ? 1e-5 : 1e-10;
+  const double grad_tol = is_float ? 1e-4 : 1e-10;
   const auto cases = moe::test::golden_cases();
   REQUIRE(!cases.empty());
   for (const auto& path : cases) {
@@ -78,7 +90,7 @@ TEMPLATE_TEST_CASE("golden cases match the reference in every computed quantity"
         }
       } else {
         const auto run = is_float ? it->second.run_float(f) : it->second.run_double(f);
-        check_case(f, run, tol);
+        check_case(f, run, tol, grad_tol);
       }
     }
   }

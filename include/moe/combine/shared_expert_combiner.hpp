@@ -9,6 +9,7 @@
 #include <moe/kernels/activations.hpp>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <xsimd/xsimd.hpp>
 
@@ -32,6 +33,22 @@ class SharedExpertCombiner {
       : shared_(std::move(shared)), gate_weight_(Vector<scalar_type>::Zero(shared_.input_dim())) {
     detail::require(shared_.num_experts() == 1, "SharedExpertCombiner::SharedExpertCombiner()",
                     "shared expert bank size", 1, shared_.num_experts());
+  }
+
+  /// Checkpoint name of the gate's weight [1, d] (Qwen2-MoE: shared_expert_gate.weight). The
+  /// shared expert's own names live in shared_expert().names().
+  [[nodiscard]] std::string& gate_name() noexcept { return gate_name_; }
+  [[nodiscard]] const std::string& gate_name() const noexcept { return gate_name_; }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    shared_.for_each_parameter(f);
+    if constexpr (Gate == SharedGate::sigmoid) f(gate_name_, gate_weight_.transpose());
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    shared_.for_each_parameter(f);
+    if constexpr (Gate == SharedGate::sigmoid) f(gate_name_, gate_weight_.transpose());
   }
 
   [[nodiscard]] SharedType& shared_expert() noexcept { return shared_; }
@@ -62,9 +79,42 @@ class SharedExpertCombiner {
     }
   }
 
+  /// Backward: the routed part as WeightedSumCombiner, then the shared expert and its gate;
+  /// dx receives the shared path's dL/dx.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<scalar_type>& x, const DispatchPlan<scalar_type>& plan,
+                const ConstMatrixRef<scalar_type>& y_perm, const ConstMatrixRef<scalar_type>& dy,
+                MatrixRef<scalar_type> dy_perm, scalar_type* dgate_slot, MatrixRef<scalar_type> dx,
+                SharedExpertCombiner& grad, Workspace<scalar_type>& ws) const {
+    WeightedSumCombiner<scalar_type> routed;
+    routed.template backward<Arch>(x, plan, y_perm, dy, dy_perm, dgate_slot, dx, routed, ws);
+    const Index T = x.rows();
+    if (T == 0) return;
+    detail::ensure_shape(ws.combine_dout, T, shared_.output_dim());
+    detail::ensure_shape(ws.combine_dx, T, shared_.input_dim());
+    detail::ensure_shape(ws.combine_dhidden, T, shared_.hidden_cols());
+    if constexpr (Gate == SharedGate::sigmoid) {
+      // y += g * out with g = sigmoid(x w): d out = g dy; d(x w) = g (1 - g) <dy, out>.
+      ws.combine_dout.noalias() = ws.combine_gate.asDiagonal() * dy;
+      Vector<scalar_type> dpre(T);
+      for (Index t = 0; t < T; ++t) {
+        const scalar_type g = ws.combine_gate[t];
+        dpre[t] = g * (scalar_type(1) - g) * dy.row(t).dot(ws.combine_out.row(t));
+      }
+      grad.gate_weight_.noalias() += x.transpose() * dpre;
+      dx.noalias() += dpre * gate_weight_.transpose();
+    } else {
+      ws.combine_dout = dy;
+    }
+    shared_.template backward<Arch>(0, x, ws.combine_hidden, ws.combine_dout, ws.combine_dx, ws.combine_dhidden,
+                                    grad.shared_);
+    dx += ws.combine_dx;
+  }
+
  private:
   SharedType shared_;
   Vector<scalar_type> gate_weight_;
+  std::string gate_name_ = "shared_expert_gate.weight";
 };
 
 }  // namespace moe

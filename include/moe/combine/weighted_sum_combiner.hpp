@@ -5,6 +5,7 @@
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/kernels/weighted_gather.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 
 #include <xsimd/xsimd.hpp>
@@ -25,6 +26,24 @@ struct WeightedSumCombiner {
     kernels::WeightedScatterAdd<Arch>{}(y_perm.data(), y_perm.outerStride(), plan.token.data(), plan.gate.data(),
                                         plan.rows(), y.cols(), y.data(), y.outerStride());
   }
+
+  /// Backward: dy_perm[p] = gate_p * dy[token_p] (a weighted gather, the transpose of the
+  /// scatter-add), dgate_slot[p] = <dy[token_p], y_perm[p]>, and dx = 0 (this combiner does
+  /// not read x).
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& /*x*/, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
+                const ConstMatrixRef<S>& dy, MatrixRef<S> dy_perm, S* dgate_slot, MatrixRef<S> dx,
+                WeightedSumCombiner& /*grad*/, Workspace<S>& /*ws*/) const {
+    kernels::WeightedGather<Arch>{}(dy.data(), dy.outerStride(), plan.token.data(), plan.gate.data(), plan.rows(),
+                                    dy.cols(), dy_perm.data(), dy_perm.outerStride());
+    for (Index p = 0; p < plan.rows(); ++p)
+      dgate_slot[p] = dy.row(plan.token[static_cast<std::size_t>(p)]).dot(y_perm.row(p));
+    dx.setZero();
+  }
+
+  /// No trainable parameters.
+  template <class F>
+  void for_each_parameter(F&&) const {}
 };
 
 }  // namespace moe

@@ -37,6 +37,19 @@ struct Workspace {
   LayerStatistics stats;
   /// Which mode the last forward ran in (backward needs training).
   Mode last_mode = Mode::inference;
+
+  // Training: forward in Mode::training keeps a copy of x; backward's buffers follow.
+  RowMatrix<S> x_saved;        ///< x of the last training forward [T, d]
+  RowMatrix<S> dy_perm;        ///< dL/dY_perm [N, d_out]
+  RowMatrix<S> dx_perm;        ///< dL/dX_perm [N, d]
+  RowMatrix<S> dhidden;        ///< experts' backward scratch [N, hidden_cols]
+  std::vector<S> dgate_slot;   ///< dL/dgate per slot [N]
+  std::vector<S> dgate;        ///< dL/dgate per routing assignment (0 when dropped)
+  std::vector<S> ones;         ///< unit weights for the transposed gather
+  RowMatrix<S> dlogits;        ///< dL/dlogits [T, E]
+  RowMatrix<S> combine_dout;   ///< combiner scratch for backward (e.g. a shared expert's dL/dout)
+  RowMatrix<S> combine_dx;
+  RowMatrix<S> combine_dhidden;
 };
 
 }  // namespace moe

@@ -130,6 +130,8 @@ SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view expert
   const Index ff = gshape[0];
   const Index d = gshape[1];
   SwiGLUExperts<S> bank(num_experts, d, ff);
+  const std::string pattern = std::string(experts_prefix) + "{e}.";
+  bank.names() = {pattern + std::string(gate), pattern + std::string(up), pattern + std::string(down)};
   for (Index e = 0; e < num_experts; ++e) {
     const std::string p = std::string(experts_prefix) + std::to_string(e) + ".";
     t.template read_into<S>(p + std::string(gate), {ff, d}, bank.gate_proj(e));
@@ -153,6 +155,8 @@ SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view pref
   const auto gshape = t.shape(std::string(prefix) + "gate_proj.weight", 2);
   const Index ff = gshape[0];
   SwiGLUExperts<S> bank(1, d_model, ff);
+  const std::string p(prefix);
+  bank.names() = {p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"};
   t.template read_into<S>(std::string(prefix) + "gate_proj.weight", {ff, d_model}, bank.gate_proj(0));
   t.template read_into<S>(std::string(prefix) + "up_proj.weight", {ff, d_model}, bank.up_proj(0));
   t.template read_into<S>(std::string(prefix) + "down_proj.weight", {d_model, ff}, bank.down_proj(0));
@@ -255,7 +259,9 @@ GptOssMoE<S> load_gpt_oss(const SafetensorsFile& file, std::string_view prefix, 
   t.template read_into<S>("experts.down_proj", {E, ff, d}, experts.down());
   t.template read_into<S>("experts.down_proj_bias", {E, d}, experts.down_bias());
   return detail::with_loader_name(loader, [&] {
-    return GptOssMoE<S>(std::move(experts), TopKSoftmaxRouter<S>(std::move(weight), config.top_k, {}, std::move(bias)));
+    TopKSoftmaxRouter<S> router(std::move(weight), config.top_k, {}, std::move(bias));
+    router.names() = {"router.weight", "router.bias"};
+    return GptOssMoE<S>(std::move(experts), std::move(router));
   });
 }
 

@@ -18,6 +18,8 @@
 #include <moe/expert/run_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
+#include <moe/layer/backward.hpp>
+#include <moe/loss/loss_weights.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
 
@@ -88,6 +90,8 @@ class MoELayer {
   using combiner_type = CombinerType;
   using arch_type = Arch;
   using workspace_type = Workspace<scalar_type>;
+  /// Zeroed copies of the three policies: one gradient per parameter, same names and shapes.
+  using gradients_type = Gradients<ExpertType, RouterType, CombinerType>;
 
   /// Takes built policies. `capacity` limits the rows each expert takes (dropless by default).
   MoELayer(ExpertType experts, RouterType router, CombinerType combiner, Capacity capacity = {})
@@ -143,6 +147,7 @@ class MoELayer {
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine
       record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
     }
+    if (ctx.mode == Mode::training) ws.x_saved = x;  // the router's backward needs all of x
     ws.last_mode = ctx.mode;
   }
 
@@ -152,6 +157,50 @@ class MoELayer {
     RowMatrix<scalar_type> y(x.rows(), output_dim());
     forward(x, y, ws, ctx);
     return y;
+  }
+
+  /// A gradient accumulator for this layer, all zeros.
+  [[nodiscard]] gradients_type make_gradients() const {
+    return {zeros_like(experts_), zeros_like(router_), zeros_like(combiner_)};
+  }
+
+  /// Calls f(name, block) for every trainable tensor (router, experts, combiner), named as in
+  /// the checkpoint the layer was loaded from (without the layer prefix).
+  template <class F>
+  void for_each_parameter(F&& f) {
+    router_.for_each_parameter(f);
+    experts_.for_each_parameter(f);
+    combiner_.for_each_parameter(f);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    router_.for_each_parameter(f);
+    experts_.for_each_parameter(f);
+    combiner_.for_each_parameter(f);
+  }
+
+  /// Backward of the last forward, which must have run with ctx.mode = Mode::training on ws.
+  /// dy = dL/dy [T, output_dim()]; writes dx = dL/dx [T, input_dim()] and adds dL/dparameter
+  /// into grads. `weights` adds the auxiliary losses (aux, z, ...) to the objective.
+  void backward(const ConstMatrixRef<scalar_type>& dy, MatrixRef<scalar_type> dx, workspace_type& ws,
+                gradients_type& grads, const LossWeights<scalar_type>& weights = {}) const {
+    constexpr const char* where = "MoELayer::backward()";
+    detail::require(ws.last_mode == Mode::training, where, "the workspace's last forward", "one in Mode::training",
+                    "one in Mode::inference");
+    const Index T = ws.x_saved.rows();
+    detail::require_shape(dy, T, output_dim(), where, "dy");
+    detail::require_shape(dx, T, input_dim(), where, "dx");
+    static_assert(!router_traits<RouterType>::is_dense,
+                  "MoELayer::backward(): the dense (Soft MoE) path has no backward yet (docs/soft_moe.md)");
+    detail::sparse_backward<Arch>(*this, dy, dx, ws, grads, weights);
+  }
+
+  /// Convenience overload that returns dx.
+  [[nodiscard]] RowMatrix<scalar_type> backward(const ConstMatrixRef<scalar_type>& dy, workspace_type& ws,
+                                                gradients_type& grads, const LossWeights<scalar_type>& weights = {}) const {
+    RowMatrix<scalar_type> dx(ws.x_saved.rows(), input_dim());
+    backward(dy, dx, ws, grads, weights);
+    return dx;
   }
 
  private:
