@@ -1,0 +1,124 @@
+// Build noisy top-k, expert-choice and hash-routed layers from the own-reference ("moe.")
+// layout of the golden cases: SwiGLU experts {prefix}experts.{e}.w1|w3|w2.weight, the gate
+// {prefix}gate.weight [E, d], the noise projection {prefix}noise.weight [E, d], and the hash
+// table {prefix}hash_table (integer, [vocab]).
+#ifndef MOE_IO_ROUTING_LOADERS_HPP
+#define MOE_IO_ROUTING_LOADERS_HPP
+
+#include <moe/io/error.hpp>
+#include <moe/io/hf_loader.hpp>
+#include <moe/io/safetensors.hpp>
+#include <moe/router/expert_choice_router.hpp>
+#include <moe/router/hash_router.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace moe::io {
+
+/// Settings a "moe." file does not store as tensors.
+struct NoisyTopKConfig {
+  Index top_k = 2;
+  double noise_epsilon = 1e-2;  ///< tensor2tensor's noise_epsilon
+};
+struct ExpertChoiceConfig {
+  double capacity_factor = 2.0;
+};
+
+namespace detail {
+
+/// The number of experts, counted as consecutive {experts_prefix}{e}.{probe} names from 0.
+inline Index count_experts(const LayerTensors& t, std::string_view experts_prefix, std::string_view probe) {
+  Index n = 0;
+  while (t.file().contains(t.name(std::string(experts_prefix) + std::to_string(n) + "." + std::string(probe)))) ++n;
+  if (n == 0)
+    throw MissingTensorError(t.file().display_name(), t.name(std::string(experts_prefix) + "0." + std::string(probe)),
+                             t.loader() + "(): expected at least one expert under this name, but the file has none");
+  return n;
+}
+
+/// An integer table [n] with every entry in [0, bound).
+inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound) {
+  const std::string name = t.name(suffix);
+  const SafetensorsFile& file = t.file();
+  if (!file.contains(name))
+    throw MissingTensorError(file.display_name(), name,
+                             t.loader() + "(): expected this tensor, but the file has no such name");
+  const TensorInfo& info = file.info(name);
+  if (info.dtype != DType::I64 && info.dtype != DType::I32 && info.dtype != DType::I16 && info.dtype != DType::I8 &&
+      info.dtype != DType::U8)
+    throw TensorMismatchError(file.display_name(), name,
+                              t.loader() + "(): expected an integer dtype (I64, I32, I16, I8, U8), got " +
+                                  std::string(dtype_name(info.dtype)));
+  if (info.shape.size() != 1 || info.shape[0] < 1)
+    throw TensorMismatchError(file.display_name(), name,
+                              t.loader() + "(): expected a non-empty 1-D tensor, got shape " + shape_string(info.shape));
+  const std::vector<std::int64_t> raw = file.read<std::int64_t>(name);
+  std::vector<Index> table(raw.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] < 0 || raw[i] >= bound)
+      throw TensorMismatchError(file.display_name(), name,
+                                t.loader() + "(): expected entries in [0, " + std::to_string(bound) + "), got " +
+                                    std::to_string(raw[i]) + " at index " + std::to_string(i));
+    table[i] = static_cast<Index>(raw[i]);
+  }
+  return table;
+}
+
+}  // namespace detail
+
+/// Noisy top-k (Shazeer et al. 2017): {prefix}gate.weight [E, d], {prefix}noise.weight [E, d],
+/// {prefix}experts.{e}.w1|w3.weight [ff, d], w2.weight [d, ff].
+template <class S>
+NoisyTopKMoE<S> load_noisy_top_k(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                 const NoisyTopKConfig& config = {}) {
+  const std::string loader = "moe::io::load_noisy_top_k";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const Index d = gate.cols();
+  RowMatrix<S> noise(E, d);
+  t.template read_into<S>("noise.weight", {E, d}, noise);
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return NoisyTopKMoE<S>(std::move(experts), NoisyTopKRouter<S>(std::move(gate), std::move(noise), config.top_k,
+                                                                  static_cast<S>(config.noise_epsilon)));
+  });
+}
+
+/// Expert choice (Zhou et al. 2022): {prefix}gate.weight [E, d], SwiGLU experts as above.
+template <class S>
+ExpertChoiceMoE<S> load_expert_choice(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                      const ExpertChoiceConfig& config = {}) {
+  const std::string loader = "moe::io::load_expert_choice";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return ExpertChoiceMoE<S>(std::move(experts), ExpertChoiceRouter<S>(std::move(gate), config.capacity_factor));
+  });
+}
+
+/// Hash routing (Roller et al. 2021): {prefix}hash_table [vocab] (integer expert indices),
+/// SwiGLU experts as above; E is the number of experts in the file.
+template <class S>
+HashMoE<S> load_hash(const SafetensorsFile& file, std::string_view prefix = "moe.") {
+  const std::string loader = "moe::io::load_hash";
+  detail::LayerTensors t(file, prefix, loader);
+  const Index E = detail::count_experts(t, "experts.", "w1.weight");
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  std::vector<Index> table = detail::read_index_table(t, "hash_table", E);
+  return detail::with_loader_name(loader, [&] {
+    const Index d = experts.input_dim();
+    return HashMoE<S>(std::move(experts), HashRouter<S>(std::move(table), E, d));
+  });
+}
+
+}  // namespace moe::io
+
+#endif  // MOE_IO_ROUTING_LOADERS_HPP

@@ -1,0 +1,142 @@
+// Expert-choice routing (Zhou et al. 2022): experts pick tokens instead of tokens picking
+// experts, so every expert is exactly full and no capacity is needed.
+#ifndef MOE_ROUTER_EXPERT_CHOICE_ROUTER_HPP
+#define MOE_ROUTER_EXPERT_CHOICE_ROUTER_HPP
+
+#include <moe/combine/weighted_sum_combiner.hpp>
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+#include <moe/expert/swiglu_experts.hpp>
+#include <moe/kernels/softmax.hpp>
+#include <moe/kernels/top_k.hpp>
+#include <moe/layer/moe_layer.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// S = softmax(x Wg^T) over experts; expert e takes the c = floor(T * capacity_factor / E)
+/// tokens with the largest S[:, e] (equal scores: lower token index first), each with gate
+/// S[t, e]. A token no expert took gets 0 from the layer (the caller's residual carries x);
+/// a token may be taken by several experts, or by all.
+///
+/// RoutingResult: E * c triples, expert-major (expert e's are rows [e c, e c + c), best
+/// first); k = 0, since the count per token varies; logits = x Wg^T, scores = S.
+/// c is capped at T, so capacity_factor >= E lets every expert take every token.
+///
+/// | member   | shape  | golden name     |
+/// |----------|--------|-----------------|
+/// | weight() | [E, d] | moe.gate.weight |
+template <class S>
+class ExpertChoiceRouter {
+ public:
+  using scalar_type = S;
+  static constexpr bool token_choice = false;
+
+  /// Zero weights for E experts over inputs of width d.
+  ExpertChoiceRouter(Index num_experts, Index input_dim, double capacity_factor)
+      : ExpertChoiceRouter(RowMatrix<S>::Zero(num_experts, input_dim), capacity_factor) {}
+
+  /// Takes the gate weight Wg [E, d].
+  ExpertChoiceRouter(RowMatrix<S> weight, double capacity_factor)
+      : weight_(std::move(weight)), capacity_factor_(capacity_factor) {
+    constexpr const char* where = "ExpertChoiceRouter::ExpertChoiceRouter()";
+    detail::require(weight_.rows() >= 1, where, "num_experts", ">= 1", weight_.rows());
+    detail::require(weight_.cols() >= 1, where, "input_dim", ">= 1", weight_.cols());
+    detail::require(std::isfinite(capacity_factor_) && capacity_factor_ > 0, where, "capacity_factor",
+                    "finite and > 0", capacity_factor_);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return weight_.rows(); }
+  [[nodiscard]] Index input_dim() const noexcept { return weight_.cols(); }
+  [[nodiscard]] double capacity_factor() const noexcept { return capacity_factor_; }
+
+  [[nodiscard]] RowMatrix<S>& weight() noexcept { return weight_; }
+  [[nodiscard]] const RowMatrix<S>& weight() const noexcept { return weight_; }
+
+  /// Tokens each expert takes from a batch of T: min(T, floor(T * capacity_factor / E)).
+  [[nodiscard]] Index tokens_per_expert(Index num_tokens) const noexcept {
+    // A tiny epsilon keeps a quotient that is exact on paper from flooring one lower after
+    // rounding: in double, 100 * 0.29 / 29 = 0.9999999999999999.
+    const double c = std::floor(static_cast<double>(num_tokens) * capacity_factor_ /
+                                    static_cast<double>(num_experts()) +
+                                1e-9);
+    return std::min(num_tokens, static_cast<Index>(c));
+  }
+
+  template <class Arch = xsimd::default_arch>
+  void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& /*ctx*/ = {}) const {
+    detail::require(x.cols() == input_dim(), "ExpertChoiceRouter::route()", "x columns (input_dim)", input_dim(),
+                    x.cols());
+    const Index T = x.rows();
+    const Index E = num_experts();
+    const Index c = tokens_per_expert(T);
+    out.reset(T, E, E * c, 0);
+    detail::ensure_shape(out.logits, T, E);
+    out.logits.noalias() = x * weight_.transpose();
+    out.scores = out.logits;
+    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
+    if (c == 0) return;
+    for (Index e = 0; e < E; ++e) {
+      Index* chosen = out.token.data() + e * c;
+      select_column(out.scores, e, c, chosen);
+      for (Index j = 0; j < c; ++j) {
+        const auto i = static_cast<std::size_t>(e * c + j);
+        out.expert[i] = e;
+        out.gate[i] = out.scores(chosen[j], e);
+      }
+    }
+  }
+
+ private:
+  // Column e's order: larger score first, NaN after every number, equal scores by lower
+  // token index (as kernels::top_k for rows).
+  struct ColumnRanksBefore {
+    const RowMatrix<S>& scores;
+    Index e;
+    bool operator()(Index i, Index j) const {
+      const S a = scores(i, e);
+      const S b = scores(j, e);
+      const bool a_nan = std::isnan(a);
+      const bool b_nan = std::isnan(b);
+      if (a_nan != b_nan) return b_nan;
+      if (!a_nan && a != b) return a > b;
+      return i < j;
+    }
+  };
+
+  // The c best tokens of column e into out[0, c), best first: a heap of the c best so far,
+  // worst at the root, in out itself, so selection allocates nothing (O(T log c)).
+  static void select_column(const RowMatrix<S>& scores, Index e, Index c, Index* out) {
+    const ColumnRanksBefore before{scores, e};
+    const Index T = scores.rows();
+    for (Index i = 0; i < c; ++i) out[i] = i;
+    for (Index pos = c / 2; pos-- > 0;) kernels::detail::sift_down_worst(out, c, pos, before);
+    for (Index t = c; t < T; ++t) {
+      if (before(t, out[0])) {
+        out[0] = t;
+        kernels::detail::sift_down_worst(out, c, 0, before);
+      }
+    }
+    for (Index end = c - 1; end > 0; --end) {
+      std::swap(out[0], out[end]);
+      kernels::detail::sift_down_worst(out, end, 0, before);
+    }
+  }
+
+  RowMatrix<S> weight_;
+  double capacity_factor_;
+};
+
+/// Zhou et al. 2022 with SwiGLU experts (the golden "moe." layout).
+template <class S>
+using ExpertChoiceMoE = MoELayer<SwiGLUExperts<S>, ExpertChoiceRouter<S>, WeightedSumCombiner<S>>;
+
+}  // namespace moe
+
+#endif  // MOE_ROUTER_EXPERT_CHOICE_ROUTER_HPP
