@@ -72,7 +72,7 @@ class HashRouter {
   /// No table: expert = hash(id) mod E, with the hash CounterRng(seed, 0).bits(id, 0), so any
   /// id >= 0 routes, and ids spread evenly over experts in expectation.
   [[nodiscard]] static HashRouter stateless(Index num_experts, Index input_dim, std::uint64_t seed = 0) {
-    return HashRouter(num_experts, input_dim, seed);
+    return HashRouter(StatelessTag{}, num_experts, input_dim, seed);
   }
 
   [[nodiscard]] Index num_experts() const noexcept { return num_experts_; }
@@ -115,7 +115,9 @@ class HashRouter {
   }
 
  private:
-  HashRouter(Index num_experts, Index input_dim, std::uint64_t seed)
+  // A tag, so that a braced table such as {0} never selects this constructor.
+  struct StatelessTag {};
+  HashRouter(StatelessTag, Index num_experts, Index input_dim, std::uint64_t seed)
       : num_experts_(num_experts), input_dim_(input_dim), stateless_(true), seed_(seed) {
     check_sizes("HashRouter::stateless()");
   }
