@@ -19,6 +19,7 @@
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
 #include <moe/layer/backward.hpp>
+#include <moe/layer/dense_backward.hpp>
 #include <moe/loss/loss_weights.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
@@ -190,9 +191,10 @@ class MoELayer {
     const Index T = ws.x_saved.rows();
     detail::require_shape(dy, T, output_dim(), where, "dy");
     detail::require_shape(dx, T, input_dim(), where, "dx");
-    static_assert(!router_traits<RouterType>::is_dense,
-                  "MoELayer::backward(): the dense (Soft MoE) path has no backward yet (docs/soft_moe.md)");
-    detail::sparse_backward<Arch>(*this, dy, dx, ws, grads, weights);
+    if constexpr (router_traits<RouterType>::is_dense)
+      detail::dense_backward<Arch>(*this, dy, dx, ws, grads, weights);
+    else
+      detail::sparse_backward<Arch>(*this, dy, dx, ws, grads, weights);
   }
 
   /// Convenience overload that returns dx.
