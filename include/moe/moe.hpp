@@ -15,6 +15,11 @@
 #include <moe/router/gating.hpp>           // 1 route
 #include <moe/router/routing_result.hpp>
 #include <moe/router/top_k_router.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
+#include <moe/router/expert_choice_router.hpp>
+#include <moe/router/hash_router.hpp>
+#include <moe/router/soft_router.hpp>
+#include <moe/router/jitter.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
 #include <moe/dispatch/statistics.hpp>
 #include <moe/gather/gather.hpp>           // 3 gather
@@ -23,10 +28,15 @@
 #include <moe/expert/run_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/combine/shared_expert_combiner.hpp>  // 5 combine
+#include <moe/combine/soft_combiner.hpp>
 #include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/loss/load_balancing_loss.hpp>  // 6 losses
 #include <moe/loss/z_loss.hpp>
+#include <moe/loss/importance_loss.hpp>
+#include <moe/loss/bias_balancing.hpp>
+#include <moe/loss/loss_weights.hpp>
 
+#include <moe/layer/backward.hpp>
 #include <moe/layer/moe_layer.hpp>
 
 #endif  // MOE_MOE_HPP

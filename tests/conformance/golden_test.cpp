@@ -2,13 +2,12 @@
 //
 // Every case in the folder runs in float and in double. Every "expected.*" tensor must be
 // produced by the family's runner and match within the README's tolerance (max |a-b| /
-// max |b| below 1e-5 in float and 1e-10 in double; gradients 1e-4 in float). Gradients are
-// skipped, with a warning, only for a runner that reports none (has_gradients = false). A case whose family
-// has no runner FAILS, except the families in `pending_families`, which a later issue adds.
+// max |b| below 1e-5 in float and 1e-10 in double; gradients 1e-4 in float). A case whose
+// family has no runner fails. Gradients are skipped, with a warning, only for a runner that
+// reports none (has_gradients = false).
 #include <catch2/catch.hpp>
 
 #include <cstdint>
-#include <set>
 #include <string>
 
 #include "conformance/golden_runner.hpp"
@@ -18,11 +17,6 @@ namespace {
 using moe::Index;
 using moe::RowMatrix;
 using moe::io::SafetensorsFile;
-
-// Families of issue #3 (routing variants), skipped with a warning while they have no runner.
-// A registered runner always runs, whether or not its family is still listed here.
-const std::set<std::string> pending_families = {"switch_transformers", "shazeer2017", "zhou2022", "puigcerver2023",
-                                                "roller2021"};
 
 bool is_gradient(const std::string& key) { return key.rfind("expected.grad", 0) == 0; }
 
@@ -83,11 +77,7 @@ TEMPLATE_TEST_CASE("golden cases match the reference in every computed quantity"
       const auto& registry = moe::test::family_registry();
       const auto it = registry.find(family);
       if (it == registry.end()) {
-        if (pending_families.count(family) != 0) {
-          WARN("skipped " << name << ": family '" << family << "' lands with issue #3");
-        } else {
-          FAIL("golden case " << name << ": family '" << family << "' has no runner in this build");
-        }
+        FAIL("golden case " << name << ": family '" << family << "' has no runner in this build");
       } else {
         const auto run = is_float ? it->second.run_float(f) : it->second.run_double(f);
         check_case(f, run, tol, grad_tol);
