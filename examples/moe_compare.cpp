@@ -49,6 +49,7 @@ struct Row {
   double load_cv = 0;        ///< population std / mean of the per-expert kept load
   double load_max_mean = 0;  ///< max / mean of the per-expert kept load
   double dropped = 0;        ///< fraction of tokens that no expert processed
+  double rows_per_token = 0; ///< expert rows computed per token (compute, relative to dense)
   std::optional<double> aux_loss;
   std::optional<double> z_loss;
 };
@@ -99,9 +100,14 @@ Row measure(const std::string& name, const std::string& rule, const Layer& layer
   }
   row.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
   row.load_max_mean = mean > 0 ? max / mean : 0.0;
-  std::vector<bool> served(static_cast<size_t>(x.rows()), false);
-  for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
-  row.dropped = x.rows() ? double(std::count(served.begin(), served.end(), false)) / double(x.rows()) : 0.0;
+  row.rows_per_token = double(ws.plan.rows()) / double(x.rows());
+  if constexpr (moe::router_traits<typename Layer::router_type>::is_dense) {
+    row.dropped = 0.0;  // every token receives a mixture of every slot
+  } else {
+    std::vector<bool> served(static_cast<size_t>(x.rows()), false);
+    for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
+    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(x.rows());
+  }
   if (has_logits) {
     row.aux_loss = double(moe::LoadBalancingLoss{moe::LoadBalancingLoss::Normalization::unit}(ws.routing));
     row.z_loss = double(moe::RouterZLoss{}(ws.routing));
@@ -150,6 +156,56 @@ std::vector<RouterEntry> routers() {
                                                    moe::SoftmaxTopKRouter<S>(make_router_weight(w), 1, moe::SoftmaxTopK<S>{false}),
                                                    moe::WeightedSumCombiner<S>{}, moe::Capacity::from_factor(1.25));
                     return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"switch-cap1.25-bpr", "top-1 softmax, capacity 1.25, batch-prioritised (V-MoE)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::MixtralMoE<S> layer(
+                        make_experts(w), moe::SoftmaxTopKRouter<S>(make_router_weight(w), 1, moe::SoftmaxTopK<S>{false}),
+                        moe::WeightedSumCombiner<S>{}, moe::Capacity::from_factor(1.25, 0, moe::Priority::batch_prioritized));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"noisy-topk", "noisy top-k, training-mode noise (Shazeer 2017)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    RowMatrix<S> noise(w.experts, w.d_model);
+                    moe::examples::fill_normal(noise, w.seed + 4, 1.0 / std::sqrt(double(w.d_model)));
+                    const moe::NoisyTopKMoE<S> layer(make_experts(w),
+                                                     moe::NoisyTopKRouter<S>(make_router_weight(w), noise, w.top_k));
+                    moe::ForwardContext ctx;
+                    ctx.mode = moe::Mode::training;
+                    ctx.seed = w.seed;
+                    return measure(name, rule, layer, x, w, ctx);
+                  }});
+  list.push_back({"expert-choice", "each expert takes its T*k/E best tokens (Zhou 2022)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::ExpertChoiceMoE<S> layer(
+                        make_experts(w), moe::ExpertChoiceRouter<S>(make_router_weight(w), double(w.top_k)));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"hash", "expert = balanced random table[token id] (Roller 2021)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::Index vocab = 32000;
+                    const moe::HashMoE<S> layer(make_experts(w),
+                                                moe::HashRouter<S>::balanced(vocab, w.experts, w.d_model, w.seed));
+                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
+                    const moe::CounterRng rng(w.seed + 5, 0);
+                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t(rng.bits(t, 0) % std::uint64_t(vocab));
+                    moe::ForwardContext ctx;
+                    ctx.token_ids = ids;
+                    return measure(name, rule, layer, x, w, ctx, /*has_logits=*/false);
+                  }});
+  list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the
+                    // experts process as many rows as top-k routing does.
+                    const moe::Index seq = x.rows() % 256 == 0 ? 256 : x.rows();
+                    const moe::Index slots = std::max<moe::Index>(1, seq * w.top_k / w.experts);
+                    RowMatrix<S> phi(w.d_model, w.experts * slots);
+                    moe::examples::fill_normal(phi, w.seed + 6, 1.0 / std::sqrt(double(w.d_model)));
+                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::SoftRouter<S>, moe::SoftCombiner<S>> layer(
+                        make_experts(w), moe::SoftRouter<S>(std::move(phi), slots));
+                    moe::ForwardContext ctx;
+                    ctx.sequence_length = seq;
+                    return measure(name, rule, layer, x, w, ctx, /*has_logits=*/false);
                   }});
   return list;
 }
@@ -246,7 +302,8 @@ int main(int argc, char** argv) {
     for (const auto& r : rows) {
       nlohmann::json o = {{"router", r.router},       {"rule", r.rule},
                           {"tokens_per_s", r.tokens_per_s}, {"load_cv", r.load_cv},
-                          {"load_max_over_mean", r.load_max_mean}, {"dropped_fraction", r.dropped}};
+                          {"load_max_over_mean", r.load_max_mean}, {"dropped_fraction", r.dropped},
+                          {"expert_rows_per_token", r.rows_per_token}};
       o["aux_loss"] = r.aux_loss ? nlohmann::json(*r.aux_loss) : nlohmann::json(nullptr);
       o["z_loss"] = r.z_loss ? nlohmann::json(*r.z_loss) : nlohmann::json(nullptr);
       j["results"].push_back(o);
@@ -260,12 +317,14 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("%-18s %12s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "load CV", "max/mean", "dropped",
-              "aux", "z loss", "rule");
+  std::printf("%-18s %10s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok", "load CV", "max/mean",
+              "dropped", "aux", "z loss", "rule");
   for (const auto& r : rows)
-    std::printf("%-18s %12.0f %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s, r.load_cv,
-                r.load_max_mean, 100.0 * r.dropped, fmt_opt(r.aux_loss).c_str(), fmt_opt(r.z_loss).c_str(),
-                r.rule.c_str());
-  std::printf("aux = load-balancing loss normalised to 1 at perfect balance; load = kept assignments per expert\n");
+    std::printf("%-18s %10.0f %8.2f %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s,
+                r.rows_per_token, r.load_cv, r.load_max_mean, 100.0 * r.dropped, fmt_opt(r.aux_loss).c_str(),
+                fmt_opt(r.z_loss).c_str(), r.rule.c_str());
+  std::printf(
+      "rows/tok = expert rows computed per token (compute); load = rows per expert after capacity; dropped = tokens\n"
+      "no expert processed; aux = load-balancing loss normalised to 1 at perfect balance; z = router z-loss\n");
   return 0;
 }
