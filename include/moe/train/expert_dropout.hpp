@@ -1,0 +1,184 @@
+// Expert dropout: whole experts switched off for one training step.
+#ifndef MOE_TRAIN_EXPERT_DROPOUT_HPP
+#define MOE_TRAIN_EXPERT_DROPOUT_HPP
+
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/random.hpp>
+#include <moe/core/traits.hpp>
+#include <moe/core/types.hpp>
+#include <moe/layer/backward.hpp>
+#include <moe/loss/loss_weights.hpp>
+#include <moe/router/gating.hpp>
+#include <moe/router/routing_result.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+namespace moe {
+
+/// Wraps a sparse router so that, in training, each expert is dropped for the whole step with
+/// probability rate: every assignment to a dropped expert gets gate 0, so the expert adds
+/// nothing to any token's output and its weights get no gradient. In inference, or with
+/// rate = 0, it is the wrapped router unchanged.
+///
+/// Expert e is dropped at (seed, step) when CounterRng(seed, step).uniform(stream_token, e)
+/// < rate: the same experts for every token of the step, reproducible, and independent of the
+/// streams that noisy top-k (lanes below 2E) and Jittered (lanes from 2^40) draw for tokens.
+///
+/// Why gates are zeroed rather than the dropped experts' logits masked before selection (which
+/// would send tokens to their next-best experts): masking needs the router's inside, between
+/// its projection and its selection, and every router has a different one (top-k gatings,
+/// expert choice, noisy top-k, hash); zeroing the gates of the finished routing works on any
+/// router through its public route(). The price: a token whose every choice was dropped gets
+/// output 0 from the layer for that step (as a capacity drop; the residual stream carries it),
+/// and the dropped experts still run (their gate-0 rows are computed and discarded).
+/// The router's probabilities and the choices the aux loss counts are untouched: balancing sees
+/// what the router wanted.
+///
+/// Backward: the combiner's dL/dgate of a dropped assignment is zeroed (its gate is the
+/// constant 0), then the wrapped router's backward runs on the routing as recorded. That is
+/// the exact gradient of the dropped forward for every gating rule that reads a gate only
+/// through gate * dgate or reads the scores instead (SoftmaxTopK, SigmoidGroupLimited); for
+/// TopKSoftmax, whose softmax over the k selected logits couples the gates, the dropped gates
+/// are first restored from the logits. An assignment whose gate is 0 without dropout gets no
+/// gradient through any of these rules, so zeroing by "gate == 0" is exact.
+///
+/// Allocation: backward copies dgate (and, for TopKSoftmax, the routing) once per call.
+template <class RouterType>
+class ExpertDropout {
+ public:
+  using router_type = RouterType;
+  using scalar_type = typename RouterType::scalar_type;
+  static constexpr bool needs_rng = true;
+  static constexpr bool is_dense = router_traits<RouterType>::is_dense;
+  static constexpr bool needs_token_ids = router_traits<RouterType>::needs_token_ids;
+  static constexpr bool token_choice = router_traits<RouterType>::token_choice;
+  static_assert(!is_dense,
+                "ExpertDropout: RouterType must be sparse; a dense router (Soft MoE) has no assignments to drop "
+                "(docs/training.md#expert-dropout)");
+  /// The counter's token coordinate for the per-step draws: no row index reaches it.
+  static constexpr std::uint64_t stream_token = std::numeric_limits<std::uint64_t>::max();
+
+  /// rate in [0, 1): the probability that an expert is dropped for a step.
+  ExpertDropout(RouterType router, double rate) : router_(std::move(router)), rate_(rate) {
+    detail::require(std::isfinite(rate) && rate >= 0.0 && rate < 1.0, "ExpertDropout::ExpertDropout()", "rate",
+                    "in [0, 1)", rate);
+  }
+
+  [[nodiscard]] Index num_experts() const noexcept { return router_.num_experts(); }
+  [[nodiscard]] Index input_dim() const noexcept { return router_.input_dim(); }
+  [[nodiscard]] double rate() const noexcept { return rate_; }
+
+  [[nodiscard]] RouterType& router() noexcept { return router_; }
+  [[nodiscard]] const RouterType& router() const noexcept { return router_; }
+
+  /// Whether expert e is dropped in the training step (seed, step).
+  [[nodiscard]] bool dropped(std::uint64_t seed, std::uint64_t step, Index e) const noexcept {
+    return dropped(CounterRng(seed, step), e);
+  }
+  [[nodiscard]] bool dropped(const CounterRng& rng, Index e) const noexcept {
+    return rate_ > 0.0 && rng.uniform(stream_token, static_cast<std::uint64_t>(e)) < rate_;
+  }
+  /// The dropped experts of step (seed, step), ascending.
+  [[nodiscard]] std::vector<Index> dropped_experts(std::uint64_t seed, std::uint64_t step) const {
+    std::vector<Index> out;
+    const CounterRng rng(seed, step);
+    for (Index e = 0; e < num_experts(); ++e)
+      if (dropped(rng, e)) out.push_back(e);
+    return out;
+  }
+
+  /// The wrapped router's parameters, under its names: the gradients of an ExpertDropout are
+  /// those of the router it wraps.
+  template <class F>
+  void for_each_parameter(F&& f) {
+    router_.for_each_parameter(f);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    router_.for_each_parameter(f);
+  }
+
+  template <class Arch = xsimd::default_arch>
+  void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out, const ForwardContext& ctx = {}) const {
+    router_.template route<Arch>(x, out, ctx);
+    if (ctx.mode != Mode::training || rate_ == 0.0) return;
+    const CounterRng rng(ctx.seed, ctx.step);
+    for (std::size_t i = 0; i < out.gate.size(); ++i)
+      if (dropped(rng, out.expert[i])) out.gate[i] = scalar_type(0);
+  }
+
+  /// Backward of route() in training: see the class comment.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
+                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
+                ExpertDropout& grad) const
+    requires detail::RouterWithBackward<RouterType, scalar_type>
+  {
+    const auto dg = masked_dgate(routing, dgate);
+    if constexpr (couples_gates) {
+      const RoutingResult<scalar_type> restored = restore_gates(routing);
+      router_.template backward<Arch>(x, restored, dg.data(), dlogits, dx, grad.router_);
+    } else {
+      router_.template backward<Arch>(x, routing, dg.data(), dlogits, dx, grad.router_);
+    }
+  }
+
+  /// The same for a router whose backward also takes the loss weights (noisy top-k).
+  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
+                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
+                ExpertDropout& grad, const LossWeights<scalar_type>& weights) const
+    requires detail::RouterWithLossBackward<RouterType, scalar_type>
+  {
+    const auto dg = masked_dgate(routing, dgate);
+    router_.backward(x, routing, dg.data(), dlogits, dx, grad.router_, weights);
+  }
+
+ private:
+  static constexpr bool couples_gates = [] {
+    if constexpr (requires { typename RouterType::gating_type; })
+      return std::is_same_v<typename RouterType::gating_type, TopKSoftmax<scalar_type>>;
+    else return false;
+  }();
+
+  static std::vector<scalar_type> masked_dgate(const RoutingResult<scalar_type>& routing, const scalar_type* dgate) {
+    std::vector<scalar_type> dg(dgate, dgate + routing.size());
+    for (std::size_t i = 0; i < dg.size(); ++i)
+      if (routing.gate[i] == scalar_type(0)) dg[i] = scalar_type(0);
+    return dg;
+  }
+
+  /// TopKSoftmax: gates are the softmax over each token's k selected logits (scores = logits).
+  static RoutingResult<scalar_type> restore_gates(const RoutingResult<scalar_type>& routing) {
+    RoutingResult<scalar_type> r = routing;
+    const Index k = r.k;
+    for (Index t = 0; t < r.num_tokens; ++t) {
+      scalar_type* g = r.gate.data() + t * k;
+      const Index* idx = r.expert.data() + t * k;
+      bool any_zero = false;
+      for (Index j = 0; j < k; ++j) any_zero = any_zero || g[j] == scalar_type(0);
+      if (!any_zero) continue;
+      scalar_type mx = r.scores(t, idx[0]);
+      for (Index j = 1; j < k; ++j) mx = std::max(mx, r.scores(t, idx[j]));
+      scalar_type sum = 0;
+      for (Index j = 0; j < k; ++j) sum += std::exp(r.scores(t, idx[j]) - mx);
+      for (Index j = 0; j < k; ++j)
+        if (g[j] == scalar_type(0)) g[j] = std::exp(r.scores(t, idx[j]) - mx) / sum;
+    }
+    return r;
+  }
+
+  RouterType router_;
+  double rate_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_TRAIN_EXPERT_DROPOUT_HPP
