@@ -1,5 +1,5 @@
 // Runner for Soft MoE (family puigcerver2023): the layer's dense path, loaded through
-// moe::io::load_soft_moe, one sequence per row of the input's batch axis.
+// moe::io::load_soft_moe, one sequence per row of the input's batch axis; forward and backward.
 #include <moe/io/soft_moe_loader.hpp>
 
 #include <catch2/catch.hpp>
@@ -38,7 +38,11 @@ GoldenRun run_soft_moe(const SafetensorsFile& f) {
   if (meta(f, "expert") != "gelu_erf_ffn") throw std::runtime_error("Soft MoE case with experts " + meta(f, "expert"));
   moe::io::SoftMoeConfig config;
   config.slots_per_expert = meta_index(f, "slots_per_expert");
-  const auto layer = moe::io::load_soft_moe<S>(f, meta(f, "prefix"), config);
+  auto layer = moe::io::load_soft_moe<S>(f, meta(f, "prefix"), config);
+  // load_soft_moe reads experts.{e}.wi|wo.weight but leaves FFNExperts' default (Switch) names,
+  // under which the gradients would be reported; name them as the file does.
+  layer.experts().names().wi = "experts.{e}.wi.weight";
+  layer.experts().names().wo = "experts.{e}.wo.weight";
   const std::vector<Index> shape = parse_shape(meta(f, "input_shape"));
   if (layer.num_experts() != meta_index(f, "num_experts") || layer.input_dim() != shape[2])
     throw std::runtime_error("loaded layer disagrees with the case's num_experts or d_model");
@@ -51,6 +55,8 @@ GoldenRun run_soft_moe(const SafetensorsFile& f) {
   r.set("output", y.template cast<double>());
   r.set("dispatch", ws.routing.scores.template cast<double>());
   r.set("combine", moe::SoftCombiner<S>::combine_weights(ws).template cast<double>());
+  // grad.input, grad.moe.phi and the experts' grad.moe.experts.{e}.wi|wo.weight.
+  run_layer_backward(layer, f, r, ctx);
   return r;
 }
 

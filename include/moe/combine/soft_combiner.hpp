@@ -53,6 +53,44 @@ struct SoftCombiner {
             ws.combine_hidden.block(b * n, e * p, n, p) * y_perm.middleRows(layout.row(b, e * p), p);
   }
 
+  /// Backward of combine() for L with dy = dL/dy [T, d_out], after the forward that left C in
+  /// ws: writes dy_perm = dL/d(slot outputs) (C_b^T dY_b per sequence) and dlogits =
+  /// dL/dlogits through the combine softmax, C[t, i] (dC[t, i] - sum_j C[t, j] dC[t, j]) with
+  /// dC_b = dY_b (slot outputs)^T; both are overwritten.
+  template <class Arch = xsimd::default_arch>
+  void backward(const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm, const ConstMatrixRef<S>& dy,
+                MatrixRef<S> dy_perm, MatrixRef<S> dlogits, const Workspace<S>& ws) const {
+    constexpr const char* where = "SoftCombiner::backward()";
+    const RowMatrix<S>& c = ws.combine_hidden;
+    const Index T = dy.rows();
+    const Index slots = c.cols();
+    detail::require_shape(c, T, slots, where, "the combine weights in ws (from the last combine())");
+    const SlotLayout layout = slot_layout(plan, slots);
+    detail::require(plan.num_tokens == T, where, "dy rows (tokens of the plan)", plan.num_tokens, T);
+    detail::require_shape(y_perm, layout.rows(), dy.cols(), where, "y_perm");
+    detail::require_shape(dy_perm, layout.rows(), dy.cols(), where, "dy_perm");
+    detail::require_shape(dlogits, T, slots, where, "dlogits");
+    const Index n = layout.sequence_length;
+    const Index p = layout.slots_per_expert;
+    for (Index b = 0; b < layout.num_sequences; ++b)
+      for (Index e = 0; e < layout.num_experts; ++e) {
+        const Index row = layout.row(b, e * p);
+        const auto dyb = dy.middleRows(b * n, n);
+        dlogits.block(b * n, e * p, n, p).noalias() = dyb * y_perm.middleRows(row, p).transpose();
+        dy_perm.middleRows(row, p).noalias() = c.block(b * n, e * p, n, p).transpose() * dyb;
+      }
+    // The softmax runs along each row, so the Jacobian product works in place, row by row.
+    for (Index t = 0; t < T; ++t) {
+      auto g = dlogits.row(t);
+      const S s = c.row(t).dot(g);
+      g.array() = c.row(t).array() * (g.array() - s);
+    }
+  }
+
+  /// No trainable tensors (the combine weights come from the router's logits).
+  template <class F>
+  void for_each_parameter(F&&) const {}
+
   /// The combine weights C [T, E*p] of the last combine() into ws.
   [[nodiscard]] static const RowMatrix<S>& combine_weights(const Workspace<S>& ws) noexcept {
     return ws.combine_hidden;

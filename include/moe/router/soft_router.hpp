@@ -19,6 +19,7 @@
 #include <moe/router/routing_result.hpp>
 
 #include <cmath>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -128,6 +129,24 @@ void gather_slots(const ConstMatrixRef<std::type_identity_t<S>>& x, const Routin
           routing.scores.block(b * n, e * p, n, p).transpose() * x.middleRows(b * n, n);
 }
 
+/// Backward of step 3 (gather_slots): with dslots = dL/dX_perm in layout order, writes
+/// dx = D_b dslots_b per sequence (the direct path of x through the slots; dx is overwritten)
+/// and dscores = dL/dD = X_b dslots_b^T [T, E*p].
+template <class Arch = xsimd::default_arch, class S>
+void gather_slots_backward(const ConstMatrixRef<std::type_identity_t<S>>& x, const RoutingResult<S>& routing,
+                           const SlotLayout& layout, const ConstMatrixRef<std::type_identity_t<S>>& dslots,
+                           MatrixRef<std::type_identity_t<S>> dx, MatrixRef<std::type_identity_t<S>> dscores) {
+  const Index n = layout.sequence_length;
+  const Index p = layout.slots_per_expert;
+  dx.setZero();
+  for (Index b = 0; b < layout.num_sequences; ++b)
+    for (Index e = 0; e < layout.num_experts; ++e) {
+      const auto ds = dslots.middleRows(layout.row(b, e * p), p);
+      dx.middleRows(b * n, n).noalias() += routing.scores.block(b * n, e * p, n, p) * ds;
+      dscores.block(b * n, e * p, n, p).noalias() = x.middleRows(b * n, n) * ds.transpose();
+    }
+}
+
 /// The Soft MoE router: logits = X Phi per token [T, E*p], dispatch weights D = softmax of
 /// each column over the tokens of its sequence. The combine weights (softmax of each row over
 /// the E*p slots) are the combiner's business: SoftCombiner computes them from `logits`.
@@ -140,7 +159,7 @@ void gather_slots(const ConstMatrixRef<std::type_identity_t<S>>& x, const Routin
 /// | member  | shape      | name in the golden files |
 /// |---------|------------|--------------------------|
 /// | phi()   | [d, E*p]   | moe.phi                  |
-/// | scale() | scalar     | (normalisation only)     |
+/// | scale() | scalar     | scale (normalisation only; no golden case has one) |
 ///
 /// Output: RoutingResult with num_experts = E, no triples (size() == 0, k = 0), logits and
 /// scores [T, E*p], scores = D.
@@ -180,6 +199,19 @@ class SoftRouter {
   [[nodiscard]] S& epsilon() noexcept { return epsilon_; }
   [[nodiscard]] const S& epsilon() const noexcept { return epsilon_; }
 
+  /// Calls f(name, block) for every trainable tensor: "phi" [d, E*p], and "scale" [1, 1] when
+  /// normalisation is on (a gradient accumulator made by zeros_like has the same list).
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f(std::string("phi"), phi_);
+    if (normalize_) f(std::string("scale"), Eigen::Map<RowMatrix<S>>(&scale_, 1, 1));
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    f(std::string("phi"), phi_);
+    if (normalize_) f(std::string("scale"), Eigen::Map<const RowMatrix<S>>(&scale_, 1, 1));
+  }
+
   /// Reads ctx.sequence_length (0: the batch is one sequence), which must divide T.
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {
@@ -211,6 +243,68 @@ class SoftRouter {
       col = d.colwise().sum();
       d.array().rowwise() /= col.array();
     }
+  }
+
+  /// Backward of route() on x [T, d] split into `num_sequences` sequences of equal length.
+  ///
+  /// dscores = dL/dD [T, E*p] (gather_slots_backward), used as scratch afterwards; dlogits
+  /// holds dL/dlogits from the other stages (the combine softmax) and receives the total, the
+  /// gradient of the logits as route() returns them. Adds dL/dx to dx and dL/dphi (and, with
+  /// normalisation, dL/dscale) to grad.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, Index num_sequences,
+                MatrixRef<S> dscores, MatrixRef<S> dlogits, MatrixRef<S> dx, SoftRouter& grad) const {
+    constexpr const char* where = "SoftRouter::backward()";
+    const Index T = x.rows();
+    const Index slots = num_slots();
+    detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
+    detail::require(num_sequences >= 0 && (num_sequences == 0 ? T == 0 : T % num_sequences == 0), where,
+                    "num_sequences", detail::concat("a divisor of the number of tokens ", T), num_sequences);
+    detail::require_shape(routing.scores, T, slots, where, "routing.scores");
+    detail::require_shape(dscores, T, slots, where, "dscores");
+    detail::require_shape(dlogits, T, slots, where, "dlogits");
+    detail::require_shape(dx, T, input_dim(), where, "dx");
+    detail::require_shape(grad.phi_, input_dim(), slots, where, "grad.phi()");
+    if (T == 0) return;
+    const Index n = T / num_sequences;
+    // Per-call scratch of E*p values, independent of T (as route()'s).
+    RowVector<S> col(slots);
+    // The dispatch softmax runs down each column of a sequence:
+    // dL/dlogit[t, i] = D[t, i] (dD[t, i] - sum_t' D[t', i] dD[t', i]).
+    for (Index b = 0; b < num_sequences; ++b) {
+      const auto d = routing.scores.middleRows(b * n, n);
+      auto dd = dscores.middleRows(b * n, n);
+      col = d.cwiseProduct(dd).colwise().sum();
+      dlogits.middleRows(b * n, n).array() += d.array() * (dd.array().rowwise() - col.array());
+    }
+    if (!normalize_) {
+      dx.noalias() += dlogits * phi_.transpose();
+      grad.phi_.noalias() += x.transpose() * dlogits;
+      return;
+    }
+    // logits[t, i] = scale a_t c_i R[t, i], R = X Phi, a_t = (|x_t|^2 + eps)^-1/2,
+    // c_i = (|phi_i|^2 + eps)^-1/2, and da/dx_t = -a_t^3 x_t (likewise c). dscores, free now,
+    // holds R, then row by row dL/dR = scale a_t c_i dL/dlogit[t, i].
+    col = (phi_.colwise().squaredNorm().array() + epsilon_).rsqrt().matrix();
+    RowVector<S> dc = RowVector<S>::Zero(slots);  // sum_t a_t G[t, i] R[t, i]
+    S dscale = S(0);
+    dscores.noalias() = x * phi_;
+    for (Index t = 0; t < T; ++t) {
+      const S a = S(1) / std::sqrt(x.row(t).squaredNorm() + epsilon_);
+      auto r = dscores.row(t);
+      const auto g = dlogits.row(t);
+      const S grc = (g.array() * r.array() * col.array()).sum();  // sum_i G R c
+      dscale += a * grc;
+      dc.array() += a * g.array() * r.array();
+      dx.row(t) -= (scale_ * grc * a * a * a) * x.row(t);
+      r = ((scale_ * a) * g.array() * col.array()).matrix();
+    }
+    dx.noalias() += dscores * phi_.transpose();
+    grad.phi_.noalias() += x.transpose() * dscores;
+    // d c_i / d phi_i = -c_i^3 phi_i.
+    col = (scale_ * dc.array() * col.array().cube()).matrix();
+    grad.phi_.array() -= phi_.array().rowwise() * col.array();
+    grad.scale_ += dscale;
   }
 
  private:
