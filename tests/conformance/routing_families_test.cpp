@@ -1,6 +1,6 @@
 // Runners for the routing families of issue #3 with own-reference golden cases: noisy top-k
 // (shazeer2017), expert choice (zhou2022) and hash routing (roller2021), each loaded through
-// moe::io from the "moe." layout.
+// moe::io from the "moe." layout; forward quantities and every gradient.
 #include <moe/io/routing_loaders.hpp>
 #include <moe/loss/importance_loss.hpp>
 
@@ -10,6 +10,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "conformance/golden_runner.hpp"
@@ -49,6 +50,21 @@ GoldenRun run_noisy_top_k(const SafetensorsFile& f) {
   r.set("load", as_row(moe::noisy_load(terms, k)));
   r.set_scalar("importance_loss", static_cast<double>(moe::ImportanceLoss{}(ws.routing)));
   r.set_scalar("load_loss", static_cast<double>(moe::LoadLoss{}(terms, k)));
+
+  // L = sum(output * grad_output) with the same noise, then each balancing loss alone (dy = 0).
+  run_layer_backward(layer, f, r, ctx);
+  const std::string prefix = meta(f, "prefix");
+  const RowMatrix<S> zero = RowMatrix<S>::Zero(x.rows(), layer.output_dim());
+  RowMatrix<S> dx(x.rows(), layer.input_dim());
+  moe::LossWeights<S> importance_only, load_only;
+  importance_only.importance = S(1);
+  load_only.load = S(1);
+  for (const auto& [key, weights] : {std::pair{std::string("grad_importance_loss"), importance_only},
+                                     std::pair{std::string("grad_load_loss"), load_only}}) {
+    auto grads = layer.make_gradients();
+    layer.backward(zero, dx, ws, grads, weights);
+    report_gradients(r, key, prefix, grads);
+  }
   return r;
 }
 
@@ -64,6 +80,7 @@ GoldenRun run_expert_choice(const SafetensorsFile& f) {
   r.set("output", y.template cast<double>());
   r.set("router_logits", ws.routing.logits.template cast<double>());
   r.set("gates", ws.routing.dense_gates().template cast<double>());
+  run_layer_backward(layer, f, r);
   return r;
 }
 
@@ -79,6 +96,7 @@ GoldenRun run_hash(const SafetensorsFile& f) {
   GoldenRun r;
   r.set("output", y.template cast<double>());
   r.set("gates", ws.routing.dense_gates().template cast<double>());
+  run_layer_backward(layer, f, r, ctx);
   return r;
 }
 

@@ -6,14 +6,27 @@
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/top_k.hpp>
-#include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/routing_result.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <type_traits>
 #include <vector>
 
 namespace moe {
+
+/// The three [T, E] matrices of one noisy gating call. The load loss needs the clean logits
+/// and the noise scale besides the noisy logits the selection used, and RoutingResult has
+/// room for only the latter, so NoisyTopKRouter hands these out separately (gating_terms()).
+/// Defined here, not in the router's header, because the router's backward calls the losses'
+/// backward below.
+template <class S>
+struct NoisyGatingTerms {
+  RowMatrix<S> clean;   ///< x Wg^T
+  RowMatrix<S> stddev;  ///< softplus(x Wn^T) + noise_epsilon; all 0 when no noise was added
+  RowMatrix<S> noisy;   ///< clean + eps * stddev (= clean when no noise was added)
+};
 
 /// Squared coefficient of variation: population variance / (mean^2 + 1e-10). 0 for a
 /// constant vector; the 1e-10 keeps an all-zero vector at 0 instead of NaN.
@@ -23,6 +36,20 @@ template <class S>
   const S mean = v.mean();
   const S variance = (v.array() - mean).square().sum() / static_cast<S>(v.size());
   return variance / (mean * mean + S(1e-10));
+}
+
+/// d cv_squared(v) / dv. With m the mean, var the population variance and D = m^2 + 1e-10:
+///   d/dv_e = 2 (v_e - m) / (n D) - var * 2 m / (n D^2)
+/// (the mean's own derivative drops out of var's, since sum_e (v_e - m) = 0).
+template <class S>
+[[nodiscard]] Vector<S> cv_squared_gradient(const Vector<S>& v) {
+  const Index n = v.size();
+  if (n == 0) return Vector<S>();
+  const S mean = v.mean();
+  const S variance = (v.array() - mean).square().sum() / static_cast<S>(n);
+  const S denom = mean * mean + S(1e-10);
+  const S shift = variance * S(2) * mean / (static_cast<S>(n) * denom * denom);
+  return ((v.array() - mean) * (S(2) / (static_cast<S>(n) * denom)) - shift).matrix();
 }
 
 /// Importance [E]: the sum over tokens of the gate each token gives each expert. Works for
@@ -95,6 +122,16 @@ struct ImportanceLoss {
   [[nodiscard]] S operator()(const RoutingResult<S>& routing) const {
     return cv_squared(importance(routing));
   }
+
+  /// Adds weight * dL/dgate to dgate [routing.size()], one entry per assignment: every gate
+  /// of expert e gets weight * d cv^2 / d importance_e. The router's backward carries it on
+  /// to the logits like any other gate gradient.
+  template <class S>
+  void backward(const RoutingResult<S>& routing, std::type_identity_t<S> weight, S* dgate) const {
+    if (weight == S(0) || routing.size() == 0) return;
+    const Vector<S> g = cv_squared_gradient(importance(routing));
+    for (std::size_t i = 0; i < routing.expert.size(); ++i) dgate[i] += weight * g[routing.expert[i]];
+  }
 };
 
 /// cv^2(noisy_load(terms, k)): equal expected load per expert scores 0. The terms come from
@@ -104,8 +141,57 @@ struct LoadLoss {
   [[nodiscard]] S operator()(const NoisyGatingTerms<S>& terms, Index k) const {
     return cv_squared(noisy_load(terms, k));
   }
+
+  /// Adds weight * dL/d(clean, stddev, noisy) into the three [T, E] matrices, following
+  /// tensor2tensor's graph: P(t, e) = Phi(z), z = (clean(t, e) - threshold) / (sqrt2 stddev
+  /// + 1e-20), and the threshold is a value of the noisy logits (tf.nn.top_k passes its
+  /// gradient to the logit it picked), so the noisy logit at the threshold's position gets
+  /// -dL/d(clean - threshold). Which position is the threshold is a discrete choice, fixed.
+  /// No gradient where stddev is 0 (no noise: P is a 0/1 membership) or when k = E (P = 1).
+  template <class S>
+  void backward(const NoisyGatingTerms<S>& terms, Index k, std::type_identity_t<S> weight,
+                MatrixRef<std::type_identity_t<S>> dclean, MatrixRef<std::type_identity_t<S>> dstddev,
+                MatrixRef<std::type_identity_t<S>> dnoisy) const {
+    const Index T = terms.noisy.rows();
+    const Index E = terms.noisy.cols();
+    constexpr const char* where = "LoadLoss::backward()";
+    detail::require_shape(dclean, T, E, where, "dclean (as noisy)");
+    detail::require_shape(dstddev, T, E, where, "dstddev (as noisy)");
+    detail::require_shape(dnoisy, T, E, where, "dnoisy (as noisy)");
+    if (weight == S(0) || T == 0) return;
+    const RowMatrix<S> p = prob_in_top_k(terms, k);  // checks k and the shapes
+    if (k == E) return;
+    const Vector<S> dload = weight * cv_squared_gradient(Vector<S>(p.colwise().sum().transpose()));
+    std::vector<Index> top(static_cast<std::size_t>(k + 1));
+    std::vector<char> in(static_cast<std::size_t>(E));
+    const S inv_sqrt_pi = std::numbers::inv_sqrtpi_v<S>;
+    for (Index t = 0; t < T; ++t) {
+      const S* noisy = terms.noisy.data() + t * E;
+      kernels::top_k(noisy, E, k + 1, top.data());
+      std::fill(in.begin(), in.end(), char(0));
+      for (Index j = 0; j < k; ++j) in[static_cast<std::size_t>(top[static_cast<std::size_t>(j)])] = 1;
+      const Index at_if_in = top[static_cast<std::size_t>(k)];
+      const Index at_if_out = top[static_cast<std::size_t>(k - 1)];
+      for (Index e = 0; e < E; ++e) {
+        const S sd = terms.stddev(t, e);
+        if (sd == S(0)) continue;
+        const Index at = in[static_cast<std::size_t>(e)] != 0 ? at_if_in : at_if_out;
+        const S denom = std::numbers::sqrt2_v<S> * sd + S(1e-20);
+        const S z = (terms.clean(t, e) - noisy[at]) / denom;
+        // dL/dz = dL/dP * Phi'(z); c = dL/d(clean - threshold).
+        const S c = dload[e] * inv_sqrt_pi * std::exp(-z * z) / denom;
+        dclean(t, e) += c;
+        dnoisy(t, at) -= c;
+        dstddev(t, e) -= c * z * std::numbers::sqrt2_v<S>;
+      }
+    }
+  }
 };
 
 }  // namespace moe
+
+// After the definitions above: the router's header includes this one for its backward, and a
+// file that includes only this header still gets NoisyTopKRouter (gating_terms()).
+#include <moe/router/noisy_top_k_router.hpp>
 
 #endif  // MOE_LOSS_IMPORTANCE_LOSS_HPP

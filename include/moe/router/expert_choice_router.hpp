@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <utility>
 #include <xsimd/xsimd.hpp>
 
@@ -32,11 +33,19 @@ namespace moe {
 /// | member   | shape  | golden name     |
 /// |----------|--------|-----------------|
 /// | weight() | [E, d] | moe.gate.weight |
+///
+/// Backward: a chosen (t, e)'s gate is S[t, e], so dL/dgate reaches row t's logits through
+/// the softmax over experts (every logit of the row, not only the chosen ones), then Wg and x.
 template <class S>
 class ExpertChoiceRouter {
  public:
   using scalar_type = S;
   static constexpr bool token_choice = false;
+
+  /// Checkpoint names of the trainable tensors, without the layer prefix.
+  struct Names {
+    std::string weight = "gate.weight";
+  };
 
   /// Zero weights for E experts over inputs of width d.
   ExpertChoiceRouter(Index num_experts, Index input_dim, double capacity_factor)
@@ -58,6 +67,17 @@ class ExpertChoiceRouter {
 
   [[nodiscard]] RowMatrix<S>& weight() noexcept { return weight_; }
   [[nodiscard]] const RowMatrix<S>& weight() const noexcept { return weight_; }
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f(names_.weight, weight_);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    f(names_.weight, weight_);
+  }
 
   /// Tokens each expert takes from a batch of T: min(T, floor(T * capacity_factor / E)).
   [[nodiscard]] Index tokens_per_expert(Index num_tokens) const noexcept {
@@ -91,6 +111,33 @@ class ExpertChoiceRouter {
         out.gate[i] = out.scores(chosen[j], e);
       }
     }
+  }
+
+  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
+  /// [T, E] comes in holding any loss gradients and leaves holding the total dL/dlogits.
+  /// Accumulates dL/dWg into grad and adds dL/dx to dx.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
+                MatrixRef<S> dx, ExpertChoiceRouter& grad) const {
+    constexpr const char* where = "ExpertChoiceRouter::backward()";
+    const Index T = x.rows();
+    const Index E = num_experts();
+    detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
+    detail::require(routing.num_tokens == T && routing.num_experts == E, where, "a routing of x by this router",
+                    detail::concat(T, " tokens, ", E, " experts"),
+                    detail::concat(routing.num_tokens, " tokens, ", routing.num_experts, " experts"));
+    detail::require_shape(routing.scores, T, E, where, "routing scores");
+    detail::require_shape(dlogits, T, E, where, "dlogits");
+    detail::require_shape(dx, T, input_dim(), where, "dx");
+    // dL/dS: an expert takes a token at most once, so each (t, e) has at most one gate.
+    RowMatrix<S> dscores = RowMatrix<S>::Zero(T, E);
+    for (std::size_t i = 0; i < routing.token.size(); ++i) dscores(routing.token[i], routing.expert[i]) += dgate[i];
+    for (Index t = 0; t < T; ++t) {
+      const S c = routing.scores.row(t).dot(dscores.row(t));
+      for (Index e = 0; e < E; ++e) dlogits(t, e) += routing.scores(t, e) * (dscores(t, e) - c);
+    }
+    grad.weight_.noalias() += dlogits.transpose() * x;
+    dx.noalias() += dlogits * weight_;
   }
 
  private:
@@ -131,6 +178,7 @@ class ExpertChoiceRouter {
 
   RowMatrix<S> weight_;
   double capacity_factor_;
+  Names names_;
 };
 
 /// Zhou et al. 2022 with SwiGLU experts (the golden "moe." layout).

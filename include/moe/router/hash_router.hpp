@@ -33,6 +33,10 @@ namespace moe {
 /// | member  | shape   | golden name     |
 /// |---------|---------|-----------------|
 /// | table() | [vocab] | moe.hash_table  |
+///
+/// The table is not trainable (for_each_parameter names nothing), and the decision does not
+/// depend on x: backward gives x no gradient through the router; x gets its gradient from
+/// the experts alone.
 template <class S>
 class HashRouter {
  public:
@@ -88,6 +92,18 @@ class HashRouter {
     if (e < 0) detail::throw_invalid("HashRouter::expert_of()", "token id", valid_ids(), id);
     return e;
   }
+
+  /// No trainable tensors.
+  template <class F>
+  void for_each_parameter(F&&) {}
+  template <class F>
+  void for_each_parameter(F&&) const {}
+
+  /// Backward of route(): nothing depends on x or on a parameter, so it adds nothing (a loss
+  /// on the constant logits has no path back either).
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& /*x*/, const RoutingResult<S>& /*routing*/, const S* /*dgate*/,
+                MatrixRef<S> /*dlogits*/, MatrixRef<S> /*dx*/, HashRouter& /*grad*/) const {}
 
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {

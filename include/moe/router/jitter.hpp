@@ -7,10 +7,13 @@
 #include <moe/core/random.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
+#include <moe/layer/backward.hpp>
+#include <moe/loss/loss_weights.hpp>
 #include <moe/router/routing_result.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <utility>
 #include <xsimd/xsimd.hpp>
 
@@ -29,6 +32,13 @@ namespace moe {
 ///
 /// Allocation: a training call copies x into a local [T, d] matrix (one allocation per call),
 /// since the router is const and may serve several threads at once.
+///
+/// Backward: the wrapped router saw x' = x * u, so its backward runs on x' and its dL/dx'
+/// reaches x as dL/dx' * u (elementwise); the experts' path gives x its gradient separately.
+/// u must be the forward's: backward regenerates it from the ForwardContext given to the
+/// overload that takes one, or uses the factors given to set_factors(). The layer's
+/// backward passes no context, so through MoELayer::backward a generated jitter (eps > 0,
+/// no set_factors()) throws std::invalid_argument; see docs/gradients.md.
 template <class RouterType>
 class Jittered {
  public:
@@ -52,6 +62,27 @@ class Jittered {
   [[nodiscard]] RouterType& router() noexcept { return router_; }
   [[nodiscard]] const RouterType& router() const noexcept { return router_; }
 
+  /// The wrapped router's trainable tensors, under its names (jitter has none of its own).
+  template <class F>
+  void for_each_parameter(F&& f) {
+    router_.for_each_parameter(f);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    router_.for_each_parameter(f);
+  }
+
+  /// Uses these factors [T, d] instead of the counter-based ones in training calls (whatever
+  /// eps), until clear_factors(): replays a given jitter, and lets the layer's backward, which
+  /// has no context, know the forward's factors. T must equal the rows of every x routed.
+  void set_factors(RowMatrix<scalar_type> u) {
+    detail::require(u.cols() == input_dim(), "Jittered::set_factors()", "factor columns (input_dim)", input_dim(),
+                    u.cols());
+    factors_ = std::move(u);
+  }
+  void clear_factors() noexcept { factors_.reset(); }
+  [[nodiscard]] const std::optional<RowMatrix<scalar_type>>& factors() const noexcept { return factors_; }
+
   /// The factor that multiplies x(t, c) in training mode.
   [[nodiscard]] scalar_type factor(const CounterRng& rng, Index t, Index c) const noexcept {
     return static_cast<scalar_type>(
@@ -60,20 +91,101 @@ class Jittered {
 
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out, const ForwardContext& ctx = {}) const {
-    if (ctx.mode != Mode::training || eps_ == 0.0) {
+    if (ctx.mode != Mode::training || (eps_ == 0.0 && !factors_)) {
       router_.template route<Arch>(x, out, ctx);
       return;
     }
-    const CounterRng rng(ctx.seed, ctx.step);
-    RowMatrix<scalar_type> jittered(x.rows(), x.cols());
-    for (Index t = 0; t < x.rows(); ++t)
-      for (Index c = 0; c < x.cols(); ++c) jittered(t, c) = x(t, c) * factor(rng, t, c);
+    const RowMatrix<scalar_type> u = factors_of(x, ctx, "Jittered::route()");
+    const RowMatrix<scalar_type> jittered = x.cwiseProduct(u);
     router_.template route<Arch>(jittered, out, ctx);
   }
 
+  /// Backward of route() through the layer (no context): the factors of set_factors(), or
+  /// none when eps = 0; otherwise throws, since the generated factors need (seed, step).
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
+                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx, Jittered& grad,
+                const LossWeights<scalar_type>& weights = {}) const {
+    if (!factors_ && eps_ != 0.0)
+      detail::throw_invalid("Jittered::backward()", "the forward's jitter factors",
+                            "set_factors() or the overload taking the forward's ForwardContext", "neither");
+    if (!factors_) {
+      inner_backward<Arch>(x, routing, dgate, dlogits, dx, grad, weights, nullptr);
+      return;
+    }
+    jittered_backward<Arch>(x, *factors_, routing, dgate, dlogits, dx, grad, weights, nullptr);
+  }
+
+  /// Backward of route() with the forward's context: the factors are regenerated from
+  /// (ctx.seed, ctx.step) (or taken from set_factors()); none outside training.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
+                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx, Jittered& grad,
+                const LossWeights<scalar_type>& weights, const ForwardContext& ctx) const {
+    if (ctx.mode != Mode::training || (eps_ == 0.0 && !factors_)) {
+      inner_backward<Arch>(x, routing, dgate, dlogits, dx, grad, weights, &ctx);
+      return;
+    }
+    const RowMatrix<scalar_type> u = factors_of(x, ctx, "Jittered::backward()");
+    jittered_backward<Arch>(x, u, routing, dgate, dlogits, dx, grad, weights, &ctx);
+  }
+
  private:
+  using S = scalar_type;
+
+  template <class R>
+  static constexpr bool has_context_backward =
+      requires(const R& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr, const S* dg, MatrixRef<S> m,
+               R& g, const LossWeights<S>& w, const ForwardContext& c) { r.backward(x, rr, dg, m, m, g, w, c); };
+
+  // The training factors of x: the supplied ones, or generated from (seed, step).
+  RowMatrix<S> factors_of(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) const {
+    if (factors_) {
+      detail::require(factors_->rows() == x.rows(), where,
+                      "rows of the factors given to set_factors() (one per row of x)", x.rows(), factors_->rows());
+      return *factors_;
+    }
+    const CounterRng rng(ctx.seed, ctx.step);
+    RowMatrix<S> u(x.rows(), x.cols());
+    for (Index t = 0; t < x.rows(); ++t)
+      for (Index c = 0; c < x.cols(); ++c) u(t, c) = factor(rng, t, c);
+    return u;
+  }
+
+  // The wrapped router's backward, with the context and the loss weights where it takes them.
+  template <class Arch>
+  void inner_backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate,
+                      MatrixRef<S> dlogits, MatrixRef<S> dx, Jittered& grad, const LossWeights<S>& weights,
+                      const ForwardContext* ctx) const {
+    if constexpr (has_context_backward<RouterType>) {
+      if (ctx != nullptr) {
+        router_.backward(x, routing, dgate, dlogits, dx, grad.router_, weights, *ctx);
+        return;
+      }
+    }
+    if constexpr (detail::RouterWithLossBackward<RouterType, S>)
+      router_.backward(x, routing, dgate, dlogits, dx, grad.router_, weights);
+    else
+      router_.template backward<Arch>(x, routing, dgate, dlogits, dx, grad.router_);
+  }
+
+  // x' = x * u went into the router: its backward on x', then dL/dx = dL/dx' * u.
+  template <class Arch>
+  void jittered_backward(const ConstMatrixRef<S>& x, const RowMatrix<S>& u, const RoutingResult<S>& routing,
+                         const S* dgate, MatrixRef<S> dlogits, MatrixRef<S> dx, Jittered& grad,
+                         const LossWeights<S>& weights, const ForwardContext* ctx) const {
+    constexpr const char* where = "Jittered::backward()";
+    detail::require_shape(u, x.rows(), x.cols(), where, "jitter factors (as x)");
+    detail::require_shape(dx, x.rows(), x.cols(), where, "dx (as x)");
+    const RowMatrix<S> jittered = x.cwiseProduct(u);
+    RowMatrix<S> djittered = RowMatrix<S>::Zero(x.rows(), x.cols());
+    inner_backward<Arch>(jittered, routing, dgate, dlogits, djittered, grad, weights, ctx);
+    dx += djittered.cwiseProduct(u);
+  }
+
   RouterType router_;
   double eps_;
+  std::optional<RowMatrix<S>> factors_;
 };
 
 }  // namespace moe

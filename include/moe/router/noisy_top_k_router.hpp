@@ -11,25 +11,19 @@
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/loss/importance_loss.hpp>
+#include <moe/loss/loss_weights.hpp>
 #include <moe/router/routing_result.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
-
-/// The three [T, E] matrices of one noisy gating call. The load loss needs the clean logits
-/// and the noise scale besides the noisy logits the selection used, and RoutingResult has
-/// room for only the latter, so the router hands these out separately (gating_terms()).
-template <class S>
-struct NoisyGatingTerms {
-  RowMatrix<S> clean;   ///< x Wg^T
-  RowMatrix<S> stddev;  ///< softplus(x Wn^T) + noise_epsilon; all 0 when no noise was added
-  RowMatrix<S> noisy;   ///< clean + eps * stddev (= clean when no noise was added)
-};
 
 /// clean = x Wg^T, stddev = softplus(x Wn^T) + noise_epsilon, noisy = clean + eps * stddev,
 /// gates = softmax over the k largest noisy logits (0 elsewhere).
@@ -45,12 +39,27 @@ struct NoisyGatingTerms {
 /// |----------------|--------|--------------------|
 /// | weight()       | [E, d] | moe.gate.weight    |
 /// | noise_weight() | [E, d] | moe.noise.weight   |
+///
+/// Backward (docs/gradients.md): the k-softmax to the noisy logits, then noisy = clean +
+/// eps * stddev to Wg (through clean) and Wn (through stddev = softplus(x Wn^T) + epsilon,
+/// with eps the forward's sample), plus the importance and load losses when LossWeights asks.
+/// eps comes from, in this order: the ForwardContext given to backward (regenerated as in
+/// route()), the sample given to set_noise(), or, when neither is there (the layer passes no
+/// context), recovered from the routing as (logits - clean) / stddev: exact in double, within
+/// an ulp of the noisy logit divided by stddev (>= noise_epsilon) in float. A routing whose
+/// logits equal the clean logits exactly came from inference (no noise): no noise gradient.
 template <class S>
 class NoisyTopKRouter {
  public:
   using scalar_type = S;
   static constexpr bool token_choice = true;
   static constexpr bool needs_rng = true;
+
+  /// Checkpoint names of the trainable tensors, without the layer prefix.
+  struct Names {
+    std::string weight = "gate.weight";
+    std::string noise_weight = "noise.weight";
+  };
 
   /// tensor2tensor's noise_epsilon: the smallest noise scale, so every logit stays noisy.
   static constexpr S default_noise_epsilon = S(1e-2);
@@ -80,6 +89,19 @@ class NoisyTopKRouter {
   [[nodiscard]] const RowMatrix<S>& weight() const noexcept { return weight_; }
   [[nodiscard]] RowMatrix<S>& noise_weight() noexcept { return noise_weight_; }
   [[nodiscard]] const RowMatrix<S>& noise_weight() const noexcept { return noise_weight_; }
+  [[nodiscard]] Names& names() noexcept { return names_; }
+  [[nodiscard]] const Names& names() const noexcept { return names_; }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f(names_.weight, weight_);
+    f(names_.noise_weight, noise_weight_);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    f(names_.weight, weight_);
+    f(names_.noise_weight, noise_weight_);
+  }
 
   /// Uses this standard-normal sample [T, E] instead of the counter-based one in training
   /// calls, until clear_noise(). Lets a caller replay a reference's noise exactly; T must
@@ -146,6 +168,25 @@ class NoisyTopKRouter {
     }
   }
 
+  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
+  /// [T, E] comes in holding dL/d(noisy logits) from any loss on routing.logits and leaves
+  /// holding the total. Accumulates dL/dWg and dL/dWn into grad and adds dL/dx to dx.
+  /// weights.importance and weights.load add those losses (tensor2tensor's cv^2 terms).
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
+                MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights = {}) const {
+    backward_impl(x, routing, dgate, dlogits, dx, grad, weights, nullptr);
+  }
+
+  /// As above, with the forward's context: eps is regenerated exactly as route() drew it
+  /// (or taken from set_noise()), and ctx.mode says whether noise was added.
+  template <class Arch = xsimd::default_arch>
+  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
+                MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights,
+                const ForwardContext& ctx) const {
+    backward_impl(x, routing, dgate, dlogits, dx, grad, weights, &ctx);
+  }
+
   /// log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|)).
   [[nodiscard]] static S softplus(S z) noexcept { return std::max(z, S(0)) + std::log1p(std::exp(-std::abs(z))); }
 
@@ -155,6 +196,83 @@ class NoisyTopKRouter {
   [[nodiscard]] S epsilon(const CounterRng& rng, Index t, Index e) const noexcept {
     return noise_ ? (*noise_)(t, e)
                   : static_cast<S>(rng.normal(static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(e)));
+  }
+
+  void backward_impl(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate,
+                     MatrixRef<S> dlogits, MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights,
+                     const ForwardContext* ctx) const {
+    constexpr const char* where = "NoisyTopKRouter::backward()";
+    const Index T = x.rows();
+    const Index E = num_experts();
+    detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
+    detail::require(routing.num_tokens == T && routing.num_experts == E && routing.size() == T * k_, where,
+                    "a routing of x by this router (T * k assignments)", detail::concat(T, " * ", k_),
+                    detail::concat(routing.num_tokens, " tokens, ", routing.size(), " assignments"));
+    detail::require_shape(routing.logits, T, E, where, "routing logits");
+    detail::require_shape(dlogits, T, E, where, "dlogits");
+    detail::require_shape(dx, T, input_dim(), where, "dx");
+    if (ctx != nullptr) check_input(x, *ctx, where);
+
+    // The forward's terms: clean, stddev (0 without noise), and eps.
+    NoisyGatingTerms<S> terms;
+    terms.clean.noalias() = x * weight_.transpose();
+    RowMatrix<S> raw = x * noise_weight_.transpose();
+    RowMatrix<S> eps(T, E);
+    bool noisy = false;
+    if (ctx != nullptr) {
+      noisy = ctx->mode == Mode::training;
+      const CounterRng rng(ctx->seed, ctx->step);
+      if (noisy)
+        for (Index t = 0; t < T; ++t)
+          for (Index e = 0; e < E; ++e) eps(t, e) = epsilon(rng, t, e);
+    } else if (noise_) {
+      detail::require(noise_->rows() == T, where, "rows of the noise given to set_noise() (one per row of x)", T,
+                      noise_->rows());
+      noisy = true;
+      eps = *noise_;
+    } else {
+      noisy = routing.logits != terms.clean;
+      if (noisy)
+        for (Index t = 0; t < T; ++t)
+          for (Index e = 0; e < E; ++e)
+            eps(t, e) = (routing.logits(t, e) - terms.clean(t, e)) / noise_scale(raw(t, e));
+    }
+    terms.stddev.resize(T, E);
+    for (Index t = 0; t < T; ++t)
+      for (Index e = 0; e < E; ++e) terms.stddev(t, e) = noisy ? noise_scale(raw(t, e)) : S(0);
+
+    // Gates: a softmax over the k selected noisy logits; the importance loss adds to dgate.
+    std::vector<S> dg(dgate, dgate + routing.size());
+    ImportanceLoss{}.backward(routing, weights.importance, dg.data());
+    for (Index t = 0; t < T; ++t) {
+      const Index* idx = routing.expert.data() + t * k_;
+      const S* g = routing.gate.data() + t * k_;
+      const S* d = dg.data() + t * k_;
+      S dot = 0;
+      for (Index j = 0; j < k_; ++j) dot += g[j] * d[j];
+      for (Index j = 0; j < k_; ++j) dlogits(t, idx[j]) += g[j] * (d[j] - dot);
+    }
+
+    // The load loss reads clean and stddev directly, and the noisy logits through its threshold.
+    RowMatrix<S> dclean = RowMatrix<S>::Zero(T, E);
+    RowMatrix<S> dstddev = RowMatrix<S>::Zero(T, E);
+    if (weights.load != S(0) && noisy) {
+      terms.noisy = routing.logits;
+      LoadLoss{}.backward(terms, k_, weights.load, dclean, dstddev, dlogits);
+    }
+
+    // noisy = clean + eps * stddev, stddev = softplus(raw) + epsilon, softplus' = sigmoid.
+    dclean += dlogits;
+    RowMatrix<S> draw(T, E);
+    for (Index t = 0; t < T; ++t)
+      for (Index e = 0; e < E; ++e) {
+        const S ds = dstddev(t, e) + (noisy ? dlogits(t, e) * eps(t, e) : S(0));
+        draw(t, e) = ds / (S(1) + std::exp(-raw(t, e)));
+      }
+    grad.weight_.noalias() += dclean.transpose() * x;
+    grad.noise_weight_.noalias() += draw.transpose() * x;
+    dx.noalias() += dclean * weight_;
+    dx.noalias() += draw * noise_weight_;
   }
 
   void check_input(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) const {
@@ -169,6 +287,7 @@ class NoisyTopKRouter {
   Index k_;
   S noise_epsilon_;
   std::optional<RowMatrix<S>> noise_;
+  Names names_;
 };
 
 /// Shazeer et al. 2017 with SwiGLU experts (the golden "moe." layout).
