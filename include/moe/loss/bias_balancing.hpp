@@ -8,7 +8,9 @@
 #include <moe/core/workspace.hpp>
 #include <moe/router/routing_result.hpp>
 
+#include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 namespace moe {
@@ -70,30 +72,30 @@ struct BiasBalancing {
 /// non-negative (DeepSeek-V3's sigmoid scores, or softmax probabilities); the choices are the
 /// router's triples, i.e. after the correction bias steered them. At perfect balance every
 /// f_e = 1 and L = alpha, whatever the scores.
+///
+/// Backward: f counts discrete choices and is a constant; the gradient flows through P, i.e.
+/// through each token's normalised scores, then through the score function (score_function:
+/// sigmoid for DeepSeek-V3, softmax for a softmax router) to the logits. The bias update has
+/// no gradient: it is not a loss.
 struct SequenceBalanceLoss {
+  /// How routing.scores came from routing.logits, for backward.
+  enum class ScoreFunction : std::uint8_t { sigmoid, softmax };
+
   double alpha = 1e-4;  ///< DeepSeek-V3: 0.0001
+  ScoreFunction score_function = ScoreFunction::sigmoid;
 
   /// sequence_length 0: the whole batch is one sequence. Needs a token-choice result (k >= 1).
   template <class S>
   [[nodiscard]] S operator()(const RoutingResult<S>& routing, Index sequence_length = 0) const {
     constexpr const char* where = "SequenceBalanceLoss::operator()()";
+    check(routing, sequence_length, where);
     const Index T = routing.num_tokens;
     const Index E = routing.num_experts;
     const Index k = routing.k;
-    detail::require(k >= 1 && routing.size() == T * k, where, "a token-choice routing (k >= 1, T * k assignments)",
-                    detail::concat("T * k = ", T, " * ", k), routing.size());
-    detail::require_shape(routing.scores, T, E, where, "routing scores");
-    detail::require(sequence_length >= 0 && (sequence_length == 0 || T % sequence_length == 0), where,
-                    "sequence_length", detail::concat("0 or a divisor of the number of tokens ", T), sequence_length);
     if (T == 0) return S(0);
     const Index n = sequence_length == 0 ? T : sequence_length;
     const Index B = T / n;
-    // Counted from the triples' token field, so any assignment order works.
-    std::vector<Index> count(static_cast<std::size_t>(B * E), 0);
-    for (Index i = 0; i < routing.size(); ++i) {
-      const auto iu = static_cast<std::size_t>(i);
-      ++count[static_cast<std::size_t>(routing.token[iu] / n * E + routing.expert[iu])];
-    }
+    const std::vector<Index> count = counts(routing, n);
     Vector<S> p(E);
     S total = 0;
     for (Index b = 0; b < B; ++b) {
@@ -106,6 +108,79 @@ struct SequenceBalanceLoss {
       total += seq;
     }
     return static_cast<S>(alpha) * total / static_cast<S>(B);
+  }
+
+  /// Adds weight * dL/dscores to dscores [T, E]. For token t of sequence b (n tokens, B
+  /// sequences), with Z_t = sum_e s_te and c = alpha / B * E / (k n) / n:
+  ///   dL/ds_tj = c * (count_bj / Z_t - sum_e count_be s_te / Z_t^2).
+  template <class S>
+  void backward_scores(const RoutingResult<S>& routing, Index sequence_length, std::type_identity_t<S> weight,
+                       MatrixRef<std::type_identity_t<S>> dscores) const {
+    constexpr const char* where = "SequenceBalanceLoss::backward_scores()";
+    check(routing, sequence_length, where);
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    detail::require_shape(dscores, T, E, where, "dscores");
+    if (T == 0 || weight == S(0)) return;
+    const Index n = sequence_length == 0 ? T : sequence_length;
+    const Index B = T / n;
+    const std::vector<Index> count = counts(routing, n);
+    const S c = weight * static_cast<S>(alpha) / static_cast<S>(B) * static_cast<S>(E) /
+                (static_cast<S>(routing.k) * static_cast<S>(n) * static_cast<S>(n));
+    for (Index t = 0; t < T; ++t) {
+      const Index* cnt = count.data() + (t / n) * E;
+      const S z = routing.scores.row(t).sum();
+      S dot = 0;
+      for (Index e = 0; e < E; ++e) dot += static_cast<S>(cnt[e]) * routing.scores(t, e);
+      for (Index e = 0; e < E; ++e) dscores(t, e) += c * (static_cast<S>(cnt[e]) / z - dot / (z * z));
+    }
+  }
+
+  /// Adds weight * dL/dlogits to dlogits [T, E], through score_function (scores must be
+  /// sigmoid(logits) or softmax(logits), as the router computed them).
+  template <class S>
+  void backward(const RoutingResult<S>& routing, Index sequence_length, std::type_identity_t<S> weight,
+                MatrixRef<std::type_identity_t<S>> dlogits) const {
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    detail::require_shape(dlogits, T, E, "SequenceBalanceLoss::backward()", "dlogits");
+    RowMatrix<S> ds = RowMatrix<S>::Zero(T, E);
+    backward_scores(routing, sequence_length, weight, ds);
+    const auto& s = routing.scores;
+    for (Index t = 0; t < T; ++t) {
+      if (score_function == ScoreFunction::sigmoid) {
+        for (Index e = 0; e < E; ++e) dlogits(t, e) += ds(t, e) * s(t, e) * (S(1) - s(t, e));
+      } else {
+        const S dot = s.row(t).dot(ds.row(t));
+        for (Index e = 0; e < E; ++e) dlogits(t, e) += s(t, e) * (ds(t, e) - dot);
+      }
+    }
+  }
+
+ private:
+  template <class S>
+  static void check(const RoutingResult<S>& routing, Index sequence_length, const char* where) {
+    const Index T = routing.num_tokens;
+    const Index E = routing.num_experts;
+    const Index k = routing.k;
+    detail::require(k >= 1 && routing.size() == T * k, where, "a token-choice routing (k >= 1, T * k assignments)",
+                    detail::concat("T * k = ", T, " * ", k), routing.size());
+    detail::require_shape(routing.scores, T, E, where, "routing scores");
+    detail::require(sequence_length >= 0 && (sequence_length == 0 || T % sequence_length == 0), where,
+                    "sequence_length", detail::concat("0 or a divisor of the number of tokens ", T), sequence_length);
+  }
+
+  // Choices of expert e by the tokens of sequence b, at [b * E + e]; counted from the
+  // triples' token field, so any assignment order works.
+  template <class S>
+  static std::vector<Index> counts(const RoutingResult<S>& routing, Index n) {
+    const Index E = routing.num_experts;
+    std::vector<Index> count(static_cast<std::size_t>(routing.num_tokens / n * E), 0);
+    for (Index i = 0; i < routing.size(); ++i) {
+      const auto iu = static_cast<std::size_t>(i);
+      ++count[static_cast<std::size_t>(routing.token[iu] / n * E + routing.expert[iu])];
+    }
+    return count;
   }
 };
 
