@@ -1,6 +1,7 @@
 // Runner for the Switch Transformers family: top-1 softmax routing with ReLU FFN experts,
 // without capacity (switch_top1) and with an absolute capacity under the two priority
-// policies (switch_capacity_drop: token position; switch_capacity_bpr: V-MoE's BPR).
+// policies (switch_capacity_drop: token position; switch_capacity_bpr: V-MoE's BPR); forward
+// quantities and every gradient.
 #include <moe/io/switch_loader.hpp>
 
 #include <string>
@@ -62,6 +63,9 @@ GoldenRun run_switch(const SafetensorsFile& f) {
   // Balancing losses see the router's choices before capacity (README: top-1 argmax before drops).
   r.set_scalar("aux_loss", static_cast<double>(moe::LoadBalancingLoss{}(routing)));
   r.set_scalar("z_loss", static_cast<double>(moe::RouterZLoss{}(routing)));
+  // Gradients with the same capacity: a dropped token's gate gets dL/dgate = 0 from the layer,
+  // while the aux and z losses see every choice.
+  run_layer_backward(layer, f, r);
   return r;
 }
 
