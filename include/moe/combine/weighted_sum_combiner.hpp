@@ -2,12 +2,15 @@
 #ifndef MOE_COMBINE_WEIGHTED_SUM_COMBINER_HPP
 #define MOE_COMBINE_WEIGHTED_SUM_COMBINER_HPP
 
+#include <moe/combine/token_major_sum.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/kernels/weighted_gather.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 
+#include <algorithm>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
@@ -21,10 +24,10 @@ struct WeightedSumCombiner {
 
   template <class Arch = xsimd::default_arch>
   void combine(const ConstMatrixRef<S>& /*x*/, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
-               MatrixRef<S> y, Workspace<S>& /*ws*/) const {
-    y.setZero();
-    kernels::WeightedScatterAdd<Arch>{}(y_perm.data(), y_perm.outerStride(), plan.token.data(), plan.gate.data(),
-                                        plan.rows(), y.cols(), y.data(), y.outerStride());
+               MatrixRef<S> y, Workspace<S>& ws) const {
+    // Per token from the plan's token-major map: the same additions in the same order as a
+    // scatter-add over the slots, but each token's row is owned by one task.
+    detail::token_major_sum<Arch>(plan, y_perm, plan.gate.data(), y, /*overwrite=*/true, ws.pool);
   }
 
   /// Backward: dy_perm[p] = gate_p * dy[token_p] (a weighted gather, the transpose of the
@@ -33,11 +36,17 @@ struct WeightedSumCombiner {
   template <class Arch = xsimd::default_arch>
   void backward(const ConstMatrixRef<S>& /*x*/, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
                 const ConstMatrixRef<S>& dy, MatrixRef<S> dy_perm, S* dgate_slot, MatrixRef<S> dx,
-                WeightedSumCombiner& /*grad*/, Workspace<S>& /*ws*/) const {
-    kernels::WeightedGather<Arch>{}(dy.data(), dy.outerStride(), plan.token.data(), plan.gate.data(), plan.rows(),
-                                    dy.cols(), dy_perm.data(), dy_perm.outerStride());
-    for (Index p = 0; p < plan.rows(); ++p)
-      dgate_slot[p] = dy.row(plan.token[static_cast<std::size_t>(p)]).dot(y_perm.row(p));
+                WeightedSumCombiner& /*grad*/, Workspace<S>& ws) const {
+    const Index N = plan.rows();
+    const Index tasks = (N + detail::tokens_per_task - 1) / detail::tokens_per_task;
+    detail::parallel_for(ws.pool, tasks, [&](Index task) {
+      const Index p0 = task * detail::tokens_per_task;
+      const Index n = std::min(N - p0, detail::tokens_per_task);
+      kernels::WeightedGather<Arch>{}(dy.data(), dy.outerStride(), plan.token.data() + p0, plan.gate.data() + p0, n,
+                                      dy.cols(), dy_perm.row(p0).data(), dy_perm.outerStride());
+      for (Index p = p0; p < p0 + n; ++p)
+        dgate_slot[p] = dy.row(plan.token[static_cast<std::size_t>(p)]).dot(y_perm.row(p));
+    });
     dx.setZero();
   }
 

@@ -2,6 +2,7 @@
 #ifndef MOE_CORE_WORKSPACE_HPP
 #define MOE_CORE_WORKSPACE_HPP
 
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/router/routing_result.hpp>
@@ -37,6 +38,8 @@ struct Workspace {
   LayerStatistics stats;
   /// Which mode the last forward ran in (backward needs training).
   Mode last_mode = Mode::inference;
+  /// The thread pool of the current call (ForwardContext::pool), for the stages to share.
+  ThreadPool* pool = nullptr;
 
   // Training: forward in Mode::training keeps a copy of x; backward's buffers follow.
   RowMatrix<S> x_saved;        ///< x of the last training forward [T, d]

@@ -96,6 +96,11 @@ struct DispatchPlan {
   std::vector<Index> slot_of;
   /// Routing assignments dropped by capacity, in routing order.
   std::vector<Index> dropped;
+  /// The transpose, token-major: token t's slots are token_slots[token_offsets[t] ..
+  /// token_offsets[t + 1]), in ascending slot order (so in expert order). Combine and the
+  /// transposed gather run per token from it, in parallel and in a fixed summation order.
+  std::vector<Index> token_offsets;
+  std::vector<Index> token_slots;
 
   /// Scratch of build_plan when capacity is bounded (kept so a steady-state call allocates
   /// nothing): the serving order of the assignments, each assignment's rank, a per-token
@@ -171,6 +176,23 @@ void priority_order(const RoutingResult<S>& routing, DispatchPlan<S>& plan, Prio
     if (ta != tb) return ta < tb;
     return a < b;
   });
+}
+
+/// Fills token_offsets / token_slots: a stable counting sort of the slots by token.
+template <class S>
+void build_token_map(DispatchPlan<S>& plan) {
+  const auto T = static_cast<std::size_t>(plan.num_tokens);
+  const Index N = plan.rows();
+  plan.token_offsets.assign(T + 1, 0);
+  plan.token_slots.resize(static_cast<std::size_t>(N));
+  for (Index p = 0; p < N; ++p) ++plan.token_offsets[static_cast<std::size_t>(plan.token[static_cast<std::size_t>(p)]) + 1];
+  for (std::size_t t = 0; t < T; ++t) plan.token_offsets[t + 1] += plan.token_offsets[t];
+  for (Index p = 0; p < N; ++p) {
+    const auto t = static_cast<std::size_t>(plan.token[static_cast<std::size_t>(p)]);
+    plan.token_slots[static_cast<std::size_t>(plan.token_offsets[t]++)] = p;
+  }
+  for (std::size_t t = T; t > 0; --t) plan.token_offsets[t] = plan.token_offsets[t - 1];
+  if (T > 0) plan.token_offsets[0] = 0;
 }
 
 }  // namespace detail
@@ -257,6 +279,7 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
   // cursor[e] now equals the old offsets[e + 1]: shift back to restore the CSR offsets.
   for (std::size_t e = En; e > 0; --e) plan.offsets[e] = plan.offsets[e - 1];
   plan.offsets[0] = 0;
+  detail::build_token_map(plan);
 }
 
 }  // namespace moe

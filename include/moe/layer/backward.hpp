@@ -2,7 +2,9 @@
 #ifndef MOE_LAYER_BACKWARD_HPP
 #define MOE_LAYER_BACKWARD_HPP
 
+#include <moe/combine/token_major_sum.hpp>
 #include <moe/core/error.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
@@ -91,19 +93,19 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
   // 5 combine: dY_perm, dL/dgate per slot; dx starts with what the combiner's own path gives.
   layer.combiner().template backward<Arch>(ws.x_saved, plan, ws.y_perm, dy, ws.dy_perm, ws.dgate_slot.data(), dx,
                                            grads.combiner, ws);
-  // 4 experts, slab by slab.
-  for (Index e = 0; e < plan.num_experts; ++e) {
+  // 4 experts: one task per expert, since its weight gradient sums over all its rows (a fixed
+  // order, whatever the thread count); experts write disjoint slices of the gradients.
+  parallel_for(ws.pool, plan.num_experts, [&](Index e) {
     const Index n = plan.count(e);
-    if (n == 0) continue;
+    if (n == 0) return;
     const Index b = plan.begin(e);
     layer.experts().template backward<Arch>(e, ws.x_perm.middleRows(b, n), ws.hidden.middleRows(b, n),
                                             ws.dy_perm.middleRows(b, n), ws.dx_perm.middleRows(b, n),
                                             ws.dhidden.middleRows(b, n), grads.experts);
-  }
-  // 3 gather: its transpose is a scatter-add of dX_perm into dx, in slot order.
+  });
+  // 3 gather: its transpose adds each token's dX_perm rows into dx, in slot order.
   ws.ones.assign(static_cast<std::size_t>(N), S(1));
-  kernels::WeightedScatterAdd<Arch>{}(ws.dx_perm.data(), ws.dx_perm.outerStride(), plan.token.data(), ws.ones.data(),
-                                      N, dx.cols(), dx.data(), dx.outerStride());
+  token_major_sum<Arch>(plan, ws.dx_perm, ws.ones.data(), dx, /*overwrite=*/false, ws.pool);
   // 2 plan: dL/dgate back to routing order; a dropped assignment contributed nothing.
   ws.dgate.assign(static_cast<std::size_t>(routing.size()), S(0));
   for (Index p = 0; p < N; ++p)

@@ -1,0 +1,143 @@
+// A small fixed-size thread pool: the library's parallel execution policy.
+//
+// Why not OpenMP: a pool object owned by the caller keeps the library header-only with no
+// compiler flag for consumers, lets two layers in one process use different thread counts,
+// and makes the thread count a runtime argument (ForwardContext::pool). Work is always cut
+// into the same tasks whatever the pool size (see run_experts), so results are bit-identical
+// for any number of threads; the pool only decides who runs which task.
+#ifndef MOE_CORE_THREAD_POOL_HPP
+#define MOE_CORE_THREAD_POOL_HPP
+
+#include <moe/core/error.hpp>
+#include <moe/core/types.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace moe {
+
+class ThreadPool {
+ public:
+  /// A pool of `threads` threads in all: the caller of run() plus threads - 1 workers.
+  explicit ThreadPool(Index threads) {
+    detail::require(threads >= 1, "ThreadPool::ThreadPool()", "threads", ">= 1", threads);
+    workers_.reserve(static_cast<std::size_t>(threads - 1));
+    for (Index i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  }
+
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  ~ThreadPool() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+
+  [[nodiscard]] Index size() const noexcept { return static_cast<Index>(workers_.size()) + 1; }
+
+  /// Runs fn(task) for every task in [0, n) and returns when all have finished. Tasks may run
+  /// concurrently and in any order; the first exception thrown by a task is rethrown here.
+  /// One run at a time per pool (run is not reentrant).
+  void run(Index n, const std::function<void(Index)>& fn) {
+    if (n <= 0) return;
+    if (workers_.empty() || n == 1) {
+      for (Index i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    {
+      // A worker that woke late for the previous run may still be leaving drain(): the job's
+      // fields change only once no worker is inside.
+      std::unique_lock lock(mutex_);
+      done_.wait(lock, [&] { return active_ == 0; });
+      job_ = &fn;
+      tasks_ = n;
+      next_.store(0);
+      remaining_.store(n);
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    drain();
+    // Wait for the tasks and for every worker that joined this run to leave drain(), so none
+    // can take a task index of the next run.
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [&] { return remaining_.load() == 0 && active_ == 0; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void work() {
+    std::uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        ++active_;
+      }
+      drain();
+      std::lock_guard lock(mutex_);
+      if (--active_ == 0) done_.notify_all();
+    }
+  }
+
+  /// Takes tasks until none is left; the last one to finish wakes the caller.
+  void drain() {
+    for (;;) {
+      const Index i = next_.fetch_add(1);
+      if (i >= tasks_) return;
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      if (remaining_.fetch_sub(1) == 1) {
+        std::lock_guard lock(mutex_);
+        done_.notify_all();
+      }
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(Index)>* job_ = nullptr;
+  Index tasks_ = 0;
+  std::atomic<Index> next_{0};
+  std::atomic<Index> remaining_{0};
+  std::exception_ptr error_;
+  std::uint64_t generation_ = 0;
+  Index active_ = 0;  ///< workers inside drain(), guarded by mutex_
+  bool stop_ = false;
+};
+
+namespace detail {
+/// Runs fn(task) for tasks [0, n) on the pool, or serially without one.
+template <class F>
+void parallel_for(ThreadPool* pool, Index n, F&& fn) {
+  if (pool == nullptr || pool->size() == 1 || n <= 1) {
+    for (Index i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  const std::function<void(Index)> job = std::forward<F>(fn);
+  pool->run(n, job);
+}
+}  // namespace detail
+
+}  // namespace moe
+
+#endif  // MOE_CORE_THREAD_POOL_HPP
