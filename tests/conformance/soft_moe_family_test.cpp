@@ -38,11 +38,7 @@ GoldenRun run_soft_moe(const SafetensorsFile& f) {
   if (meta(f, "expert") != "gelu_erf_ffn") throw std::runtime_error("Soft MoE case with experts " + meta(f, "expert"));
   moe::io::SoftMoeConfig config;
   config.slots_per_expert = meta_index(f, "slots_per_expert");
-  auto layer = moe::io::load_soft_moe<S>(f, meta(f, "prefix"), config);
-  // load_soft_moe reads experts.{e}.wi|wo.weight but leaves FFNExperts' default (Switch) names,
-  // under which the gradients would be reported; name them as the file does.
-  layer.experts().names().wi = "experts.{e}.wi.weight";
-  layer.experts().names().wo = "experts.{e}.wo.weight";
+  const auto layer = moe::io::load_soft_moe<S>(f, meta(f, "prefix"), config);
   const std::vector<Index> shape = parse_shape(meta(f, "input_shape"));
   if (layer.num_experts() != meta_index(f, "num_experts") || layer.input_dim() != shape[2])
     throw std::runtime_error("loaded layer disagrees with the case's num_experts or d_model");

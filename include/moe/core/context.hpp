@@ -9,6 +9,20 @@
 
 namespace moe {
 
+class ThreadPool;
+
+/// What MoELayer::forward does with a NaN or an infinity in x.
+enum class NonFinitePolicy : std::uint8_t {
+  /// Throw std::invalid_argument naming the first non-finite entry (row-major order). A NaN
+  /// that reaches the router would otherwise pick experts silently (top-k's comparisons with
+  /// NaN are all false), so it is refused where it enters.
+  error,
+  /// Skip the check (one pass over x less) and let IEEE arithmetic carry the value: a NaN in
+  /// token t's row makes that token's logits, gates and output row NaN; other rows are
+  /// unaffected for per-token routers (docs/reliability.md).
+  propagate,
+};
+
 /// What a forward call knows besides the activations. Routers read what their traits say
 /// they need (token ids for hash routing, the seed and step for noise and jitter, the
 /// sequence length for dense routers).
@@ -16,6 +30,9 @@ struct ForwardContext {
   Mode mode = Mode::inference;
   /// One id per token (row of x); only read by routers whose traits set needs_token_ids.
   std::span<const std::int64_t> token_ids{};
+  /// Threads for the expert, gather and combine stages; nullptr runs serially. The work is
+  /// cut into the same tasks for any pool size, so results are bit-identical.
+  ThreadPool* pool = nullptr;
   /// Counter-based randomness is keyed by (seed, step, token).
   std::uint64_t seed = 0;
   std::uint64_t step = 0;
@@ -23,6 +40,8 @@ struct ForwardContext {
   /// dense routers (Soft MoE) read it, since their softmax over tokens runs within a sequence;
   /// 0 means the whole batch is one sequence.
   Index sequence_length = 0;
+  /// Whether forward checks x for NaN and infinities first (the default) or lets them through.
+  NonFinitePolicy non_finite = NonFinitePolicy::error;
 };
 
 }  // namespace moe

@@ -43,6 +43,8 @@ SoftMoE<S> load_soft_moe(const SafetensorsFile& file, std::string_view prefix, c
   t.template read_into<S>("phi", pshape, phi);
   const Index ff = t.shape("experts.0.wi.weight", 2)[0];
   FFNExperts<S, Activation::gelu_erf> experts(E, d, ff);
+  experts.names().wi = "experts.{e}.wi.weight";  // gradients under the names read here
+  experts.names().wo = "experts.{e}.wo.weight";
   for (Index e = 0; e < E; ++e) {
     const std::string p = "experts." + std::to_string(e) + ".";
     t.template read_into<S>(p + "wi.weight", {ff, d}, experts.wi(e));

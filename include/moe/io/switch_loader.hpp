@@ -43,8 +43,9 @@ SwitchMoE<S> load_switch_transformers(const SafetensorsFile& file, std::string_v
   }
   return detail::with_loader_name(loader, [&] {
     config.capacity.validate();
-    return SwitchMoE<S>(std::move(experts), SoftmaxTopKRouter<S>(std::move(weight), 1, SoftmaxTopK<S>{false}),
-                        WeightedSumCombiner<S>{}, config.capacity);
+    SoftmaxTopKRouter<S> router(std::move(weight), 1, SoftmaxTopK<S>{false});
+    router.names().weight = "router.classifier.weight";  // gradients under the checkpoint's name
+    return SwitchMoE<S>(std::move(experts), std::move(router), WeightedSumCombiner<S>{}, config.capacity);
   });
 }
 

@@ -24,6 +24,7 @@
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
 
+#include <cmath>
 #include <type_traits>
 #include <utility>
 #include <xsimd/xsimd.hpp>
@@ -130,21 +131,22 @@ class MoELayer {
   void forward(const ConstMatrixRef<scalar_type>& x, MatrixRef<scalar_type> y, workspace_type& ws,
                const ForwardContext& ctx = {}) const {
     validate(x, y, ctx);
+    ws.pool = ctx.pool;
     if constexpr (router_traits<RouterType>::is_dense) {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route: logits, dispatch D
       const SlotLayout layout = make_slot_layout(ws.routing, ctx.sequence_length);
       build_slot_plan(layout, x.rows(), ws.plan);                               // 2 plan: E slabs of B*p slots
       prepare(ws, x.cols());
       gather_slots<Arch>(x, ws.routing, layout, ws.x_perm);                     // 3 gather: D_b^T X_b
-      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);    // 4 experts
+      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm, ctx.pool);  // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine: C_b * slots
       record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
     } else {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
       build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
       prepare(ws, x.cols());
-      gather_tokens<Arch>(x, ws.plan, ws.x_perm);                               // 3 gather
-      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm);    // 4 experts
+      gather_tokens<Arch>(x, ws.plan, ws.x_perm, ctx.pool);                     // 3 gather
+      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm, ctx.pool);  // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine
       record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
     }
@@ -215,6 +217,15 @@ class MoELayer {
       detail::require(static_cast<Index>(ctx.token_ids.size()) == x.rows(), where,
                       "token_ids length (one per row of x)", x.rows(), ctx.token_ids.size());
     if constexpr (router_traits<RouterType>::is_dense) (void)detail::num_sequences(x.rows(), ctx.sequence_length, where);
+    // One vectorised pass in the common case; the position is searched for only on failure.
+    if (ctx.non_finite == NonFinitePolicy::error && !x.allFinite()) {
+      for (Index r = 0; r < x.rows(); ++r)
+        for (Index c = 0; c < x.cols(); ++c)
+          if (const scalar_type v = x(r, c); !std::isfinite(v))
+            detail::throw_invalid(where, "x", "finite values (ForwardContext::non_finite = error)",
+                                  detail::concat(std::isnan(v) ? "NaN" : (v > 0 ? "inf" : "-inf"), " at row ", r,
+                                                 ", column ", c));
+    }
     (void)ctx;
   }
 
