@@ -1,0 +1,345 @@
+// Every loader against well-formed files that are wrong for it: another family's file, a
+// missing expert, a transposed weight, an integer weight, a 1-D tensor where a matrix belongs;
+// and 16-bit float files, which must load (converted exactly). Each refusal is the documented
+// moe::io exception with a message naming the loader and the tensor (docs/errors.md).
+#include <moe/io/hf_loader.hpp>
+#include <moe/io/routing_loaders.hpp>
+#include <moe/io/soft_moe_loader.hpp>
+#include <moe/io/switch_loader.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Catch::Contains;
+using moe::io::DType;
+using moe::io::SafetensorsFile;
+using moe::io::SafetensorsWriter;
+
+struct Tensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  DType dtype = DType::F32;
+};
+
+constexpr std::int64_t E = 4, D = 4, FF = 3;  // FF != D so a transposed matrix has another shape
+
+/// What the tests need to know of one family: its tensors, how to load it, and which tensor
+/// each malformation targets.
+struct Family {
+  std::string name;    // for INFO
+  std::string loader;  // as the messages spell it
+  std::vector<Tensor> tensors;
+  std::function<void(const SafetensorsFile&)> load;
+  std::string matrix;             // a 2-D weight read first: made 1-D or I64
+  std::string dropped;            // one tensor of expert 2
+  std::string transposed;         // a weight whose shape is checked against sizes read before it
+  std::string transposed_expect;  // the message's "expected shape [..], got [..]"
+};
+
+void swiglu(std::vector<Tensor>& t, const std::string& p, const char* g, const char* u, const char* d) {
+  for (std::int64_t e = 0; e < E; ++e) {
+    const std::string q = p + std::to_string(e) + ".";
+    t.push_back({q + g, {FF, D}});
+    t.push_back({q + u, {FF, D}});
+    t.push_back({q + d, {D, FF}});
+  }
+}
+
+const std::string swiglu_t = "expected shape [4, 3], got [3, 4]";
+
+std::vector<Family> families() {
+  using namespace moe::io;
+  std::vector<Family> out;
+  {
+    Family f{"mixtral", "moe::io::load_mixtral", {{"block_sparse_moe.gate.weight", {E, D}}}, nullptr,
+             "block_sparse_moe.gate.weight", "block_sparse_moe.experts.2.w3.weight",
+             "block_sparse_moe.experts.1.w2.weight", swiglu_t};
+    swiglu(f.tensors, "block_sparse_moe.experts.", "w1.weight", "w3.weight", "w2.weight");
+    f.load = [](const SafetensorsFile& s) { (void)load_mixtral<float>(s, "block_sparse_moe.", {2}); };
+    out.push_back(f);
+  }
+  const auto olmoe_tensors = [] {
+    std::vector<Tensor> t{{"mlp.gate.weight", {E, D}}};
+    swiglu(t, "mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight");
+    return t;
+  };
+  {
+    Family f{"olmoe", "moe::io::load_olmoe", olmoe_tensors(), nullptr, "mlp.gate.weight",
+             "mlp.experts.2.up_proj.weight", "mlp.experts.1.down_proj.weight", swiglu_t};
+    f.load = [](const SafetensorsFile& s) { (void)load_olmoe<float>(s, "mlp.", {2, false}); };
+    out.push_back(f);
+  }
+  {
+    Family f{"qwen2_moe", "moe::io::load_qwen2_moe", olmoe_tensors(), nullptr, "mlp.gate.weight",
+             "mlp.experts.2.gate_proj.weight", "mlp.shared_expert.down_proj.weight", "expected shape [4, 5], got [5, 4]"};
+    f.tensors.push_back({"mlp.shared_expert.gate_proj.weight", {5, D}});
+    f.tensors.push_back({"mlp.shared_expert.up_proj.weight", {5, D}});
+    f.tensors.push_back({"mlp.shared_expert.down_proj.weight", {D, 5}});
+    f.tensors.push_back({"mlp.shared_expert_gate.weight", {1, D}});
+    f.load = [](const SafetensorsFile& s) { (void)load_qwen2_moe<float>(s, "mlp.", {2, false}); };
+    out.push_back(f);
+  }
+  {
+    Family f{"deepseek_v3", "moe::io::load_deepseek_v3", olmoe_tensors(), nullptr, "mlp.gate.weight",
+             "mlp.experts.2.down_proj.weight", "mlp.experts.3.down_proj.weight", swiglu_t};
+    f.tensors.push_back({"mlp.gate.e_score_correction_bias", {E}});
+    f.tensors.push_back({"mlp.shared_experts.gate_proj.weight", {5, D}});
+    f.tensors.push_back({"mlp.shared_experts.up_proj.weight", {5, D}});
+    f.tensors.push_back({"mlp.shared_experts.down_proj.weight", {D, 5}});
+    f.load = [](const SafetensorsFile& s) {
+      DeepSeekV3Config c;
+      c.top_k = 2;
+      c.n_group = 2;
+      c.topk_group = 1;
+      (void)load_deepseek_v3<float>(s, "mlp.", c);
+    };
+    out.push_back(f);
+  }
+  {
+    // GPT-OSS fuses its experts: the "missing expert" is a fused tensor one expert short.
+    Family f{"gpt_oss", "moe::io::load_gpt_oss",
+             {{"mlp.router.weight", {E, D}},
+              {"mlp.router.bias", {E}},
+              {"mlp.experts.gate_up_proj", {E, D, 2 * FF}},
+              {"mlp.experts.gate_up_proj_bias", {E, 2 * FF}},
+              {"mlp.experts.down_proj", {E, FF, D}},
+              {"mlp.experts.down_proj_bias", {E, D}}},
+             nullptr, "mlp.router.weight", "", "mlp.experts.down_proj", "expected shape [4, 3, 4], got [4, 4, 3]"};
+    f.load = [](const SafetensorsFile& s) { (void)load_gpt_oss<float>(s, "mlp.", {2}); };
+    out.push_back(f);
+  }
+  {
+    Family f{"switch", "moe::io::load_switch_transformers", {{"mlp.router.classifier.weight", {E, D}}}, nullptr,
+             "mlp.router.classifier.weight", "mlp.experts.expert_2.wo.weight", "mlp.experts.expert_1.wo.weight",
+             swiglu_t};
+    for (std::int64_t e = 0; e < E; ++e) {
+      f.tensors.push_back({"mlp.experts.expert_" + std::to_string(e) + ".wi.weight", {FF, D}});
+      f.tensors.push_back({"mlp.experts.expert_" + std::to_string(e) + ".wo.weight", {D, FF}});
+    }
+    f.load = [](const SafetensorsFile& s) { (void)load_switch_transformers<float>(s, "mlp."); };
+    out.push_back(f);
+  }
+  {
+    Family f{"soft_moe", "moe::io::load_soft_moe", {{"soft_moe.phi", {D, E}}}, nullptr, "soft_moe.phi",
+             "soft_moe.experts.2.wi.weight", "soft_moe.experts.1.wo.weight", swiglu_t};
+    for (std::int64_t e = 0; e < E; ++e) {
+      f.tensors.push_back({"soft_moe.experts." + std::to_string(e) + ".wi.weight", {FF, D}});
+      f.tensors.push_back({"soft_moe.experts." + std::to_string(e) + ".wo.weight", {D, FF}});
+    }
+    f.load = [](const SafetensorsFile& s) { (void)load_soft_moe<float>(s, "soft_moe."); };
+    out.push_back(f);
+  }
+  const auto moe_tensors = [](bool gate, bool noise) {
+    std::vector<Tensor> t;
+    if (gate) t.push_back({"moe.gate.weight", {E, D}});
+    if (noise) t.push_back({"moe.noise.weight", {E, D}});
+    swiglu(t, "moe.experts.", "w1.weight", "w3.weight", "w2.weight");
+    return t;
+  };
+  {
+    Family f{"noisy_top_k", "moe::io::load_noisy_top_k", moe_tensors(true, true), nullptr, "moe.gate.weight",
+             "moe.experts.2.w2.weight", "moe.experts.1.w2.weight", swiglu_t};
+    f.load = [](const SafetensorsFile& s) { (void)load_noisy_top_k<float>(s, "moe.", {2}); };
+    out.push_back(f);
+  }
+  {
+    Family f{"expert_choice", "moe::io::load_expert_choice", moe_tensors(true, false), nullptr, "moe.gate.weight",
+             "moe.experts.2.w1.weight", "moe.experts.1.w2.weight", swiglu_t};
+    f.load = [](const SafetensorsFile& s) { (void)load_expert_choice<float>(s, "moe."); };
+    out.push_back(f);
+  }
+  {
+    // Hash routing has no gate: the first matrix it reads is expert 0's w1.
+    Family f{"hash", "moe::io::load_hash", moe_tensors(false, false), nullptr, "moe.experts.0.w1.weight",
+             "moe.experts.2.w3.weight", "moe.experts.1.w2.weight", swiglu_t};
+    f.tensors.push_back({"moe.hash_table", {8}, DType::I64});
+    f.load = [](const SafetensorsFile& s) { (void)load_hash<float>(s, "moe."); };
+    out.push_back(f);
+  }
+  return out;
+}
+
+/// Values k/8 for small k: exact in F32, F16 and BF16, so a converted file must load equal.
+float value_at(std::size_t i) { return static_cast<float>(static_cast<int>(i % 13) - 6) / 8.0f; }
+
+std::uint16_t to_half(float v) {
+  // Exact for the values above (|v| <= 0.75, a multiple of 1/8): sign, 5-bit exponent, 10-bit mantissa.
+  if (v == 0.0f) return 0;
+  const std::uint32_t b = std::bit_cast<std::uint32_t>(v);
+  const std::uint32_t sign = (b >> 16) & 0x8000u;
+  const auto exponent = static_cast<std::int32_t>((b >> 23) & 0xFFu) - 127 + 15;
+  return static_cast<std::uint16_t>(sign | (static_cast<std::uint32_t>(exponent) << 10) | ((b >> 13) & 0x3FFu));
+}
+
+/// Writes the tensors; `as` overrides the stored dtype of every floating tensor (F32 = keep).
+SafetensorsFile file_of(const std::vector<Tensor>& tensors, DType as = DType::F32) {
+  SafetensorsWriter w;
+  for (const Tensor& t : tensors) {
+    std::int64_t n = 1;
+    for (auto s : t.shape) n *= s;
+    const auto count = static_cast<std::size_t>(n);
+    if (t.dtype == DType::I64) {
+      std::vector<std::int64_t> v(count);
+      for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<std::int64_t>(i % static_cast<std::size_t>(E));
+      w.add<std::int64_t>(t.name, t.shape, std::span<const std::int64_t>(v));
+      continue;
+    }
+    const DType dtype = t.dtype != DType::F32 ? t.dtype : as;
+    std::vector<std::byte> bytes;
+    for (std::size_t i = 0; i < count; ++i) {
+      const float v = value_at(i);
+      std::uint16_t h = 0;
+      if (dtype == DType::F16) h = to_half(v);
+      if (dtype == DType::BF16) h = static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(v) >> 16);
+      const auto at = bytes.size();
+      if (dtype == DType::F32) {
+        bytes.resize(at + 4);
+        std::memcpy(bytes.data() + at, &v, 4);
+      } else {
+        bytes.resize(at + 2);
+        std::memcpy(bytes.data() + at, &h, 2);
+      }
+    }
+    w.add_raw(t.name, dtype, t.shape, std::move(bytes));
+  }
+  return SafetensorsFile::from_bytes(w.to_bytes(), "robust.safetensors");
+}
+
+std::vector<Tensor> without(std::vector<Tensor> t, const std::string& name) {
+  std::erase_if(t, [&](const Tensor& x) { return x.name == name; });
+  return t;
+}
+
+std::vector<Tensor> modified(std::vector<Tensor> t, const std::string& name, const std::function<void(Tensor&)>& f) {
+  bool found = false;
+  for (Tensor& x : t)
+    if (x.name == name) {
+      f(x);
+      found = true;
+    }
+  REQUIRE(found);
+  return t;
+}
+
+template <class Exception>
+void require_refusal(const Family& f, const SafetensorsFile& file, const std::string& tensor, const std::string& text) {
+  INFO(f.name << ": expecting a refusal naming " << tensor << " containing: " << text);
+  REQUIRE_THROWS_AS(f.load(file), Exception);
+  REQUIRE_THROWS_WITH(f.load(file), Contains("moe::io: file 'robust.safetensors': tensor '" + tensor + "': " +
+                                             f.loader + "(): ") &&
+                                        Contains(text));
+}
+
+}  // namespace
+
+TEST_CASE("every family's own file loads", "[io][loader][robustness]") {
+  for (const Family& f : families()) {
+    INFO(f.name);
+    REQUIRE_NOTHROW(f.load(file_of(f.tensors)));
+  }
+}
+
+TEST_CASE("a loader given another family's file loads exactly when the file holds every name it reads",
+          "[io][loader][robustness]") {
+  // Loaders read their own names and ignore the rest, so a file that is a superset (a
+  // DeepSeek-V3 file holds every OLMoE name) loads; any other pairing is refused naming the
+  // loader and the first tensor it could not find or use.
+  const auto all = families();
+  int refused = 0;
+  for (const Family& file_family : all) {
+    const SafetensorsFile file = file_of(file_family.tensors);
+    std::set<std::string> present;
+    for (const Tensor& t : file_family.tensors) present.insert(t.name);
+    for (const Family& loader : all) {
+      INFO("file of " << file_family.name << ", loader of " << loader.name);
+      const bool superset = std::all_of(loader.tensors.begin(), loader.tensors.end(),
+                                        [&](const Tensor& t) { return present.count(t.name) != 0; });
+      if (superset) {
+        REQUIRE_NOTHROW(loader.load(file));
+      } else {
+        ++refused;
+        REQUIRE_THROWS_AS(loader.load(file), moe::io::MissingTensorError);
+        REQUIRE_THROWS_WITH(loader.load(file), Contains("tensor '") && Contains(loader.loader + "(): expected"));
+      }
+    }
+  }
+  REQUIRE(refused > 70);  // of 90 cross pairings, only the superset layouts load
+}
+
+TEST_CASE("a missing expert is refused naming the loader and the tensor", "[io][loader][robustness]") {
+  for (const Family& f : families()) {
+    if (f.dropped.empty()) {  // GPT-OSS: a fused tensor one expert short
+      require_refusal<moe::io::TensorMismatchError>(
+          f, file_of(modified(f.tensors, "mlp.experts.down_proj", [](Tensor& t) { t.shape[0] = E - 1; })),
+          "mlp.experts.down_proj", "expected shape [4, 3, 4], got [3, 3, 4]");
+      continue;
+    }
+    require_refusal<moe::io::MissingTensorError>(f, file_of(without(f.tensors, f.dropped)), f.dropped,
+                                                 "expected this tensor");
+  }
+}
+
+TEST_CASE("a transposed weight is refused with both shapes", "[io][loader][robustness]") {
+  for (const Family& f : families()) {
+    const auto t = modified(f.tensors, f.transposed, [](Tensor& x) { std::swap(x.shape[x.shape.size() - 2], x.shape.back()); });
+    require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.transposed, f.transposed_expect);
+  }
+}
+
+TEST_CASE("an integer weight is refused; the loaders read floating tensors only", "[io][loader][robustness]") {
+  for (const Family& f : families()) {
+    const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.dtype = DType::I64; });
+    require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix,
+                                                  "expected a floating dtype (F32, F64, F16, BF16), got I64");
+  }
+}
+
+TEST_CASE("a 1-D tensor where a matrix belongs is refused naming its shape", "[io][loader][robustness]") {
+  for (const Family& f : families()) {
+    const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.shape = {x.shape[0] * x.shape[1]}; });
+    require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix, "expected a 2-D tensor, got shape [");
+  }
+}
+
+TEST_CASE("F16 and BF16 files load, converted exactly to the layer's type", "[io][loader][robustness]") {
+  using Params = std::map<std::string, std::vector<double>>;
+  // The layers are loaded inside Family::load, so the parameters are compared through a second
+  // load of the same kind: Mixtral (SwiGLU bank + router) and GPT-OSS (fused, with biases).
+  const auto params = [](const auto& layer) {
+    Params p;
+    layer.for_each_parameter([&](const std::string& name, const auto& block) {
+      auto& v = p[name];
+      for (moe::Index r = 0; r < block.rows(); ++r)
+        for (moe::Index c = 0; c < block.cols(); ++c) v.push_back(static_cast<double>(block(r, c)));
+    });
+    return p;
+  };
+  const auto all = families();
+  for (const DType dtype : {DType::F16, DType::BF16}) {
+    INFO(moe::io::dtype_name(dtype));
+    for (const Family& f : all) {
+      INFO(f.name);
+      REQUIRE_NOTHROW(f.load(file_of(f.tensors, dtype)));
+    }
+    const auto m32 = moe::io::load_mixtral<float>(file_of(all[0].tensors), "block_sparse_moe.", {2});
+    const auto m16 = moe::io::load_mixtral<double>(file_of(all[0].tensors, dtype), "block_sparse_moe.", {2});
+    const Params a = params(m32), b = params(m16);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(a == b);
+    REQUIRE(b.at("gate.weight")[1] == -5.0 / 8.0);  // value_at(1), the conversion's exact result
+    const auto g32 = moe::io::load_gpt_oss<float>(file_of(all[4].tensors), "mlp.", {2});
+    const auto g16 = moe::io::load_gpt_oss<float>(file_of(all[4].tensors, dtype), "mlp.", {2});
+    REQUIRE(params(g32) == params(g16));
+  }
+}
