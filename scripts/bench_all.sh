@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Every performance ratio of issue #5 in one command, and docs/PERFORMANCE.md from the results:
+#
+#   scripts/bench_all.sh            # about 10 minutes on a busy 2-core machine
+#
+# 1. builds the release preset's benchmark targets and moe-compare (build/release);
+# 2. runs, one after the other on one thread, writing JSON into build/perf/:
+#      moe_bench_forward   -> forward.json   (a: MoE forward / ideal expert GEMMs)
+#      moe_bench_backward  -> backward.json  (e: forward+backward / forward)
+#      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound)
+#      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
+#      moe-compare --tokens T -> compare-T.json for T in 32 128 512 2048 (tokens/s per router)
+#    and machine.json (CPU, cores, load average before and after, date, commit);
+# 3. calls scripts/perf_report.py, which writes docs/PERFORMANCE.md and docs/perf/*.png.
+#
+# The PyTorch peer needs Debian's python3-torch, the report python3-matplotlib (neither is needed
+# to build or test the library): apt-get install -y python3-torch python3-matplotlib.
+# Both run under /usr/bin/python3, Debian's interpreter, which is where apt installs them.
+#
+# Environment: JOBS (build jobs, default 2), REPS (repetitions of the Google Benchmark
+# programs, default 3), PEER_REPS (timed calls per torch case, default 5), PEER_BLAS=system
+# (run the peer on the system's libblas.so.3 instead of OpenBLAS), SKIP_BUILD=1, SKIP_REPORT=1. Not part of CI: timings on shared machines are noise for a pass/fail check.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=build/perf
+bin=build/release
+py=/usr/bin/python3
+jobs=${JOBS:-2}
+reps=${REPS:-3}
+peer_reps=${PEER_REPS:-5}
+mkdir -p "$out"
+
+# One thread everywhere: the C++ layer has no threaded execution policy yet, and the peer must
+# run with the same thread count.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  echo "== build (release preset)"
+  cmake --preset release >/dev/null
+  cmake --build "$bin" --target moe_bench_forward moe_bench_backward moe_bench_decode moe-compare -j "$jobs"
+fi
+
+# What was built: the commit, and the uncommitted files under include/, bench/ and examples/
+# (the working tree is what was measured).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git status --porcelain -- include bench examples 2>/dev/null | cut -c4- >"$out/dirty.txt" || true
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+t0=$(date +%s)
+
+echo "== moe_bench_forward ($reps repetitions)"
+"$bin/bench/moe_bench_forward" --benchmark_repetitions="$reps" --benchmark_color=false \
+  --benchmark_out="$out/forward.json" --benchmark_out_format=json | tee "$out/forward.txt"
+
+echo "== moe_bench_backward ($reps repetitions)"
+"$bin/bench/moe_bench_backward" --benchmark_repetitions="$reps" --benchmark_color=false \
+  --benchmark_out="$out/backward.json" --benchmark_out_format=json | tee "$out/backward.txt"
+
+echo "== moe_bench_decode"
+"$bin/bench/moe_bench_decode" --json "$out/decode.json" | tee "$out/decode.txt"
+
+echo "== PyTorch peer (bench/peers/torch_moe.py, 1 thread)"
+rm -f "$out/torch.json"
+if "$py" -c 'import torch' 2>/dev/null; then
+  # Debian's torch does its GEMMs in whatever libblas.so.3 resolves to, which is the reference
+  # (netlib) BLAS unless an optimised one is installed: a peer 5x slower than it should be. Give
+  # the peer OpenBLAS for this command only: the system's if it is there, else Debian's
+  # libopenblas0-pthread unpacked into build/perf/openblas (apt-get download, no system change).
+  # PEER_BLAS=system keeps whatever the system resolves.
+  peer_env=()
+  multiarch=/usr/lib/x86_64-linux-gnu
+  if [[ "${PEER_BLAS:-openblas}" != system && "$(readlink -f $multiarch/libblas.so.3)" != *openblas* ]]; then
+    dir=$multiarch/openblas-pthread
+    if [[ ! -e $dir/libblas.so.3 ]]; then
+      dir=$root/$out/openblas/root$multiarch/openblas-pthread
+      if [[ ! -e $dir/libblas.so.3 ]]; then
+        (mkdir -p "$out/openblas" && cd "$out/openblas" && apt-get download libopenblas0-pthread &&
+          dpkg -x libopenblas0-pthread_*.deb root) || echo "bench_all: no OpenBLAS; the peer uses $(readlink -f $multiarch/libblas.so.3)" >&2
+      fi
+    fi
+    [[ -e $dir/libblas.so.3 ]] && peer_env=(env "LD_LIBRARY_PATH=$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+  fi
+  "${peer_env[@]}" "$py" bench/peers/torch_moe.py --threads 1 --reps "$peer_reps" --json "$out/torch.json"
+else
+  echo "bench_all: $py cannot import torch (apt-get install python3-torch); the peer is left out" >&2
+fi
+
+echo "== moe-compare, every router policy"
+# moe-compare times with the wall clock: enough repetitions that each router processes at
+# least 4096 tokens, so a small T is not one 10 ms sample of a busy machine.
+for T in 32 128 512 2048; do
+  r=$(( 4096 / T > 3 ? 4096 / T : 3 ))
+  "$bin/examples/moe-compare" --tokens "$T" --reps "$r" --json "$out/compare-$T.json"
+done
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+"$py" - "$out/machine.json" "$started" "$load_before" "$load_after" "$(( $(date +%s) - t0 ))" "$commit" <<'EOF'
+import json, os, subprocess, sys
+path, started, before, after, seconds, commit = sys.argv[1:]
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+model = next((l.split(":", 1)[1].strip() for l in run("lscpu").splitlines() if l.startswith("Model name")), "")
+dirty = open(os.path.join(os.path.dirname(path), "dirty.txt")).read().split()
+json.dump({"cpu": model, "cores": os.cpu_count(), "compiler": (run("c++", "--version").splitlines() or ["?"])[0],
+           "commit": commit, "dirty": dirty, "date": started,
+           "load_before": before, "load_after": after, "seconds": int(seconds),
+           "mem_total_kb": int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))},
+          open(path, "w"), indent=2)
+EOF
+echo "bench_all: measured in $(( $(date +%s) - t0 )) s, load average $load_before -> $load_after"
+
+if [[ "${SKIP_REPORT:-0}" != 1 ]]; then
+  "$py" scripts/perf_report.py "$out"
+fi
