@@ -90,3 +90,17 @@ TEST_CASE("layer arguments of the wrong shape are refused with what was expected
   REQUIRE_THROWS_WITH(moe::MixtralMoE<double>(moe::SwiGLUExperts<double>(4, 6, 5), moe::SoftmaxTopKRouter<double>(4, 7, 2)),
                       "MoELayer::MoELayer(): router input_dim (= experts input_dim) expected 6, got 7");
 }
+
+TEST_CASE("weights resized through an accessor are refused before any stage reads them", "[layer][errors]") {
+  auto layer = random_mixtral(4, 6, 5, 2);
+  moe::Workspace<double> ws;
+  const RowMatrix<double> x = RowMatrix<double>::Zero(3, 6);
+  layer.experts().down().resize(4 * 6, 4);
+  REQUIRE_THROWS_WITH(layer.forward(x, ws), "SwiGLUExperts::check_shapes(): down() expected shape [24, 5], got [24, 4]");
+  auto other = random_mixtral(4, 6, 5, 4);
+  other.router().weight().resize(3, 6);
+  REQUIRE_THROWS_WITH(other.forward(x, ws), "TopKRouter::check_shapes(): k expected in [1, num_experts = 3], got 4");
+  auto third = random_mixtral(4, 6, 5, 1);
+  third.router().weight().resize(3, 6);
+  REQUIRE_THROWS_WITH(third.forward(x, ws), "MoELayer::forward(): router num_experts (= experts) expected 4, got 3");
+}

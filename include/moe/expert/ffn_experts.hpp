@@ -89,6 +89,17 @@ class FFNExperts {
   [[nodiscard]] RowMatrix<S>& bo() noexcept { return bo_; }
   [[nodiscard]] const RowMatrix<S>& bo() const noexcept { return bo_; }
 
+  /// Throws if a weight block was resized through its accessor.
+  void check_shapes() const {
+    constexpr const char* where = "FFNExperts::check_shapes()";
+    detail::require_shape(wi_, num_experts_ * d_ff_, d_model_, where, "wi()");
+    detail::require_shape(wo_, num_experts_ * d_model_, d_ff_, where, "wo()");
+    if (bi_.size() != 0 || bo_.size() != 0) {
+      detail::require_shape(bi_, num_experts_, d_ff_, where, "bi()");
+      detail::require_shape(bo_, num_experts_, d_model_, where, "bo()");
+    }
+  }
+
   template <class Arch = xsimd::default_arch>
   void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
     const Index n = x.rows();

@@ -91,6 +91,15 @@ class GptOssExperts {
   [[nodiscard]] RowMatrix<S>& down_bias() noexcept { return down_bias_; }
   [[nodiscard]] const RowMatrix<S>& down_bias() const noexcept { return down_bias_; }
 
+  /// Throws if a weight block was resized through its accessor.
+  void check_shapes() const {
+    constexpr const char* where = "GptOssExperts::check_shapes()";
+    detail::require_shape(gate_up_, num_experts_ * d_model_, 2 * d_ff_, where, "gate_up()");
+    detail::require_shape(gate_up_bias_, num_experts_, 2 * d_ff_, where, "gate_up_bias()");
+    detail::require_shape(down_, num_experts_ * d_ff_, d_model_, where, "down()");
+    detail::require_shape(down_bias_, num_experts_, d_model_, where, "down_bias()");
+  }
+
   template <class Arch = xsimd::default_arch>
   void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
     const Index n = x.rows();

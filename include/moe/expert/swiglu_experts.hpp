@@ -85,6 +85,14 @@ class SwiGLUExperts {
   [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
   [[nodiscard]] const RowMatrix<S>& down() const noexcept { return down_; }
 
+  /// Throws if a weight block was resized through its accessor (forward checks this, so no
+  /// stage reads outside a block).
+  void check_shapes() const {
+    constexpr const char* where = "SwiGLUExperts::check_shapes()";
+    detail::require_shape(gate_up_, num_experts_ * 2 * d_ff_, d_model_, where, "gate_up()");
+    detail::require_shape(down_, num_experts_ * d_model_, d_ff_, where, "down()");
+  }
+
   /// Runs expert e on the rows of x [n, d]; hidden is [n, hidden_cols()], y is [n, d].
   template <class Arch = xsimd::default_arch>
   void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {

@@ -211,6 +211,14 @@ class MoELayer {
   void validate(const ConstMatrixRef<scalar_type>& x, const MatrixRef<scalar_type>& y,
                 const ForwardContext& ctx) const {
     constexpr const char* where = "MoELayer::forward()";
+    // Weights are reachable through mutable accessors; a resized block must fail here, not
+    // be read out of bounds by a stage.
+    if constexpr (requires { experts_.check_shapes(); }) experts_.check_shapes();
+    if constexpr (requires { router_.check_shapes(); }) router_.check_shapes();
+    detail::require(router_.num_experts() == experts_.num_experts(), where, "router num_experts (= experts)",
+                    experts_.num_experts(), router_.num_experts());
+    detail::require(router_.input_dim() == experts_.input_dim(), where, "router input_dim (= experts input_dim)",
+                    experts_.input_dim(), router_.input_dim());
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
     detail::require_shape(y, x.rows(), output_dim(), where, "y");
     if constexpr (router_traits<RouterType>::needs_token_ids)

@@ -76,6 +76,16 @@ class TopKRouter {
   [[nodiscard]] GatingType& gating() noexcept { return gating_; }
   [[nodiscard]] const GatingType& gating() const noexcept { return gating_; }
 
+  /// Throws if the weight or bias was resized through its accessor so that it no longer
+  /// matches E and d, or the gating's settings no longer fit.
+  void check_shapes() const {
+    constexpr const char* where = "TopKRouter::check_shapes()";
+    detail::require(k_ >= 1 && k_ <= weight_.rows(), where, "k", detail::concat("in [1, num_experts = ", weight_.rows(), "]"), k_);
+    detail::require(bias_.size() == 0 || bias_.size() == weight_.rows(), where, "bias length",
+                    detail::concat("0 or num_experts = ", weight_.rows()), bias_.size());
+    gating_.validate(weight_.rows(), k_);
+  }
+
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out,
              const ForwardContext& /*ctx*/ = {}) const {
