@@ -2,6 +2,8 @@
 // properties (saturation, symmetry, zeros) without an oracle.
 #include <catch2/catch.hpp>
 
+#include "kernels/kernel_test_support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,43 +20,10 @@
 namespace {
 
 using moe::Index;
-
-template <class S>
-using AlignedVector = std::vector<S, xsimd::aligned_allocator<S, 64>>;
-
-template <class F>
-void for_each_arch(F&& f) {
-  f(xsimd::default_arch{});
-#if XSIMD_WITH_SSE2
-  if constexpr (!std::is_same_v<xsimd::default_arch, xsimd::sse2>) f(xsimd::sse2{});
-#endif
-#if XSIMD_WITH_AVX2
-  if constexpr (!std::is_same_v<xsimd::default_arch, xsimd::avx2>) f(xsimd::avx2{});
-#endif
-}
-
-template <class S, class Arch>
-std::vector<Index> sweep_sizes() {
-  const Index w = static_cast<Index>(xsimd::batch<S, Arch>::size);
-  std::vector<Index> sizes{1, 3, w - 1, w, w + 1, 3 * w, 8 * w + 2};
-  std::erase_if(sizes, [](Index v) { return v <= 0; });
-  std::sort(sizes.begin(), sizes.end());
-  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
-  return sizes;
-}
-
-template <class S>
-std::string first_difference(const S* a, const S* b, Index n) {
-  for (Index i = 0; i < n; ++i) {
-    if (std::memcmp(a + i, b + i, sizeof(S)) != 0) {
-      std::ostringstream os;
-      os.precision(17);
-      os << "element " << i << ": kernel " << a[i] << ", reference " << b[i];
-      return os.str();
-    }
-  }
-  return {};
-}
+using moe::test::AlignedVector;
+using moe::test::first_difference;
+using moe::test::for_each_arch;
+using moe::test::sweep_sizes;
 
 // Tolerance against the twin, in units of eps * max(1, |ref|). Kernel and twin evaluate the
 // same expression in the same order; only the transcendental differs (xsimd versus std::,
