@@ -19,7 +19,7 @@ enum class NonFinitePolicy : std::uint8_t {
   error,
   /// Skip the check (one pass over x less) and let IEEE arithmetic carry the value: a NaN in
   /// token t's row makes that token's logits, gates and output row NaN; other rows are
-  /// unaffected for per-token routers (docs/reliability.md).
+  /// unaffected, to rounding, for per-token routers without capacity (docs/reliability.md).
   propagate,
 };
 
