@@ -8,6 +8,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake g++ clang          # compilers and CMake >= 3.21 (Debian 12: 3.25)
+  libclang-rt-14-dev                       # libFuzzer and sanitizer runtimes for clang (scripts/fuzz.sh)
   libeigen3-dev                            # Eigen 3.4
   libxsimd-dev                             # xsimd 8.1
   catch2                                   # Catch2 2.13 (tests)
