@@ -330,7 +330,8 @@ TEST_CASE("a steady-state build_plan allocates nothing", "[dispatch][capacity][a
         return std::vector<const void*>{plan.offsets.data(), plan.token.data(),   plan.gate.data(),
                                         plan.assignment.data(), plan.slot_of.data(), plan.dropped.data(),
                                         plan.order.data(),      plan.rank.data(),    plan.token_count.data(),
-                                        plan.token_score.data()};
+                                        plan.token_score.data(), plan.token_offsets.data(),
+                                        plan.token_slots.data()};
       };
       const std::vector<const void*> first = buffers();
       const std::size_t before = g_allocations;

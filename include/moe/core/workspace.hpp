@@ -2,6 +2,7 @@
 #ifndef MOE_CORE_WORKSPACE_HPP
 #define MOE_CORE_WORKSPACE_HPP
 
+#include <moe/core/context.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
@@ -40,6 +41,9 @@ struct Workspace {
   Mode last_mode = Mode::inference;
   /// The thread pool of the current call (ForwardContext::pool), for the stages to share.
   ThreadPool* pool = nullptr;
+  /// The context of the last forward: backward regenerates noise and jitter from its seed
+  /// and step, and reads its sequence length (token_ids and pool must outlive backward).
+  ForwardContext last_context{};
 
   // Training: forward in Mode::training keeps a copy of x; backward's buffers follow.
   RowMatrix<S> x_saved;        ///< x of the last training forward [T, d]

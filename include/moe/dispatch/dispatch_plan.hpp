@@ -279,6 +279,7 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
   // cursor[e] now equals the old offsets[e + 1]: shift back to restore the CSR offsets.
   for (std::size_t e = En; e > 0; --e) plan.offsets[e] = plan.offsets[e - 1];
   plan.offsets[0] = 0;
+  plan.token_slots.reserve(static_cast<std::size_t>(n));  // kept rows vary with capacity; n bounds them
   detail::build_token_map(plan);
 }
 

@@ -81,13 +81,18 @@ class LayerTensors {
     return t.shape;
   }
 
-  template <class S>
-  [[nodiscard]] std::vector<S> read(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
+  /// Checks that the tensor exists with a floating dtype and the expected shape.
+  void check(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
     const TensorInfo& t = info(suffix);
     if (t.shape != expected)
       throw TensorMismatchError(file_.display_name(), name(suffix),
                                 loader_ + "(): expected shape " + shape_string(expected) + ", got " +
                                     shape_string(t.shape));
+  }
+
+  template <class S>
+  [[nodiscard]] std::vector<S> read(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
+    check(suffix, expected);
     return file_.read<S>(name(suffix));
   }
 
@@ -129,7 +134,15 @@ SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view expert
   const auto gshape = t.shape(first, 2);
   const Index ff = gshape[0];
   const Index d = gshape[1];
-  SwiGLUExperts<S> bank(num_experts, d, ff);
+  // Every tensor's name, dtype and shape first: a small malformed file must not make the
+  // loader allocate the whole bank (E * 3 * ff * d) before it fails.
+  for (Index e = 0; e < num_experts; ++e) {
+    const std::string p = std::string(experts_prefix) + std::to_string(e) + ".";
+    t.check(p + std::string(gate), {ff, d});
+    t.check(p + std::string(up), {ff, d});
+    t.check(p + std::string(down), {d, ff});
+  }
+  SwiGLUExperts<S> bank = with_loader_name(t.loader(), [&] { return SwiGLUExperts<S>(num_experts, d, ff); });
   const std::string pattern = std::string(experts_prefix) + "{e}.";
   bank.names() = {pattern + std::string(gate), pattern + std::string(up), pattern + std::string(down)};
   for (Index e = 0; e < num_experts; ++e) {
@@ -154,7 +167,7 @@ template <class S>
 SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view prefix, Index d_model) {
   const auto gshape = t.shape(std::string(prefix) + "gate_proj.weight", 2);
   const Index ff = gshape[0];
-  SwiGLUExperts<S> bank(1, d_model, ff);
+  SwiGLUExperts<S> bank = with_loader_name(t.loader(), [&] { return SwiGLUExperts<S>(1, d_model, ff); });
   const std::string p(prefix);
   bank.names() = {p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"};
   t.template read_into<S>(std::string(prefix) + "gate_proj.weight", {ff, d_model}, bank.gate_proj(0));
@@ -253,7 +266,14 @@ GptOssMoE<S> load_gpt_oss(const SafetensorsFile& file, std::string_view prefix, 
     throw TensorMismatchError(file.display_name(), t.name("experts.gate_up_proj"),
                               loader + "(): expected an even last dimension (2 * d_ff), got " + std::to_string(gu[2]));
   const Index ff = gu[2] / 2;
-  GptOssExperts<S> experts(E, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
+  // Shapes before the allocation, which they bound.
+  t.check("experts.gate_up_proj", {E, d, 2 * ff});
+  t.check("experts.gate_up_proj_bias", {E, 2 * ff});
+  t.check("experts.down_proj", {E, ff, d});
+  t.check("experts.down_proj_bias", {E, d});
+  GptOssExperts<S> experts = detail::with_loader_name(loader, [&] {
+    return GptOssExperts<S>(E, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
+  });
   t.template read_into<S>("experts.gate_up_proj", {E, d, 2 * ff}, experts.gate_up());
   t.template read_into<S>("experts.gate_up_proj_bias", {E, 2 * ff}, experts.gate_up_bias());
   t.template read_into<S>("experts.down_proj", {E, ff, d}, experts.down());

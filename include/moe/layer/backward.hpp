@@ -3,6 +3,7 @@
 #define MOE_LAYER_BACKWARD_HPP
 
 #include <moe/combine/token_major_sum.hpp>
+#include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/parameters.hpp>
@@ -65,6 +66,13 @@ concept RouterWithLossBackward = requires(const RouterType& r, const ConstMatrix
 };
 
 template <class RouterType, class S>
+concept RouterWithContextBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x,
+                                             const RoutingResult<S>& rr, const S* dg, MatrixRef<S> m, RouterType& g,
+                                             const LossWeights<S>& w, const ForwardContext& ctx) {
+  r.backward(x, rr, dg, m, m, g, w, ctx);
+};
+
+template <class RouterType, class S>
 concept RouterWithBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr,
                                       const S* dg, MatrixRef<S> m, RouterType& g) {
   r.backward(x, rr, dg, m, m, g);
@@ -116,7 +124,13 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
   ws.dlogits.setZero();
   if (weights.aux != S(0)) weights.aux_loss.template backward<S, Arch>(routing, weights.aux, ws.dlogits);
   if (weights.z != S(0)) RouterZLoss{}.template backward<S, Arch>(routing, weights.z, ws.dlogits);
-  if constexpr (RouterWithLossBackward<RouterType, S>)
+  if (weights.sequence != S(0))
+    weights.sequence_loss.backward(routing, ws.last_context.sequence_length, weights.sequence, ws.dlogits);
+  // Routers that draw noise or jitter get the forward's context, to regenerate the same draw.
+  if constexpr (RouterWithContextBackward<RouterType, S>)
+    layer.router().backward(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router, weights,
+                            ws.last_context);
+  else if constexpr (RouterWithLossBackward<RouterType, S>)
     layer.router().backward(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router, weights);
   else
     layer.router().template backward<Arch>(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router);

@@ -132,6 +132,7 @@ class MoELayer {
                const ForwardContext& ctx = {}) const {
     validate(x, y, ctx);
     ws.pool = ctx.pool;
+    ws.last_context = ctx;
     if constexpr (router_traits<RouterType>::is_dense) {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route: logits, dispatch D
       const SlotLayout layout = make_slot_layout(ws.routing, ctx.sequence_length);
