@@ -204,12 +204,12 @@ class SoftRouter {
   template <class F>
   void for_each_parameter(F&& f) {
     f(std::string("phi"), phi_);
-    if (normalize_) f(std::string("scale"), Eigen::Map<RowMatrix<S>>(&scale_, 1, 1));
+    if (normalize_) f(std::string("scale"), Eigen::Map<Eigen::Matrix<S, 1, 1>>(&scale_));
   }
   template <class F>
   void for_each_parameter(F&& f) const {
     f(std::string("phi"), phi_);
-    if (normalize_) f(std::string("scale"), Eigen::Map<const RowMatrix<S>>(&scale_, 1, 1));
+    if (normalize_) f(std::string("scale"), Eigen::Map<const Eigen::Matrix<S, 1, 1>>(&scale_));
   }
 
   /// Reads ctx.sequence_length (0: the batch is one sequence), which must divide T.
