@@ -17,6 +17,11 @@ packages=(
   python3 python3-numpy                    # helper scripts
 )
 
+# Optional: OpenBLAS for the MOE_USE_BLAS=ON build (EIGEN_USE_BLAS; docs/benchmarks.md#blas).
+if [[ "${MOE_USE_BLAS:-0}" == 1 ]]; then
+  packages+=(libopenblas-dev)
+fi
+
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${packages[@]}"
   exit 0
