@@ -15,12 +15,32 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace moe {
+
+/// A non-owning reference to a callable taking a task index: two pointers, no allocation
+/// (std::function may allocate for a capturing lambda). The callable must outlive the
+/// TaskRef, which holds for a lambda passed straight to ThreadPool::run().
+class TaskRef {
+ public:
+  template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, TaskRef> && std::is_invocable_v<F&, Index>)
+  TaskRef(F&& f) noexcept  // NOLINT(google-explicit-constructor): converts like std::function
+      : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* o, Index i) { (*static_cast<std::remove_reference_t<F>*>(o))(i); }) {}
+
+  void operator()(Index i) const { call_(object_, i); }
+
+ private:
+  void* object_;
+  void (*call_)(void*, Index);
+};
 
 class ThreadPool {
  public:
@@ -47,8 +67,9 @@ class ThreadPool {
 
   /// Runs fn(task) for every task in [0, n) and returns when all have finished. Tasks may run
   /// concurrently and in any order; the first exception thrown by a task is rethrown here.
-  /// One run at a time per pool (run is not reentrant).
-  void run(Index n, const std::function<void(Index)>& fn) {
+  /// One run at a time per pool (run is not reentrant). fn is a non-owning reference, so a
+  /// run allocates nothing (steady-state forward and backward are allocation-free).
+  void run(Index n, TaskRef fn) {
     if (n <= 0) return;
     if (workers_.empty() || n == 1) {
       for (Index i = 0; i < n; ++i) fn(i);
@@ -115,7 +136,7 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(Index)>* job_ = nullptr;
+  const TaskRef* job_ = nullptr;
   Index tasks_ = 0;
   std::atomic<Index> next_{0};
   std::atomic<Index> remaining_{0};
@@ -133,8 +154,7 @@ void parallel_for(ThreadPool* pool, Index n, F&& fn) {
     for (Index i = 0; i < n; ++i) fn(i);
     return;
   }
-  const std::function<void(Index)> job = std::forward<F>(fn);
-  pool->run(n, job);
+  pool->run(n, TaskRef(fn));
 }
 }  // namespace detail
 
