@@ -7,15 +7,16 @@
 #define MOE_ROUTER_GATING_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/router/routing_result.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 namespace moe {
 
@@ -137,19 +138,21 @@ struct SigmoidGroupLimited {
   /// Selection-only bias [E] (e_score_correction_bias); empty means zero.
   Vector<S> correction_bias;
 
+  /// Runs on every forward (MoELayer checks the policies' settings), so the messages are
+  /// built only on failure: a passing check allocates nothing.
   void validate(Index num_experts, Index k) const {
     constexpr const char* where = "SigmoidGroupLimited::validate()";
     detail::require(n_group >= 1, where, "n_group", ">= 1", n_group);
-    detail::require(num_experts % n_group == 0, where, "n_group dividing num_experts",
-                    detail::concat("a divisor of ", num_experts), n_group);
-    detail::require(topk_group >= 1 && topk_group <= n_group, where, "topk_group",
-                    detail::concat("in [1, n_group = ", n_group, "]"), topk_group);
+    if (num_experts % n_group != 0)
+      detail::throw_invalid(where, "n_group dividing num_experts", detail::concat("a divisor of ", num_experts), n_group);
+    if (topk_group < 1 || topk_group > n_group)
+      detail::throw_invalid(where, "topk_group", detail::concat("in [1, n_group = ", n_group, "]"), topk_group);
     const Index reachable = topk_group * (num_experts / n_group);
-    detail::require(k <= reachable, where, "top_k",
-                    detail::concat("<= topk_group * experts per group = ", reachable), k);
-    detail::require(correction_bias.size() == 0 || correction_bias.size() == num_experts, where,
-                    "correction_bias length", detail::concat("0 or num_experts = ", num_experts),
-                    correction_bias.size());
+    if (k > reachable)
+      detail::throw_invalid(where, "top_k", detail::concat("<= topk_group * experts per group = ", reachable), k);
+    if (correction_bias.size() != 0 && correction_bias.size() != num_experts)
+      detail::throw_invalid(where, "correction_bias length", detail::concat("0 or num_experts = ", num_experts),
+                            correction_bias.size());
   }
 
   template <class Arch>
@@ -161,32 +164,35 @@ struct SigmoidGroupLimited {
     out.scores = out.logits;
     kernels::Sigmoid<Arch>{}(out.scores.data(), T * E);
 
-    // Per-call scratch, O(E), independent of T.
-    std::vector<S> biased(static_cast<std::size_t>(E));
-    std::vector<S> group_scores(static_cast<std::size_t>(n_group));
-    std::vector<Index> order(static_cast<std::size_t>(std::max(E, n_group)));
+    // Scratch, O(E) and independent of T: the calling thread's, grown once (no allocation
+    // in steady state).
+    struct Tag;
+    detail::ScratchLease<S, Tag> biased_lease, group_lease;
+    detail::ScratchLease<Index, Tag> order_lease;
+    S* const biased = biased_lease.data(static_cast<std::size_t>(E));
+    S* const group_scores = group_lease.data(static_cast<std::size_t>(n_group));
+    Index* const order = order_lease.data(static_cast<std::size_t>(std::max(E, n_group)));
     constexpr S neg_inf = -std::numeric_limits<S>::infinity();
     for (Index t = 0; t < T; ++t) {
       const S* score = out.scores.data() + t * E;
       for (Index e = 0; e < E; ++e)
-        biased[static_cast<std::size_t>(e)] =
-            score[e] + (correction_bias.size() ? correction_bias[e] : S(0));
+        biased[e] = score[e] + (correction_bias.size() ? correction_bias[e] : S(0));
       for (Index g = 0; g < n_group; ++g) {
-        kernels::top_k(biased.data() + g * group_size, group_size, per_group, order.data());
+        kernels::top_k(biased + g * group_size, group_size, per_group, order);
         S s = 0;
-        for (Index j = 0; j < per_group; ++j) s += biased[static_cast<std::size_t>(g * group_size + order[j])];
-        group_scores[static_cast<std::size_t>(g)] = s;
+        for (Index j = 0; j < per_group; ++j) s += biased[g * group_size + order[j]];
+        group_scores[g] = s;
       }
-      kernels::top_k(group_scores.data(), n_group, topk_group, order.data());
+      kernels::top_k(group_scores, n_group, topk_group, order);
       // Mask the groups not kept.
       for (Index g = 0; g < n_group; ++g) {
         bool kept = false;
         for (Index j = 0; j < topk_group; ++j) kept = kept || order[j] == g;
         if (!kept)
-          for (Index e = g * group_size; e < (g + 1) * group_size; ++e) biased[static_cast<std::size_t>(e)] = neg_inf;
+          for (Index e = g * group_size; e < (g + 1) * group_size; ++e) biased[e] = neg_inf;
       }
       Index* idx = out.expert.data() + t * k;
-      kernels::top_k(biased.data(), E, k, idx);
+      kernels::top_k(biased, E, k, idx);
       S* gate = out.gate.data() + t * k;
       S sum = 0;
       for (Index j = 0; j < k; ++j) {
