@@ -5,6 +5,7 @@
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/random.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/layer/backward.hpp>
@@ -50,7 +51,8 @@ namespace moe {
 /// are first restored from the logits. An assignment whose gate is 0 without dropout gets no
 /// gradient through any of these rules, so zeroing by "gate == 0" is exact.
 ///
-/// Allocation: backward copies dgate (and, for TopKSoftmax, the routing) once per call.
+/// Allocation: backward copies dgate (and, for TopKSoftmax, the routing) into the calling
+/// thread's scratch (detail::ScratchLease, grown once), so a steady-state step allocates nothing.
 template <class RouterType>
 class ExpertDropout {
  public:
@@ -122,12 +124,15 @@ class ExpertDropout {
                 ExpertDropout& grad) const
     requires detail::RouterWithBackward<RouterType, scalar_type>
   {
-    const auto dg = masked_dgate(routing, dgate);
+    detail::ScratchLease<scalar_type, ScratchTag> dg_lease;
+    const scalar_type* dg = masked_dgate(routing, dgate, dg_lease);
     if constexpr (couples_gates) {
-      const RoutingResult<scalar_type> restored = restore_gates(routing);
-      router_.template backward<Arch>(x, restored, dg.data(), dlogits, dx, grad.router_);
+      detail::ScratchLease<RoutingResult<scalar_type>, ScratchTag> restored_lease;
+      RoutingResult<scalar_type>& restored = *restored_lease.data(1);
+      restore_gates(routing, restored);
+      router_.template backward<Arch>(x, restored, dg, dlogits, dx, grad.router_);
     } else {
-      router_.template backward<Arch>(x, routing, dg.data(), dlogits, dx, grad.router_);
+      router_.template backward<Arch>(x, routing, dg, dlogits, dx, grad.router_);
     }
   }
 
@@ -137,8 +142,8 @@ class ExpertDropout {
                 ExpertDropout& grad, const LossWeights<scalar_type>& weights) const
     requires detail::RouterWithLossBackward<RouterType, scalar_type>
   {
-    const auto dg = masked_dgate(routing, dgate);
-    router_.backward(x, routing, dg.data(), dlogits, dx, grad.router_, weights);
+    detail::ScratchLease<scalar_type, ScratchTag> dg_lease;
+    router_.backward(x, routing, masked_dgate(routing, dgate, dg_lease), dlogits, dx, grad.router_, weights);
   }
 
  private:
@@ -148,16 +153,21 @@ class ExpertDropout {
     else return false;
   }();
 
-  static std::vector<scalar_type> masked_dgate(const RoutingResult<scalar_type>& routing, const scalar_type* dgate) {
-    std::vector<scalar_type> dg(dgate, dgate + routing.size());
-    for (std::size_t i = 0; i < dg.size(); ++i)
-      if (routing.gate[i] == scalar_type(0)) dg[i] = scalar_type(0);
+  struct ScratchTag;
+
+  /// dgate with the dropped assignments' entries zeroed, in the lease's buffer.
+  static const scalar_type* masked_dgate(const RoutingResult<scalar_type>& routing, const scalar_type* dgate,
+                                         detail::ScratchLease<scalar_type, ScratchTag>& lease) {
+    const auto n = static_cast<std::size_t>(routing.size());
+    scalar_type* dg = lease.data(n);
+    for (std::size_t i = 0; i < n; ++i) dg[i] = routing.gate[i] == scalar_type(0) ? scalar_type(0) : dgate[i];
     return dg;
   }
 
   /// TopKSoftmax: gates are the softmax over each token's k selected logits (scores = logits).
-  static RoutingResult<scalar_type> restore_gates(const RoutingResult<scalar_type>& routing) {
-    RoutingResult<scalar_type> r = routing;
+  /// Copies routing into r (reusing r's buffers: no allocation once r has held this shape).
+  static void restore_gates(const RoutingResult<scalar_type>& routing, RoutingResult<scalar_type>& r) {
+    r = routing;
     const Index k = r.k;
     for (Index t = 0; t < r.num_tokens; ++t) {
       scalar_type* g = r.gate.data() + t * k;
@@ -172,7 +182,6 @@ class ExpertDropout {
       for (Index j = 0; j < k; ++j)
         if (g[j] == scalar_type(0)) g[j] = std::exp(r.scores(t, idx[j]) - mx) / sum;
     }
-    return r;
   }
 
   RouterType router_;
