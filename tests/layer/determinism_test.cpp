@@ -1,7 +1,9 @@
 // Bit-identical results across repeated calls and fresh or reused workspaces (forward and
 // backward) and across threads sharing one const layer, compared with ==; across batch splits
-// for per-token routers, identical routing and rows equal to a few ulp (Eigen's GEMM kernels
-// depend on a row's position, see check_split). docs/reliability.md#determinism.
+// for per-token routers, identical routing, and rows bit for bit with
+// ForwardContext::gemm = GemmKernel::batch_invariant, to a few ulp with the default fast
+// kernel (Eigen's GEMM kernels depend on a row's position, see check_split).
+// docs/reliability.md#determinism.
 #include <moe/moe.hpp>
 
 #include <catch2/catch.hpp>
@@ -193,6 +195,31 @@ TEMPLATE_TEST_CASE("per-token routers route a split batch alike and give its row
     (void)check_split(qwen2<TestType>(6, 12, 5, 3), x, split);
     (void)check_split(deepseek<TestType>(4, 12, 6), x, split);
     (void)check_split(gpt_oss<TestType>(4, 12, 6), x, split);
+  }
+}
+
+TEMPLATE_TEST_CASE("with the batch-invariant kernel, a split batch gives every row bit for bit", "[layer][determinism]",
+                   float, double) {
+  // T = 200 puts more than kernels::rowwise_max_rows rows on every expert, where the fast
+  // kernel would run Eigen's GEMM; the splits cut inside 4-row blocks and 64-row panels.
+  RowMatrix<TestType> x(200, 12);
+  fill(x, 37);
+  moe::ForwardContext ctx;
+  ctx.gemm = moe::GemmKernel::batch_invariant;
+  for (const Index split : {Index{1}, Index{17}, Index{100}, Index{131}, Index{199}}) {
+    CHECK(check_split(mixtral<TestType>(8, 12, 10, 2), x, split, ctx, ctx, ctx) == 2);
+    CHECK(check_split(qwen2<TestType>(6, 12, 5, 3), x, split, ctx, ctx, ctx) == 2);
+    CHECK(check_split(deepseek<TestType>(4, 12, 6), x, split, ctx, ctx, ctx) == 2);
+    CHECK(check_split(gpt_oss<TestType>(4, 12, 6), x, split, ctx, ctx, ctx) == 2);
+  }
+  // Every row alone (a batch of one, at position 0) against the whole batch.
+  const auto layer = mixtral<TestType>(8, 12, 10, 2);
+  typename moe::MixtralMoE<TestType>::workspace_type ws;
+  const RowMatrix<TestType> whole = layer.forward(x, ws, ctx);
+  for (Index t = 0; t < x.rows(); t += 7) {
+    const RowMatrix<TestType> one = layer.forward(x.middleRows(t, 1), ws, ctx);
+    INFO("row " << t);
+    CHECK(one == whole.middleRows(t, 1));
   }
 }
 

@@ -6,7 +6,9 @@
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
+#include <moe/expert/run_experts.hpp>
 #include <moe/kernels/activations.hpp>
+#include <moe/kernels/gemm.hpp>
 
 #include <cstdint>
 #include <string>
@@ -68,10 +70,14 @@ class SharedExpertCombiner {
     detail::ensure_shape(ws.combine_hidden, T, shared_.hidden_cols());
     detail::ensure_shape(ws.combine_out, T, shared_.output_dim());
     if (T == 0) return;
-    shared_.template forward<Arch>(0, x, ws.combine_hidden, ws.combine_out);
+    detail::forward_expert<Arch, SharedType, scalar_type>(shared_, 0, x, ws.combine_hidden, ws.combine_out,
+                                                          ws.last_context.gemm);
     if constexpr (Gate == SharedGate::sigmoid) {
       ws.combine_gate.resize(T);
-      ws.combine_gate.noalias() = x * gate_weight_;
+      // [T, d] x [d, 1] through gemm, so a token's gate follows ForwardContext::gemm too.
+      kernels::gemm<Arch>(Eigen::Map<RowMatrix<scalar_type>>(ws.combine_gate.data(), T, 1), x, Op::none,
+                          Eigen::Map<const RowMatrix<scalar_type>>(gate_weight_.data(), gate_weight_.size(), 1),
+                          Op::none, scalar_type(1), scalar_type(0), ws.last_context.gemm);
       kernels::Sigmoid<Arch>{}(ws.combine_gate.data(), T);
       y.noalias() += ws.combine_gate.asDiagonal() * ws.combine_out;
     } else {

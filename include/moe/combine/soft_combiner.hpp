@@ -7,6 +7,7 @@
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/router/soft_router.hpp>
 
@@ -49,8 +50,8 @@ struct SoftCombiner {
     const Index p = layout.slots_per_expert;
     for (Index b = 0; b < layout.num_sequences; ++b)
       for (Index e = 0; e < layout.num_experts; ++e)
-        y.middleRows(b * n, n).noalias() +=
-            ws.combine_hidden.block(b * n, e * p, n, p) * y_perm.middleRows(layout.row(b, e * p), p);
+        kernels::gemm<Arch>(y.middleRows(b * n, n), ws.combine_hidden.block(b * n, e * p, n, p), Op::none,
+                            y_perm.middleRows(layout.row(b, e * p), p), Op::none, S(1), S(1));
   }
 
   /// Backward of combine() for L with dy = dL/dy [T, d_out], after the forward that left C in
@@ -76,8 +77,8 @@ struct SoftCombiner {
       for (Index e = 0; e < layout.num_experts; ++e) {
         const Index row = layout.row(b, e * p);
         const auto dyb = dy.middleRows(b * n, n);
-        dlogits.block(b * n, e * p, n, p).noalias() = dyb * y_perm.middleRows(row, p).transpose();
-        dy_perm.middleRows(row, p).noalias() = c.block(b * n, e * p, n, p).transpose() * dyb;
+        kernels::gemm<Arch>(dlogits.block(b * n, e * p, n, p), dyb, Op::none, y_perm.middleRows(row, p), Op::transpose, S(1), S(0));
+        kernels::gemm<Arch>(dy_perm.middleRows(row, p), c.block(b * n, e * p, n, p), Op::transpose, dyb, Op::none, S(1), S(0));
       }
     // The softmax runs along each row, so the Jacobian product works in place, row by row.
     for (Index t = 0; t < T; ++t) {

@@ -23,6 +23,19 @@ enum class NonFinitePolicy : std::uint8_t {
   propagate,
 };
 
+/// Which kernel computes the products of a forward (kernels::gemm, docs/kernels.md).
+enum class GemmKernel : std::uint8_t {
+  /// The fastest: Eigen's GEMM, and the row-wise kernel for at most kernels::rowwise_max_rows
+  /// rows (decode). A row's bits can depend on the other rows of its product, since Eigen picks
+  /// its micro-kernel by a row's position in a block: a token routed in another batch may differ
+  /// in the last bits. Results never depend on the thread count.
+  fast,
+  /// The row-wise kernel for every product whose rows are tokens, in the router and the experts:
+  /// a token's output has the same bits in any batch and at any position in it (per-token
+  /// routers without a capacity). Slower at large T (docs/PERFORMANCE.md).
+  batch_invariant,
+};
+
 /// What a forward call knows besides the activations. Routers read what their traits say
 /// they need (token ids for hash routing, the seed and step for noise and jitter, the
 /// sequence length for dense routers).
@@ -42,6 +55,8 @@ struct ForwardContext {
   Index sequence_length = 0;
   /// Whether forward checks x for NaN and infinities first (the default) or lets them through.
   NonFinitePolicy non_finite = NonFinitePolicy::error;
+  /// The product kernel for this forward; batch_invariant trades speed for batch-independent rows.
+  GemmKernel gemm = GemmKernel::fast;
 };
 
 }  // namespace moe

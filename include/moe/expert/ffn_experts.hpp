@@ -6,6 +6,7 @@
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
+#include <moe/kernels/gemm.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -101,16 +102,17 @@ class FFNExperts {
   }
 
   template <class Arch = xsimd::default_arch>
-  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y,
+               GemmKernel kernel = GemmKernel::fast) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
     auto pre = hidden.leftCols(ff);
-    pre.noalias() = x * wi_.middleRows(e * ff, ff).transpose();
+    kernels::gemm<Arch>(pre, x, Op::none, wi_.middleRows(e * ff, ff), Op::transpose, S(1), S(0), kernel);
     if (has_biases()) pre.rowwise() += bi_.row(e);
     auto act = hidden.middleCols(ff, ff);
     act = pre;
     for (Index r = 0; r < n; ++r) apply_activation<Arch>(act.row(r).data(), ff);
-    y.noalias() = act * wo_.middleRows(e * d_model_, d_model_).transpose();
+    kernels::gemm<Arch>(y, act, Op::none, wo_.middleRows(e * d_model_, d_model_), Op::transpose, S(1), S(0), kernel);
     if (has_biases()) y.rowwise() += bo_.row(e);
   }
 
@@ -120,15 +122,16 @@ class FFNExperts {
                 MatrixRef<S> dx, MatrixRef<S> scratch, FFNExperts& grad) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
-    grad.wo_.middleRows(e * d_model_, d_model_).noalias() += dy.transpose() * hidden.middleCols(ff, ff);
+    kernels::gemm<Arch>(grad.wo_.middleRows(e * d_model_, d_model_), dy, Op::transpose, hidden.middleCols(ff, ff), Op::none, S(1),
+                       S(1));
     if (has_biases()) grad.bo_.row(e) += dy.colwise().sum();
     auto dpre = scratch.leftCols(ff);
-    dpre.noalias() = dy * wo_.middleRows(e * d_model_, d_model_);
+    kernels::gemm<Arch>(dpre, dy, Op::none, wo_.middleRows(e * d_model_, d_model_), Op::none, S(1), S(0));
     for (Index r = 0; r < n; ++r)
       for (Index j = 0; j < ff; ++j) dpre(r, j) *= derivative(hidden(r, j));
-    grad.wi_.middleRows(e * ff, ff).noalias() += dpre.transpose() * x;
+    kernels::gemm<Arch>(grad.wi_.middleRows(e * ff, ff), dpre, Op::transpose, x, Op::none, S(1), S(1));
     if (has_biases()) grad.bi_.row(e) += dpre.colwise().sum();
-    dx.noalias() = dpre * wi_.middleRows(e * ff, ff);
+    kernels::gemm<Arch>(dx, dpre, Op::none, wi_.middleRows(e * ff, ff), Op::none, S(1), S(0));
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <moe/core/error.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
+#include <moe/kernels/gemm.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -101,11 +102,12 @@ class GptOssExperts {
   }
 
   template <class Arch = xsimd::default_arch>
-  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y,
+               GemmKernel kernel = GemmKernel::fast) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
     auto h = hidden.leftCols(2 * ff);
-    h.noalias() = x * gate_up_.middleRows(e * d_model_, d_model_);
+    kernels::gemm<Arch>(h, x, Op::none, gate_up_.middleRows(e * d_model_, d_model_), Op::none, S(1), S(0), kernel);
     h.rowwise() += gate_up_bias_.row(e);
     for (Index r = 0; r < n; ++r) {
       const S* hr = hidden.row(r).data();
@@ -117,7 +119,7 @@ class GptOssExperts {
         a[j] = (up + S(1)) * glu;
       }
     }
-    y.noalias() = hidden.middleCols(2 * ff, ff) * down_.middleRows(e * ff, ff);
+    kernels::gemm<Arch>(y, hidden.middleCols(2 * ff, ff), Op::none, down_.middleRows(e * ff, ff), Op::none, S(1), S(0), kernel);
     y.rowwise() += down_bias_.row(e);
   }
 
@@ -128,10 +130,10 @@ class GptOssExperts {
                 MatrixRef<S> dx, MatrixRef<S> scratch, GptOssExperts& grad) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
-    grad.down_.middleRows(e * ff, ff).noalias() += hidden.middleCols(2 * ff, ff).transpose() * dy;
+    kernels::gemm<Arch>(grad.down_.middleRows(e * ff, ff), hidden.middleCols(2 * ff, ff), Op::transpose, dy, Op::none, S(1), S(1));
     grad.down_bias_.row(e) += dy.colwise().sum();
     auto da = scratch.middleCols(2 * ff, ff);
-    da.noalias() = dy * down_.middleRows(e * ff, ff).transpose();
+    kernels::gemm<Arch>(da, dy, Op::none, down_.middleRows(e * ff, ff), Op::transpose, S(1), S(0));
     for (Index r = 0; r < n; ++r) {
       const S* h = hidden.row(r).data();
       S* out = scratch.row(r).data();
@@ -150,9 +152,9 @@ class GptOssExperts {
       }
     }
     const auto dh = scratch.leftCols(2 * ff);
-    grad.gate_up_.middleRows(e * d_model_, d_model_).noalias() += x.transpose() * dh;
+    kernels::gemm<Arch>(grad.gate_up_.middleRows(e * d_model_, d_model_), x, Op::transpose, dh, Op::none, S(1), S(1));
     grad.gate_up_bias_.row(e) += dh.colwise().sum();
-    dx.noalias() = dh * gate_up_.middleRows(e * d_model_, d_model_).transpose();
+    kernels::gemm<Arch>(dx, dh, Op::none, gate_up_.middleRows(e * d_model_, d_model_), Op::transpose, S(1), S(0));
   }
 
  private:

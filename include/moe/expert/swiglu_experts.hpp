@@ -6,6 +6,7 @@
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
+#include <moe/kernels/gemm.hpp>
 
 #include <cmath>
 #include <string>
@@ -95,16 +96,19 @@ class SwiGLUExperts {
 
   /// Runs expert e on the rows of x [n, d]; hidden is [n, hidden_cols()], y is [n, d].
   template <class Arch = xsimd::default_arch>
-  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const {
+  void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y,
+               GemmKernel kernel = GemmKernel::fast) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
-    hidden.leftCols(2 * ff).noalias() = x * gate_up_.middleRows(e * 2 * ff, 2 * ff).transpose();
+    kernels::gemm<Arch>(hidden.leftCols(2 * ff), x, Op::none, gate_up_.middleRows(e * 2 * ff, 2 * ff), Op::transpose, S(1), S(0),
+                       kernel);
     const kernels::SiluMul<Arch> glu{};
     for (Index r = 0; r < n; ++r) {
       S* row = hidden.row(r).data();
       glu(row, row + ff, row + 2 * ff, ff);
     }
-    y.noalias() = hidden.middleCols(2 * ff, ff) * down_.middleRows(e * d_model_, d_model_).transpose();
+    kernels::gemm<Arch>(y, hidden.middleCols(2 * ff, ff), Op::none, down_.middleRows(e * d_model_, d_model_), Op::transpose, S(1),
+                       S(0), kernel);
   }
 
   /// Backward of forward(e, x, ...) given dy [n, d]: dx = dL/dx, and dL/dW accumulated into
@@ -115,9 +119,10 @@ class SwiGLUExperts {
     const Index n = x.rows();
     const Index ff = d_ff_;
     const auto down_e = down_.middleRows(e * d_model_, d_model_);
-    grad.down_.middleRows(e * d_model_, d_model_).noalias() += dy.transpose() * hidden.middleCols(2 * ff, ff);
+    kernels::gemm<Arch>(grad.down_.middleRows(e * d_model_, d_model_), dy, Op::transpose, hidden.middleCols(2 * ff, ff), Op::none,
+                       S(1), S(1));
     auto da = scratch.middleCols(2 * ff, ff);
-    da.noalias() = dy * down_e;
+    kernels::gemm<Arch>(da, dy, Op::none, down_e, Op::none, S(1), S(0));
     for (Index r = 0; r < n; ++r) {
       const S* h = hidden.row(r).data();
       S* out = scratch.row(r).data();
@@ -130,8 +135,8 @@ class SwiGLUExperts {
       }
     }
     const auto dgu = scratch.leftCols(2 * ff);
-    grad.gate_up_.middleRows(e * 2 * ff, 2 * ff).noalias() += dgu.transpose() * x;
-    dx.noalias() = dgu * gate_up_.middleRows(e * 2 * ff, 2 * ff);
+    kernels::gemm<Arch>(grad.gate_up_.middleRows(e * 2 * ff, 2 * ff), dgu, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(dx, dgu, Op::none, gate_up_.middleRows(e * 2 * ff, 2 * ff), Op::none, S(1), S(0));
   }
 
  private:

@@ -1,10 +1,11 @@
-// Every model-free kernel: gather, scatter-add, weighted gather, softmax, activations, top-k.
+// Every model-free kernel: gather, scatter-add, weighted gather, softmax, activations, top-k, gemm.
 #ifndef MOE_KERNELS_KERNELS_HPP
 #define MOE_KERNELS_KERNELS_HPP
 
 #include "moe/kernels/activations.hpp"
 #include "moe/kernels/arch.hpp"
 #include "moe/kernels/gather_rows.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/kernels/simd_math.hpp"
 #include "moe/kernels/softmax.hpp"
 #include "moe/kernels/top_k.hpp"

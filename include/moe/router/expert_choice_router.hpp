@@ -8,6 +8,7 @@
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
 #include <moe/expert/swiglu_experts.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/layer/moe_layer.hpp>
@@ -90,7 +91,7 @@ class ExpertChoiceRouter {
   }
 
   template <class Arch = xsimd::default_arch>
-  void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& /*ctx*/ = {}) const {
+  void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {
     detail::require(x.cols() == input_dim(), "ExpertChoiceRouter::route()", "x columns (input_dim)", input_dim(),
                     x.cols());
     const Index T = x.rows();
@@ -98,7 +99,7 @@ class ExpertChoiceRouter {
     const Index c = tokens_per_expert(T);
     out.reset(T, E, E * c, 0);
     detail::ensure_shape(out.logits, T, E);
-    out.logits.noalias() = x * weight_.transpose();
+    kernels::gemm<Arch>(out.logits, x, Op::none, weight_, Op::transpose, S(1), S(0), ctx.gemm);
     out.scores = out.logits;
     kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
     if (c == 0) return;
@@ -136,8 +137,8 @@ class ExpertChoiceRouter {
       const S c = routing.scores.row(t).dot(dscores.row(t));
       for (Index e = 0; e < E; ++e) dlogits(t, e) += routing.scores(t, e) * (dscores(t, e) - c);
     }
-    grad.weight_.noalias() += dlogits.transpose() * x;
-    dx.noalias() += dlogits * weight_;
+    kernels::gemm<Arch>(grad.weight_, dlogits, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(dx, dlogits, Op::none, weight_, Op::none, S(1), S(1));
   }
 
  private:

@@ -8,6 +8,7 @@
 #include <moe/core/random.hpp>
 #include <moe/core/types.hpp>
 #include <moe/expert/swiglu_experts.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/layer/moe_layer.hpp>
@@ -123,13 +124,13 @@ class NoisyTopKRouter {
     detail::ensure_shape(terms.clean, T, E);
     detail::ensure_shape(terms.stddev, T, E);
     detail::ensure_shape(terms.noisy, T, E);
-    terms.clean.noalias() = x * weight_.transpose();
+    kernels::gemm(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), ctx.gemm);
     if (ctx.mode != Mode::training) {
       terms.stddev.setZero();
       terms.noisy = terms.clean;
       return;
     }
-    terms.stddev.noalias() = x * noise_weight_.transpose();
+    kernels::gemm(terms.stddev, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), ctx.gemm);
     const CounterRng rng(ctx.seed, ctx.step);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) {
@@ -145,11 +146,11 @@ class NoisyTopKRouter {
     const Index E = num_experts();
     out.reset(T, E, T * k_, k_);
     detail::ensure_shape(out.logits, T, E);
-    out.logits.noalias() = x * weight_.transpose();
+    kernels::gemm<Arch>(out.logits, x, Op::none, weight_, Op::transpose, S(1), S(0), ctx.gemm);
     if (ctx.mode == Mode::training) {
       // The noise scale goes through `scores` as scratch: it becomes the noisy logits below.
       detail::ensure_shape(out.scores, T, E);
-      out.scores.noalias() = x * noise_weight_.transpose();
+      kernels::gemm<Arch>(out.scores, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), ctx.gemm);
       const CounterRng rng(ctx.seed, ctx.step);
       for (Index t = 0; t < T; ++t)
         for (Index e = 0; e < E; ++e) out.logits(t, e) += epsilon(rng, t, e) * noise_scale(out.scores(t, e));
@@ -214,9 +215,13 @@ class NoisyTopKRouter {
     if (ctx != nullptr) check_input(x, *ctx, where);
 
     // The forward's terms: clean, stddev (0 without noise), and eps.
+    // The same kernel as the forward, so the recomputed logits match it bit for bit.
+    const GemmKernel kernel = ctx != nullptr ? ctx->gemm : GemmKernel::fast;
     NoisyGatingTerms<S> terms;
-    terms.clean.noalias() = x * weight_.transpose();
-    RowMatrix<S> raw = x * noise_weight_.transpose();
+    terms.clean.resize(T, E);
+    kernels::gemm(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), kernel);
+    RowMatrix<S> raw(T, E);
+    kernels::gemm(raw, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), kernel);
     RowMatrix<S> eps(T, E);
     bool noisy = false;
     if (ctx != nullptr) {
@@ -269,10 +274,10 @@ class NoisyTopKRouter {
         const S ds = dstddev(t, e) + (noisy ? dlogits(t, e) * eps(t, e) : S(0));
         draw(t, e) = ds / (S(1) + std::exp(-raw(t, e)));
       }
-    grad.weight_.noalias() += dclean.transpose() * x;
-    grad.noise_weight_.noalias() += draw.transpose() * x;
-    dx.noalias() += dclean * weight_;
-    dx.noalias() += draw * noise_weight_;
+    kernels::gemm(grad.weight_, dclean, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm(grad.noise_weight_, draw, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm(dx, dclean, Op::none, weight_, Op::none, S(1), S(1));
+    kernels::gemm(dx, draw, Op::none, noise_weight_, Op::none, S(1), S(1));
   }
 
   void check_input(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) const {

@@ -16,6 +16,7 @@
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/router/routing_result.hpp>
 
 #include <cmath>
@@ -125,8 +126,8 @@ void gather_slots(const ConstMatrixRef<std::type_identity_t<S>>& x, const Routin
   const Index p = layout.slots_per_expert;
   for (Index b = 0; b < layout.num_sequences; ++b)
     for (Index e = 0; e < layout.num_experts; ++e)
-      x_perm.middleRows(layout.row(b, e * p), p).noalias() =
-          routing.scores.block(b * n, e * p, n, p).transpose() * x.middleRows(b * n, n);
+      kernels::gemm<Arch>(x_perm.middleRows(layout.row(b, e * p), p), routing.scores.block(b * n, e * p, n, p), Op::transpose,
+                          x.middleRows(b * n, n), Op::none, S(1), S(0));
 }
 
 /// Backward of step 3 (gather_slots): with dslots = dL/dX_perm in layout order, writes
@@ -142,8 +143,8 @@ void gather_slots_backward(const ConstMatrixRef<std::type_identity_t<S>>& x, con
   for (Index b = 0; b < layout.num_sequences; ++b)
     for (Index e = 0; e < layout.num_experts; ++e) {
       const auto ds = dslots.middleRows(layout.row(b, e * p), p);
-      dx.middleRows(b * n, n).noalias() += routing.scores.block(b * n, e * p, n, p) * ds;
-      dscores.block(b * n, e * p, n, p).noalias() = x.middleRows(b * n, n) * ds.transpose();
+      kernels::gemm<Arch>(dx.middleRows(b * n, n), routing.scores.block(b * n, e * p, n, p), Op::none, ds, Op::none, S(1), S(1));
+      kernels::gemm<Arch>(dscores.block(b * n, e * p, n, p), x.middleRows(b * n, n), Op::none, ds, Op::transpose, S(1), S(0));
     }
 }
 
@@ -225,7 +226,7 @@ class SoftRouter {
     detail::ensure_shape(out.logits, T, slots);
     detail::ensure_shape(out.scores, T, slots);
     if (T == 0) return;
-    out.logits.noalias() = x * phi_;
+    kernels::gemm<Arch>(out.logits, x, Op::none, phi_, Op::none, S(1), S(0), ctx.gemm);
     // Per-call scratch of E*p values, independent of T (as SigmoidGroupLimited's).
     RowVector<S> col(slots);
     if (normalize_) {
@@ -278,8 +279,8 @@ class SoftRouter {
       dlogits.middleRows(b * n, n).array() += d.array() * (dd.array().rowwise() - col.array());
     }
     if (!normalize_) {
-      dx.noalias() += dlogits * phi_.transpose();
-      grad.phi_.noalias() += x.transpose() * dlogits;
+      kernels::gemm<Arch>(dx, dlogits, Op::none, phi_, Op::transpose, S(1), S(1));
+      kernels::gemm<Arch>(grad.phi_, x, Op::transpose, dlogits, Op::none, S(1), S(1));
       return;
     }
     // logits[t, i] = scale a_t c_i R[t, i], R = X Phi, a_t = (|x_t|^2 + eps)^-1/2,
@@ -288,7 +289,7 @@ class SoftRouter {
     col = (phi_.colwise().squaredNorm().array() + epsilon_).rsqrt().matrix();
     RowVector<S> dc = RowVector<S>::Zero(slots);  // sum_t a_t G[t, i] R[t, i]
     S dscale = S(0);
-    dscores.noalias() = x * phi_;
+    kernels::gemm<Arch>(dscores, x, Op::none, phi_, Op::none, S(1), S(0));
     for (Index t = 0; t < T; ++t) {
       const S a = S(1) / std::sqrt(x.row(t).squaredNorm() + epsilon_);
       auto r = dscores.row(t);
@@ -299,8 +300,8 @@ class SoftRouter {
       dx.row(t) -= (scale_ * grc * a * a * a) * x.row(t);
       r = ((scale_ * a) * g.array() * col.array()).matrix();
     }
-    dx.noalias() += dscores * phi_.transpose();
-    grad.phi_.noalias() += x.transpose() * dscores;
+    kernels::gemm<Arch>(dx, dscores, Op::none, phi_, Op::transpose, S(1), S(1));
+    kernels::gemm<Arch>(grad.phi_, x, Op::transpose, dscores, Op::none, S(1), S(1));
     // d c_i / d phi_i = -c_i^3 phi_i.
     col = (scale_ * dc.array() * col.array().cube()).matrix();
     grad.phi_.array() -= phi_.array().rowwise() * col.array();

@@ -5,6 +5,7 @@
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/router/gating.hpp>
 #include <moe/router/routing_result.hpp>
 
@@ -88,13 +89,13 @@ class TopKRouter {
 
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out,
-             const ForwardContext& /*ctx*/ = {}) const {
+             const ForwardContext& ctx = {}) const {
     detail::require(x.cols() == input_dim(), "TopKRouter::route()", "x columns (input_dim)", input_dim(),
                     x.cols());
     const Index T = x.rows();
     out.reset(T, num_experts(), T * k_, k_);
     detail::ensure_shape(out.logits, T, num_experts());
-    out.logits.noalias() = x * weight_.transpose();
+    kernels::gemm<Arch>(out.logits, x, Op::none, weight_, Op::transpose, scalar_type(1), scalar_type(0), ctx.gemm);
     if (bias_.size() != 0) out.logits.rowwise() += bias_.transpose();
     gating_.template select<Arch>(out, k_);
   }
@@ -107,9 +108,9 @@ class TopKRouter {
                 const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
                 TopKRouter& grad) const {
     gating_.backward(routing, k_, dgate, dlogits);
-    grad.weight_.noalias() += dlogits.transpose() * x;
+    kernels::gemm<Arch>(grad.weight_, dlogits, Op::transpose, x, Op::none, scalar_type(1), scalar_type(1));
     if (bias_.size() != 0) grad.bias_ += dlogits.colwise().sum().transpose();
-    dx.noalias() += dlogits * weight_;
+    kernels::gemm<Arch>(dx, dlogits, Op::none, weight_, Op::none, scalar_type(1), scalar_type(1));
   }
 
  private:

@@ -1,0 +1,158 @@
+// kernels::gemm: both kernels against a long double reference within the classical rounding
+// bound, and the row-wise kernel's promise: a row's bits do not depend on the other rows.
+#include <catch2/catch.hpp>
+
+#include "kernels/kernel_test_support.hpp"
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "moe/kernels/gemm.hpp"
+
+namespace {
+
+using moe::GemmKernel;
+using moe::Index;
+using moe::Op;
+using moe::RowMatrix;
+using moe::test::first_difference;
+using moe::test::for_each_arch;
+
+template <class S>
+RowMatrix<S> random_matrix(Index rows, Index cols, std::mt19937& rng) {
+  std::normal_distribution<double> dist(0.0, 1.0);
+  RowMatrix<S> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(dist(rng));
+  return m;
+}
+
+/// Checks C = alpha op(A) op(B) + beta C0 elementwise against a long double sum, within the
+/// bound for a k-term dot product in precision u: |error| <= (k + 2) u (|alpha| sum |a b| +
+/// |beta c0|) (Higham, Accuracy and Stability, 3.1; the +2 covers the scaling and the add).
+template <class S>
+std::string check_against_reference(const RowMatrix<S>& c, const RowMatrix<S>& a, Op op_a, const RowMatrix<S>& b,
+                                    Op op_b, S alpha, S beta, const RowMatrix<S>& c0) {
+  const Index m = c.rows();
+  const Index n = c.cols();
+  const Index k = op_a == Op::none ? a.cols() : a.rows();
+  const long double u = std::numeric_limits<S>::epsilon() / 2;
+  for (Index r = 0; r < m; ++r)
+    for (Index j = 0; j < n; ++j) {
+      long double sum = 0;
+      long double mag = 0;
+      for (Index i = 0; i < k; ++i) {
+        const long double av = op_a == Op::none ? a(r, i) : a(i, r);
+        const long double bv = op_b == Op::none ? b(i, j) : b(j, i);
+        sum += av * bv;
+        mag += std::fabs(av * bv);
+      }
+      const long double base = beta == S(0) ? 0.0L : static_cast<long double>(beta) * c0(r, j);
+      const long double want = static_cast<long double>(alpha) * sum + base;
+      const long double bound = (k + 2) * u * (std::fabs(static_cast<long double>(alpha)) * mag + std::fabs(base));
+      const long double err = std::fabs(static_cast<long double>(c(r, j)) - want);
+      if (!(err <= bound)) {
+        std::ostringstream os;
+        os << "element (" << r << ", " << j << "): got " << static_cast<double>(c(r, j)) << ", want "
+           << static_cast<double>(want) << ", error " << static_cast<double>(err) << " > bound "
+           << static_cast<double>(bound);
+        return os.str();
+      }
+    }
+  return {};
+}
+
+const char* name(Op op) { return op == Op::none ? "N" : "T"; }
+const char* name(GemmKernel kernel) { return kernel == GemmKernel::fast ? "fast" : "batch_invariant"; }
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("gemm matches a long double reference for every operand form and kernel", "[kernels][gemm]",
+                   float, double) {
+  using S = TestType;
+  std::mt19937 rng(7);
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    const Index w = moe::kernels::detail::lanes<S, Arch>;
+    // Rows on both sides of the 4-row blocks, the axpy/register switch (16) and the
+    // fast kernel's row-wise limit (32); columns and depths around the vector width.
+    // (alpha, beta) pairs taken in turn: overwrite, accumulate, scale both.
+    const std::pair<S, S> scalings[] = {{S(1), S(0)}, {S(0.5), S(1)}, {S(-2), S(-0.25)}};
+    std::size_t turn = 0;
+    for (const Index m : {Index{0}, Index{1}, Index{3}, Index{5}, Index{16}, Index{17}, Index{33}, Index{70}})
+      for (const Index n : {w > 1 ? w - 1 : Index{2}, 2 * w + 3})
+        for (const Index k : {Index{0}, Index{1}, w + 1, Index{53}})
+          for (const Op op_a : {Op::none, Op::transpose})
+            for (const Op op_b : {Op::none, Op::transpose})
+              for (const GemmKernel kernel : {GemmKernel::fast, GemmKernel::batch_invariant}) {
+                  const auto [alpha, beta] = scalings[turn++ % 3];
+                  const RowMatrix<S> a = op_a == Op::none ? random_matrix<S>(m, k, rng) : random_matrix<S>(k, m, rng);
+                  const RowMatrix<S> b = op_b == Op::none ? random_matrix<S>(k, n, rng) : random_matrix<S>(n, k, rng);
+                  RowMatrix<S> c0 = random_matrix<S>(m, n, rng);
+                  // beta = 0 must not read C: start from NaN there.
+                  if (beta == S(0)) c0.setConstant(std::numeric_limits<S>::quiet_NaN());
+                  RowMatrix<S> c = c0;
+                  moe::kernels::gemm<Arch>(c, a, op_a, b, op_b, alpha, beta, kernel);
+                  INFO(Arch::name() << " m " << m << " n " << n << " k " << k << " " << name(op_a) << name(op_b) << " "
+                                    << name(kernel) << " alpha " << alpha << " beta " << beta);
+                  CHECK(check_against_reference(c, a, op_a, b, op_b, alpha, beta, c0).empty());
+                }
+  });
+}
+
+TEMPLATE_TEST_CASE("gemm's row-wise kernel gives a row the same bits in any batch", "[kernels][gemm]", float,
+                   double) {
+  using S = TestType;
+  std::mt19937 rng(11);
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    const Index m = 70;
+    const Index k = 45;
+    for (const Index n : {Index{37}, Index{64}})
+      for (const Op op_b : {Op::none, Op::transpose}) {
+        // A lives inside a wider matrix, so rows have an outer stride larger than k.
+        const RowMatrix<S> wide = random_matrix<S>(m, k + 3, rng);
+        const moe::ConstMatrixRef<S> a = wide.leftCols(k);
+        const RowMatrix<S> b = op_b == Op::none ? random_matrix<S>(k, n, rng) : random_matrix<S>(n, k, rng);
+        RowMatrix<S> full(m, n);
+        moe::kernels::gemm<Arch>(full, a, Op::none, b, op_b, S(1), S(0), GemmKernel::batch_invariant);
+        // Slices of every size class: single rows, the few-row (axpy) path, a 4-row block
+        // boundary crossed at an odd offset, more than a 64-row panel's remainder.
+        const std::vector<std::pair<Index, Index>> slices{{0, 1},  {69, 1}, {5, 3},  {13, 16},
+                                                          {2, 17}, {30, 32}, {1, 45}, {3, 67}};
+        for (const auto& [begin, rows] : slices)
+          for (const GemmKernel kernel : {GemmKernel::batch_invariant, GemmKernel::fast}) {
+            // fast promises batch invariance only where it runs the row-wise kernel.
+            if (kernel == GemmKernel::fast && rows > moe::kernels::rowwise_max_rows) continue;
+            RowMatrix<S> part(rows, n);
+            moe::kernels::gemm<Arch>(part, a.middleRows(begin, rows), Op::none, b, op_b, S(1), S(0), kernel);
+            INFO(Arch::name() << " n " << n << " op(B) " << name(op_b) << " rows [" << begin << ", "
+                              << begin + rows << ") " << name(kernel));
+            CHECK(first_difference(part.data(), full.middleRows(begin, rows).eval().data(), rows * n).empty());
+          }
+        // Rows reversed: each row computed at another position gives the same bits.
+        const RowMatrix<S> reversed = a.colwise().reverse();
+        RowMatrix<S> out(m, n);
+        moe::kernels::gemm<Arch>(out, reversed, Op::none, b, op_b, S(1), S(0), GemmKernel::batch_invariant);
+        const RowMatrix<S> back = out.colwise().reverse();
+        CHECK(first_difference(back.data(), full.data(), m * n).empty());
+      }
+  });
+}
+
+TEST_CASE("gemm refuses operands whose shapes do not chain", "[kernels][gemm]") {
+  const RowMatrix<float> a = RowMatrix<float>::Ones(3, 4);
+  const RowMatrix<float> b = RowMatrix<float>::Ones(5, 6);
+  RowMatrix<float> c(3, 6);
+  CHECK_THROWS_WITH(moe::kernels::gemm(c, a, Op::none, b, Op::none, 1.0f, 0.0f),
+                    Catch::Contains("kernels::gemm()") && Catch::Contains("[3, 4] x [5, 6] -> [3, 6]"));
+  RowMatrix<float> wrong(4, 6);
+  CHECK_THROWS_AS(moe::kernels::gemm(wrong, a, Op::transpose, b, Op::transpose, 1.0f, 0.0f), std::invalid_argument);
+  // op(A) = A^T is [4, 3], op(B) = B^T... [6, 5]: 3 != 6.
+  CHECK_THROWS_WITH(moe::kernels::gemm(wrong, a, Op::transpose, b, Op::transpose, 1.0f, 0.0f),
+                    Catch::Contains("[4, 3] x [6, 5]"));
+}
