@@ -1,0 +1,136 @@
+// The translation unit scripts/tidy.sh gives clang-tidy: every public header, and the
+// layer aliases instantiated forward and backward (templates are only analysed where they
+// are instantiated), so the checks in .clang-tidy see the code paths users run. It is
+// compiled only by clang-tidy (target moe_tidy_all_headers is EXCLUDE_FROM_ALL); the
+// loaders and the optimisers are instantiated by examples/load_hf_layer.cpp and
+// examples/train_mixture.cpp, which scripts/tidy.sh checks beside this file. scripts/tidy.sh
+// fails if a header under include/moe/ is reached by none of its translation units.
+
+#include <moe/combine/shared_expert_combiner.hpp>
+#include <moe/combine/soft_combiner.hpp>
+#include <moe/combine/token_major_sum.hpp>
+#include <moe/combine/weighted_sum_combiner.hpp>
+#include <moe/core/concepts.hpp>
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/parameters.hpp>
+#include <moe/core/random.hpp>
+#include <moe/core/scratch.hpp>
+#include <moe/core/thread_pool.hpp>
+#include <moe/core/traits.hpp>
+#include <moe/core/types.hpp>
+#include <moe/core/workspace.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/statistics.hpp>
+#include <moe/expert/ffn_experts.hpp>
+#include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/run_experts.hpp>
+#include <moe/expert/swiglu_experts.hpp>
+#include <moe/gather/gather.hpp>
+#include <moe/io/dtype.hpp>
+#include <moe/io/error.hpp>
+#include <moe/io/hf_loader.hpp>
+#include <moe/io/routing_loaders.hpp>
+#include <moe/io/safetensors.hpp>
+#include <moe/io/safetensors_impl.hpp>
+#include <moe/io/soft_moe_loader.hpp>
+#include <moe/io/switch_loader.hpp>
+#include <moe/kernels/activations.hpp>
+#include <moe/kernels/arch.hpp>
+#include <moe/kernels/gather_rows.hpp>
+#include <moe/kernels/gemm.hpp>
+#include <moe/kernels/kernels.hpp>
+#include <moe/kernels/reference/activations.hpp>
+#include <moe/kernels/reference/gather_rows.hpp>
+#include <moe/kernels/reference/kernels.hpp>
+#include <moe/kernels/reference/softmax.hpp>
+#include <moe/kernels/reference/top_k.hpp>
+#include <moe/kernels/reference/weighted_gather.hpp>
+#include <moe/kernels/reference/weighted_scatter_add.hpp>
+#include <moe/kernels/simd_math.hpp>
+#include <moe/kernels/softmax.hpp>
+#include <moe/kernels/top_k.hpp>
+#include <moe/kernels/weighted_gather.hpp>
+#include <moe/kernels/weighted_scatter_add.hpp>
+#include <moe/layer/backward.hpp>
+#include <moe/layer/dense_backward.hpp>
+#include <moe/layer/moe_layer.hpp>
+#include <moe/loss/bias_balancing.hpp>
+#include <moe/loss/importance_loss.hpp>
+#include <moe/loss/load_balancing_loss.hpp>
+#include <moe/loss/loss_weights.hpp>
+#include <moe/loss/z_loss.hpp>
+#include <moe/moe.hpp>
+#include <moe/router/expert_choice_router.hpp>
+#include <moe/router/gating.hpp>
+#include <moe/router/hash_router.hpp>
+#include <moe/router/jitter.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
+#include <moe/router/routing_result.hpp>
+#include <moe/router/soft_router.hpp>
+#include <moe/router/top_k_router.hpp>
+#include <moe/train/expert_dropout.hpp>
+#include <moe/train/gradient_utils.hpp>
+#include <moe/train/optimizer.hpp>
+#include <moe/train/train.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe::tidy {
+
+/// One training forward and backward, and one inference forward with a two-thread pool.
+template <class Layer>
+typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index sequence_length = 0) {
+  using S = typename Layer::scalar_type;
+  const RowMatrix<S> x = RowMatrix<S>::Random(tokens, layer.input_dim());
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(tokens));
+  for (std::size_t t = 0; t < ids.size(); ++t) ids[t] = static_cast<std::int64_t>(t % 7);
+  Workspace<S> ws;
+  ThreadPool pool(2);
+  ForwardContext ctx;
+  ctx.mode = Mode::training;
+  ctx.token_ids = ids;
+  ctx.sequence_length = sequence_length;
+  ctx.pool = &pool;
+  const RowMatrix<S> y = layer.forward(x, ws, ctx);
+  auto grads = layer.make_gradients();
+  const RowMatrix<S> dx = layer.backward(y, ws, grads, LossWeights<S>{.aux = S(0.01), .z = S(0.001)});
+  ctx.mode = Mode::inference;
+  const RowMatrix<S> y2 = layer.forward(x, ws, ctx);
+  return y.sum() + dx.sum() + y2.sum() + LoadBalancingLoss{}(ws.routing) + RouterZLoss{}(ws.routing);
+}
+
+template <class S>
+double all_layers() {
+  const Index E = 4, d = 8, ff = 6;
+  double sum = 0;
+  sum += static_cast<double>(exercise(MixtralMoE<S>(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2)), 16));
+  sum += static_cast<double>(exercise(
+      Qwen2MoE<S>(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2),
+                  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid>(SwiGLUExperts<S>(1, d, ff))),
+      16));
+  SigmoidGroupLimited<S> gating;
+  gating.n_group = 2;
+  gating.topk_group = 1;
+  gating.correction_bias = Vector<S>::Zero(E);
+  sum += static_cast<double>(exercise(
+      DeepSeekV3MoE<S>(SwiGLUExperts<S>(E, d, ff), GroupLimitedRouter<S>(RowMatrix<S>::Zero(E, d), 2, gating),
+                       SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none>(SwiGLUExperts<S>(1, d, ff))),
+      16));
+  sum += static_cast<double>(exercise(GptOssMoE<S>(GptOssExperts<S>(E, d, ff), TopKSoftmaxRouter<S>(E, d, 2)), 16));
+  sum += static_cast<double>(exercise(SwitchMoE<S>(FFNExperts<S, Activation::relu>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 1),
+                                                   {}, Capacity::from_factor(1.25)),
+                                      16));
+  sum += static_cast<double>(exercise(SoftMoE<S>(FFNExperts<S, Activation::gelu_erf>(E, d, ff), SoftRouter<S>(E, d, 2)), 16, 8));
+  sum += static_cast<double>(exercise(NoisyTopKMoE<S>(SwiGLUExperts<S>(E, d, ff), NoisyTopKRouter<S>(E, d, 2)), 16));
+  sum += static_cast<double>(exercise(ExpertChoiceMoE<S>(SwiGLUExperts<S>(E, d, ff), ExpertChoiceRouter<S>(E, d, 1.0)), 16));
+  sum += static_cast<double>(exercise(HashMoE<S>(SwiGLUExperts<S>(E, d, ff), HashRouter<S>::balanced(7, E, d, 1)), 16));
+  return sum;
+}
+
+template double all_layers<float>();
+template double all_layers<double>();
+
+}  // namespace moe::tidy
