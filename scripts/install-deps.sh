@@ -15,6 +15,8 @@ packages=(
   nlohmann-json3-dev                       # nlohmann-json 3.11 (moe::io)
   libbenchmark-dev                         # Google Benchmark 1.7 (bench/)
   python3 python3-numpy                    # helper scripts
+  valgrind                                 # memcheck on the examples (scripts/memcheck.sh, CI phase memcheck)
+  clang-tidy-14                            # static analysis with .clang-tidy (scripts/tidy.sh, CI phase tidy)
 )
 
 # Optional: OpenBLAS for the MOE_USE_BLAS=ON build (EIGEN_USE_BLAS; docs/benchmarks.md#blas).
