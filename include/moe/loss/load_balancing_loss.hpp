@@ -54,7 +54,10 @@ struct LoadBalancingLoss {
     kernels::SoftmaxRows<Arch>{}(probs.data(), T, E, E);
     const std::vector<Index> counts = routing.expert_counts();
     S scale = weight * static_cast<S>(E) / (static_cast<S>(T) * static_cast<S>(T));
-    if (normalization == Normalization::unit) scale /= static_cast<S>(routing.size() / T);
+    if (normalization == Normalization::unit) {
+      const Index per_token = routing.size() / T;
+      scale /= static_cast<S>(per_token);
+    }
     Vector<S> v(E);  // dL/dp_te, the same for every token
     for (Index e = 0; e < E; ++e) v[e] = scale * static_cast<S>(counts[static_cast<std::size_t>(e)]);
     for (Index t = 0; t < T; ++t) {
