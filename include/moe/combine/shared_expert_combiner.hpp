@@ -78,7 +78,10 @@ class SharedExpertCombiner {
       kernels::gemm<Arch>(Eigen::Map<RowMatrix<scalar_type>>(ws.combine_gate.data(), T, 1), x, Op::none,
                           Eigen::Map<const RowMatrix<scalar_type>>(gate_weight_.data(), gate_weight_.size(), 1),
                           Op::none, scalar_type(1), scalar_type(0), ws.last_context.gemm);
-      kernels::Sigmoid<Arch>{}(ws.combine_gate.data(), T);
+      // One token at a time: over the whole column, whether a token's gate took the SIMD
+      // body or the scalar tail would depend on its position in the batch
+      // (GemmKernel::batch_invariant); T sigmoids are nothing next to the shared expert.
+      for (Index t = 0; t < T; ++t) kernels::Sigmoid<Arch>{}(ws.combine_gate.data() + t, 1);
       y.noalias() += ws.combine_gate.asDiagonal() * ws.combine_out;
     } else {
       y += ws.combine_out;

@@ -162,7 +162,10 @@ struct SigmoidGroupLimited {
     const Index group_size = E / n_group;
     const Index per_group = std::min<Index>(2, group_size);
     out.scores = out.logits;
-    kernels::Sigmoid<Arch>{}(out.scores.data(), T * E);
+    // Row by row, not over all T * E values: where an element falls between the SIMD body
+    // and the scalar tail must depend on its column only, or a token's scores would change
+    // with its position in the batch (GemmKernel::batch_invariant).
+    for (Index t = 0; t < T; ++t) kernels::Sigmoid<Arch>{}(out.scores.data() + t * E, E);
 
     // Scratch, O(E) and independent of T: the calling thread's, grown once (no allocation
     // in steady state).
