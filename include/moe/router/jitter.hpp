@@ -5,6 +5,7 @@
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/random.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/layer/backward.hpp>
@@ -30,8 +31,9 @@ namespace moe {
 /// start at lane_offset so that a wrapped router drawing its own noise from the same
 /// (seed, step) (noisy top-k uses lanes below 2E) gets an independent stream.
 ///
-/// Allocation: a training call copies x into a local [T, d] matrix (one allocation per call),
-/// since the router is const and may serve several threads at once.
+/// Allocation: a training call writes x * u into the calling thread's scratch
+/// (detail::ScratchLease, grown once), since the router is const and may serve several threads
+/// at once; after the first call with a shape, route and backward allocate nothing.
 ///
 /// Backward: the wrapped router saw x' = x * u, so its backward runs on x' and its dL/dx'
 /// reaches x as dL/dx' * u (elementwise); the experts' path gives x its gradient separately.
@@ -95,8 +97,11 @@ class Jittered {
       router_.template route<Arch>(x, out, ctx);
       return;
     }
-    const RowMatrix<scalar_type> u = factors_of(x, ctx, "Jittered::route()");
-    const RowMatrix<scalar_type> jittered = x.cwiseProduct(u);
+    detail::ScratchLease<scalar_type, ScratchTag> u_lease, jittered_lease;
+    auto u = u_lease.matrix(x.rows(), x.cols());
+    factors_of(x, ctx, "Jittered::route()", u);
+    auto jittered = jittered_lease.matrix(x.rows(), x.cols());
+    jittered = x.cwiseProduct(u);
     router_.template route<Arch>(jittered, out, ctx);
   }
 
@@ -126,30 +131,36 @@ class Jittered {
       inner_backward<Arch>(x, routing, dgate, dlogits, dx, grad, weights, &ctx);
       return;
     }
-    const RowMatrix<scalar_type> u = factors_of(x, ctx, "Jittered::backward()");
+    detail::ScratchLease<scalar_type, ScratchTag> u_lease;
+    auto u = u_lease.matrix(x.rows(), x.cols());
+    factors_of(x, ctx, "Jittered::backward()", u);
     jittered_backward<Arch>(x, u, routing, dgate, dlogits, dx, grad, weights, &ctx);
   }
 
  private:
   using S = scalar_type;
+  struct ScratchTag;
 
   template <class R>
   static constexpr bool has_context_backward =
       requires(const R& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr, const S* dg, MatrixRef<S> m,
                R& g, const LossWeights<S>& w, const ForwardContext& c) { r.backward(x, rr, dg, m, m, g, w, c); };
 
-  // The training factors of x: the supplied ones, or generated from (seed, step).
-  RowMatrix<S> factors_of(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) const {
+  // Writes the training factors of x into u [T, d]: the supplied ones, or generated from
+  // (seed, step).
+  void factors_of(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where,
+                  Eigen::Map<RowMatrix<S>> u) const {
     if (factors_) {
       detail::require(factors_->rows() == x.rows(), where,
                       "rows of the factors given to set_factors() (one per row of x)", x.rows(), factors_->rows());
-      return *factors_;
+      detail::require(factors_->cols() == x.cols(), where, "columns of x (as the factors given to set_factors())",
+                      factors_->cols(), x.cols());
+      u = *factors_;
+      return;
     }
     const CounterRng rng(ctx.seed, ctx.step);
-    RowMatrix<S> u(x.rows(), x.cols());
     for (Index t = 0; t < x.rows(); ++t)
       for (Index c = 0; c < x.cols(); ++c) u(t, c) = factor(rng, t, c);
-    return u;
   }
 
   // The wrapped router's backward, with the context and the loss weights where it takes them.
@@ -171,14 +182,16 @@ class Jittered {
 
   // x' = x * u went into the router: its backward on x', then dL/dx = dL/dx' * u.
   template <class Arch>
-  void jittered_backward(const ConstMatrixRef<S>& x, const RowMatrix<S>& u, const RoutingResult<S>& routing,
+  void jittered_backward(const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& u, const RoutingResult<S>& routing,
                          const S* dgate, MatrixRef<S> dlogits, MatrixRef<S> dx, Jittered& grad,
                          const LossWeights<S>& weights, const ForwardContext* ctx) const {
     constexpr const char* where = "Jittered::backward()";
     detail::require_shape(u, x.rows(), x.cols(), where, "jitter factors (as x)");
     detail::require_shape(dx, x.rows(), x.cols(), where, "dx (as x)");
-    const RowMatrix<S> jittered = x.cwiseProduct(u);
-    RowMatrix<S> djittered = RowMatrix<S>::Zero(x.rows(), x.cols());
+    detail::ScratchLease<S, ScratchTag> jittered_lease, djittered_lease;
+    auto jittered = jittered_lease.matrix(x.rows(), x.cols());
+    jittered = x.cwiseProduct(u);
+    auto djittered = djittered_lease.zeros(x.rows(), x.cols());
     inner_backward<Arch>(jittered, routing, dgate, dlogits, djittered, grad, weights, ctx);
     dx += djittered.cwiseProduct(u);
   }
