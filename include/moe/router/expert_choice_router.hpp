@@ -6,6 +6,7 @@
 #include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/kernels/gemm.hpp>
@@ -124,14 +125,16 @@ class ExpertChoiceRouter {
     const Index T = x.rows();
     const Index E = num_experts();
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
-    detail::require(routing.num_tokens == T && routing.num_experts == E, where, "a routing of x by this router",
-                    detail::concat(T, " tokens, ", E, " experts"),
-                    detail::concat(routing.num_tokens, " tokens, ", routing.num_experts, " experts"));
+    if (routing.num_tokens != T || routing.num_experts != E)  // message built only on failure: no allocation
+      detail::throw_invalid(where, "a routing of x by this router", detail::concat(T, " tokens, ", E, " experts"),
+                            detail::concat(routing.num_tokens, " tokens, ", routing.num_experts, " experts"));
     detail::require_shape(routing.scores, T, E, where, "routing scores");
     detail::require_shape(dlogits, T, E, where, "dlogits");
     detail::require_shape(dx, T, input_dim(), where, "dx");
     // dL/dS: an expert takes a token at most once, so each (t, e) has at most one gate.
-    RowMatrix<S> dscores = RowMatrix<S>::Zero(T, E);
+    struct ScratchTag;
+    detail::ScratchLease<S, ScratchTag> dscores_lease;
+    auto dscores = dscores_lease.zeros(T, E);  // the thread's scratch, grown once
     for (std::size_t i = 0; i < routing.token.size(); ++i) dscores(routing.token[i], routing.expert[i]) += dgate[i];
     for (Index t = 0; t < T; ++t) {
       const S c = routing.scores.row(t).dot(dscores.row(t));

@@ -81,9 +81,11 @@ class TopKRouter {
   /// matches E and d, or the gating's settings no longer fit.
   void check_shapes() const {
     constexpr const char* where = "TopKRouter::check_shapes()";
-    detail::require(k_ >= 1 && k_ <= weight_.rows(), where, "k", detail::concat("in [1, num_experts = ", weight_.rows(), "]"), k_);
-    detail::require(bias_.size() == 0 || bias_.size() == weight_.rows(), where, "bias length",
-                    detail::concat("0 or num_experts = ", weight_.rows()), bias_.size());
+    // Runs every forward: messages are built only on failure, so a passing check allocates nothing.
+    if (k_ < 1 || k_ > weight_.rows())
+      detail::throw_invalid(where, "k", detail::concat("in [1, num_experts = ", weight_.rows(), "]"), k_);
+    if (bias_.size() != 0 && bias_.size() != weight_.rows())
+      detail::throw_invalid(where, "bias length", detail::concat("0 or num_experts = ", weight_.rows()), bias_.size());
     gating_.validate(weight_.rows(), k_);
   }
 
