@@ -64,8 +64,9 @@ void fill_normal(Eigen::MatrixBase<Derived>& m, std::uint64_t seed, double scale
 
 /// The ideal: for each expert e, Y_e = (silu(X_e Wg_e^T) * (X_e Wu_e^T)) Wd_e^T on rows already
 /// grouped by expert. No routing, no plan, no gather, no combine. The GEMMs are written out in
-/// exactly the form SwiGLUExperts::forward uses (one [n, 2ff] GEMM against the fused gate/up
-/// block, views of the same Ref types, the same [n, 3ff] hidden layout) and the activation is
+/// exactly the form SwiGLUExperts::forward uses (moe::kernels::gemm, the library's one product
+/// function, with the same operands: one [n, 2ff] GEMM against the fused gate/up block, the
+/// same [n, 3ff] hidden layout; under MOE_USE_BLAS both sides run on the BLAS) and the activation is
 /// the same SIMD kernel, so MoE time / ideal time isolates routing + dispatch + combine.
 template <class Arch = xsimd::default_arch>
 void ideal_experts(const moe::SwiGLUExperts<S>& bank, const std::vector<Index>& offsets,
@@ -80,12 +81,14 @@ void ideal_experts(const moe::SwiGLUExperts<S>& bank, const std::vector<Index>& 
     const moe::ConstMatrixRef<S> xe = x.middleRows(b, n);
     moe::MatrixRef<S> he = hidden.middleRows(b, n);
     moe::MatrixRef<S> ye = y.middleRows(b, n);
-    he.leftCols(2 * ff).noalias() = xe * bank.gate_up().middleRows(e * 2 * ff, 2 * ff).transpose();
+    moe::kernels::gemm<Arch>(he.leftCols(2 * ff), xe, moe::Op::none, bank.gate_up().middleRows(e * 2 * ff, 2 * ff),
+                             moe::Op::transpose, S(1), S(0));
     for (Index r = 0; r < n; ++r) {
       S* row = he.row(r).data();
       glu(row, row + ff, row + 2 * ff, ff);
     }
-    ye.noalias() = he.middleCols(2 * ff, ff) * bank.down().middleRows(e * d, d).transpose();
+    moe::kernels::gemm<Arch>(ye, he.middleCols(2 * ff, ff), moe::Op::none, bank.down().middleRows(e * d, d),
+                             moe::Op::transpose, S(1), S(0));
   }
 }
 
