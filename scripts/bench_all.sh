@@ -3,9 +3,14 @@
 #
 #   scripts/bench_all.sh            # about 10 minutes on a busy 2-core machine
 #
-# 1. builds the release preset's benchmark targets and moe-compare (build/release);
-# 2. runs, one after the other on one thread, writing JSON into build/perf/:
+# 1. builds the release preset's benchmark targets and moe-compare (build/release), and
+#    moe_bench_forward once more with MOE_USE_BLAS=ON (Eigen on OpenBLAS) in build/release-blas,
+#    configured with the release preset's flags plus -DMOE_USE_BLAS=ON -DBLA_VENDOR=OpenBLAS
+#    (needs libopenblas-dev: MOE_USE_BLAS=1 scripts/install-deps.sh; without it that row is left out);
+# 2. runs, one after the other, on one thread except d, writing JSON into build/perf/:
 #      moe_bench_forward   -> forward.json   (a: MoE forward / ideal expert GEMMs)
+#      moe_bench_forward (BLAS build) -> forward-blas.json (a and tokens/s with OpenBLAS's GEMM)
+#      moe_bench_threads   -> threads.json   (d: T = 2048 forward, pool of 1 / pool of n threads)
 #      moe_bench_backward  -> backward.json  (e: forward+backward / forward)
 #      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound)
 #      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
@@ -19,27 +24,54 @@
 #
 # Environment: JOBS (build jobs, default 2), REPS (repetitions of the Google Benchmark
 # programs, default 3), PEER_REPS (timed calls per torch case, default 5), PEER_BLAS=system
-# (run the peer on the system's libblas.so.3 instead of OpenBLAS), SKIP_BUILD=1, SKIP_REPORT=1. Not part of CI: timings on shared machines are noise for a pass/fail check.
+# (run the peer on the system's libblas.so.3 instead of OpenBLAS), SKIP_BUILD=1, SKIP_REPORT=1,
+# BLAS=0 (leave out the OpenBLAS build), FILTER (a --benchmark_filter regex for the forward,
+# BLAS-forward and backward programs, e.g. 'olmoe-scaled/(T:)?32$' for a quick check: backward's
+# names have no T:), SKIP_PEER=1,
+# SKIP_COMPARE=1, DOCS_DIR (where perf_report.py writes, default docs), BUILD_DIR,
+# BLAS_BUILD_DIR, PERF_DIR (default build/release,
+# build/release-blas, build/perf; a BUILD_DIR other than build/release is configured with the
+# release preset's flags instead of the preset). Not part of CI: timings on shared machines are
+# noise for a pass/fail check.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-out=build/perf
-bin=build/release
+out=${PERF_DIR:-build/perf}
+bin=${BUILD_DIR:-build/release}
+blas_bin=${BLAS_BUILD_DIR:-build/release-blas}
+filter=()
+[[ -n "${FILTER:-}" ]] && filter=(--benchmark_filter="$FILTER")
+# The release preset's cache variables, for build folders the preset does not name.
+release_flags=(-DCMAKE_BUILD_TYPE=Release -DMOE_WARNINGS_AS_ERRORS=ON -DMOE_NATIVE=ON)
 py=/usr/bin/python3
 jobs=${JOBS:-2}
 reps=${REPS:-3}
 peer_reps=${PEER_REPS:-5}
 mkdir -p "$out"
 
-# One thread everywhere: the C++ layer has no threaded execution policy yet, and the peer must
-# run with the same thread count.
+# One thread everywhere but moe_bench_threads (its own ThreadPool): the peer must run with the
+# same thread count, and OpenBLAS must not start threads of its own under the BLAS build.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   echo "== build (release preset)"
-  cmake --preset release >/dev/null
-  cmake --build "$bin" --target moe_bench_forward moe_bench_backward moe_bench_decode moe-compare -j "$jobs"
+  if [[ "$bin" == build/release ]]; then
+    cmake --preset release >/dev/null
+  else
+    cmake -S . -B "$bin" "${release_flags[@]}" >/dev/null
+  fi
+  cmake --build "$bin" --target moe_bench_forward moe_bench_threads moe_bench_backward moe_bench_decode moe-compare \
+    -j "$jobs"
+  if [[ "${BLAS:-1}" != 0 ]]; then
+    echo "== build (release flags + MOE_USE_BLAS=ON: Eigen on OpenBLAS) in $blas_bin"
+    if cmake -S . -B "$blas_bin" "${release_flags[@]}" -DMOE_USE_BLAS=ON -DBLA_VENDOR=OpenBLAS \
+        -DMOE_BUILD_TESTS=OFF -DMOE_BUILD_EXAMPLES=OFF >"$out/blas-configure.log" 2>&1; then
+      cmake --build "$blas_bin" --target moe_bench_forward -j "$jobs"
+    else
+      echo "bench_all: no OpenBLAS to build against (MOE_USE_BLAS=1 scripts/install-deps.sh); the BLAS rows are left out; see $out/blas-configure.log" >&2
+    fi
+  fi
 fi
 
 # What was built: the commit, and the uncommitted files under include/, bench/ and examples/
@@ -51,11 +83,24 @@ started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 t0=$(date +%s)
 
 echo "== moe_bench_forward ($reps repetitions)"
-"$bin/bench/moe_bench_forward" --benchmark_repetitions="$reps" --benchmark_color=false \
+"$bin/bench/moe_bench_forward" --benchmark_repetitions="$reps" --benchmark_color=false "${filter[@]}" \
   --benchmark_out="$out/forward.json" --benchmark_out_format=json | tee "$out/forward.txt"
 
+rm -f "$out/forward-blas.json"
+if [[ "${BLAS:-1}" != 0 && -x "$blas_bin/bench/moe_bench_forward" ]]; then
+  echo "== moe_bench_forward, Eigen on OpenBLAS ($reps repetitions, OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS)"
+  blas_lib=$(sed -n 's/^BLAS_openblas_LIBRARY:FILEPATH=//p' "$blas_bin/CMakeCache.txt" | head -1)
+  "$blas_bin/bench/moe_bench_forward" --benchmark_repetitions="$reps" --benchmark_color=false "${filter[@]}" \
+    --benchmark_context=blas="OpenBLAS ${blas_lib:-?}" \
+    --benchmark_out="$out/forward-blas.json" --benchmark_out_format=json | tee "$out/forward-blas.txt"
+fi
+
+echo "== moe_bench_threads (ratio d, pools of 1 to $(getconf _NPROCESSORS_ONLN) threads)"
+"$bin/bench/moe_bench_threads" --benchmark_repetitions="$reps" --benchmark_color=false \
+  --benchmark_out="$out/threads.json" --benchmark_out_format=json | tee "$out/threads.txt"
+
 echo "== moe_bench_backward ($reps repetitions)"
-"$bin/bench/moe_bench_backward" --benchmark_repetitions="$reps" --benchmark_color=false \
+"$bin/bench/moe_bench_backward" --benchmark_repetitions="$reps" --benchmark_color=false "${filter[@]}" \
   --benchmark_out="$out/backward.json" --benchmark_out_format=json | tee "$out/backward.txt"
 
 echo "== moe_bench_decode"
@@ -63,7 +108,9 @@ echo "== moe_bench_decode"
 
 echo "== PyTorch peer (bench/peers/torch_moe.py, 1 thread)"
 rm -f "$out/torch.json"
-if "$py" -c 'import torch' 2>/dev/null; then
+if [[ "${SKIP_PEER:-0}" == 1 ]]; then
+  echo "bench_all: SKIP_PEER=1, the peer is left out" >&2
+elif "$py" -c 'import torch' 2>/dev/null; then
   # Debian's torch does its GEMMs in whatever libblas.so.3 resolves to, which is the reference
   # (netlib) BLAS unless an optimised one is installed: a peer 5x slower than it should be. Give
   # the peer OpenBLAS for this command only: the system's if it is there, else Debian's
@@ -91,6 +138,7 @@ echo "== moe-compare, every router policy"
 # moe-compare times with the wall clock: enough repetitions that each router processes at
 # least 4096 tokens, so a small T is not one 10 ms sample of a busy machine.
 for T in 32 128 512 2048; do
+  [[ "${SKIP_COMPARE:-0}" == 1 ]] && break
   r=$(( 4096 / T > 3 ? 4096 / T : 3 ))
   "$bin/examples/moe-compare" --tokens "$T" --reps "$r" --json "$out/compare-$T.json"
 done
@@ -115,5 +163,5 @@ EOF
 echo "bench_all: measured in $(( $(date +%s) - t0 )) s, load average $load_before -> $load_after"
 
 if [[ "${SKIP_REPORT:-0}" != 1 ]]; then
-  "$py" scripts/perf_report.py "$out"
+  "$py" scripts/perf_report.py "$out" ${DOCS_DIR:+--docs "$DOCS_DIR"}
 fi

@@ -5,8 +5,10 @@ in build/perf/ (issue #5's ratios, each from one run).
     /usr/bin/python3 scripts/perf_report.py [build/perf] [--docs docs]
 
 Reads forward.json, backward.json (Google Benchmark JSON of moe_bench_forward and
-moe_bench_backward), decode.json (moe_bench_decode), torch.json (bench/peers/torch_moe.py),
-compare-<T>.json (moe-compare --json) and machine.json. A missing file leaves its rows out and
+moe_bench_backward), threads.json (moe_bench_threads, ratio d), forward-blas.json
+(moe_bench_forward built with MOE_USE_BLAS=ON, Eigen on OpenBLAS), decode.json
+(moe_bench_decode), torch.json (bench/peers/torch_moe.py), compare-<T>.json (moe-compare
+--json) and machine.json. A missing file leaves its rows out and
 says so in the page. Needs python3-matplotlib (Debian); plots use the Agg backend, no display.
 """
 
@@ -27,19 +29,22 @@ def load(path):
             return json.load(f)
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError:  # empty: the program ran no benchmark (a FILTER matched none)
+        print(f"perf_report: {path} is not JSON (empty?); left out", file=sys.stderr)
+        return None
 
 
-def gbench_best(doc):
-    """{run name without /min_time:X or /repeats:N: best CPU seconds} from Google Benchmark JSON: the fastest
-    repetition (load from other processes only adds time), the `min` aggregate where only
-    aggregates were written."""
+def gbench_best(doc, clock="cpu_time"):
+    """{run name without /min_time:X, /repeats:N or /real_time: best seconds of `clock`} from Google
+    Benchmark JSON: the fastest repetition (load from other processes only adds time), the `min`
+    aggregate where only aggregates were written."""
     best, agg_min, samples = {}, {}, {}
     for b in (doc or {}).get("benchmarks", []):
         if b.get("error_occurred"):
             continue
         # Per-benchmark MinTime() and Repetitions() put /min_time:X and /repeats:N in the name.
-        name = re.sub(r"/(min_time:[\d.]+|repeats:\d+)", "", b.get("run_name", b["name"]))
-        t = b["cpu_time"] * UNIT[b.get("time_unit", "ns")]
+        name = re.sub(r"/(min_time:[\d.]+|repeats:\d+|real_time)", "", b.get("run_name", b["name"]))
+        t = b[clock] * UNIT[b.get("time_unit", "ns")]
         if b.get("run_type", "iteration") == "iteration":
             best[name] = min(best.get(name, t), t)
             samples.setdefault(name, []).append(t)
@@ -81,6 +86,10 @@ def main():
         doc = load(p)
         compare[int(doc["workload"]["tokens"])] = doc
     (fwd, fwd_median), (bwd, _) = gbench_best(fwd_doc), gbench_best(bwd_doc)
+    threads_doc = load(os.path.join(args.perf, "threads.json"))
+    threads, _ = gbench_best(threads_doc, clock="real_time")
+    blas_doc = load(os.path.join(args.perf, "forward-blas.json"))
+    fwd_blas, fwd_blas_median = gbench_best(blas_doc)
 
     tokens = sorted({int(m.group(1)) for k in fwd for m in [re.search(r"/T:(\d+)$", k)] if m})
     moe_s = {(s, T): fwd.get(f"moe_forward/{s}/T:{T}") for s in SHAPES for T in tokens}
@@ -104,7 +113,25 @@ def main():
     for r in (dec or {}).get("decode", []):
         rows.append(("c", "T = 1 latency / (weight bytes / triad bandwidth)", r["shape"], 1, "≤ 1.3", 1.3,
                      r["ratio"], False))
-    rows.append(("d", "threads", "—", None, "—", None, None, False))
+    # d: wall time with a pool of 1 thread / with n threads, forward at T = 2048.
+    thread_t = {}  # (shape, T, n) -> seconds
+    for k, v in threads.items():
+        m = re.fullmatch(r"threads/([^/]+)/T:(\d+)/threads:(\d+)", k)
+        if m:
+            thread_t[(m.group(1), int(m.group(2)), int(m.group(3)))] = v
+    d_rows = []
+    for (s, T, n) in sorted(thread_t, key=lambda k: (SHAPES.index(k[0]) if k[0] in SHAPES else 99, k[1], k[2])):
+        if n == 1:
+            continue
+        goal = {2: 1.8, 16: 12.0}.get(n)
+        value = div(thread_t.get((s, T, 1)), thread_t[(s, T, n)])
+        d_rows.append((s, T, n, value))
+        rows.append(("d", f"time(1 thread) / time({n} threads)", s, T, f"≥ {goal:g}" if goal else "—", goal,
+                     value, True))
+    if not d_rows:
+        rows.append(("d", "threads", "—", None, "—", None, None, False))
+    blas_s = {(s, T): fwd_blas.get(f"moe_forward/{s}/T:{T}") for s in SHAPES for T in tokens}
+    blas_ideal = {(s, T): fwd_blas.get(f"ideal_experts/{s}/T:{T}") for s in SHAPES for T in tokens}
     bwd_T = sorted({int(k.rsplit("/", 1)[1]) for k in bwd if k.startswith("forward/")})
     for s in SHAPES:
         for T in bwd_T:
@@ -114,7 +141,7 @@ def main():
     os.makedirs(os.path.join(args.docs, "perf"), exist_ok=True)
     plots = make_plots(args.docs, compare, tokens, moe_s, torch_s)
     write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots,
-               tokens)
+               tokens, thread_t, blas_s, blas_ideal, blas_doc)
 
 
 def plain_log_y(ax):
@@ -126,7 +153,7 @@ def plain_log_y(ax):
     ax.yaxis.set_minor_formatter(tk.NullFormatter())
 
 
-def reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer):
+def reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, blas_s):
     """What the numbers say, written from the numbers, so the page stays true when rerun."""
     add("## Reading the results")
     add("")
@@ -173,9 +200,24 @@ def reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer):
             f"the memory system moves by a quarter (four transfers per element, not three) and the bound "
             f"it gives is a loose one; a ratio below 1 "
             f"means the forward read its weights faster than triad moved its arrays, which pure reads can.")
-    add("- **d** is not measured: the machine has 2 cores shared with other work, and every benchmark "
-        "here runs serially (no thread pool in `ForwardContext`); when this page was first written the "
-        "library had no committed threaded execution policy.")
+    d_rows = [(s, T, v) for rid, _, s, T, _, goal, v, _ in rows if rid == "d" and v is not None]
+    if d_rows:
+        cores = max(n for (_, _, n) in thread_t)
+        add(f"- **d** `moe_bench_threads` measured 1 to {cores} threads (as many as the machine has; the "
+            "16-thread goal needs a 16-core machine): "
+            + "; ".join(f"{s} {v:.2f}x" for s, T, v in d_rows if v is not None) + ". Wall time, so other "
+            "processes on the machine's cores show up here: a pool of n threads on n shared cores is only as "
+            "fast as the busiest core lets its slowest task be (the forward waits for every task).")
+    else:
+        add("- **d** is not measured in this run (no build/perf/threads.json from `moe_bench_threads`).")
+    b_blas = [(s, T, div(moe_s.get((s, T)), v)) for (s, T), v in blas_s.items() if v and moe_s.get((s, T))]
+    if b_blas:
+        faster = [f"{s} T = {T} ({r:.2f}x)" for s, T, r in b_blas if r > 1]
+        add("- **BLAS** with `MOE_USE_BLAS=ON` (Eigen's products in OpenBLAS, one thread), the forward is "
+            + ("faster than with Eigen's own GEMM at " + ", ".join(faster) if faster else
+               "not faster than with Eigen's own GEMM at any measured T")
+            + " (Eigen time / OpenBLAS time in parentheses). The library's expert products go through "
+            "moe::kernels::gemm, so this compares the two ways that function's Eigen products can run.")
     add("")
 
 
@@ -232,7 +274,8 @@ def make_plots(docs, compare, tokens, moe_s, torch_s):
     return made
 
 
-def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots, tokens):
+def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots, tokens,
+               thread_t, blas_s, blas_ideal, blas_doc):
     L = []
     add = L.append
     add("# Performance")
@@ -241,7 +284,8 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
         "edit those scripts, not this page. -->")
     add("")
     add("The ratios of issue #5, each measured within one run of `scripts/bench_all.sh`, which builds "
-        "the `release` preset's benchmarks, runs them one after the other on one thread, runs the "
+        "the `release` preset's benchmarks (and `moe_bench_forward` again on OpenBLAS), runs them one after "
+        "the other on one thread (ratio d: on pools of 1 to n threads), runs the "
         "PyTorch peer, and regenerates this page and its plots:")
     add("")
     add("```sh")
@@ -274,8 +318,8 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
             f"{', '.join(f'`{x}`' for x in libs) or 'an unknown BLAS'}{core}, "
             f"{peer['context']['threads']} thread, best of {peer['context']['reps']} after a warm-up |")
     add("")
-    add("All times are CPU time of the measuring thread (another process taking the core does not "
-        "count), best repetition: on a shared machine load only ever adds time. The machine was "
+    add("All times but d's are CPU time of the measuring thread (another process taking the core does not "
+        "count; d's are wall time, since the pool's workers do the work), best repetition: on a shared machine load only ever adds time. The machine was "
         "shared with other engineers' compilers (see the load average), so treat differences of "
         "a few percent as noise.")
     add("")
@@ -284,14 +328,14 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
     add("| | ratio | shape | T | goal | measured | |")
     add("|---|---|---|---:|---|---:|---|")
     for rid, what, shape, T, goal_text, goal, value, larger in rows:
-        if rid == "d":
-            add("| d | threads | — | — | — | not measured here: 2 shared cores; every benchmark runs "
-                "serially, and the library had no committed threaded execution policy yet | — |")
+        if rid == "d" and value is None and T is None:
+            add("| d | threads | — | — | — | not measured in this run (no threads.json) | — |")
             continue
         add(f"| {rid} | {what} | {shape} | {T} | {goal_text} | {fmt(value, 3 if rid in 'ac' else 2)} | "
             f"{verdict(value, goal, larger)} |")
     missing = [n for n, d in (("forward.json", moe_s and any(moe_s.values())), ("torch.json", torch_s),
-                              ("decode.json", dec), ("backward.json", bwd)) if not d]
+                              ("decode.json", dec), ("backward.json", bwd), ("threads.json", thread_t),
+                              ("forward-blas.json", any(blas_s.values()))) if not d]
     if missing:
         add("")
         add("Left out (no results in build/perf): " + ", ".join(missing) + ".")
@@ -307,11 +351,14 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
     add("- **c** `moe_bench_decode`: T = 1 forward latency against the time to stream the k selected "
         "experts' weights (k · 3 · d · ff · 4 bytes) and the router's (E · d · 4) at the STREAM-triad "
         "bandwidth measured in the same run.")
+    add("- **d** `moe_bench_threads`: forward at T = 2048 with a `ThreadPool` of 1 thread against n "
+        "threads (`ForwardContext::pool`), wall time, every pool size in one run. Goal ≥ 1.8 for 2 "
+        "threads; ≥ 12 for 16 threads on a 16-core machine (measured only where the machine has them).")
     add("- **e** `moe_bench_backward`: a training step (forward in training mode, then backward) "
         "against the training forward alone.")
     add("")
 
-    reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer)
+    reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, blas_s)
 
     add("## Times")
     add("")
@@ -337,6 +384,32 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
         for r in dec["decode"]:
             add(f"| {r['shape']} | {r['weight_bytes'] / 1e6:.1f} | {r['latency_s'] * 1e6:.0f} | "
                 f"{r['median_latency_s'] * 1e6:.0f} | {r['bound_s'] * 1e6:.0f} | {r['ratio']:.3f} |")
+        add("")
+    if any(blas_s.values()):
+        ctx = (blas_doc or {}).get("context", {})
+        add("Forward with Eigen's own GEMM (the default build) and with Eigen on OpenBLAS "
+            "(`MOE_USE_BLAS=ON`, `OPENBLAS_NUM_THREADS=1`), the same benchmark in the same run of "
+            "bench_all.sh; one thread, CPU time of the best repetition, in ms"
+            + (f" (BLAS build: {ctx['blas']})" if ctx.get("blas") else "") + ":")
+        add("")
+        add("| shape | T | Eigen | OpenBLAS | Eigen / OpenBLAS | a, Eigen | a, OpenBLAS | "
+            "b, Eigen | b, OpenBLAS | tokens/s, Eigen | tokens/s, OpenBLAS |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for s in SHAPES:
+            for T in tokens:
+                m, b, p = moe_s.get((s, T)), blas_s.get((s, T)), torch_s.get((s, T))
+                add(f"| {s} | {T} | {fmt(m and m * 1e3)} | {fmt(b and b * 1e3)} | {fmt(div(m, b))} | "
+                    f"{fmt(div(m, ideal_s.get((s, T))), 3)} | {fmt(div(b, blas_ideal.get((s, T))), 3)} | "
+                    f"{fmt(div(p, m))} | {fmt(div(p, b))} | {fmt(m and T / m, 0)} | {fmt(b and T / b, 0)} |")
+        add("")
+    if thread_t:
+        add("Threads: forward at T = 2048, wall time of the best repetition, in ms (d = time(1) / time(n)):")
+        add("")
+        add("| shape | T | threads | ms | d |")
+        add("|---|---:|---:|---:|---:|")
+        for (s, T, n) in sorted(thread_t):
+            t = thread_t[(s, T, n)]
+            add(f"| {s} | {T} | {n} | {fmt(t * 1e3)} | {fmt(div(thread_t.get((s, T, 1)), t))} |")
         add("")
     if bwd:
         add("Training step, CPU time of the best repetition, in ms:")
