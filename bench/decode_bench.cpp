@@ -1,4 +1,5 @@
-// moe_bench_decode: how close one-token (T = 1) forward gets to the memory-bandwidth bound.
+// moe_bench_decode: how close decode-sized forwards (T = 1, 4, 16) get to the memory-bandwidth
+// bound.
 //
 //   moe_bench_decode [--reps N] [--triad-reps N] [--triad-mib M] [--json FILE]
 //
@@ -7,10 +8,15 @@
 //   1. STREAM triad, a[i] = b[i] + s * c[i] on three double arrays far larger than the last-level
 //      cache, best of --triad-reps passes; bandwidth = 3 * n * 8 bytes / time (STREAM's count:
 //      two reads and one write, write-allocate traffic not counted);
-//   2. the T = 1 forward of the Mixtral-like and OLMoE-like layers of moe_bench_forward, best of
-//      --reps calls, each on the next of 64 different tokens so the selected experts change;
-// and prints ratio = latency / ((k * 3 * d * ff + E * d) * 4 bytes / bandwidth). 1.0 means the
-// forward streams its weights as fast as triad streams its arrays; issue #5 asks for <= 1.3.
+//   2. the T = 1, 4 and 16 forwards of the Mixtral-like and OLMoE-like layers of
+//      moe_bench_forward, --reps calls each, every call on the next T of 64 different tokens so
+//      the selected experts change;
+// and prints ratio = latency / ((n * 3 * d * ff + E * d) * 4 bytes / bandwidth), n the number of
+// distinct experts the call's tokens selected (k at T = 1), for the call with the best ratio.
+// 1.0 means the forward streams the weights it needs once, as fast as triad streams its arrays;
+// issue #5 asks for <= 1.3 at T = 1 (ratio c). At T > 1 the row-wise kernel (kernels::gemm,
+// at most 32 rows per expert) still reads each selected expert's weights once for all the
+// tokens that chose it, so the same bound applies.
 //
 // A plain main rather than Google Benchmark: the ratio combines two different measurements
 // (a bandwidth and a latency), each a best-of-N of one call, into one number per shape, and
@@ -53,7 +59,7 @@ constexpr Shape kMixtralScaled{"mixtral-scaled", 1024, 2816, 8, 2, true};
 constexpr Shape kOlmoeScaled{"olmoe-scaled", 1024, 512, 64, 8, false};
 
 struct Options {
-  int reps = 200;         // T = 1 forwards per shape; the best one is kept
+  int reps = 200;         // forwards per shape and T; the best ratio is kept
   int triad_reps = 20;    // triad passes; the best one is kept
   Index triad_mib = 128;  // per array: 4x the 32 MiB L3 here, as STREAM asks
   std::string json_path;
@@ -134,12 +140,15 @@ TriadResult triad(const Options& o) {
 
 struct DecodeResult {
   const Shape* shape;
-  double weight_bytes;  // k selected experts (gate, up, down) + router
-  Best time;
+  Index tokens;
+  double weight_bytes;  // of the best call: its distinct selected experts (gate, up, down) + router
+  Best time;            // latency over all calls (best and median)
+  double best_ratio_latency = 0;  // latency of the call with the best ratio
+  double best_ratio_bound_bytes = 0;
 };
 
 template <class Layer>
-DecodeResult decode(const Shape& s, const Options& o) {
+DecodeResult decode(const Shape& s, Index T, const Options& o) {
   moe::SwiGLUExperts<S> experts(s.num_experts, s.d_model, s.d_ff);
   fill_normal(experts.gate_up(), 1, 1.0 / std::sqrt(double(s.d_model)));
   fill_normal(experts.down(), 2, 1.0 / std::sqrt(double(s.d_ff)));
@@ -152,21 +161,35 @@ DecodeResult decode(const Shape& s, const Options& o) {
   constexpr Index kTokens = 64;
   moe::RowMatrix<S> x(kTokens, s.d_model);
   fill_normal(x, 100, 1.0);
-  moe::RowMatrix<S> y(1, s.d_model);
+  moe::RowMatrix<S> y(T, s.d_model);
   moe::Workspace<S> ws;
-  layer.forward(x.topRows(1), y, ws);  // sizes the workspace
+  layer.forward(x.topRows(T), y, ws);  // sizes the workspace
 
-  DecodeResult r{&s, 0.0, {}};
-  r.weight_bytes = double(s.top_k * 3 * s.d_model * s.d_ff + s.num_experts * s.d_model) * sizeof(S);
+  DecodeResult r{&s, T, 0.0, {}};
+  const double expert_bytes = double(3 * s.d_model * s.d_ff) * sizeof(S);
+  const double router_bytes = double(s.num_experts * s.d_model) * sizeof(S);
+  double best_ratio = 0;
   double check = 0;
   for (int rep = 0; rep < o.reps; ++rep) {
-    const Index t = rep % kTokens;
+    const Index t = (rep * T) % (kTokens - T + 1);
     const Stamp t0 = now();
-    layer.forward(x.middleRows(t, 1), y, ws);
+    layer.forward(x.middleRows(t, T), y, ws);
     const Stamp t1 = now();
     r.time.add(t0, t1);
     check += double(y(0, 0));
+    Index distinct = 0;
+    for (const Index load : ws.stats.expert_load) distinct += load > 0 ? 1 : 0;
+    const double bytes = double(distinct) * expert_bytes + router_bytes;
+    const double latency = t1.cpu - t0.cpu;
+    // Ratio up to the bandwidth, which is the same for every call: latency / bytes.
+    const double ratio = latency / bytes;
+    if (rep == 0 || ratio < best_ratio) {
+      best_ratio = ratio;
+      r.best_ratio_latency = latency;
+      r.best_ratio_bound_bytes = bytes;
+    }
   }
+  r.weight_bytes = r.best_ratio_bound_bytes;
   if (!std::isfinite(check)) throw std::runtime_error(std::string(s.name) + ": forward produced a non-finite value");
   return r;
 }
@@ -219,8 +242,10 @@ int main(int argc, char** argv) {
   // two, so a burst of load from other processes at one end of the run does not set the floor.
   TriadResult bw = triad(o);
   std::vector<DecodeResult> rows;
-  rows.push_back(decode<moe::MixtralMoE<S>>(kMixtralScaled, o));
-  rows.push_back(decode<moe::OlmoeMoE<S>>(kOlmoeScaled, o));
+  for (const Index T : {Index{1}, Index{4}, Index{16}}) {
+    rows.push_back(decode<moe::MixtralMoE<S>>(kMixtralScaled, T, o));
+    rows.push_back(decode<moe::OlmoeMoE<S>>(kOlmoeScaled, T, o));
+  }
   const TriadResult bw2 = triad(o);
   if (bw2.time.cpu < bw.time.cpu) bw = bw2;
 
@@ -228,13 +253,16 @@ int main(int argc, char** argv) {
   std::printf("STREAM triad: %.2f GB/s (CPU time), %.2f GB/s (wall), %lld MiB per array, best of %d\n", gbs,
               bw.gb_per_s_wall(), static_cast<long long>(o.triad_mib), 2 * o.triad_reps);
   std::printf("kernels %s, Eigen %s\n\n", moe::kernels::arch_name<>(), Eigen::SimdInstructionSetsInUse());
-  std::printf("%-16s %10s %12s %12s %12s %8s\n", "shape", "MB read", "latency us", "median us", "bound us", "ratio");
+  std::printf("%-16s %4s %10s %12s %12s %12s %8s\n", "shape", "T", "MB read", "latency us", "median us", "bound us",
+              "ratio");
   for (const DecodeResult& r : rows) {
     const double bound = r.weight_bytes / (gbs * 1e9);
-    std::printf("%-16s %10.1f %12.1f %12.1f %12.1f %8.3f\n", r.shape->name, r.weight_bytes * 1e-6, r.time.cpu * 1e6,
-                r.time.median_cpu() * 1e6, bound * 1e6, r.time.cpu / bound);
+    std::printf("%-16s %4lld %10.1f %12.1f %12.1f %12.1f %8.3f\n", r.shape->name, static_cast<long long>(r.tokens),
+                r.weight_bytes * 1e-6, r.best_ratio_latency * 1e6, r.time.median_cpu() * 1e6, bound * 1e6,
+                r.best_ratio_latency / bound);
   }
-  std::printf("ratio = T = 1 forward latency / (bytes of the k selected experts + router / triad bandwidth)\n");
+  std::printf("ratio = forward latency / (bytes of the distinct selected experts + router / triad bandwidth),\n"
+              "        for the call with the best ratio; ratio c of issue #5 is the T = 1 row\n");
 
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
@@ -249,12 +277,13 @@ int main(int argc, char** argv) {
       const DecodeResult& r = rows[i];
       const Shape& s = *r.shape;
       const double bound = r.weight_bytes / (gbs * 1e9);
-      f << "    {\"shape\": \"" << s.name << "\", \"d_model\": " << s.d_model << ", \"d_ff\": " << s.d_ff
+      f << "    {\"shape\": \"" << s.name << "\", \"tokens\": " << r.tokens << ", \"d_model\": " << s.d_model << ", \"d_ff\": " << s.d_ff
         << ", \"experts\": " << s.num_experts << ", \"top_k\": " << s.top_k
-        << ", \"weight_bytes\": " << json_number(r.weight_bytes) << ", \"latency_s\": " << json_number(r.time.cpu)
+        << ", \"weight_bytes\": " << json_number(r.weight_bytes)
+        << ", \"latency_s\": " << json_number(r.best_ratio_latency)
         << ", \"latency_wall_s\": " << json_number(r.time.wall)
         << ", \"median_latency_s\": " << json_number(r.time.median_cpu()) << ", \"bound_s\": " << json_number(bound)
-        << ", \"ratio\": " << json_number(r.time.cpu / bound) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+        << ", \"ratio\": " << json_number(r.best_ratio_latency / bound) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
     }
     f << "  ]\n}\n";
     if (!f) {
