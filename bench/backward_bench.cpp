@@ -7,6 +7,8 @@
 // and T, from the fastest repetition of each in this run.
 #include <moe/moe.hpp>
 
+#include "bench_shapes.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -22,38 +24,17 @@ using moe::Index;
 using moe::RowMatrix;
 using S = float;
 
-template <class M>
-void fill(M& m, std::uint64_t seed, double scale) {
-  const moe::CounterRng rng(seed, 0);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c)
-      m(r, c) = static_cast<S>(scale * rng.normal(std::uint64_t(r), std::uint64_t(c)));
-}
+using moe_bench::fill_normal;
+using moe_bench::Shape;
 
-struct Shape {
-  std::string name;
-  Index d, ff, experts, k;
-  bool renormalize;
-};
-
-const std::vector<Shape> shapes = {{"mixtral-scaled", 1024, 2816, 8, 2, true},
-                                   {"olmoe-scaled", 1024, 512, 64, 8, false}};
-
-moe::MixtralMoE<S> make_layer(const Shape& s) {
-  moe::SwiGLUExperts<S> experts(s.experts, s.d, s.ff);
-  fill(experts.gate_up(), 1, 1.0 / std::sqrt(double(s.d)));
-  fill(experts.down(), 2, 1.0 / std::sqrt(double(s.ff)));
-  moe::SoftmaxTopKRouter<S> router(s.experts, s.d, s.k, moe::SoftmaxTopK<S>{s.renormalize});
-  fill(router.weight(), 3, 1.0 / std::sqrt(double(s.d)));
-  return {std::move(experts), std::move(router)};
-}
+const std::vector<Shape> shapes = {moe_bench::kMixtralScaled, moe_bench::kOlmoeScaled};
 
 void bm_train_step(benchmark::State& state, const Shape& shape, bool with_backward) {
   const Index T = state.range(0);
-  const auto layer = make_layer(shape);
-  RowMatrix<S> x(T, shape.d), dy(T, shape.d), y(T, shape.d), dx(T, shape.d);
-  fill(x, 4, 1.0);
-  fill(dy, 5, 1.0);
+  const auto layer = moe_bench::make_layer<moe::MixtralMoE<S>>(shape);
+  RowMatrix<S> x(T, shape.d_model), dy(T, shape.d_model), y(T, shape.d_model), dx(T, shape.d_model);
+  fill_normal(x, 4, 1.0);
+  fill_normal(dy, 5, 1.0);
   moe::Workspace<S> ws;
   auto grads = layer.make_gradients();
   moe::ForwardContext ctx;
@@ -103,10 +84,10 @@ int main(int argc, char** argv) {
   std::printf("\n%-16s %6s %12s %12s %10s\n", "shape", "T", "fwd ms", "fwd+bwd ms", "ratio");
   for (const Shape& s : shapes)
     for (const char* t : {"32", "512", "2048"}) {
-      const auto f = reporter.best().find("forward/" + s.name + "/" + t);
-      const auto fb = reporter.best().find("forward_backward/" + s.name + "/" + t);
+      const auto f = reporter.best().find(std::string("forward/") + s.name + "/" + t);
+      const auto fb = reporter.best().find(std::string("forward_backward/") + s.name + "/" + t);
       if (f == reporter.best().end() || fb == reporter.best().end()) continue;
-      std::printf("%-16s %6s %12.3f %12.3f %10.2f\n", s.name.c_str(), t, f->second, fb->second, fb->second / f->second);
+      std::printf("%-16s %6s %12.3f %12.3f %10.2f\n", s.name, t, f->second, fb->second, fb->second / f->second);
     }
   std::printf("ratio = (forward + backward) / forward, CPU time of the fastest repetition of each; kernels %s\n",
               moe::kernels::arch_name());

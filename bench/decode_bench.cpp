@@ -27,6 +27,8 @@
 #include <moe/kernels/arch.hpp>
 #include <moe/moe.hpp>
 
+#include "bench_shapes.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -45,18 +47,10 @@ namespace {
 using S = float;
 using moe::Index;
 
-struct Shape {
-  const char* name;
-  Index d_model;
-  Index d_ff;
-  Index num_experts;
-  Index top_k;
-  bool renormalize;
-};
-
-// The same scaled shapes as moe_bench_forward (bench/README.md).
-constexpr Shape kMixtralScaled{"mixtral-scaled", 1024, 2816, 8, 2, true};
-constexpr Shape kOlmoeScaled{"olmoe-scaled", 1024, 512, 64, 8, false};
+using moe_bench::fill_normal;
+using moe_bench::kMixtralScaled;
+using moe_bench::kOlmoeScaled;
+using moe_bench::Shape;
 
 struct Options {
   int reps = 200;         // forwards per shape and T; the best ratio is kept
@@ -95,14 +89,6 @@ struct Best {
     return v.empty() ? 0.0 : v[v.size() / 2];
   }
 };
-
-template <class Derived>
-void fill_normal(Eigen::MatrixBase<Derived>& m, std::uint64_t seed, double scale) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<S> dist(S(0), static_cast<S>(scale));
-  S* p = m.derived().data();
-  for (Index i = 0; i < m.size(); ++i) p[i] = dist(gen);
-}
 
 struct TriadResult {
   double bytes_per_pass;
@@ -149,12 +135,7 @@ struct DecodeResult {
 
 template <class Layer>
 DecodeResult decode(const Shape& s, Index T, const Options& o) {
-  moe::SwiGLUExperts<S> experts(s.num_experts, s.d_model, s.d_ff);
-  fill_normal(experts.gate_up(), 1, 1.0 / std::sqrt(double(s.d_model)));
-  fill_normal(experts.down(), 2, 1.0 / std::sqrt(double(s.d_ff)));
-  moe::SoftmaxTopKRouter<S> router(s.num_experts, s.d_model, s.top_k, moe::SoftmaxTopK<S>{.renormalize = s.renormalize});
-  fill_normal(router.weight(), 3, 1.0 / std::sqrt(double(s.d_model)));
-  const Layer layer(std::move(experts), std::move(router));
+  const Layer layer = moe_bench::make_layer<Layer>(s);
 
   // 64 different tokens, used in turn: the selected experts change from call to call as in
   // decoding, and the weights (277 MB, 403 MB) cannot stay in the 32 MiB cache between calls.

@@ -9,6 +9,8 @@
 #include <moe/kernels/arch.hpp>
 #include <moe/moe.hpp>
 
+#include "bench_shapes.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -32,35 +34,14 @@ namespace {
 using S = float;
 using moe::Index;
 
-// Shapes named after real models (STYLE.md "Benchmarks"). The scaled ones keep each model's
-// expert count, top-k and gating, with d and ff cut so weights fit a small machine's memory
-// and one forward takes well under a second on one core.
-struct Shape {
-  const char* name;
-  Index d_model;
-  Index d_ff;
-  Index num_experts;
-  Index top_k;
-  bool renormalize;  // Mixtral renormalises the top-k gates; OLMoE (norm_topk_prob = false) does not
-};
-
-constexpr Shape kMixtralScaled{"mixtral-scaled", 1024, 2816, 8, 2, true};
-constexpr Shape kOlmoeScaled{"olmoe-scaled", 1024, 512, 64, 8, false};
-constexpr Shape kMixtral8x7b{"mixtral-8x7b", 4096, 14336, 8, 2, true};  // 5.6 GB of float weights
-constexpr Shape kOlmoe1b7b{"olmoe-1b-7b", 2048, 1024, 64, 8, false};     // 1.6 GB
+using moe_bench::fill_normal;
+using moe_bench::kMixtral8x7b;
+using moe_bench::kMixtralScaled;
+using moe_bench::kOlmoe1b7b;
+using moe_bench::kOlmoeScaled;
+using moe_bench::Shape;
 
 constexpr Index kTokens[] = {1, 32, 512, 2048};
-
-/// Fills m with N(0, scale^2). A plain Mersenne twister: the weights only need to look like an
-/// initialisation, and generating a few hundred million of them must stay quick.
-template <class Derived>
-void fill_normal(Eigen::MatrixBase<Derived>& m, std::uint64_t seed, double scale) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<S> dist(S(0), static_cast<S>(scale));
-  S* p = m.derived().data();
-  const Index n = m.size();
-  for (Index i = 0; i < n; ++i) p[i] = dist(gen);
-}
 
 /// The ideal: for each expert e, Y_e = (silu(X_e Wg_e^T) * (X_e Wu_e^T)) Wd_e^T on rows already
 /// grouped by expert. No routing, no plan, no gather, no combine. The GEMMs are written out in
@@ -120,17 +101,7 @@ class ShapeBench {
   [[nodiscard]] const Shape& shape() const noexcept { return shape_; }
 
   const Layer& layer() {
-    if (!layer_) {
-      const Shape& s = shape_;
-      moe::SwiGLUExperts<S> experts(s.num_experts, s.d_model, s.d_ff);
-      // N(0, 1/fan_in), as an initialisation: activations keep unit scale through the layer.
-      fill_normal(experts.gate_up(), 1, 1.0 / std::sqrt(double(s.d_model)));
-      fill_normal(experts.down(), 2, 1.0 / std::sqrt(double(s.d_ff)));
-      moe::SoftmaxTopKRouter<S> router(s.num_experts, s.d_model, s.top_k,
-                                       moe::SoftmaxTopK<S>{.renormalize = s.renormalize});
-      fill_normal(router.weight(), 3, 1.0 / std::sqrt(double(s.d_model)));
-      layer_ = std::make_unique<Layer>(std::move(experts), std::move(router));
-    }
+    if (!layer_) layer_ = std::make_unique<Layer>(moe_bench::make_layer<Layer>(shape_));
     return *layer_;
   }
 

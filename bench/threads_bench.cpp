@@ -10,6 +10,8 @@
 #include <moe/kernels/arch.hpp>
 #include <moe/moe.hpp>
 
+#include "bench_shapes.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -33,35 +35,15 @@ namespace {
 using S = float;
 using moe::Index;
 
-// The scaled shapes of forward_bench.cpp (same names, same sizes, same weights' seeds).
-struct Shape {
-  const char* name;
-  Index d_model;
-  Index d_ff;
-  Index num_experts;
-  Index top_k;
-  bool renormalize;
-};
-constexpr Shape kShapes[] = {{"mixtral-scaled", 1024, 2816, 8, 2, true}, {"olmoe-scaled", 1024, 512, 64, 8, false}};
+using moe_bench::fill_normal;
+using moe_bench::Shape;
+constexpr Shape kShapes[] = {moe_bench::kMixtralScaled, moe_bench::kOlmoeScaled};
 constexpr Index kTokens = 2048;
-
-template <class Derived>
-void fill_normal(Eigen::MatrixBase<Derived>& m, std::uint64_t seed, double scale) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<S> dist(S(0), static_cast<S>(scale));
-  S* p = m.derived().data();
-  for (Index i = 0; i < m.size(); ++i) p[i] = dist(gen);
-}
 
 /// One shape's layer and input, built on first use and shared by every thread count.
 struct Case {
   explicit Case(const Shape& s) {
-    moe::SwiGLUExperts<S> experts(s.num_experts, s.d_model, s.d_ff);
-    fill_normal(experts.gate_up(), 1, 1.0 / std::sqrt(double(s.d_model)));
-    fill_normal(experts.down(), 2, 1.0 / std::sqrt(double(s.d_ff)));
-    moe::SoftmaxTopKRouter<S> router(s.num_experts, s.d_model, s.top_k, moe::SoftmaxTopK<S>{.renormalize = s.renormalize});
-    fill_normal(router.weight(), 3, 1.0 / std::sqrt(double(s.d_model)));
-    layer = std::make_unique<moe::MixtralMoE<S>>(std::move(experts), std::move(router));
+    layer = std::make_unique<moe::MixtralMoE<S>>(moe_bench::make_layer<moe::MixtralMoE<S>>(s));
     x.resize(kTokens, s.d_model);
     fill_normal(x, 100 + static_cast<std::uint64_t>(kTokens), 1.0);
     y.resize(kTokens, s.d_model);
