@@ -4,12 +4,14 @@
 
 #include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/expert/run_experts.hpp>
 #include <moe/kernels/activations.hpp>
 #include <moe/kernels/gemm.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -105,7 +107,9 @@ class SharedExpertCombiner {
     if constexpr (Gate == SharedGate::sigmoid) {
       // y += g * out with g = sigmoid(x w): d out = g dy; d(x w) = g (1 - g) <dy, out>.
       ws.combine_dout.noalias() = ws.combine_gate.asDiagonal() * dy;
-      Vector<scalar_type> dpre(T);
+      // dL/d(x w) per token, in the thread's scratch (no heap allocation in steady state).
+      detail::ScratchLease<scalar_type, struct SharedGateDpreTag> dpre_lease;
+      Eigen::Map<Vector<scalar_type>> dpre(dpre_lease.data(static_cast<std::size_t>(T)), T);
       for (Index t = 0; t < T; ++t) {
         const scalar_type g = ws.combine_gate[t];
         dpre[t] = g * (scalar_type(1) - g) * dy.row(t).dot(ws.combine_out.row(t));

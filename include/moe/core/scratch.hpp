@@ -14,7 +14,11 @@ namespace moe::detail {
 
 /// Borrows one of the calling thread's buffers of element type T for the lifetime of the
 /// lease. Buffers only grow (a std::vector keeps its capacity when it shrinks), so after the
-/// first call with the largest shape a thread allocates nothing. Leases nest: each nesting
+/// first call with the largest shape a thread allocates nothing. Buffers are aligned as Eigen
+/// aligns a RowMatrix (Eigen::aligned_allocator), so an Eigen expression assigned to a view of
+/// a lease takes the same vectorised path, and gives the same bits, as with a RowMatrix or
+/// Vector it replaces (an unaligned start would peel scalar elements, and e.g. exp or rsqrt
+/// differ in the last bit between the packet and the scalar path). Leases nest: each nesting
 /// level on a thread has its own buffers (a wrapped router borrowing inside its wrapper's
 /// lease gets a different one). Tag separates use sites so each keeps its own high-water mark.
 template <class T, class Tag = void>
@@ -22,7 +26,7 @@ class ScratchLease {
  public:
   ScratchLease() {
     State& s = state();
-    if (s.depth == s.buffers.size()) s.buffers.push_back(std::make_unique<std::vector<T>>());
+    if (s.depth == s.buffers.size()) s.buffers.push_back(std::make_unique<Buffer>());
     buffer_ = s.buffers[s.depth++].get();
   }
   ScratchLease(const ScratchLease&) = delete;
@@ -34,6 +38,9 @@ class ScratchLease {
     if (buffer_->size() < n) buffer_->resize(n);
     return buffer_->data();
   }
+  /// One element, e.g. a whole RowMatrix or struct of buffers kept by the thread: its own
+  /// members keep their sizes from call to call (resize to the same shape allocates nothing).
+  [[nodiscard]] T& one() { return *data(1); }
   /// n elements, all set to value.
   [[nodiscard]] T* filled(std::size_t n, T value) {
     T* p = data(n);
@@ -52,15 +59,16 @@ class ScratchLease {
   }
 
  private:
+  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
   struct State {
-    std::vector<std::unique_ptr<std::vector<T>>> buffers;
+    std::vector<std::unique_ptr<Buffer>> buffers;
     std::size_t depth = 0;
   };
   static State& state() {
     thread_local State s;
     return s;
   }
-  std::vector<T>* buffer_;
+  Buffer* buffer_;
 };
 
 }  // namespace moe::detail
