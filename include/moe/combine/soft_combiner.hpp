@@ -32,12 +32,12 @@ struct SoftCombiner {
     constexpr const char* where = "SoftCombiner::combine()";
     const Index T = x.rows();
     const RowMatrix<S>& logits = ws.routing.logits;
-    detail::require(logits.rows() == T && plan.num_tokens == T, where, "routing logits and plan rows (tokens)", T,
-                    detail::concat(logits.rows(), " and ", plan.num_tokens));
+    // Runs every forward: messages are built only on failure, so a passing check allocates nothing.
+    if (logits.rows() != T || plan.num_tokens != T)
+      detail::throw_invalid(where, "routing logits and plan rows (tokens)", T,
+                            detail::concat(logits.rows(), " and ", plan.num_tokens));
     const SlotLayout layout = slot_layout(plan, logits.cols());
-    detail::require(y_perm.rows() == layout.rows() && y_perm.cols() == y.cols(), where, "y_perm",
-                    detail::concat("shape [", layout.rows(), ", ", y.cols(), "]"),
-                    detail::concat("[", y_perm.rows(), ", ", y_perm.cols(), "]"));
+    detail::require_shape(y_perm, layout.rows(), y.cols(), where, "y_perm");
     const Index slots = logits.cols();
     detail::ensure_shape(ws.combine_hidden, T, slots);
     y.setZero();

@@ -34,8 +34,8 @@ concept DenseCombinerWithBackward = requires(const CombinerType& c, const Dispat
 ///
 /// Buffers: dy_perm, dx_perm, dhidden as in the sparse path; dlogits [T, E*p] for dL/dlogits;
 /// combine_dout [T, E*p] for dL/dD (SoftCombiner keeps no shared expert, so the combiner's
-/// backward scratch is free). After the first call with a shape, the only allocations are the
-/// router's two E*p vectors (independent of T).
+/// backward scratch is free). After the first call with a shape, nothing is allocated: the
+/// router's E*p vectors live in its thread's scratch (tests/alloc).
 template <class Arch, class Layer, class Grads>
 void dense_backward(const Layer& layer, const ConstMatrixRef<typename Layer::scalar_type>& dy,
                     MatrixRef<typename Layer::scalar_type> dx, Workspace<typename Layer::scalar_type>& ws,

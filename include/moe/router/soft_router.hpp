@@ -14,6 +14,7 @@
 
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/kernels/gemm.hpp>
@@ -54,9 +55,11 @@ struct SlotLayout {
 namespace detail {
 
 /// Checks ForwardContext::sequence_length against T tokens and returns B.
+/// Runs every forward and backward: the message is built only on failure (no allocation).
 inline Index num_sequences(Index tokens, Index sequence_length, std::string_view where) {
-  require(sequence_length >= 0 && (sequence_length == 0 || tokens % sequence_length == 0), where,
-          "ctx.sequence_length", concat("0 or a divisor of the number of tokens ", tokens), sequence_length);
+  if (sequence_length < 0 || (sequence_length != 0 && tokens % sequence_length != 0))
+    throw_invalid(where, "ctx.sequence_length", concat("0 or a divisor of the number of tokens ", tokens),
+                  sequence_length);
   if (tokens == 0) return 0;
   return sequence_length == 0 ? 1 : tokens / sequence_length;
 }
@@ -70,8 +73,10 @@ template <class S>
   constexpr const char* where = "moe::make_slot_layout()";
   const Index T = routing.num_tokens;
   const Index E = routing.num_experts;
-  detail::require(E >= 1 && routing.logits.cols() % E == 0, where, "logits columns (num_experts * slots_per_expert)",
-                  detail::concat("a multiple of num_experts = ", E), routing.logits.cols());
+  // Messages are built only on failure: this runs every call.
+  if (E < 1 || routing.logits.cols() % E != 0)
+    detail::throw_invalid(where, "logits columns (num_experts * slots_per_expert)",
+                          detail::concat("a multiple of num_experts = ", E), routing.logits.cols());
   SlotLayout l;
   l.num_sequences = detail::num_sequences(T, sequence_length, where);
   l.sequence_length = l.num_sequences == 0 ? 0 : T / l.num_sequences;
@@ -85,14 +90,16 @@ template <class S>
 [[nodiscard]] SlotLayout slot_layout(const DispatchPlan<S>& plan, Index slots_per_sequence) {
   constexpr const char* where = "moe::slot_layout()";
   const Index E = plan.num_experts;
-  detail::require(E >= 1 && slots_per_sequence % E == 0, where, "slots per sequence",
-                  detail::concat("a multiple of num_experts = ", E), slots_per_sequence);
+  // Messages are built only on failure: this runs every forward and backward.
+  if (E < 1 || slots_per_sequence % E != 0)
+    detail::throw_invalid(where, "slots per sequence", detail::concat("a multiple of num_experts = ", E),
+                          slots_per_sequence);
   SlotLayout l;
   l.num_experts = E;
   l.slots_per_expert = slots_per_sequence / E;
-  detail::require(l.slots_per_expert >= 1 && plan.capacity >= 0 && plan.capacity % l.slots_per_expert == 0, where,
-                  "plan capacity (rows per expert of a dense plan)",
-                  detail::concat("a multiple of slots_per_expert = ", l.slots_per_expert), plan.capacity);
+  if (l.slots_per_expert < 1 || plan.capacity < 0 || plan.capacity % l.slots_per_expert != 0)
+    detail::throw_invalid(where, "plan capacity (rows per expert of a dense plan)",
+                          detail::concat("a multiple of slots_per_expert = ", l.slots_per_expert), plan.capacity);
   l.num_sequences = plan.capacity / l.slots_per_expert;
   l.sequence_length = l.num_sequences == 0 ? 0 : plan.num_tokens / l.num_sequences;
   return l;
@@ -227,8 +234,10 @@ class SoftRouter {
     detail::ensure_shape(out.scores, T, slots);
     if (T == 0) return;
     kernels::gemm<Arch>(out.logits, x, Op::none, phi_, Op::none, S(1), S(0), ctx.gemm);
-    // Per-call scratch of E*p values, independent of T (as SigmoidGroupLimited's).
-    RowVector<S> col(slots);
+    // E*p values of scratch, kept by the thread (no allocation once grown).
+    detail::ScratchLease<RowVector<S>, ScratchTag> col_lease;
+    RowVector<S>& col = col_lease.one();
+    col.resize(slots);
     if (normalize_) {
       for (Index t = 0; t < T; ++t) out.logits.row(t) /= std::sqrt(x.row(t).squaredNorm() + epsilon_);
       col = ((phi_.colwise().squaredNorm().array() + epsilon_).rsqrt() * scale_).matrix();
@@ -259,8 +268,10 @@ class SoftRouter {
     const Index T = x.rows();
     const Index slots = num_slots();
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
-    detail::require(num_sequences >= 0 && (num_sequences == 0 ? T == 0 : T % num_sequences == 0), where,
-                    "num_sequences", detail::concat("a divisor of the number of tokens ", T), num_sequences);
+    // Messages are built only on failure: a passing check allocates nothing.
+    if (num_sequences < 0 || (num_sequences == 0 ? T != 0 : T % num_sequences != 0))
+      detail::throw_invalid(where, "num_sequences", detail::concat("a divisor of the number of tokens ", T),
+                            num_sequences);
     detail::require_shape(routing.scores, T, slots, where, "routing.scores");
     detail::require_shape(dscores, T, slots, where, "dscores");
     detail::require_shape(dlogits, T, slots, where, "dlogits");
@@ -268,8 +279,10 @@ class SoftRouter {
     detail::require_shape(grad.phi_, input_dim(), slots, where, "grad.phi()");
     if (T == 0) return;
     const Index n = T / num_sequences;
-    // Per-call scratch of E*p values, independent of T (as route()'s).
-    RowVector<S> col(slots);
+    // E*p values of scratch, kept by the thread (as route()'s).
+    detail::ScratchLease<RowVector<S>, ScratchTag> col_lease, dc_lease;
+    RowVector<S>& col = col_lease.one();
+    col.resize(slots);
     // The dispatch softmax runs down each column of a sequence:
     // dL/dlogit[t, i] = D[t, i] (dD[t, i] - sum_t' D[t', i] dD[t', i]).
     for (Index b = 0; b < num_sequences; ++b) {
@@ -287,7 +300,8 @@ class SoftRouter {
     // c_i = (|phi_i|^2 + eps)^-1/2, and da/dx_t = -a_t^3 x_t (likewise c). dscores, free now,
     // holds R, then row by row dL/dR = scale a_t c_i dL/dlogit[t, i].
     col = (phi_.colwise().squaredNorm().array() + epsilon_).rsqrt().matrix();
-    RowVector<S> dc = RowVector<S>::Zero(slots);  // sum_t a_t G[t, i] R[t, i]
+    RowVector<S>& dc = dc_lease.one();  // sum_t a_t G[t, i] R[t, i]
+    dc.setZero(slots);
     S dscale = S(0);
     kernels::gemm<Arch>(dscores, x, Op::none, phi_, Op::none, S(1), S(0));
     for (Index t = 0; t < T; ++t) {
@@ -309,6 +323,8 @@ class SoftRouter {
   }
 
  private:
+  struct ScratchTag {};
+
   static RowMatrix<S> checked_zero_phi(Index num_experts, Index input_dim, Index slots_per_expert) {
     constexpr const char* where = "SoftRouter::SoftRouter()";
     detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
