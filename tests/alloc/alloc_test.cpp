@@ -275,9 +275,7 @@ TEST_CASE("Soft MoE (dense path, 4 sequences): steady state allocates nothing", 
   check_all_pools(layer, {.sequence_length = 128});
 }
 
-// Known to allocate (remove [!shouldfail] once fixed): NoisyTopKRouter route (raw, eps) and backward
-// (dg, dclean, dstddev, draw), and ImportanceLoss/LoadLoss (loss/importance_loss.hpp).
-TEST_CASE("Noisy top-k (with importance and load losses): steady state allocates nothing", "[alloc][!shouldfail]") {
+TEST_CASE("Noisy top-k (with importance and load losses): steady state allocates nothing", "[alloc]") {
   const auto layer = filled(moe::NoisyTopKMoE<S>(swiglu(), moe::NoisyTopKRouter<S>(E, d, 2)));
   check_all_pools(layer, {.weights = {.importance = S(0.01), .load = S(0.01)}});
 }

@@ -4,6 +4,7 @@
 #define MOE_LOSS_IMPORTANCE_LOSS_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/router/routing_result.hpp>
@@ -41,23 +42,38 @@ template <class S>
 /// d cv_squared(v) / dv. With m the mean, var the population variance and D = m^2 + 1e-10:
 ///   d/dv_e = 2 (v_e - m) / (n D) - var * 2 m / (n D^2)
 /// (the mean's own derivative drops out of var's, since sum_e (v_e - m) = 0).
+/// Writes it into out (resized to v's length; no allocation when it already has it).
 template <class S>
-[[nodiscard]] Vector<S> cv_squared_gradient(const Vector<S>& v) {
+void cv_squared_gradient(const Vector<S>& v, Vector<S>& out) {
   const Index n = v.size();
-  if (n == 0) return Vector<S>();
+  if (n == 0) {
+    out.resize(0);
+    return;
+  }
   const S mean = v.mean();
   const S variance = (v.array() - mean).square().sum() / static_cast<S>(n);
   const S denom = mean * mean + S(1e-10);
   const S shift = variance * S(2) * mean / (static_cast<S>(n) * denom * denom);
-  return ((v.array() - mean) * (S(2) / (static_cast<S>(n) * denom)) - shift).matrix();
+  out = ((v.array() - mean) * (S(2) / (static_cast<S>(n) * denom)) - shift).matrix();
+}
+template <class S>
+[[nodiscard]] Vector<S> cv_squared_gradient(const Vector<S>& v) {
+  Vector<S> g;
+  cv_squared_gradient(v, g);
+  return g;
 }
 
 /// Importance [E]: the sum over tokens of the gate each token gives each expert. Works for
 /// any RoutingResult (sums the triples' gates per expert).
 template <class S>
-[[nodiscard]] Vector<S> importance(const RoutingResult<S>& routing) {
-  Vector<S> imp = Vector<S>::Zero(routing.num_experts);
+void importance(const RoutingResult<S>& routing, Vector<S>& imp) {
+  imp.setZero(routing.num_experts);
   for (std::size_t i = 0; i < routing.token.size(); ++i) imp[routing.expert[i]] += routing.gate[i];
+}
+template <class S>
+[[nodiscard]] Vector<S> importance(const RoutingResult<S>& routing) {
+  Vector<S> imp;
+  importance(routing, imp);
   return imp;
 }
 
@@ -72,25 +88,32 @@ template <class S>
 /// with tensor2tensor's "noisy > (k+1)-th value" except at exact ties. Where no noise was
 /// added (stddev 0, inference) P is that membership, 1 or 0. With k = E every expert is
 /// always chosen, so P = 1 (tensor2tensor then counts gates > 0, which is the same).
+///
+/// This form writes P into p (resized to [T, E]; no allocation when it has that shape already,
+/// its other scratch lives in the thread's detail::ScratchLease).
 template <class S>
-[[nodiscard]] RowMatrix<S> prob_in_top_k(const NoisyGatingTerms<S>& terms, Index k) {
+void prob_in_top_k(const NoisyGatingTerms<S>& terms, Index k, RowMatrix<S>& p) {
   const Index T = terms.noisy.rows();
   const Index E = terms.noisy.cols();
   constexpr const char* where = "moe::prob_in_top_k()";
-  detail::require(k >= 1 && k <= E, where, "k", detail::concat("in [1, num_experts = ", E, "]"), k);
+  // Messages are built only on failure (this runs in every backward with a load loss).
+  if (k < 1 || k > E) detail::throw_invalid(where, "k", detail::concat("in [1, num_experts = ", E, "]"), k);
   detail::require_shape(terms.clean, T, E, where, "clean (as noisy)");
   detail::require_shape(terms.stddev, T, E, where, "stddev (as noisy)");
-  RowMatrix<S> p(T, E);
+  p.resize(T, E);
   if (k == E) {
     p.setOnes();
-    return p;
+    return;
   }
-  std::vector<Index> top(static_cast<std::size_t>(k + 1));
-  std::vector<char> in(static_cast<std::size_t>(E));
+  struct Tag {};
+  detail::ScratchLease<Index, Tag> top_lease;
+  detail::ScratchLease<char, Tag> in_lease;
+  Index* top = top_lease.data(static_cast<std::size_t>(k + 1));
+  char* in = in_lease.data(static_cast<std::size_t>(E));
   for (Index t = 0; t < T; ++t) {
     const S* noisy = terms.noisy.data() + t * E;
-    kernels::top_k(noisy, E, k + 1, top.data());
-    std::fill(in.begin(), in.end(), char(0));
+    kernels::top_k(noisy, E, k + 1, top);
+    std::fill(in, in + E, char(0));
     for (Index j = 0; j < k; ++j) in[static_cast<std::size_t>(top[static_cast<std::size_t>(j)])] = 1;
     const S threshold_if_in = noisy[top[static_cast<std::size_t>(k)]];
     const S threshold_if_out = noisy[top[static_cast<std::size_t>(k - 1)]];
@@ -106,6 +129,11 @@ template <class S>
       p(t, e) = S(0.5) * (S(1) + std::erf(diff / (std::numbers::sqrt2_v<S> * sd + S(1e-20))));
     }
   }
+}
+template <class S>
+[[nodiscard]] RowMatrix<S> prob_in_top_k(const NoisyGatingTerms<S>& terms, Index k) {
+  RowMatrix<S> p;
+  prob_in_top_k(terms, k, p);
   return p;
 }
 
@@ -129,7 +157,13 @@ struct ImportanceLoss {
   template <class S>
   void backward(const RoutingResult<S>& routing, std::type_identity_t<S> weight, S* dgate) const {
     if (weight == S(0) || routing.size() == 0) return;
-    const Vector<S> g = cv_squared_gradient(importance(routing));
+    // Two [E] vectors kept by the thread: no allocation in a steady-state backward.
+    struct Tag {};
+    detail::ScratchLease<Vector<S>, Tag> imp_lease, g_lease;
+    Vector<S>& imp = imp_lease.one();
+    Vector<S>& g = g_lease.one();
+    importance(routing, imp);
+    cv_squared_gradient(imp, g);
     for (std::size_t i = 0; i < routing.expert.size(); ++i) dgate[i] += weight * g[routing.expert[i]];
   }
 };
@@ -159,16 +193,27 @@ struct LoadLoss {
     detail::require_shape(dstddev, T, E, where, "dstddev (as noisy)");
     detail::require_shape(dnoisy, T, E, where, "dnoisy (as noisy)");
     if (weight == S(0) || T == 0) return;
-    const RowMatrix<S> p = prob_in_top_k(terms, k);  // checks k and the shapes
+    // Temporaries kept by the thread: no allocation in a steady-state backward.
+    struct Tag {};
+    detail::ScratchLease<RowMatrix<S>, Tag> p_lease;
+    detail::ScratchLease<Vector<S>, Tag> load_lease, dload_lease;
+    detail::ScratchLease<Index, Tag> top_lease;
+    detail::ScratchLease<char, Tag> in_lease;
+    RowMatrix<S>& p = p_lease.one();
+    prob_in_top_k(terms, k, p);  // checks k and the shapes
     if (k == E) return;
-    const Vector<S> dload = weight * cv_squared_gradient(Vector<S>(p.colwise().sum().transpose()));
-    std::vector<Index> top(static_cast<std::size_t>(k + 1));
-    std::vector<char> in(static_cast<std::size_t>(E));
+    Vector<S>& load = load_lease.one();
+    load = p.colwise().sum().transpose();
+    Vector<S>& dload = dload_lease.one();
+    cv_squared_gradient(load, dload);
+    dload *= weight;
+    Index* top = top_lease.data(static_cast<std::size_t>(k + 1));
+    char* in = in_lease.data(static_cast<std::size_t>(E));
     const S inv_sqrt_pi = std::numbers::inv_sqrtpi_v<S>;
     for (Index t = 0; t < T; ++t) {
       const S* noisy = terms.noisy.data() + t * E;
-      kernels::top_k(noisy, E, k + 1, top.data());
-      std::fill(in.begin(), in.end(), char(0));
+      kernels::top_k(noisy, E, k + 1, top);
+      std::fill(in, in + E, char(0));
       for (Index j = 0; j < k; ++j) in[static_cast<std::size_t>(top[static_cast<std::size_t>(j)])] = 1;
       const Index at_if_in = top[static_cast<std::size_t>(k)];
       const Index at_if_out = top[static_cast<std::size_t>(k - 1)];

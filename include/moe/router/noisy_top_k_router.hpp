@@ -6,6 +6,7 @@
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/random.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/kernels/gemm.hpp>
@@ -192,6 +193,14 @@ class NoisyTopKRouter {
   [[nodiscard]] static S softplus(S z) noexcept { return std::max(z, S(0)) + std::log1p(std::exp(-std::abs(z))); }
 
  private:
+  struct ScratchTag {};
+  /// backward()'s temporaries, kept per thread (detail::ScratchLease).
+  struct BackwardScratch {
+    NoisyGatingTerms<S> terms;
+    RowMatrix<S> raw, eps, dclean, dstddev, draw;
+    std::vector<S> dg;
+  };
+
   // The same expressions in route() and gating_terms(), so both give bit-identical logits.
   [[nodiscard]] S noise_scale(S raw) const noexcept { return softplus(raw) + noise_epsilon_; }
   [[nodiscard]] S epsilon(const CounterRng& rng, Index t, Index e) const noexcept {
@@ -206,9 +215,10 @@ class NoisyTopKRouter {
     const Index T = x.rows();
     const Index E = num_experts();
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
-    detail::require(routing.num_tokens == T && routing.num_experts == E && routing.size() == T * k_, where,
-                    "a routing of x by this router (T * k assignments)", detail::concat(T, " * ", k_),
-                    detail::concat(routing.num_tokens, " tokens, ", routing.size(), " assignments"));
+    // Messages are built only on failure: a passing check allocates nothing.
+    if (routing.num_tokens != T || routing.num_experts != E || routing.size() != T * k_)
+      detail::throw_invalid(where, "a routing of x by this router (T * k assignments)", detail::concat(T, " * ", k_),
+                            detail::concat(routing.num_tokens, " tokens, ", routing.size(), " assignments"));
     detail::require_shape(routing.logits, T, E, where, "routing logits");
     detail::require_shape(dlogits, T, E, where, "dlogits");
     detail::require_shape(dx, T, input_dim(), where, "dx");
@@ -217,12 +227,17 @@ class NoisyTopKRouter {
     // The forward's terms: clean, stddev (0 without noise), and eps.
     // The same kernel as the forward, so the recomputed logits match it bit for bit.
     const GemmKernel kernel = ctx != nullptr ? ctx->gemm : GemmKernel::fast;
-    NoisyGatingTerms<S> terms;
+    // Every temporary lives in the thread's scratch: same shapes as the last call, no allocation.
+    detail::ScratchLease<BackwardScratch, ScratchTag> scratch_lease;
+    BackwardScratch& scratch = scratch_lease.one();
+    NoisyGatingTerms<S>& terms = scratch.terms;
     terms.clean.resize(T, E);
     kernels::gemm(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), kernel);
-    RowMatrix<S> raw(T, E);
+    RowMatrix<S>& raw = scratch.raw;
+    raw.resize(T, E);
     kernels::gemm(raw, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), kernel);
-    RowMatrix<S> eps(T, E);
+    RowMatrix<S>& eps = scratch.eps;
+    eps.resize(T, E);
     bool noisy = false;
     if (ctx != nullptr) {
       noisy = ctx->mode == Mode::training;
@@ -247,7 +262,8 @@ class NoisyTopKRouter {
       for (Index e = 0; e < E; ++e) terms.stddev(t, e) = noisy ? noise_scale(raw(t, e)) : S(0);
 
     // Gates: a softmax over the k selected noisy logits; the importance loss adds to dgate.
-    std::vector<S> dg(dgate, dgate + routing.size());
+    std::vector<S>& dg = scratch.dg;
+    dg.assign(dgate, dgate + routing.size());
     ImportanceLoss{}.backward(routing, weights.importance, dg.data());
     for (Index t = 0; t < T; ++t) {
       const Index* idx = routing.expert.data() + t * k_;
@@ -259,8 +275,10 @@ class NoisyTopKRouter {
     }
 
     // The load loss reads clean and stddev directly, and the noisy logits through its threshold.
-    RowMatrix<S> dclean = RowMatrix<S>::Zero(T, E);
-    RowMatrix<S> dstddev = RowMatrix<S>::Zero(T, E);
+    RowMatrix<S>& dclean = scratch.dclean;
+    dclean.setZero(T, E);
+    RowMatrix<S>& dstddev = scratch.dstddev;
+    dstddev.setZero(T, E);
     if (weights.load != S(0) && noisy) {
       terms.noisy = routing.logits;
       LoadLoss{}.backward(terms, k_, weights.load, dclean, dstddev, dlogits);
@@ -268,7 +286,8 @@ class NoisyTopKRouter {
 
     // noisy = clean + eps * stddev, stddev = softplus(raw) + epsilon, softplus' = sigmoid.
     dclean += dlogits;
-    RowMatrix<S> draw(T, E);
+    RowMatrix<S>& draw = scratch.draw;
+    draw.resize(T, E);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) {
         const S ds = dstddev(t, e) + (noisy ? dlogits(t, e) * eps(t, e) : S(0));
