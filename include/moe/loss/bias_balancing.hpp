@@ -4,6 +4,7 @@
 #define MOE_LOSS_BIAS_BALANCING_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
 #include <moe/router/routing_result.hpp>
@@ -124,11 +125,14 @@ struct SequenceBalanceLoss {
     if (T == 0 || weight == S(0)) return;
     const Index n = sequence_length == 0 ? T : sequence_length;
     const Index B = T / n;
-    const std::vector<Index> count = counts(routing, n);
+    // Counts kept by the thread: no allocation in a steady-state backward.
+    struct Tag {};
+    detail::ScratchLease<Index, Tag> count_lease;
+    const Index* count = counts(routing, n, count_lease);
     const S c = weight * static_cast<S>(alpha) / static_cast<S>(B) * static_cast<S>(E) /
                 (static_cast<S>(routing.k) * static_cast<S>(n) * static_cast<S>(n));
     for (Index t = 0; t < T; ++t) {
-      const Index* cnt = count.data() + (t / n) * E;
+      const Index* cnt = count + (t / n) * E;
       const S z = routing.scores.row(t).sum();
       S dot = 0;
       for (Index e = 0; e < E; ++e) dot += static_cast<S>(cnt[e]) * routing.scores(t, e);
@@ -144,7 +148,11 @@ struct SequenceBalanceLoss {
     const Index T = routing.num_tokens;
     const Index E = routing.num_experts;
     detail::require_shape(dlogits, T, E, "SequenceBalanceLoss::backward()", "dlogits");
-    RowMatrix<S> ds = RowMatrix<S>::Zero(T, E);
+    // dL/dscores [T, E] kept by the thread: no allocation in a steady-state backward.
+    struct Tag {};
+    detail::ScratchLease<RowMatrix<S>, Tag> ds_lease;
+    RowMatrix<S>& ds = ds_lease.one();
+    ds.setZero(T, E);
     backward_scores(routing, sequence_length, weight, ds);
     const auto& s = routing.scores;
     for (Index t = 0; t < T; ++t) {
@@ -163,24 +171,38 @@ struct SequenceBalanceLoss {
     const Index T = routing.num_tokens;
     const Index E = routing.num_experts;
     const Index k = routing.k;
-    detail::require(k >= 1 && routing.size() == T * k, where, "a token-choice routing (k >= 1, T * k assignments)",
-                    detail::concat("T * k = ", T, " * ", k), routing.size());
+    // Runs in every backward: messages are built only on failure, so a passing check allocates nothing.
+    if (k < 1 || routing.size() != T * k)
+      detail::throw_invalid(where, "a token-choice routing (k >= 1, T * k assignments)",
+                            detail::concat("T * k = ", T, " * ", k), routing.size());
     detail::require_shape(routing.scores, T, E, where, "routing scores");
-    detail::require(sequence_length >= 0 && (sequence_length == 0 || T % sequence_length == 0), where,
-                    "sequence_length", detail::concat("0 or a divisor of the number of tokens ", T), sequence_length);
+    if (sequence_length < 0 || (sequence_length != 0 && T % sequence_length != 0))
+      detail::throw_invalid(where, "sequence_length", detail::concat("0 or a divisor of the number of tokens ", T),
+                            sequence_length);
   }
 
   // Choices of expert e by the tokens of sequence b, at [b * E + e]; counted from the
   // triples' token field, so any assignment order works.
   template <class S>
   static std::vector<Index> counts(const RoutingResult<S>& routing, Index n) {
+    std::vector<Index> count(static_cast<std::size_t>(routing.num_tokens / n * routing.num_experts), 0);
+    count_into(routing, n, count.data());
+    return count;
+  }
+  /// The same counts in a lease's buffer.
+  template <class S, class Tag>
+  static const Index* counts(const RoutingResult<S>& routing, Index n, detail::ScratchLease<Index, Tag>& lease) {
+    Index* count = lease.filled(static_cast<std::size_t>(routing.num_tokens / n * routing.num_experts), 0);
+    count_into(routing, n, count);
+    return count;
+  }
+  template <class S>
+  static void count_into(const RoutingResult<S>& routing, Index n, Index* count) {
     const Index E = routing.num_experts;
-    std::vector<Index> count(static_cast<std::size_t>(routing.num_tokens / n * E), 0);
     for (Index i = 0; i < routing.size(); ++i) {
       const auto iu = static_cast<std::size_t>(i);
-      ++count[static_cast<std::size_t>(routing.token[iu] / n * E + routing.expert[iu])];
+      ++count[routing.token[iu] / n * E + routing.expert[iu]];
     }
-    return count;
   }
 };
 

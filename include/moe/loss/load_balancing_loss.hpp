@@ -2,6 +2,7 @@
 #ifndef MOE_LOSS_LOAD_BALANCING_LOSS_HPP
 #define MOE_LOSS_LOAD_BALANCING_LOSS_HPP
 
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/router/routing_result.hpp>
@@ -50,16 +51,25 @@ struct LoadBalancingLoss {
     const Index T = routing.num_tokens;
     const Index E = routing.num_experts;
     if (T == 0 || weight == S(0)) return;
-    RowMatrix<S> probs = routing.logits;
+    // Temporaries kept by the thread (detail::ScratchLease): no allocation in a steady-state
+    // backward.
+    struct Tag {};
+    detail::ScratchLease<RowMatrix<S>, Tag> probs_lease;
+    detail::ScratchLease<Vector<S>, Tag> v_lease;
+    detail::ScratchLease<Index, Tag> counts_lease;
+    RowMatrix<S>& probs = probs_lease.one();
+    probs = routing.logits;
     kernels::SoftmaxRows<Arch>{}(probs.data(), T, E, E);
-    const std::vector<Index> counts = routing.expert_counts();
+    Index* counts = counts_lease.filled(static_cast<std::size_t>(E), 0);
+    for (const Index e : routing.expert) ++counts[e];
     S scale = weight * static_cast<S>(E) / (static_cast<S>(T) * static_cast<S>(T));
     if (normalization == Normalization::unit) {
       const Index per_token = routing.size() / T;
       scale /= static_cast<S>(per_token);
     }
-    Vector<S> v(E);  // dL/dp_te, the same for every token
-    for (Index e = 0; e < E; ++e) v[e] = scale * static_cast<S>(counts[static_cast<std::size_t>(e)]);
+    Vector<S>& v = v_lease.one();  // dL/dp_te, the same for every token
+    v.resize(E);
+    for (Index e = 0; e < E; ++e) v[e] = scale * static_cast<S>(counts[e]);
     for (Index t = 0; t < T; ++t) {
       const S c = probs.row(t).dot(v.transpose());
       for (Index e = 0; e < E; ++e) dlogits(t, e) += probs(t, e) * (v[e] - c);

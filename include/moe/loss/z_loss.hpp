@@ -2,6 +2,7 @@
 #ifndef MOE_LOSS_Z_LOSS_HPP
 #define MOE_LOSS_Z_LOSS_HPP
 
+#include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/router/routing_result.hpp>
@@ -30,8 +31,11 @@ struct RouterZLoss {
     const Index T = routing.num_tokens;
     const Index E = routing.num_experts;
     if (T == 0 || weight == S(0)) return;
-    Vector<S> lse(T);
-    kernels::LogSumExpRows<Arch>{}(routing.logits.data(), T, E, E, lse.data());
+    // T values kept by the thread: no allocation in a steady-state backward.
+    struct Tag {};
+    detail::ScratchLease<S, Tag> lse_lease;
+    S* lse = lse_lease.data(static_cast<std::size_t>(T));
+    kernels::LogSumExpRows<Arch>{}(routing.logits.data(), T, E, E, lse);
     for (Index t = 0; t < T; ++t) {
       const S c = weight * S(2) / static_cast<S>(T) * lse[t];
       for (Index e = 0; e < E; ++e) dlogits(t, e) += c * std::exp(routing.logits(t, e) - lse[t]);
