@@ -12,7 +12,7 @@
 // Shapes are big enough that Eigen's GEMM would need heap blocking buffers (d 256, ff 512,
 // T 512: packed panels of several hundred KiB), so a GEMM that mallocs is caught.
 //
-// To find an allocation: MOE_ALLOC_TRAP=1 gdb -ex run -ex bt ./moe_alloc_tests stops at the
+// To find an allocation: MOE_ALLOC_TRAP=1 gdb -ex run -ex bt --args ./moe_alloc_tests "<case>" stops at the
 // first one made inside a counted call (SIGTRAP).
 #include <atomic>
 #include <csignal>
