@@ -86,7 +86,8 @@ printf '%s\n' "${units[@]}" | xargs -P "${MOE_JOBS:-2}" -I{} bash -c '
   "$0" -p build/tidy --quiet "$2" >"$log" 2>&1 || rc=$?
   echo "   $2: $((SECONDS - t0)) s, exit $rc"
   exit $rc' "$tidy" "$out" {} || status=1
-findings=$(cat "$out"/*.log | grep -cE '(warning|error): .*\[[a-z0-9.,-]+\]$' || true)
+# The same header finding comes once per unit that includes it: count distinct ones.
+findings=$(cat "$out"/*.log | grep -E '(warning|error): .*\[[a-z0-9.,-]+\]$' | sort -u | wc -l)
 if [[ $status -ne 0 ]]; then
   cat "$out"/*.log | grep -E -A3 '(warning|error): ' | grep -v '^--$' >&2 || cat "$out"/*.log >&2
   echo "== clang-tidy: $findings finding(s) (logs in $out/), $((SECONDS - start)) s" >&2
