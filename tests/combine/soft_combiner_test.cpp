@@ -7,18 +7,14 @@
 #include <cmath>
 #include <random>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, 1.0);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 }  // namespace
 

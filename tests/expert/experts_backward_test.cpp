@@ -10,19 +10,14 @@
 #include <string>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 /// Checks dx and every parameter gradient of expert e for L = sum(y * G).
 template <class Bank>

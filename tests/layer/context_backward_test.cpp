@@ -10,19 +10,14 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 /// L = sum(y * G) + loss terms; checks dx and every parameter against finite differences,
 /// with the routing held fixed (asserted) under each perturbation.

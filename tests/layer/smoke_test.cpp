@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "support/random.hpp"
 #include "support/reference_moe.hpp"
 
 namespace {
@@ -12,13 +13,7 @@ namespace {
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 moe::MixtralMoE<double> random_mixtral(Index E, Index d, Index ff, Index k) {
   moe::SwiGLUExperts<double> experts(E, d, ff);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <random>
 
+#include "support/random.hpp"
 #include "support/reference_moe.hpp"
 
 namespace {
@@ -16,13 +17,7 @@ namespace {
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 template <class S>
 moe::SoftMoE<S> random_soft_moe(Index E, Index d, Index ff, Index p, bool normalize = false) {

@@ -12,18 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 template <class Gating>
 using Dropped = moe::ExpertDropout<moe::TopKRouter<Gating>>;

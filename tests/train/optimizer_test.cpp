@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
@@ -17,13 +19,7 @@ using moe::RowMatrix;
 using Layer = moe::MoELayer<moe::FFNExperts<double, moe::Activation::relu>, moe::SoftmaxTopKRouter<double>,
                             moe::WeightedSumCombiner<double>>;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = n(gen);
-}
+using moe::test::fill;
 
 Layer tiny_layer(Index d = 4) {
   moe::FFNExperts<double, moe::Activation::relu> experts(3, d, 5);

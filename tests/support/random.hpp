@@ -1,0 +1,25 @@
+// Random test inputs shared by the test programs.
+#ifndef MOE_TESTS_SUPPORT_RANDOM_HPP
+#define MOE_TESTS_SUPPORT_RANDOM_HPP
+
+#include <moe/core/types.hpp>
+
+#include <random>
+#include <type_traits>
+
+namespace moe::test {
+
+/// Fills m (any Eigen matrix, block or map) with N(0, scale^2) draws of std::mt19937(seed),
+/// row by row, each double draw rounded to m's scalar: the same seed gives the same values in
+/// every test, in float and in double.
+template <class M>
+void fill(M&& m, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> n(0.0, scale);
+  for (Index r = 0; r < m.rows(); ++r)
+    for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<typename std::decay_t<M>::Scalar>(n(gen));
+}
+
+}  // namespace moe::test
+
+#endif  // MOE_TESTS_SUPPORT_RANDOM_HPP
