@@ -273,7 +273,7 @@ TEST_CASE("noisy top-k: splits route alike in inference; in training the noise f
   layer.router().clear_noise();
 }
 
-TEMPLATE_TEST_CASE("one const layer used from several threads gives the serial results", "[layer][determinism]",
+TEMPLATE_TEST_CASE("one const layer used from several threads gives the serial results", "[layer][determinism][threads]",
                    float, double) {
   const auto layer = qwen2<TestType>(8, 16, 12, 2);
   constexpr int threads = 4, batches = 6;
