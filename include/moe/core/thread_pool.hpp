@@ -31,9 +31,9 @@ class TaskRef {
  public:
   template <class F>
     requires(!std::is_same_v<std::remove_cvref_t<F>, TaskRef> && std::is_invocable_v<F&, Index>)
-  // NOLINTNEXTLINE(google-explicit-constructor,bugprone-forwarding-reference-overload): converts like
-  // std::function; the requires-clause already excludes TaskRef, which clang-tidy 14 does not read.
-  TaskRef(F&& f) noexcept
+  // Implicit, like std::function. The requires-clause already keeps TaskRef itself out, which
+  // clang-tidy 14's forwarding-reference-overload check does not read.
+  TaskRef(F&& f) noexcept  // NOLINT(google-explicit-constructor,bugprone-forwarding-reference-overload)
       : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
         call_([](void* o, Index i) { (*static_cast<std::remove_reference_t<F>*>(o))(i); }) {}
 
