@@ -17,18 +17,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-template <class M>
-void fill(M&& m, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<typename std::decay_t<M>::Scalar>(n(gen));
-}
+using moe::test::fill;
 
 template <class S>
 moe::SwiGLUExperts<S> swiglu(Index E, Index d, Index ff, unsigned seed) {
