@@ -14,6 +14,13 @@
 //
 // To find an allocation: MOE_ALLOC_TRAP=1 gdb -ex run -ex bt --args ./moe_alloc_tests "<case>" stops at the
 // first one made inside a counted call (SIGTRAP).
+// GCC 12 at -O1 (the asan-ubsan preset, with -Werror) reports libstdc++'s own std::regex /
+// std::function code, which Catch's main in this unit pulls in, as maybe-uninitialized (a known
+// false positive class, the one CMakeLists.txt's moe_project_options disables under
+// MOE_NATIVE); tests/main.cpp meets the same. Off for this unit only, GCC < 13 only.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <atomic>
 #include <csignal>
 #include <cstddef>
@@ -58,6 +65,10 @@ void* counted_or_throw(std::size_t n, std::size_t align) {
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
+// Out of line: where a delete below is inlined next to a `new`, GCC 12 at -O1 (asan-ubsan
+// preset, -Werror) reports free() of a pointer from operator new (-Wmismatched-new-delete),
+// not knowing that this operator new is the replacement above, which got it from malloc.
+[[gnu::noinline]] void release(void* p) noexcept { std::free(p); }
 }  // namespace
 
 void* operator new(std::size_t n) { return counted_or_throw(n, 0); }
@@ -72,18 +83,18 @@ void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noe
 void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
   return counted(n, static_cast<std::size_t>(a));
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete(void* p) noexcept { release(p); }
+void operator delete[](void* p) noexcept { release(p); }
+void operator delete(void* p, std::size_t) noexcept { release(p); }
+void operator delete[](void* p, std::size_t) noexcept { release(p); }
+void operator delete(void* p, std::align_val_t) noexcept { release(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { release(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { release(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { release(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { release(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { release(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
 
 #include <moe/moe.hpp>
 #include <moe/router/expert_choice_router.hpp>
