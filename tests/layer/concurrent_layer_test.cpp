@@ -25,14 +25,8 @@ using moe::Index;
 using moe::RowMatrix;
 
 using moe::test::fill;
+using moe::test::swiglu;
 
-template <class S>
-moe::SwiGLUExperts<S> swiglu(Index E, Index d, Index ff, unsigned seed) {
-  moe::SwiGLUExperts<S> experts(E, d, ff);
-  fill(experts.gate_up(), seed, 0.3);
-  fill(experts.down(), seed + 1, 0.3);
-  return experts;
-}
 
 template <class S>
 RowMatrix<S> random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {

@@ -1,8 +1,9 @@
-// Random test inputs shared by the test programs.
+// Random test inputs and expert banks shared by the test programs.
 #ifndef MOE_TESTS_SUPPORT_RANDOM_HPP
 #define MOE_TESTS_SUPPORT_RANDOM_HPP
 
 #include <moe/core/types.hpp>
+#include <moe/expert/swiglu_experts.hpp>
 
 #include <random>
 #include <type_traits>
@@ -18,6 +19,16 @@ void fill(M&& m, unsigned seed, double scale = 1.0) {
   std::normal_distribution<double> n(0.0, scale);
   for (Index r = 0; r < m.rows(); ++r)
     for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<typename std::decay_t<M>::Scalar>(n(gen));
+}
+
+/// A bank of E SwiGLU experts [d -> ff -> d] with N(0, 0.3^2) weights: gate_up from seed,
+/// down from seed + 1.
+template <class S>
+moe::SwiGLUExperts<S> swiglu(Index E, Index d, Index ff, unsigned seed) {
+  moe::SwiGLUExperts<S> experts(E, d, ff);
+  fill(experts.gate_up(), seed, 0.3);
+  fill(experts.down(), seed + 1, 0.3);
+  return experts;
 }
 
 }  // namespace moe::test
