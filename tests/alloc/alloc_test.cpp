@@ -109,6 +109,7 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 #include <cstdint>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -237,6 +238,64 @@ TEST_CASE("The counters see allocations (the test can fail)", "[alloc]") {
   b.setOnes();
   const Allocations g = count_allocations([&] { c.noalias() = a_ * b; });
   CHECK(g.eigen >= 1);
+}
+
+// Why the library's per-thread buffers have fixed sizes: a pool lets any thread take any task,
+// so a thread may meet a bigger product than any it met before (a busier expert, a deeper weight
+// gradient) long after warm-up. With buffers grown to fit, that call allocates (CI once saw it:
+// a worker that had only run small experts). So: small products first on a fresh thread, then
+// every kind of bigger one, counted.
+TEST_CASE("A thread's product buffers do not grow with the shapes it meets", "[alloc]") {
+  Allocations bigger;
+  std::thread([&] {
+    std::mt19937 gen(5);
+    const auto product = [&](Index m, Index k, Index n, moe::Op op_a, moe::Op op_b) {
+      RowMatrix<S> a = op_a == moe::Op::none ? RowMatrix<S>(m, k) : RowMatrix<S>(k, m);
+      RowMatrix<S> b = op_b == moe::Op::none ? RowMatrix<S>(k, n) : RowMatrix<S>(n, k);
+      RowMatrix<S> c(m, n);
+      fill(a, gen, 1.0);
+      fill(b, gen, 1.0);
+      return [a = std::move(a), b = std::move(b), c = std::move(c), op_a, op_b]() mutable {
+        moe::kernels::gemm(c, a, op_a, b, op_b, S(1), S(0));
+      };
+    };
+    auto small_eigen = product(40, 48, 48, moe::Op::none, moe::Op::transpose);
+    auto small_axpy = product(2, 16, 64, moe::Op::none, moe::Op::none);
+    small_eigen();
+    small_axpy();
+    // Many rows, deep, wide, transposed (a weight gradient over many tokens), and the decode
+    // path with 16 rows over a wide weight.
+    auto many_rows = product(700, 256, 512, moe::Op::none, moe::Op::transpose);
+    auto wide = product(64, 256, 2 * ff + 999, moe::Op::none, moe::Op::none);
+    auto deep = product(d, 900, 128, moe::Op::transpose, moe::Op::none);
+    auto decode = product(16, 64, 20000, moe::Op::none, moe::Op::none);
+    bigger = count_allocations([&] {
+      many_rows();
+      wide();
+      deep();
+      decode();
+    });
+  }).join();
+  CHECK(bigger.news == 0);
+  CHECK(bigger.eigen == 0);
+}
+
+// And so that a pool thread which took no task during warm-up does not allocate at its first
+// task later: the first call with a pool sets up every pool thread (kernels::prepare_threads).
+TEST_CASE("A layer's first call with a pool gives every pool thread its product buffers", "[alloc]") {
+  const auto layer = filled(moe::MixtralMoE<S>(swiglu(), moe::SoftmaxTopKRouter<S>(E, d, 2)));
+  moe::ThreadPool pool(4);
+  std::mt19937 gen(3);
+  RowMatrix<S> x(T, d), y(T, d);
+  fill(x, gen, 1.0);
+  moe::Workspace<S> ws;
+  moe::ForwardContext ctx;
+  ctx.pool = &pool;
+  layer.forward(x, y, ws, ctx);
+  const Allocations on_each = count_allocations(
+      [&] { pool.for_each_thread([](Index) { (void)moe::kernels::detail::ThreadBuffers<S>::get(); }); });
+  CHECK(on_each.news == 0);
+  CHECK(on_each.eigen == 0);
 }
 
 TEST_CASE("Mixtral: steady-state forward and backward allocate nothing", "[alloc]") {

@@ -104,6 +104,34 @@ TEMPLATE_TEST_CASE("gemm matches a long double reference for every operand form 
   });
 }
 
+TEMPLATE_TEST_CASE("gemm is exact past its per-thread buffer sizes (Eigen blocks clamped, axpy in column blocks)",
+                   "[kernels][gemm]", float, double) {
+  using S = TestType;
+  using Cap = moe::kernels::detail::PackingCapacity<S>;
+  std::mt19937 rng(11);
+  // Eigen's kernel: more output columns than Cap::mc (its lhs panel comes in blocks) and a depth
+  // over Cap::kc; the row-wise axpy path (m <= 16): more columns than one accumulator block.
+  struct Shape {
+    Index m, n, k;
+  };
+  const Index axpy_block_16 = Cap::axpy_elements / 16;
+  const Shape shapes[] = {{70, Cap::mc * 2 + 37, Cap::kc + 21}, {16, axpy_block_16 * 2 + 3, 9}, {5, axpy_block_16 + 1, 6}};
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    for (const Shape& sh : shapes)
+      for (const Op op_a : {Op::none, Op::transpose})
+        for (const Op op_b : {Op::none, Op::transpose}) {
+          const RowMatrix<S> a = op_a == Op::none ? random_matrix<S>(sh.m, sh.k, rng) : random_matrix<S>(sh.k, sh.m, rng);
+          const RowMatrix<S> b = op_b == Op::none ? random_matrix<S>(sh.k, sh.n, rng) : random_matrix<S>(sh.n, sh.k, rng);
+          const RowMatrix<S> c0 = random_matrix<S>(sh.m, sh.n, rng);
+          RowMatrix<S> c = c0;
+          moe::kernels::gemm<Arch>(c, a, op_a, b, op_b, S(0.5), S(1));
+          INFO(Arch::name() << " m " << sh.m << " n " << sh.n << " k " << sh.k << " " << name(op_a) << name(op_b));
+          CHECK(check_against_reference(c, a, op_a, b, op_b, S(0.5), S(1), c0).empty());
+        }
+  });
+}
+
 TEMPLATE_TEST_CASE("gemm's row-wise kernel gives a row the same bits in any batch", "[kernels][gemm]", float,
                    double) {
   using S = TestType;

@@ -99,6 +99,46 @@ class ThreadPool {
     if (error_) std::rethrow_exception(error_);
   }
 
+  /// Runs fn(i) exactly once on each of the pool's threads, i in [0, size()) unique per
+  /// thread (which thread gets which i is unspecified). For per-thread state that must exist
+  /// before tasks need it: run() lets any thread take any task, so without this, which thread
+  /// first meets a given task (and grows its buffers for it) would depend on scheduling. Each
+  /// task waits at a barrier until all size() have started, so no thread can take two. Same
+  /// rules as run(): one call at a time per pool, exceptions rethrown here.
+  void for_each_thread(TaskRef fn) {
+    const Index n = size();
+    if (n == 1) {
+      fn(0);
+      return;
+    }
+    std::mutex m;
+    std::condition_variable all_here;
+    Index arrived = 0;
+    auto task = [&](Index i) {
+      {
+        std::unique_lock lock(m);
+        if (++arrived == n) {
+          all_here.notify_all();
+        } else {
+          all_here.wait(lock, [&] { return arrived == n; });
+        }
+      }
+      fn(i);
+    };
+    run(n, TaskRef(task));
+  }
+
+  /// for_each_thread(setup) the first time this pool sees `key` (0 <= key < 64), nothing
+  /// after: thread-local state set up once per pool and kind (detail::thread_setup_key gives
+  /// each kind its key). Same rules as run().
+  void setup_threads_once(std::size_t key, TaskRef setup) {
+    detail::require(key < 64, "ThreadPool::setup_threads_once()", "key", "< 64", key);
+    const std::uint64_t bit = std::uint64_t{1} << key;
+    if ((setup_done_ & bit) != 0) return;
+    for_each_thread(setup);
+    setup_done_ |= bit;
+  }
+
  private:
   void work() {
     std::uint64_t seen = 0;
@@ -146,9 +186,23 @@ class ThreadPool {
   std::uint64_t generation_ = 0;
   Index active_ = 0;  ///< workers inside drain(), guarded by mutex_
   bool stop_ = false;
+  std::uint64_t setup_done_ = 0;  ///< keys of setup_threads_once() done; the caller's side only
 };
 
 namespace detail {
+inline std::size_t next_thread_setup_key() {
+  static std::atomic<std::size_t> next{0};
+  return next.fetch_add(1);
+}
+
+/// The ThreadPool::setup_threads_once() key of one kind of per-thread state (a tag type):
+/// distinct for distinct tags, the same for the whole process.
+template <class Tag>
+std::size_t thread_setup_key() {
+  static const std::size_t key = next_thread_setup_key();
+  return key;
+}
+
 /// Runs fn(task) for tasks [0, n) on the pool, or serially without one.
 template <class F>
 void parallel_for(ThreadPool* pool, Index n, F&& fn) {

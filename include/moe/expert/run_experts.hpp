@@ -6,6 +6,7 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/kernels/gemm.hpp>
 
 #include <algorithm>
 #include <type_traits>
@@ -57,6 +58,7 @@ void run_experts(const ExpertType& experts, const DispatchPlan<S>& plan,
       task -= blocks;
     }
   };
+  kernels::prepare_threads<S>(pool);
   detail::parallel_for(pool, tasks, [&](Index task) {
     Index e = 0, b = 0, n = 0;
     locate(task, e, b, n);

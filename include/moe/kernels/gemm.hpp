@@ -15,6 +15,7 @@
 
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/arch.hpp>
 
@@ -40,29 +41,65 @@ inline constexpr Index rowwise_max_rows = 32;
 
 namespace detail {
 
-/// Eigen's level-3 blocking with packing buffers owned by the calling thread: grown on first
-/// use to the largest panels seen, then reused, so steady-state products allocate nothing.
+/// Sizes, in elements, of the per-thread buffers every product works in: fixed, so a thread
+/// allocates them once, at its first product of scalar S (or at prepare_threads), and no later
+/// shape or routing can make it allocate again. Eigen's blocking heuristic is kept and clamped
+/// to them; the clamps only bind on shapes where Eigen would pack a whole operand at once.
+template <class S>
+struct PackingCapacity {
+  using Traits = Eigen::internal::gebp_traits<S, S>;
+  /// Depth of a packed panel (Eigen's kc; its heuristic gives 150 to 500 for a 32 KiB L1).
+  static constexpr Index kc = 512;
+  /// Rows of the packed lhs panel (Eigen's mc, a multiple of its micro-kernel's rows): Eigen
+  /// would pack all rows (the weight's output dimension) at once; above this it packs them in
+  /// blocks, repacking the other operand once per block (under 1 % of the product's work).
+  static constexpr Index mc = (480 / Traits::mr) * Traits::mr;
+  /// Packed rhs panel, kc x nc: Eigen's own bound, half of the 1.5 MiB it assumes for L2.
+  static constexpr Index b_elements = (Index{3} << 19) / (2 * static_cast<Index>(sizeof(S)));
+  /// Accumulators of rowwise_nn_axpy (rows x columns at a time).
+  static constexpr Index axpy_elements = Index{1} << 16;
+};
+
+/// The calling thread's packing and accumulator buffers for scalar S, allocated on first use
+/// at the fixed PackingCapacity sizes.
+template <class S>
+struct ThreadBuffers {
+  std::vector<S, Eigen::aligned_allocator<S>> a, b, axpy;
+
+  static ThreadBuffers& get() {
+    thread_local ThreadBuffers buffers;
+    if (buffers.a.empty()) {
+      using Cap = PackingCapacity<S>;
+      buffers.a.resize(static_cast<std::size_t>(Cap::kc * Cap::mc));
+      buffers.b.resize(static_cast<std::size_t>(Cap::b_elements));
+      buffers.axpy.resize(static_cast<std::size_t>(Cap::axpy_elements));
+    }
+    return buffers;
+  }
+};
+
+/// Eigen's level-3 blocking in the calling thread's ThreadBuffers: Eigen's heuristic, clamped to
+/// PackingCapacity, so a product never allocates whatever its shape.
 template <class S>
 class ThreadBlocking : public Eigen::internal::level3_blocking<S, S> {
  public:
   /// Blocking for a row-major [rows, cols] destination with inner dimension depth, chosen as
   /// Eigen chooses it for `dst.noalias() = lhs * rhs` (the product is run transposed).
   ThreadBlocking(Index rows, Index cols, Index depth) {
+    using Cap = PackingCapacity<S>;
     this->m_mc = cols;
     this->m_nc = rows;
     this->m_kc = depth;
     Eigen::internal::computeProductBlockingSizes<S, S, 1, Index>(this->m_kc, this->m_mc, this->m_nc, 1);
-    thread_local std::vector<S, Eigen::aligned_allocator<S>> a_buffer;
-    thread_local std::vector<S, Eigen::aligned_allocator<S>> b_buffer;
-    grow(a_buffer, this->m_mc * this->m_kc);
-    grow(b_buffer, this->m_kc * this->m_nc);
-    this->m_blockA = a_buffer.data();
-    this->m_blockB = b_buffer.data();
-  }
-
- private:
-  static void grow(std::vector<S, Eigen::aligned_allocator<S>>& buffer, Index size) {
-    if (static_cast<Index>(buffer.size()) < size) buffer.resize(static_cast<std::size_t>(size));
+    this->m_kc = std::min(this->m_kc, Cap::kc);
+    this->m_mc = std::min(this->m_mc, Cap::mc);
+    if (this->m_kc * this->m_nc > Cap::b_elements) {
+      constexpr Index nr = Cap::Traits::nr;
+      this->m_nc = std::max(nr, Cap::b_elements / this->m_kc / nr * nr);
+    }
+    ThreadBuffers<S>& buffers = ThreadBuffers<S>::get();
+    this->m_blockA = buffers.a.data();
+    this->m_blockB = buffers.b.data();
   }
 };
 
@@ -145,19 +182,14 @@ void rowwise_nt(S* c, Index ldc, const S* a, Index lda, const S* b, Index ldb, I
 /// Rows up to which rowwise_nn streams B row by row (below).
 inline constexpr Index axpy_max_rows = 16;
 
-/// rowwise_nn for a few rows (decode): the same per-element operations as the register-blocked
-/// loop below, in the order that reads B once, row after row, as memory streams it: the m rows
-/// of accumulators (a thread-local buffer, grown once) take one fused multiply-add per element
-/// of each row of B.
+/// rowwise_nn_axpy on columns [0, n) of c and b (a column block): the m rows of accumulators
+/// in acc [m, n] take one fused multiply-add per element of each row of B.
 template <class Arch, class S>
-void rowwise_nn_axpy(S* c, Index ldc, const S* a, Index lda, const S* b, Index ldb, Index m, Index n, Index k,
-                     S alpha, S beta) {
+void axpy_columns(S* c, Index ldc, const S* a, Index lda, const S* b, Index ldb, Index m, Index n, Index k,
+                  S alpha, S beta, S* acc) {
   using V = xsimd::batch<S, Arch>;
   constexpr Index W = lanes<S, Arch>;
   const Index nv = n - n % W;
-  thread_local std::vector<S, Eigen::aligned_allocator<S>> buffer;
-  if (static_cast<Index>(buffer.size()) < m * n) buffer.resize(static_cast<std::size_t>(m * n));
-  S* acc = buffer.data();
   std::fill(acc, acc + m * n, S(0));
   Index i = 0;
   for (; i + 4 <= k; i += 4) {  // four rows of B per pass: the accumulators move a quarter as often
@@ -200,6 +232,22 @@ void rowwise_nn_axpy(S* c, Index ldc, const S* a, Index lda, const S* b, Index l
   }
   for (Index r = 0; r < m; ++r)
     for (Index j = 0; j < n; ++j) store(c[r * ldc + j], acc[r * n + j], alpha, beta);
+}
+
+/// rowwise_nn for a few rows (decode): the same per-element operations as the register-blocked
+/// loop below, in the order that reads B once, row after row, as memory streams it. The
+/// accumulators live in the thread's fixed ThreadBuffers, so columns go in blocks of
+/// PackingCapacity::axpy_elements / m (4096 or more, whole batches; an element's operations do
+/// not depend on its block).
+template <class Arch, class S>
+void rowwise_nn_axpy(S* c, Index ldc, const S* a, Index lda, const S* b, Index ldb, Index m, Index n, Index k,
+                     S alpha, S beta) {
+  constexpr Index W = lanes<S, Arch>;
+  const Index block = std::max(W, PackingCapacity<S>::axpy_elements / m / W * W);
+  S* acc = ThreadBuffers<S>::get().axpy.data();
+  for (Index j0 = 0; j0 < n; j0 += block) {
+    axpy_columns<Arch>(c + j0, ldc, a, lda, b + j0, ldb, m, std::min(block, n - j0), k, alpha, beta, acc);
+  }
 }
 
 /// C = alpha A B + beta C with B given as [k, n] rows: element (r, j) accumulates
@@ -337,6 +385,19 @@ void gemm(MatrixRef<std::type_identity_t<S>> c, const ConstMatrixRef<std::type_i
   } else {
     detail::eigen_gemm<C, C>(c.data(), c.outerStride(), pa, la, pb, lb, m, n, k, alpha);
   }
+}
+
+/// Allocates the per-thread buffers gemm works in (detail::ThreadBuffers, fixed sizes: about
+/// 1.9 MiB for float, twice that for double) on the calling thread and, the first time a pool
+/// meets S, on each of its threads. Called before the library spreads products over a pool
+/// (run_experts, MoELayer::backward), so that whether a call allocates never depends on which
+/// thread happens to take which task.
+template <class S>
+void prepare_threads(ThreadPool* pool) {
+  (void)detail::ThreadBuffers<S>::get();
+  if (pool != nullptr && pool->size() > 1)
+    pool->setup_threads_once(moe::detail::thread_setup_key<detail::ThreadBuffers<S>>(),
+                             [](Index) { (void)detail::ThreadBuffers<S>::get(); });
 }
 
 }  // namespace kernels

@@ -10,6 +10,7 @@
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/core/workspace.hpp>
+#include <moe/kernels/gemm.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 #include <moe/loss/loss_weights.hpp>
 #include <moe/loss/z_loss.hpp>
@@ -103,6 +104,7 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
                                            grads.combiner, ws);
   // 4 experts: one task per expert, since its weight gradient sums over all its rows (a fixed
   // order, whatever the thread count); experts write disjoint slices of the gradients.
+  kernels::prepare_threads<S>(ws.pool);
   parallel_for(ws.pool, plan.num_experts, [&](Index e) {
     const Index n = plan.count(e);
     if (n == 0) return;
