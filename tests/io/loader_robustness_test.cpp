@@ -343,3 +343,25 @@ TEST_CASE("F16 and BF16 files load, converted exactly to the layer's type", "[io
     REQUIRE(params(g32) == params(g16));
   }
 }
+
+// A small file must not make a loader allocate a huge bank before it fails: here the router
+// claims 2^20 experts and expert 0 has d_ff = 2^16 (a 4 MiB file), so a bank sized from those
+// before the other experts are looked for would be 2^20 x 3 x 2^16 floats (768 GiB): bad_alloc,
+// or an abort under ASan. The loader checks every expert's tensors first and names the
+// missing one.
+TEST_CASE("a file claiming many large experts is refused before the bank is allocated", "[io][loader][robustness]") {
+  constexpr std::int64_t many = std::int64_t{1} << 20, wide = std::int64_t{1} << 16;
+  const std::vector<Tensor> tensors{{"block_sparse_moe.gate.weight", {many, 1}},
+                                    {"block_sparse_moe.experts.0.w1.weight", {wide, 1}},
+                                    {"block_sparse_moe.experts.0.w3.weight", {wide, 1}},
+                                    {"block_sparse_moe.experts.0.w2.weight", {1, wide}}};
+  const SafetensorsFile file = file_of(tensors);
+  REQUIRE_THROWS_MATCHES(moe::io::load_mixtral<float>(file, "block_sparse_moe.", {2}), moe::io::MissingTensorError,
+                         Catch::Matchers::Predicate<moe::io::MissingTensorError>(
+                             [](const moe::io::MissingTensorError& e) {
+                               const std::string what = e.what();
+                               return what.find("block_sparse_moe.experts.1.w1.weight") != std::string::npos &&
+                                      what.find("moe::io::load_mixtral") != std::string::npos;
+                             },
+                             "names the loader and expert 1's first tensor"));
+}
