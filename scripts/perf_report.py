@@ -212,9 +212,8 @@ def reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, b
             "fast as the busiest core lets its slowest task be (the forward waits for every task).")
     else:
         add("- **d** is not measured in this run (no build/perf/threads.json from `moe_bench_threads`).")
-    e_rows = [(s, T, v) for rid, _, s, T, _, goal, v, _ in rows if rid == "e" and v is not None]
-    e_missed = [(s, T, v) for rid, _, s, T, _, goal, v, _ in rows
-                if rid == "e" and goal is not None and v is not None and v > goal]
+    e_rows = [(s, T, v, goal) for rid, _, s, T, _, goal, v, _ in rows if rid == "e" and v is not None]
+    e_missed = [(s, T, v) for s, T, v, goal in e_rows if v > goal]
     if e_rows:
         triad = f" ({dec['triad']['gb_per_s']:.1f} GB/s triad in this run)" if dec and dec.get("triad") else ""
         add("- **e** backward runs twice the forward's GEMM work (dX and dW for each product), so 3.0 is "

@@ -107,10 +107,6 @@ class ThreadPool {
   /// rules as run(): one call at a time per pool, exceptions rethrown here.
   void for_each_thread(TaskRef fn) {
     const Index n = size();
-    if (n == 1) {
-      fn(0);
-      return;
-    }
     std::mutex m;
     std::condition_variable all_here;
     Index arrived = 0;
