@@ -1,4 +1,5 @@
-// Every model-free kernel: gather, scatter-add, weighted gather, softmax, activations, top-k, gemm.
+// Every model-free kernel: gather, scatter-add, weighted gather, softmax, activations, top-k, gemm,
+// and the weight element types gemm takes.
 #ifndef MOE_KERNELS_KERNELS_HPP
 #define MOE_KERNELS_KERNELS_HPP
 
@@ -11,5 +12,6 @@
 #include "moe/kernels/top_k.hpp"
 #include "moe/kernels/weighted_gather.hpp"
 #include "moe/kernels/weighted_scatter_add.hpp"
+#include "moe/kernels/weight_types.hpp"
 
 #endif  // MOE_KERNELS_KERNELS_HPP
