@@ -359,3 +359,27 @@ TEST_CASE("a file claiming many large experts is refused before the bank is allo
   require_refusal<moe::io::MissingTensorError>(mixtral, file_of(tensors), "block_sparse_moe.experts.1.w1.weight",
                                                "expected this tensor");
 }
+
+// The same recipe in the Switch and Soft MoE loaders, which read ReLU / GELU banks: a router
+// (or phi) claiming 2^20 experts and one wide expert present would be a 512 GiB bank.
+TEST_CASE("Switch and Soft MoE files claiming many large experts are refused before the bank is allocated",
+          "[io][loader][robustness]") {
+  constexpr std::int64_t many = std::int64_t{1} << 20, wide = std::int64_t{1} << 16;
+  const auto all = families();
+  const auto family = [&](const std::string& name) {
+    for (const Family& f : all)
+      if (f.name == name) return f;
+    FAIL("no family " << name);
+    return all.front();
+  };
+  require_refusal<moe::io::MissingTensorError>(family("switch"),
+                                               file_of({{"mlp.router.classifier.weight", {many, 1}},
+                                                        {"mlp.experts.expert_0.wi.weight", {wide, 1}},
+                                                        {"mlp.experts.expert_0.wo.weight", {1, wide}}}),
+                                               "mlp.experts.expert_1.wi.weight", "expected this tensor");
+  require_refusal<moe::io::MissingTensorError>(family("soft_moe"),
+                                               file_of({{"soft_moe.phi", {1, many}},
+                                                        {"soft_moe.experts.0.wi.weight", {wide, 1}},
+                                                        {"soft_moe.experts.0.wo.weight", {1, wide}}}),
+                                               "soft_moe.experts.1.wi.weight", "expected this tensor");
+}
