@@ -383,3 +383,21 @@ TEST_CASE("Switch and Soft MoE files claiming many large experts are refused bef
                                                         {"soft_moe.experts.0.wo.weight", {1, wide}}}),
                                                "soft_moe.experts.1.wi.weight", "expected this tensor");
 }
+
+TEST_CASE("a zero d_ff reaches the bank's constructor, whose refusal carries the loader's name",
+          "[io][loader][robustness]") {
+  // Every bank is built inside the shared recipe, which prefixes the loader to the bank's own
+  // std::invalid_argument.
+  for (const Family& f : families()) {
+    if (f.name == "gpt_oss") continue;  // fused experts: d_ff comes from gate_up_proj, checked for evenness
+    std::vector<Tensor> t = f.tensors;
+    for (Tensor& x : t)
+      if (x.name.find("xpert") != std::string::npos) {  // experts.{e}. and experts.expert_{e}.
+        if (x.shape[0] == FF || x.shape[0] == 5) x.shape[0] = 0;
+        else x.shape[1] = 0;
+      }
+    INFO(f.name);
+    REQUIRE_THROWS_AS(f.load(file_of(t)), std::invalid_argument);
+    REQUIRE_THROWS_WITH(f.load(file_of(t)), Contains(f.loader + "(): ") && Contains("d_ff expected >= 1, got 0"));
+  }
+}
