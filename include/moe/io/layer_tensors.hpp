@@ -44,16 +44,16 @@ class LayerTensors {
 
   /// A missing name: the message quotes close names present in the file, since a typo or a
   /// wrong layer prefix is the usual cause.
-  [[noreturn]] void throw_missing(const std::string& full_name, std::string_view what) const {
+  [[noreturn]] void throw_missing(const std::string& full_name, std::string_view what = "expected this tensor",
+                                  std::string_view got = "the file has no such name") const {
     throw MissingTensorError(file_.display_name(), full_name,
-                             loader_ + "(): " + std::string(what) + " (prefix '" + prefix_ +
-                                 "'), but the file has no such name" +
-                                 close_names_clause(file_.close_names(full_name)));
+                             loader_ + "(): " + std::string(what) + " (prefix '" + prefix_ + "'), but " +
+                                 std::string(got) + close_names_clause(file_.close_names(full_name)));
   }
 
   [[nodiscard]] const TensorInfo& info(std::string_view suffix) const {
     const std::string n = name(suffix);
-    if (!file_.contains(n)) throw_missing(n, "expected this tensor");
+    if (!file_.contains(n)) throw_missing(n);
     const TensorInfo& t = file_.info(n);
     if (t.dtype != DType::F32 && t.dtype != DType::F64 && t.dtype != DType::F16 && t.dtype != DType::BF16)
       throw TensorMismatchError(file_.display_name(), n,
