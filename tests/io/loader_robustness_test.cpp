@@ -297,7 +297,7 @@ TEST_CASE("a transposed weight is refused with both shapes", "[io][loader][robus
   }
 }
 
-TEST_CASE("an integer weight is refused; the loaders read floating tensors only", "[io][loader][robustness]") {
+TEST_CASE("an integer weight is refused: the loaders read floating tensors only", "[io][loader][robustness]") {
   for (const Family& f : families()) {
     const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.dtype = DType::I64; });
     require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix,

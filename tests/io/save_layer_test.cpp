@@ -233,7 +233,7 @@ TEMPLATE_TEST_CASE("GPT-OSS round-trips its fused experts and router bias", "[io
   }
 }
 
-TEMPLATE_TEST_CASE("Switch round-trips; the capacity goes back through SwitchConfig", "[io][save]", float, double) {
+TEMPLATE_TEST_CASE("Switch round-trips, the capacity going back through SwitchConfig", "[io][save]", float, double) {
   using S = TestType;
   const moe::SwitchMoE<S> layer(ffn<S, moe::Activation::relu>(1),
                                 moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 1, moe::SoftmaxTopK<S>{false}),
@@ -269,7 +269,7 @@ TEST_CASE("save_switch_transformers refuses settings and biases its loader canno
                       "moe::io::save_layer(): family for a SwitchMoE expected switch_transformers, got soft_moe");
 }
 
-TEMPLATE_TEST_CASE("noisy top-k, expert choice and hash routing round-trip in the \"moe.\" layout", "[io][save]", float,
+TEMPLATE_TEST_CASE("noisy top-k, expert choice and hash routing round-trip in the own-reference layout (prefix moe.)", "[io][save]", float,
                    double) {
   using S = TestType;
   const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
@@ -315,7 +315,7 @@ TEST_CASE("a stateless hash router has no table to save", "[io][save][errors]") 
                       "(HashRouter::stateless)");
 }
 
-TEMPLATE_TEST_CASE("Soft MoE round-trips; slots, normalisation and scale go back through SoftMoeConfig", "[io][save]",
+TEMPLATE_TEST_CASE("Soft MoE round-trips, slots, normalisation and scale going back through SoftMoeConfig", "[io][save]",
                    float, double) {
   using S = TestType;
   constexpr Index slots = 2;
