@@ -157,7 +157,8 @@ TEST_CASE("the routing loaders name the loader, the tensor and what was expected
                     moe::io::MissingTensorError);
   REQUIRE_THROWS_WITH(moe::io::load_noisy_top_k<float>(file_of(moe_writer("moe.noise.weight"))),
                       "moe::io: file 'layer.safetensors': tensor 'moe.noise.weight': moe::io::load_noisy_top_k(): "
-                      "expected this tensor (prefix 'moe.'), but the file has no such name");
+                      "expected this tensor (prefix 'moe.'), but the file has no such name; close names: "
+                      "'moe.gate.weight'");  // 4 edits, within max(2, 16 / 4)
   REQUIRE_THROWS_WITH(moe::io::load_noisy_top_k<float>(file_of(moe_writer()), "moe.", {4}),
                       "moe::io::load_noisy_top_k(): NoisyTopKRouter::NoisyTopKRouter(): k expected in [1, "
                       "num_experts = 3], got 4");
@@ -170,14 +171,15 @@ TEST_CASE("the routing loaders name the loader, the tensor and what was expected
   REQUIRE_THROWS_AS(moe::io::load_hash<float>(file_of(moe_writer("moe.hash_table"))), moe::io::MissingTensorError);
   REQUIRE_THROWS_WITH(moe::io::load_hash<float>(file_of(moe_writer("moe.hash_table"))),
                       "moe::io: file 'layer.safetensors': tensor 'moe.hash_table': moe::io::load_hash(): expected "
-                      "this tensor, but the file has no such name");
+                      "this tensor (prefix 'moe.'), but the file has no such name");  // no name within 3 edits or ending so
   REQUIRE_THROWS_AS(moe::io::load_hash<float>(file_of(moe_writer("", {0, 3, 1}))), moe::io::TensorMismatchError);
   REQUIRE_THROWS_WITH(moe::io::load_hash<float>(file_of(moe_writer("", {0, 3, 1}))),
                       "moe::io: file 'layer.safetensors': tensor 'moe.hash_table': moe::io::load_hash(): expected "
                       "entries in [0, 3), got 3 at index 1");
   REQUIRE_THROWS_WITH(moe::io::load_hash<float>(file_of(moe_writer("moe.experts.0.w1.weight"))),
                       "moe::io: file 'layer.safetensors': tensor 'moe.experts.0.w1.weight': moe::io::load_hash(): "
-                      "expected at least one expert under this name, but the file has none");
+                      "expected at least one expert under this name (prefix 'moe.'), but the file has none; close "
+                      "names: 'moe.experts.0.w2.weight', 'moe.experts.0.w3.weight', 'moe.experts.1.w1.weight'");
   moe::io::SafetensorsWriter w = moe_writer("moe.hash_table");
   const std::vector<float> table = {0.0f, 1.0f};
   w.add<float>("moe.hash_table", {2}, std::span<const float>(table));

@@ -56,7 +56,7 @@ TEST_CASE("every input a fuzzer found stays fixed", "[io][fuzz]") {
   replay(fuzz_dir / "regressions" / "fuzz_loaders", moe::fuzz::exercise_loaders);
 }
 
-TEST_CASE("the seeds named valid_ parse; every other reader seed is refused with a FormatError", "[io][fuzz]") {
+TEST_CASE("the seeds named valid_ parse, and every other reader seed is refused with a FormatError", "[io][fuzz]") {
   int valid = 0, refused = 0;
   for (const fs::path& p : files_in(fuzz_dir / "corpus" / "fuzz_safetensors")) {
     INFO(p.filename().string());

@@ -59,10 +59,33 @@ TEST_CASE("a missing tensor names the loader, the tensor and the prefix", "[io][
   REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2}),
                       "moe::io: file 'layer.safetensors': tensor 'block_sparse_moe.experts.2.w3.weight': "
                       "moe::io::load_mixtral(): expected this tensor (prefix 'block_sparse_moe.'), but the file has no "
-                      "such name");
-  // A wrong prefix fails on the first tensor.
+                      "such name; close names: 'block_sparse_moe.experts.0.w3.weight', "
+                      "'block_sparse_moe.experts.1.w3.weight', 'block_sparse_moe.experts.2.w1.weight'");
+  // A wrong prefix fails on the first tensor; the name under the file's own prefix is suggested.
   REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(file_of(mixtral_writer()), "model.layers.0.block_sparse_moe.", {2}),
-                      Catch::Contains("tensor 'model.layers.0.block_sparse_moe.gate.weight'"));
+                      "moe::io: file 'layer.safetensors': tensor 'model.layers.0.block_sparse_moe.gate.weight': "
+                      "moe::io::load_mixtral(): expected this tensor (prefix 'model.layers.0.block_sparse_moe.'), but "
+                      "the file has no such name; close names: 'block_sparse_moe.gate.weight'");
+}
+
+TEST_CASE("missing-tensor suggestions: typos first, then names ending alike", "[io][loader][errors]") {
+  // Typos (within max(2, length / 4) edits) come first, nearest first; then names sharing at
+  // least two trailing components ("gate.weight"), nearest in edits first; "weight" alone is
+  // too generic to suggest anything, a specific last component ("phi") is enough.
+  SafetensorsWriter w;
+  for (const char* n : {"model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight",
+                        "model.layers.1.mlp.experts.0.w1.weight", "model.layers.1.mlp.gate.wieght", "phi"})
+    add_f32(w, n, {1});
+  const auto f = file_of(w);
+  CHECK(f.close_names("model.layers.1.block_sparse_moe.gate.weight") ==
+        std::vector<std::string>{"model.layers.1.mlp.gate.weight", "model.layers.0.mlp.gate.weight"});
+  CHECK(f.close_names("model.layers.1.mlp.gate.weight.") ==
+        std::vector<std::string>{"model.layers.1.mlp.gate.weight", "model.layers.0.mlp.gate.weight",
+                                 "model.layers.1.mlp.gate.wieght"});
+  CHECK(f.close_names("x.y.other.weight").empty());
+  CHECK(f.close_names("soft_moe.phi") == std::vector<std::string>{"phi"});
+  REQUIRE_THROWS_WITH(moe::io::load_olmoe<float>(f, "model.layers.1.block_sparse_moe.", {1}),
+                      Catch::Contains("close names: 'model.layers.1.mlp.gate.weight', 'model.layers.0.mlp.gate.weight'"));
 }
 
 TEST_CASE("a tensor of the wrong shape names the expected and the actual shape", "[io][loader][errors]") {

@@ -297,7 +297,7 @@ TEST_CASE("a transposed weight is refused with both shapes", "[io][loader][robus
   }
 }
 
-TEST_CASE("an integer weight is refused; the loaders read floating tensors only", "[io][loader][robustness]") {
+TEST_CASE("an integer weight is refused: the loaders read floating tensors only", "[io][loader][robustness]") {
   for (const Family& f : families()) {
     const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.dtype = DType::I64; });
     require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix,
@@ -358,4 +358,46 @@ TEST_CASE("a file claiming many large experts is refused before the bank is allo
   const Family mixtral = families().front();  // a copy: families() returns a temporary
   require_refusal<moe::io::MissingTensorError>(mixtral, file_of(tensors), "block_sparse_moe.experts.1.w1.weight",
                                                "expected this tensor");
+}
+
+// The same recipe in the Switch and Soft MoE loaders, which read ReLU / GELU banks: a router
+// (or phi) claiming 2^20 experts and one wide expert present would be a 512 GiB bank.
+TEST_CASE("Switch and Soft MoE files claiming many large experts are refused before the bank is allocated",
+          "[io][loader][robustness]") {
+  constexpr std::int64_t many = std::int64_t{1} << 20, wide = std::int64_t{1} << 16;
+  const auto all = families();
+  const auto family = [&](const std::string& name) {
+    for (const Family& f : all)
+      if (f.name == name) return f;
+    FAIL("no family " << name);
+    return all.front();
+  };
+  require_refusal<moe::io::MissingTensorError>(family("switch"),
+                                               file_of({{"mlp.router.classifier.weight", {many, 1}},
+                                                        {"mlp.experts.expert_0.wi.weight", {wide, 1}},
+                                                        {"mlp.experts.expert_0.wo.weight", {1, wide}}}),
+                                               "mlp.experts.expert_1.wi.weight", "expected this tensor");
+  require_refusal<moe::io::MissingTensorError>(family("soft_moe"),
+                                               file_of({{"soft_moe.phi", {1, many}},
+                                                        {"soft_moe.experts.0.wi.weight", {wide, 1}},
+                                                        {"soft_moe.experts.0.wo.weight", {1, wide}}}),
+                                               "soft_moe.experts.1.wi.weight", "expected this tensor");
+}
+
+TEST_CASE("a zero d_ff reaches the bank's constructor, whose refusal carries the loader's name",
+          "[io][loader][robustness]") {
+  // Every bank is built inside the shared recipe, which prefixes the loader to the bank's own
+  // std::invalid_argument.
+  for (const Family& f : families()) {
+    if (f.name == "gpt_oss") continue;  // fused experts: d_ff comes from gate_up_proj, checked for evenness
+    std::vector<Tensor> t = f.tensors;
+    for (Tensor& x : t)
+      if (x.name.find("xpert") != std::string::npos) {  // experts.{e}. and experts.expert_{e}.
+        if (x.shape[0] == FF || x.shape[0] == 5) x.shape[0] = 0;
+        else x.shape[1] = 0;
+      }
+    INFO(f.name);
+    REQUIRE_THROWS_AS(f.load(file_of(t)), std::invalid_argument);
+    REQUIRE_THROWS_WITH(f.load(file_of(t)), Contains(f.loader + "(): ") && Contains("d_ff expected >= 1, got 0"));
+  }
 }

@@ -67,7 +67,8 @@ TEST_CASE("a missing Switch tensor names the loader, the tensor and the prefix",
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(f, "mlp."),
                       "moe::io: file 'switch.safetensors': tensor 'mlp.experts.expert_1.wo.weight': "
                       "moe::io::load_switch_transformers(): expected this tensor (prefix 'mlp.'), but the file has no "
-                      "such name");
+                      "such name; close names: 'mlp.experts.expert_0.wo.weight', 'mlp.experts.expert_1.wi.weight', "
+                      "'mlp.experts.expert_2.wo.weight'");  // one edit each, in name order
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(file_of(switch_writer("mlp.router.classifier.weight")), "mlp."),
                       Catch::Contains("tensor 'mlp.router.classifier.weight'"));
   // A wrong prefix fails on the first tensor.

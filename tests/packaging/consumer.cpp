@@ -8,10 +8,13 @@
 #endif
 
 #if MOE_CONSUMER_USE_IO
+#include <moe/io/safetensors.hpp>
+
 #include <nlohmann/json.hpp>
 #endif
 
 #include <cstdio>
+#include <vector>
 
 int main() {
   moe::RowMatrix<float> x(2, 3);
@@ -26,6 +29,13 @@ int main() {
   const auto j = nlohmann::json::parse(R"({"dtype": "F32"})");
   if (j.at("dtype") != "F32") {
     std::puts("consumer: unexpected json");
+    return 1;
+  }
+  moe::io::SafetensorsWriter w;
+  const float two[2] = {1.5f, -2.0f};
+  w.add<float>("t", {2}, two);
+  if (moe::io::SafetensorsFile::from_bytes(w.to_bytes()).read<float>("t") != std::vector<float>{1.5f, -2.0f}) {
+    std::puts("consumer: unexpected safetensors round trip");
     return 1;
   }
 #endif

@@ -3,7 +3,9 @@
 # Packaging is a test: configure moe (tests/examples/benchmarks off), install it into
 # <scratch-dir>/prefix, then build and run
 #   find_package/      against the installed tree (with moe::io, and again without nlohmann_json)
-#   add_subdirectory/  on the source tree.
+#   add_subdirectory/  on the source tree
+#   pkg-config         g++ $(pkg-config --cflags moe-io) on consumer.cpp, PKG_CONFIG_PATH
+#                      pointing into the install prefix.
 # Exits non-zero on any failure. Honours CXX, CMAKE_GENERATOR and MOE_PACKAGING_JOBS (default 2).
 set -euo pipefail
 
@@ -60,6 +62,19 @@ if(moe_FOUND)
 endif()
 CMAKE
 cmake -S "$scratch/version_check" -B "$scratch/version_check/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+
+step "pkg-config consumer (${CXX:-c++} \$(pkg-config --cflags moe-io))"
+test -f "$prefix/share/pkgconfig/moe.pc"
+test -f "$prefix/share/pkgconfig/moe-io.pc"
+export PKG_CONFIG_PATH="$prefix/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+pkg-config --print-errors --exists "moe >= 0.1" moe-io
+# The include directory is the installed one, reached from the .pc file's own location.
+test "$(realpath "$(pkg-config --variable=includedir moe)")" = "$(realpath "$prefix/include")"
+mkdir -p "$scratch/pkg_config"
+# shellcheck disable=SC2046 # the flags are meant to split into words
+"${CXX:-c++}" -std=c++20 $(pkg-config --cflags moe-io) -DMOE_CONSUMER_KIND='"pkg-config"' \
+  -DMOE_CONSUMER_USE_IO=1 "$here/consumer.cpp" -o "$scratch/pkg_config/consumer"
+"$scratch/pkg_config/consumer"
 
 step "add_subdirectory consumer"
 cmake -S "$here/add_subdirectory" -B "$scratch/add_subdirectory" -DCMAKE_BUILD_TYPE=Release \

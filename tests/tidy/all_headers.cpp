@@ -30,9 +30,11 @@
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/layer_tensors.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_impl.hpp>
+#include <moe/io/save_layer.hpp>
 #include <moe/io/soft_moe_loader.hpp>
 #include <moe/io/switch_loader.hpp>
 #include <moe/kernels/activations.hpp>

@@ -4,6 +4,7 @@
 
 #include <moe/core/error.hpp>
 #include <moe/io/error.hpp>
+#include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/layer/moe_layer.hpp>
 
@@ -43,114 +44,23 @@ struct GptOssConfig {
 
 namespace detail {
 
-inline std::string shape_string(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-/// Reads tensors under one layer prefix, with errors that name the loader, the tensor, what
-/// was expected and what the file holds.
-class LayerTensors {
- public:
-  LayerTensors(const SafetensorsFile& file, std::string_view prefix, std::string_view loader)
-      : file_(file), prefix_(prefix), loader_(loader) {}
-
-  [[nodiscard]] std::string name(std::string_view suffix) const { return prefix_ + std::string(suffix); }
-
-  [[nodiscard]] const TensorInfo& info(std::string_view suffix) const {
-    const std::string n = name(suffix);
-    if (!file_.contains(n))
-      throw MissingTensorError(file_.display_name(), n,
-                               loader_ + "(): expected this tensor (prefix '" + prefix_ + "'), but the file has no such name");
-    const TensorInfo& t = file_.info(n);
-    if (t.dtype != DType::F32 && t.dtype != DType::F64 && t.dtype != DType::F16 && t.dtype != DType::BF16)
-      throw TensorMismatchError(file_.display_name(), n,
-                                loader_ + "(): expected a floating dtype (F32, F64, F16, BF16), got " +
-                                    std::string(dtype_name(t.dtype)));
-    return t;
-  }
-
-  /// The shape of a tensor that must have the given rank.
-  [[nodiscard]] std::vector<std::int64_t> shape(std::string_view suffix, std::size_t rank) const {
-    const TensorInfo& t = info(suffix);
-    if (t.shape.size() != rank)
-      throw TensorMismatchError(file_.display_name(), name(suffix),
-                                loader_ + "(): expected a " + std::to_string(rank) + "-D tensor, got shape " +
-                                    shape_string(t.shape));
-    return t.shape;
-  }
-
-  /// Checks that the tensor exists with a floating dtype and the expected shape.
-  void check(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
-    const TensorInfo& t = info(suffix);
-    if (t.shape != expected)
-      throw TensorMismatchError(file_.display_name(), name(suffix),
-                                loader_ + "(): expected shape " + shape_string(expected) + ", got " +
-                                    shape_string(t.shape));
-  }
-
-  template <class S>
-  [[nodiscard]] std::vector<S> read(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
-    check(suffix, expected);
-    return file_.read<S>(name(suffix));
-  }
-
-  /// Copies a tensor of the expected shape into dst (any Eigen block with as many elements,
-  /// filled row-major).
-  template <class S, class Dst>
-  void read_into(std::string_view suffix, const std::vector<std::int64_t>& expected, Dst&& dst) const {
-    const std::vector<S> v = read<S>(suffix, expected);
-    Index i = 0;
-    for (Index r = 0; r < dst.rows(); ++r)
-      for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
-  }
-
-  [[nodiscard]] const std::string& loader() const noexcept { return loader_; }
-  [[nodiscard]] const SafetensorsFile& file() const noexcept { return file_; }
-
- private:
-  const SafetensorsFile& file_;
-  std::string prefix_;
-  std::string loader_;
-};
-
-/// Router settings are checked by the router's own constructor; its invalid_argument is
-/// rethrown naming the loader.
-template <class F>
-auto with_loader_name(const std::string& loader, F&& build) {
-  try {
-    return build();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(loader + "(): " + e.what());
-  }
-}
-
-/// Reads E SwiGLU experts named {prefix}{e}.{gate}|{up}|{down} into a bank.
+/// Reads E SwiGLU experts named {prefix}{experts_prefix}{e}.{gate}|{up}|{down} into a bank;
+/// d_ff and d_model come from expert 0's gate.
 template <class S>
 SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view experts_prefix, Index num_experts,
                                   std::string_view gate, std::string_view up, std::string_view down) {
-  const auto first = std::string(experts_prefix) + "0." + std::string(gate);
-  const auto gshape = t.shape(first, 2);
+  const std::string pattern = std::string(experts_prefix) + "{e}.";
+  const auto gshape = t.shape(expert_name(pattern, 0) + std::string(gate), 2);
   const Index ff = gshape[0];
   const Index d = gshape[1];
-  // Every tensor's name, dtype and shape first: a small malformed file must not make the
-  // loader allocate the whole bank (E * 3 * ff * d) before it fails.
-  for (Index e = 0; e < num_experts; ++e) {
-    const std::string p = std::string(experts_prefix) + std::to_string(e) + ".";
-    t.check(p + std::string(gate), {ff, d});
-    t.check(p + std::string(up), {ff, d});
-    t.check(p + std::string(down), {d, ff});
-  }
-  SwiGLUExperts<S> bank = with_loader_name(t.loader(), [&] { return SwiGLUExperts<S>(num_experts, d, ff); });
-  const std::string pattern = std::string(experts_prefix) + "{e}.";
+  SwiGLUExperts<S> bank = read_experts<S>(
+      t, num_experts,
+      {{pattern + std::string(gate), {ff, d}}, {pattern + std::string(up), {ff, d}}, {pattern + std::string(down), {d, ff}}},
+      [&] { return SwiGLUExperts<S>(num_experts, d, ff); },
+      [](SwiGLUExperts<S>& b, Index e, std::size_t i) {
+        return i == 0 ? b.gate_proj(e) : i == 1 ? b.up_proj(e) : b.down_proj(e);
+      });
   bank.names() = {pattern + std::string(gate), pattern + std::string(up), pattern + std::string(down)};
-  for (Index e = 0; e < num_experts; ++e) {
-    const std::string p = std::string(experts_prefix) + std::to_string(e) + ".";
-    t.template read_into<S>(p + std::string(gate), {ff, d}, bank.gate_proj(e));
-    t.template read_into<S>(p + std::string(up), {ff, d}, bank.up_proj(e));
-    t.template read_into<S>(p + std::string(down), {d, ff}, bank.down_proj(e));
-  }
   return bank;
 }
 
@@ -163,16 +73,20 @@ RowMatrix<S> read_router_weight(const LayerTensors& t, std::string_view suffix) 
   return w;
 }
 
+/// One SwiGLU expert named {prefix}gate_proj|up_proj|down_proj.weight (the shared expert).
 template <class S>
 SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view prefix, Index d_model) {
-  const auto gshape = t.shape(std::string(prefix) + "gate_proj.weight", 2);
-  const Index ff = gshape[0];
-  SwiGLUExperts<S> bank = with_loader_name(t.loader(), [&] { return SwiGLUExperts<S>(1, d_model, ff); });
   const std::string p(prefix);
+  const Index ff = t.shape(p + "gate_proj.weight", 2)[0];
+  SwiGLUExperts<S> bank = read_experts<S>(
+      t, 1,
+      {{p + "gate_proj.weight", {ff, d_model}}, {p + "up_proj.weight", {ff, d_model}},
+       {p + "down_proj.weight", {d_model, ff}}},
+      [&] { return SwiGLUExperts<S>(1, d_model, ff); },
+      [](SwiGLUExperts<S>& b, Index e, std::size_t i) {
+        return i == 0 ? b.gate_proj(e) : i == 1 ? b.up_proj(e) : b.down_proj(e);
+      });
   bank.names() = {p + "gate_proj.weight", p + "up_proj.weight", p + "down_proj.weight"};
-  t.template read_into<S>(std::string(prefix) + "gate_proj.weight", {ff, d_model}, bank.gate_proj(0));
-  t.template read_into<S>(std::string(prefix) + "up_proj.weight", {ff, d_model}, bank.up_proj(0));
-  t.template read_into<S>(std::string(prefix) + "down_proj.weight", {d_model, ff}, bank.down_proj(0));
   return bank;
 }
 

@@ -36,8 +36,8 @@ inline Index count_experts(const LayerTensors& t, std::string_view experts_prefi
   Index n = 0;
   while (t.file().contains(t.name(std::string(experts_prefix) + std::to_string(n) + "." + std::string(probe)))) ++n;
   if (n == 0)
-    throw MissingTensorError(t.file().display_name(), t.name(std::string(experts_prefix) + "0." + std::string(probe)),
-                             t.loader() + "(): expected at least one expert under this name, but the file has none");
+    t.throw_missing(t.name(std::string(experts_prefix) + "0." + std::string(probe)),
+                    "expected at least one expert under this name", "the file has none");
   return n;
 }
 
@@ -45,9 +45,7 @@ inline Index count_experts(const LayerTensors& t, std::string_view experts_prefi
 inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound) {
   const std::string name = t.name(suffix);
   const SafetensorsFile& file = t.file();
-  if (!file.contains(name))
-    throw MissingTensorError(file.display_name(), name,
-                             t.loader() + "(): expected this tensor, but the file has no such name");
+  if (!file.contains(name)) t.throw_missing(name);
   const TensorInfo& info = file.info(name);
   if (info.dtype != DType::I64 && info.dtype != DType::I32 && info.dtype != DType::I16 && info.dtype != DType::I8 &&
       info.dtype != DType::U8)

@@ -64,6 +64,10 @@ class SafetensorsFile {
   [[nodiscard]] bool contains(std::string_view name) const;
   /// Throws MissingTensorError naming the file, the tensor and a few close names.
   [[nodiscard]] const TensorInfo& info(std::string_view name) const;
+  /// Up to three present names close to `name`, nearest first: names within a few edits (a
+  /// typo), then names ending in the same dot-separated components (a wrong layer prefix).
+  /// Empty for files of more than 20,000 tensors. Missing-tensor errors quote these.
+  [[nodiscard]] std::vector<std::string> close_names(std::string_view name) const;
   /// Tensor names, sorted.
   [[nodiscard]] std::vector<std::string> names() const;
   [[nodiscard]] std::size_t size() const noexcept { return tensors_.size(); }

@@ -136,24 +136,65 @@ inline std::size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-/// Up to three names within a few edits of the one asked for: a typo in a layer name is the
-/// usual cause, and seeing the near miss saves a trip through the header.
+/// How many trailing dot-separated components a and b share ("layers.0.mlp.gate.weight" and
+/// "layers.0.block_sparse_moe.gate.weight" share 2: gate, weight).
+inline std::size_t common_suffix_components(std::string_view a, std::string_view b) {
+  std::size_t n = 0;
+  while (!a.empty() && !b.empty()) {
+    const std::size_t da = a.rfind('.'), db = b.rfind('.');
+    const std::string_view ca = da == std::string_view::npos ? a : a.substr(da + 1);
+    const std::string_view cb = db == std::string_view::npos ? b : b.substr(db + 1);
+    if (ca != cb) break;
+    ++n;
+    if (da == std::string_view::npos || db == std::string_view::npos) break;
+    a = a.substr(0, da);
+    b = b.substr(0, db);
+  }
+  return n;
+}
+
+/// Up to three names close to the one asked for, the nearest first. First, names within a few
+/// edits (a typo). Then names that end like it (a wrong layer prefix: the file says
+/// "mlp.gate.weight" where "block_sparse_moe.gate.weight" was asked for): at least two
+/// trailing components in common, or the last one when it is not the generic "weight" or
+/// "bias", ranked by components shared, then by edits.
 template <class Map>
 std::vector<std::string> close_names(const Map& tensors, std::string_view name) {
   if (tensors.size() > 20000) return {};  // keep the error path cheap on giant checkpoints
   const std::size_t limit = std::max<std::size_t>(2, name.size() / 4);
-  std::vector<std::pair<std::size_t, std::string>> hits;
+  std::vector<std::pair<std::size_t, std::string>> typos;
+  std::vector<std::tuple<std::size_t, std::size_t, std::string>> suffixes;  // (-shared, edits, name)
+  const std::size_t last_dot = name.rfind('.');
+  const std::string_view last = last_dot == std::string_view::npos ? name : name.substr(last_dot + 1);
+  const std::size_t min_shared = (last == "weight" || last == "bias") ? 2 : 1;
   for (const auto& [candidate, info] : tensors) {
     const std::size_t gap = candidate.size() > name.size() ? candidate.size() - name.size()
                                                            : name.size() - candidate.size();
-    if (gap > limit) continue;
-    const std::size_t d = edit_distance(candidate, name);
-    if (d <= limit) hits.emplace_back(d, candidate);
+    if (gap <= limit) {
+      const std::size_t d = edit_distance(candidate, name);
+      if (d <= limit) {
+        typos.emplace_back(d, candidate);
+        continue;
+      }
+    }
+    const std::size_t shared = common_suffix_components(candidate, name);
+    if (shared >= min_shared)
+      suffixes.emplace_back(std::numeric_limits<std::size_t>::max() - shared, edit_distance(candidate, name), candidate);
   }
-  std::sort(hits.begin(), hits.end());
+  std::sort(typos.begin(), typos.end());
+  std::sort(suffixes.begin(), suffixes.end());
   std::vector<std::string> out;
-  for (std::size_t i = 0; i < hits.size() && i < 3; ++i) out.push_back(hits[i].second);
+  for (std::size_t i = 0; i < typos.size() && out.size() < 3; ++i) out.push_back(typos[i].second);
+  for (std::size_t i = 0; i < suffixes.size() && out.size() < 3; ++i) out.push_back(std::get<2>(suffixes[i]));
   return out;
+}
+
+/// "; close names: 'a', 'b'", or "" when there are none.
+inline std::string close_names_clause(const std::vector<std::string>& close) {
+  if (close.empty()) return {};
+  std::string s = "; close names: ";
+  for (std::size_t i = 0; i < close.size(); ++i) s += (i ? ", " : "") + in_quotes(close[i]);
+  return s;
 }
 
 inline std::string dtype_list() {
@@ -419,12 +460,12 @@ inline const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   if (it != tensors_.end()) return it->second;
   std::string message = "expected a tensor of this name, got none among the file's " +
                         std::to_string(tensors_.size()) + " tensors";
-  const auto close = detail::close_names(tensors_, name);
-  if (!close.empty()) {
-    message += "; close names: ";
-    for (std::size_t i = 0; i < close.size(); ++i) message += (i ? ", " : "") + detail::in_quotes(close[i]);
-  }
+  message += detail::close_names_clause(close_names(name));
   throw MissingTensorError(display_name_, std::string(name), message);
+}
+
+inline std::vector<std::string> SafetensorsFile::close_names(std::string_view name) const {
+  return detail::close_names(tensors_, name);
 }
 
 inline std::vector<std::string> SafetensorsFile::names() const {

@@ -5,9 +5,11 @@
 #include <moe/core/error.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/layer/moe_layer.hpp>
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -42,14 +44,12 @@ SoftMoE<S> load_soft_moe(const SafetensorsFile& file, std::string_view prefix, c
   RowMatrix<S> phi(d, slots);
   t.template read_into<S>("phi", pshape, phi);
   const Index ff = t.shape("experts.0.wi.weight", 2)[0];
-  FFNExperts<S, Activation::gelu_erf> experts(E, d, ff);
+  using Bank = FFNExperts<S, Activation::gelu_erf>;
+  auto experts = detail::read_experts<S>(
+      t, E, {{"experts.{e}.wi.weight", {ff, d}}, {"experts.{e}.wo.weight", {d, ff}}}, [&] { return Bank(E, d, ff); },
+      [](Bank& b, Index e, std::size_t i) { return i == 0 ? b.wi(e) : b.wo(e); });
   experts.names().wi = "experts.{e}.wi.weight";  // gradients under the names read here
   experts.names().wo = "experts.{e}.wo.weight";
-  for (Index e = 0; e < E; ++e) {
-    const std::string p = "experts." + std::to_string(e) + ".";
-    t.template read_into<S>(p + "wi.weight", {ff, d}, experts.wi(e));
-    t.template read_into<S>(p + "wo.weight", {d, ff}, experts.wo(e));
-  }
   return detail::with_loader_name(loader, [&] {
     SoftRouter<S> router(std::move(phi), config.slots_per_expert, config.normalize);
     router.scale() = static_cast<S>(config.scale);

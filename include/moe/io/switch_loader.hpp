@@ -4,9 +4,11 @@
 
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/layer/moe_layer.hpp>
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -33,14 +35,11 @@ SwitchMoE<S> load_switch_transformers(const SafetensorsFile& file, std::string_v
   RowMatrix<S> weight = detail::read_router_weight<S>(t, "router.classifier.weight");
   const Index E = weight.rows();
   const Index d = weight.cols();
-  const auto wi0 = t.shape("experts.expert_0.wi.weight", 2);
-  const Index ff = wi0[0];
-  auto experts = detail::with_loader_name(loader, [&] { return FFNExperts<S, Activation::relu>(E, d, ff); });
-  for (Index e = 0; e < E; ++e) {
-    const std::string p = "experts.expert_" + std::to_string(e) + ".";
-    t.template read_into<S>(p + "wi.weight", {ff, d}, experts.wi(e));
-    t.template read_into<S>(p + "wo.weight", {d, ff}, experts.wo(e));
-  }
+  const Index ff = t.shape("experts.expert_0.wi.weight", 2)[0];
+  using Bank = FFNExperts<S, Activation::relu>;
+  auto experts = detail::read_experts<S>(
+      t, E, {{"experts.expert_{e}.wi.weight", {ff, d}}, {"experts.expert_{e}.wo.weight", {d, ff}}},
+      [&] { return Bank(E, d, ff); }, [](Bank& b, Index e, std::size_t i) { return i == 0 ? b.wi(e) : b.wo(e); });
   return detail::with_loader_name(loader, [&] {
     config.capacity.validate();
     SoftmaxTopKRouter<S> router(std::move(weight), 1, SoftmaxTopK<S>{false});

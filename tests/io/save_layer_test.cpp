@@ -1,0 +1,346 @@
+// save_layer writes every family under exactly the names its loader reads: a hand-built layer
+// with random weights, saved and loaded back by the family's loader, has equal parameters and
+// a bit-identical forward. The expected name lists are written out from the loaders' documented
+// layouts (docs/loaders.md), not taken from the writer.
+#include <moe/io/save_layer.hpp>
+
+#include "support/random.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using Catch::Contains;
+using moe::Index;
+using moe::RowMatrix;
+using moe::io::Family;
+using moe::io::SafetensorsFile;
+using moe::io::SafetensorsWriter;
+
+constexpr Index E = 4, D = 6, FF = 5, T = 11;
+
+template <class S>
+RowMatrix<S> random(Index rows, Index cols, unsigned seed) {
+  RowMatrix<S> m(rows, cols);
+  moe::test::fill(m, seed, 0.5);
+  return m;
+}
+
+template <class S>
+moe::Vector<S> random_vector(Index n, unsigned seed) {
+  moe::Vector<S> v(n);
+  moe::test::fill(v, seed, 0.5);
+  return v;
+}
+
+template <class S, moe::Activation Act>
+moe::FFNExperts<S, Act> ffn(unsigned seed) {
+  moe::FFNExperts<S, Act> bank(E, D, FF);
+  moe::test::fill(bank.wi(), seed, 0.3);
+  moe::test::fill(bank.wo(), seed + 1, 0.3);
+  return bank;
+}
+
+SafetensorsFile reopen(const SafetensorsWriter& w) { return SafetensorsFile::from_bytes(w.to_bytes(), "saved.safetensors"); }
+
+/// Every parameter's values in for_each_parameter order (router, experts, combiner). Names are
+/// left out: a hand-built layer keeps its default names, a loaded one the file's.
+template <class Layer>
+std::vector<std::vector<typename Layer::scalar_type>> parameter_values(const Layer& layer) {
+  std::vector<std::vector<typename Layer::scalar_type>> out;
+  layer.for_each_parameter([&](const std::string&, const auto& block) {
+    auto& v = out.emplace_back();
+    for (Index r = 0; r < block.rows(); ++r)
+      for (Index c = 0; c < block.cols(); ++c) v.push_back(block(r, c));
+  });
+  return out;
+}
+
+template <class M>
+bool same_bits(const M& a, const M& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(typename M::Scalar)) == 0;
+}
+
+/// Parameters equal and forward outputs bit-identical, in inference and in training mode.
+template <class Layer>
+void require_same_layer(const Layer& original, const Layer& loaded, moe::ForwardContext ctx = {}) {
+  using S = typename Layer::scalar_type;
+  REQUIRE(loaded.num_experts() == original.num_experts());
+  REQUIRE(loaded.input_dim() == original.input_dim());
+  REQUIRE(parameter_values(loaded) == parameter_values(original));
+  const RowMatrix<S> x = random<S>(T, original.input_dim(), 99);
+  for (const moe::Mode mode : {moe::Mode::inference, moe::Mode::training}) {
+    ctx.mode = mode;
+    ctx.seed = 7;
+    typename Layer::workspace_type ws_a, ws_b;
+    const RowMatrix<S> ya = original.forward(x, ws_a, ctx);
+    const RowMatrix<S> yb = loaded.forward(x, ws_b, ctx);
+    REQUIRE(ya.allFinite());
+    REQUIRE(same_bits(ya, yb));
+  }
+}
+
+std::set<std::string> names_of(const SafetensorsFile& f) {
+  const auto n = f.names();
+  return {n.begin(), n.end()};
+}
+
+/// {p}{experts}{e}.{a|b|c} for every expert.
+std::set<std::string> expert_names(const std::string& p, const std::vector<std::string>& per_expert, Index n = E) {
+  std::set<std::string> out;
+  for (Index e = 0; e < n; ++e)
+    for (const auto& s : per_expert) out.insert(p + std::to_string(e) + "." + s);
+  return out;
+}
+
+std::set<std::string> operator+(std::set<std::string> a, const std::set<std::string>& b) {
+  a.insert(b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Mixtral and OLMoE (one C++ type) save under the layout the family argument names",
+                   "[io][save]", float, double) {
+  using S = TestType;
+  const moe::MixtralMoE<S> mixtral(moe::test::swiglu<S>(E, D, FF, 1),
+                                   moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 2, moe::SoftmaxTopK<S>{true}));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, mixtral, "model.layers.3.block_sparse_moe.", Family::mixtral);
+  const auto f = reopen(w);
+  REQUIRE(names_of(f) == std::set<std::string>{"model.layers.3.block_sparse_moe.gate.weight"} +
+                             expert_names("model.layers.3.block_sparse_moe.experts.", {"w1.weight", "w3.weight", "w2.weight"}));
+  require_same_layer(mixtral, moe::io::load_mixtral<S>(f, "model.layers.3.block_sparse_moe.", {2}));
+
+  const moe::OlmoeMoE<S> olmoe(moe::test::swiglu<S>(E, D, FF, 5),
+                               moe::SoftmaxTopKRouter<S>(random<S>(E, D, 7), 3, moe::SoftmaxTopK<S>{false}));
+  SafetensorsWriter w2;
+  moe::io::save_layer(w2, olmoe, "mlp.", Family::olmoe);
+  const auto f2 = reopen(w2);
+  REQUIRE(names_of(f2) == std::set<std::string>{"mlp.gate.weight"} +
+                              expert_names("mlp.experts.", {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}));
+  require_same_layer(olmoe, moe::io::load_olmoe<S>(f2, "mlp.", {3, false}));
+}
+
+TEST_CASE("save_mixtral refuses what load_mixtral cannot give back", "[io][save][errors]") {
+  const moe::MixtralMoE<float> unnormalised(moe::test::swiglu<float>(E, D, FF, 1),
+                                            moe::SoftmaxTopKRouter<float>(random<float>(E, D, 3), 2, moe::SoftmaxTopK<float>{false}));
+  SafetensorsWriter w;
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, unnormalised, "m.", Family::mixtral),
+                      "moe::io::save_mixtral(): router renormalize expected true (load_mixtral always renormalises; "
+                      "save as Family::olmoe to keep false), got false");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, unnormalised, "m.", Family::qwen2_moe),
+                      "moe::io::save_layer(): family for a MixtralMoE / OlmoeMoE expected mixtral or olmoe, got qwen2_moe");
+  moe::MixtralMoE<float> biased(moe::test::swiglu<float>(E, D, FF, 1),
+                                moe::SoftmaxTopKRouter<float>(random<float>(E, D, 3), 2, moe::SoftmaxTopK<float>{true},
+                                                              random_vector<float>(E, 4)));
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, biased, "m.", Family::olmoe),
+                      "moe::io::save_olmoe(): router bias expected none (the loader reads no router bias), got a bias "
+                      "of length 4");
+  REQUIRE(w.to_bytes().size() == 16);  // refused before writing anything: 8-byte length + "{}" padded to 8
+}
+
+TEMPLATE_TEST_CASE("Qwen2-MoE round-trips with its gated shared expert", "[io][save]", float, double) {
+  using S = TestType;
+  moe::SharedExpertCombiner<moe::SwiGLUExperts<S>, moe::SharedGate::sigmoid> shared(moe::test::swiglu<S>(1, D, 7, 11));
+  moe::test::fill(shared.gate_weight(), 13, 0.5);
+  const moe::Qwen2MoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1),
+                               moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 2, moe::SoftmaxTopK<S>{false}),
+                               std::move(shared));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "mlp.");
+  const auto f = reopen(w);
+  REQUIRE(names_of(f) == std::set<std::string>{"mlp.gate.weight", "mlp.shared_expert.gate_proj.weight",
+                                               "mlp.shared_expert.up_proj.weight", "mlp.shared_expert.down_proj.weight",
+                                               "mlp.shared_expert_gate.weight"} +
+                             expert_names("mlp.experts.", {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}));
+  REQUIRE(f.info("mlp.shared_expert_gate.weight").shape == std::vector<std::int64_t>{1, D});
+  const auto loaded = moe::io::load_qwen2_moe<S>(f, "mlp.", {2, false});
+  require_same_layer(layer, loaded);
+  REQUIRE(loaded.combiner().gate_weight() == layer.combiner().gate_weight());
+}
+
+TEMPLATE_TEST_CASE("DeepSeek-V3 round-trips with its correction bias and ungated shared experts", "[io][save]", float,
+                   double) {
+  using S = TestType;
+  moe::SigmoidGroupLimited<S> gating;
+  gating.n_group = 2;
+  gating.topk_group = 1;
+  gating.routed_scaling_factor = S(2.5);
+  gating.renormalize = true;
+  gating.correction_bias = random_vector<S>(E, 17);
+  const moe::DeepSeekV3MoE<S> layer(
+      moe::test::swiglu<S>(E, D, FF, 1), moe::GroupLimitedRouter<S>(random<S>(E, D, 3), 2, gating),
+      moe::SharedExpertCombiner<moe::SwiGLUExperts<S>, moe::SharedGate::none>(moe::test::swiglu<S>(1, D, 3, 19)));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "model.layers.5.mlp.");
+  const auto f = reopen(w);
+  const std::string p = "model.layers.5.mlp.";
+  REQUIRE(names_of(f) == std::set<std::string>{p + "gate.weight", p + "gate.e_score_correction_bias",
+                                               p + "shared_experts.gate_proj.weight", p + "shared_experts.up_proj.weight",
+                                               p + "shared_experts.down_proj.weight"} +
+                             expert_names(p + "experts.", {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}));
+  moe::io::DeepSeekV3Config c;
+  c.top_k = 2;
+  c.n_group = 2;
+  c.topk_group = 1;
+  c.routed_scaling_factor = 2.5;
+  const auto loaded = moe::io::load_deepseek_v3<S>(f, p, c);
+  require_same_layer(layer, loaded);
+  REQUIRE(loaded.router().gating().correction_bias == gating.correction_bias);
+}
+
+TEMPLATE_TEST_CASE("GPT-OSS round-trips its fused experts and router bias", "[io][save]", float, double) {
+  using S = TestType;
+  moe::GptOssExperts<S> experts(E, D, FF, S(1.702), S(7));
+  moe::test::fill(experts.gate_up(), 1, 0.3);
+  moe::test::fill(experts.gate_up_bias(), 2, 0.3);
+  moe::test::fill(experts.down(), 3, 0.3);
+  moe::test::fill(experts.down_bias(), 4, 0.3);
+  const std::set<std::string> names{"mlp.router.weight",         "mlp.router.bias",   "mlp.experts.gate_up_proj",
+                                    "mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj", "mlp.experts.down_proj_bias"};
+  SECTION("with a router bias") {
+    const moe::GptOssMoE<S> layer(experts, moe::TopKSoftmaxRouter<S>(random<S>(E, D, 5), 2, {}, random_vector<S>(E, 6)));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "mlp.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == names);
+    REQUIRE(f.info("mlp.experts.gate_up_proj").shape == std::vector<std::int64_t>{E, D, 2 * FF});
+    REQUIRE(f.info("mlp.experts.down_proj").shape == std::vector<std::int64_t>{E, FF, D});
+    require_same_layer(layer, moe::io::load_gpt_oss<S>(f, "mlp.", {2}));
+  }
+  SECTION("without one: saved as zeros, which change no logit") {
+    const moe::GptOssMoE<S> layer(experts, moe::TopKSoftmaxRouter<S>(random<S>(E, D, 5), 2));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "mlp.");
+    const auto f = reopen(w);
+    REQUIRE(f.read<S>("mlp.router.bias") == std::vector<S>(E, S(0)));
+    const auto loaded = moe::io::load_gpt_oss<S>(f, "mlp.", {2});
+    REQUIRE(loaded.experts().gate_up() == layer.experts().gate_up());
+    REQUIRE(loaded.router().weight() == layer.router().weight());
+    const RowMatrix<S> x = random<S>(T, D, 99);
+    typename moe::GptOssMoE<S>::workspace_type ws_a, ws_b;
+    REQUIRE(same_bits(layer.forward(x, ws_a), loaded.forward(x, ws_b)));
+  }
+}
+
+TEMPLATE_TEST_CASE("Switch round-trips, the capacity going back through SwitchConfig", "[io][save]", float, double) {
+  using S = TestType;
+  const moe::SwitchMoE<S> layer(ffn<S, moe::Activation::relu>(1),
+                                moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 1, moe::SoftmaxTopK<S>{false}),
+                                moe::WeightedSumCombiner<S>{}, moe::Capacity::fixed(3));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "encoder.block.1.layer.1.mlp.");
+  const auto f = reopen(w);
+  const std::string p = "encoder.block.1.layer.1.mlp.";
+  REQUIRE(names_of(f) == std::set<std::string>{p + "router.classifier.weight"} +
+                             expert_names(p + "experts.expert_", {"wi.weight", "wo.weight"}));
+  require_same_layer(layer, moe::io::load_switch_transformers<S>(f, p, {moe::Capacity::fixed(3)}));
+}
+
+TEST_CASE("save_switch_transformers refuses settings and biases its loader cannot give back", "[io][save][errors]") {
+  SafetensorsWriter w;
+  const moe::SwitchMoE<float> top2(ffn<float, moe::Activation::relu>(1),
+                                   moe::SoftmaxTopKRouter<float>(random<float>(E, D, 3), 2, moe::SoftmaxTopK<float>{false}));
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, top2, "mlp."),
+                      "moe::io::save_switch_transformers(): router k expected 1 (Switch routes top-1), got 2");
+  const moe::SwitchMoE<float> renormalised(ffn<float, moe::Activation::relu>(1),
+                                           moe::SoftmaxTopKRouter<float>(random<float>(E, D, 3), 1, moe::SoftmaxTopK<float>{true}));
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, renormalised, "mlp."),
+                      Contains("router renormalize expected false (Switch's gate is the top-1 probability), got true"));
+  moe::SwitchMoE<float> biased(ffn<float, moe::Activation::relu>(1),
+                               moe::SoftmaxTopKRouter<float>(random<float>(E, D, 3), 1, moe::SoftmaxTopK<float>{false}));
+  biased.experts().bi().setOnes(E, FF);
+  biased.experts().bo().setOnes(E, D);
+  REQUIRE(biased.experts().has_biases());
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, biased, "mlp."),
+                      "moe::io::save_switch_transformers(): experts expected without biases (the loader reads wi and "
+                      "wo only), got a bank with biases");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, top2, "mlp.", Family::soft_moe),
+                      "moe::io::save_layer(): family for a SwitchMoE expected switch_transformers, got soft_moe");
+}
+
+TEMPLATE_TEST_CASE("noisy top-k, expert choice and hash routing round-trip in the own-reference layout (prefix moe.)", "[io][save]", float,
+                   double) {
+  using S = TestType;
+  const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
+  SECTION("noisy top-k") {
+    const moe::NoisyTopKMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1),
+                                     moe::NoisyTopKRouter<S>(random<S>(E, D, 3), random<S>(E, D, 4), 2, S(1e-2)));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight", "moe.noise.weight"} + experts);
+    require_same_layer(layer, moe::io::load_noisy_top_k<S>(f, "moe.", {2, 1e-2}));  // training mode draws noise
+  }
+  SECTION("expert choice") {
+    const moe::ExpertChoiceMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1), moe::ExpertChoiceRouter<S>(random<S>(E, D, 3), 2.0));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight"} + experts);
+    require_same_layer(layer, moe::io::load_expert_choice<S>(f, "moe.", {2.0}));
+  }
+  SECTION("hash") {
+    const moe::HashMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1), moe::HashRouter<S>::balanced(16, E, D, 5));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.hash_table"} + experts);
+    REQUIRE(f.info("moe.hash_table").dtype == moe::io::DType::I64);
+    const auto loaded = moe::io::load_hash<S>(f, "moe.");
+    REQUIRE(loaded.router().table() == layer.router().table());
+    std::vector<std::int64_t> ids(T);
+    for (Index t = 0; t < T; ++t) ids[static_cast<std::size_t>(t)] = (t * 5) % 16;
+    moe::ForwardContext ctx;
+    ctx.token_ids = ids;
+    require_same_layer(layer, loaded, ctx);
+  }
+}
+
+TEST_CASE("a stateless hash router has no table to save", "[io][save][errors]") {
+  const moe::HashMoE<float> layer(moe::test::swiglu<float>(E, D, FF, 1), moe::HashRouter<float>::stateless(E, D, 5));
+  SafetensorsWriter w;
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, layer, "moe."),
+                      "moe::io::save_hash(): router expected one with a table, got a stateless router "
+                      "(HashRouter::stateless)");
+}
+
+TEMPLATE_TEST_CASE("Soft MoE round-trips, slots, normalisation and scale going back through SoftMoeConfig", "[io][save]",
+                   float, double) {
+  using S = TestType;
+  constexpr Index slots = 2;
+  moe::SoftRouter<S> router(random<S>(D, E * slots, 3), slots, true);
+  router.scale() = S(0.75);
+  const moe::SoftMoE<S> layer(ffn<S, moe::Activation::gelu_erf>(1), std::move(router));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "soft_moe.");
+  const auto f = reopen(w);
+  REQUIRE(names_of(f) == std::set<std::string>{"soft_moe.phi"} + expert_names("soft_moe.experts.", {"wi.weight", "wo.weight"}));
+  REQUIRE(f.info("soft_moe.phi").shape == std::vector<std::int64_t>{D, E * slots});
+  moe::ForwardContext ctx;
+  ctx.sequence_length = 0;
+  require_same_layer(layer, moe::io::load_soft_moe<S>(f, "soft_moe.", {slots, true, 0.75}), ctx);
+}
+
+TEST_CASE("a saved file round-trips through the file system", "[io][save]") {
+  const moe::MixtralMoE<double> layer(moe::test::swiglu<double>(E, D, FF, 1),
+                                      moe::SoftmaxTopKRouter<double>(random<double>(E, D, 3), 2, moe::SoftmaxTopK<double>{true}));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "block_sparse_moe.", Family::mixtral);
+  const auto path = std::filesystem::temp_directory_path() / "moe_save_layer_test.safetensors";
+  w.save(path);
+  const auto f = SafetensorsFile::open(path);
+  std::filesystem::remove(path);
+  REQUIRE(f.info("block_sparse_moe.gate.weight").dtype == moe::io::DType::F64);
+  require_same_layer(layer, moe::io::load_mixtral<double>(f, "block_sparse_moe.", {2}));
+}
