@@ -1,5 +1,6 @@
 // SoftCombiner on a dense plan: y[t] = sum over its sequence's slots of softmax(logits[t]) *
 // slot output, with the slot rows located by a layout written out in the test.
+#include <moe/layer/moe_layer.hpp>
 #include <moe/combine/soft_combiner.hpp>
 
 #include <catch2/catch.hpp>
@@ -38,7 +39,7 @@ TEMPLATE_TEST_CASE("the soft combiner mixes each token's sequence slots by softm
   const RowMatrix<S> x = RowMatrix<S>::Zero(T, d);
   const RowMatrix<S> y_perm = slots.cast<S>();
   RowMatrix<S> y(T, d);
-  moe::SoftCombiner<S>{}.combine(x, plan, y_perm, y, ws);
+  moe::SoftCombiner<S>{}.combine(x, plan, y_perm, y, ws.combine_context());
 
   RowMatrix<double> ref = RowMatrix<double>::Zero(T, d);
   for (Index t = 0; t < T; ++t) {
@@ -48,7 +49,7 @@ TEMPLATE_TEST_CASE("the soft combiner mixes each token's sequence slots by softm
     for (Index i = 0; i < E * p; ++i) sum += std::exp(double(S(logits(t, i))) - mx);
     for (Index i = 0; i < E * p; ++i) {
       const double c = std::exp(double(S(logits(t, i))) - mx) / sum;
-      CHECK(double(ws.combine_hidden(t, i)) == Approx(c).epsilon(tol));
+      CHECK(double(ws.combine.hidden(t, i)) == Approx(c).epsilon(tol));
       // Slot i of sequence b: expert i / p's slab, then sequence b's p rows, then slot i % p.
       const Index row = (i / p) * (B * p) + b * p + i % p;
       REQUIRE(layout.row(b, i) == row);
@@ -66,9 +67,9 @@ TEST_CASE("the soft combiner refuses a slot matrix of the wrong shape", "[combin
   moe::build_slot_plan(moe::SlotLayout{1, 4, 2, 1}, 4, plan);
   RowMatrix<double> y(4, 3);
   REQUIRE_THROWS_WITH(
-      moe::SoftCombiner<double>{}.combine(RowMatrix<double>::Zero(4, 3), plan, RowMatrix<double>::Zero(3, 3), y, ws),
+      moe::SoftCombiner<double>{}.combine(RowMatrix<double>::Zero(4, 3), plan, RowMatrix<double>::Zero(3, 3), y, ws.combine_context()),
       "SoftCombiner::combine(): y_perm expected shape [2, 3], got [3, 3]");
   REQUIRE_THROWS_WITH(
-      moe::SoftCombiner<double>{}.combine(RowMatrix<double>::Zero(5, 3), plan, RowMatrix<double>::Zero(2, 3), y, ws),
+      moe::SoftCombiner<double>{}.combine(RowMatrix<double>::Zero(5, 3), plan, RowMatrix<double>::Zero(2, 3), y, ws.combine_context()),
       "SoftCombiner::combine(): routing logits and plan rows (tokens) expected 5, got 4 and 4");
 }

@@ -5,7 +5,7 @@
 #define MOE_TESTS_CONFORMANCE_GOLDEN_RUNNER_HPP
 
 #include <moe/core/context.hpp>
-#include <moe/core/workspace.hpp>
+#include <moe/layer/workspace.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/loss/load_balancing_loss.hpp>
 #include <moe/loss/loss_weights.hpp>

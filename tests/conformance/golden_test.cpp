@@ -8,6 +8,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "conformance/golden_runner.hpp"
@@ -60,6 +62,23 @@ void check_case(const SafetensorsFile& f, const moe::test::GoldenRun& run, doubl
   if (skipped_gradients) WARN("gradients not checked: this family's backward lands with issue #4");
 }
 
+/// With MOE_GOLDEN_DUMP=DIR set, writes every computed quantity of a case to
+/// DIR/<case>.<type>.bin (key, rows, cols, raw doubles): two builds' dumps compare byte for
+/// byte, which is how a refactoring shows that it left every golden output bit-identical.
+void dump_run(const std::string& name, const char* type, const moe::test::GoldenRun& run) {
+  const char* dir = std::getenv("MOE_GOLDEN_DUMP");
+  if (dir == nullptr || *dir == '\0') return;
+  std::ofstream out(std::string(dir) + "/" + name + "." + type + ".bin", std::ios::binary);
+  for (const auto& [key, m] : run.values) {
+    const std::int64_t rows = m.rows(), cols = m.cols();
+    out << key << '\n';
+    out.write(reinterpret_cast<const char*>(&rows), sizeof rows);
+    out.write(reinterpret_cast<const char*>(&cols), sizeof cols);
+    out.write(reinterpret_cast<const char*>(m.data()), static_cast<std::streamsize>(sizeof(double) * m.size()));
+  }
+  if (!out) FAIL("MOE_GOLDEN_DUMP: cannot write " << dir << "/" << name);
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("golden cases match the reference in every computed quantity", "[conformance][golden]", float,
@@ -80,6 +99,7 @@ TEMPLATE_TEST_CASE("golden cases match the reference in every computed quantity"
         FAIL("golden case " << name << ": family '" << family << "' has no runner in this build");
       } else {
         const auto run = is_float ? it->second.run_float(f) : it->second.run_double(f);
+        dump_run(name, is_float ? "float" : "double", run);
         check_case(f, run, tol, grad_tol);
       }
     }

@@ -2,6 +2,7 @@
 // (shazeer2017), expert choice (zhou2022) and hash routing (roller2021), each loaded through
 // moe::io from the "moe." layout; forward quantities and every gradient.
 #include <moe/io/routing_loaders.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
 #include <moe/loss/importance_loss.hpp>
 
 #include <catch2/catch.hpp>

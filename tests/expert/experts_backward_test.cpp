@@ -1,4 +1,5 @@
 // Expert backward passes against central finite differences (double).
+#include <moe/layer/moe_layer.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>

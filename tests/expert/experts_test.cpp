@@ -1,4 +1,5 @@
 // Expert banks against scalar references written from their definitions.
+#include <moe/layer/moe_layer.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>

@@ -172,7 +172,7 @@ TEMPLATE_TEST_CASE("sigmoid saturates without overflow", "[kernels][activations]
   REQUIRE(half[0] == S(0.5));
 }
 
-TEMPLATE_TEST_CASE("silu and gelu vanish at zero; gelu_erf(x) - gelu_erf(-x) = x",
+TEMPLATE_TEST_CASE("silu and gelu vanish at zero, gelu_erf(x) - gelu_erf(-x) = x",
                    "[kernels][activations]", float, double) {
   using S = TestType;
   const S eps = std::numeric_limits<S>::epsilon();

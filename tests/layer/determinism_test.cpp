@@ -228,7 +228,7 @@ TEST_CASE("hash routing routes a split batch alike when the token ids are split 
   (void)check_split(layer, x, split, whole, head, tail);
 }
 
-TEST_CASE("noisy top-k: splits route alike in inference; in training the noise follows the row index",
+TEST_CASE("noisy top-k: splits route alike in inference, in training the noise follows the row index",
           "[layer][determinism]") {
   const Index T = 30, d = 6, E = 5, split = 12;
   RowMatrix<double> wg(E, d), wn(E, d);

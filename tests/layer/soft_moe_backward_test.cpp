@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
@@ -20,13 +21,7 @@ using moe::test::numeric_gradient;
 using moe::test::relative_gap;
 using Layer = moe::SoftMoE<double>;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 struct Shape {
   Index experts, d, ff, p, tokens, sequence_length;
@@ -106,7 +101,7 @@ TEST_CASE("Soft MoE backward matches finite differences with expert biases", "[l
   check_gradients({2, 3, 4, 1, 5, 0}, true, true, 310);
 }
 
-TEST_CASE("Soft MoE gradients carry the checkpoint names; scale only with normalisation",
+TEST_CASE("Soft MoE gradients carry the checkpoint names, scale only with normalisation",
           "[layer][soft][backward]") {
   for (const bool normalize : {false, true}) {
     const Layer layer = random_layer({2, 3, 4, 2, 4, 0}, normalize, false, 7);
@@ -186,8 +181,15 @@ TEST_CASE("SoftRouter::backward refuses shapes that do not match", "[router][sof
   router.route(x, r);
   RowMatrix<double> ds = RowMatrix<double>::Zero(6, 4), dl = RowMatrix<double>::Zero(6, 4),
                     dx = RowMatrix<double>::Zero(6, 3), dl_bad = RowMatrix<double>::Zero(6, 3);
-  REQUIRE_THROWS_WITH(router.backward(x, r, 4, ds, dl, dx, grad),
-                      "SoftRouter::backward(): num_sequences expected a divisor of the number of tokens 6, got 4");
-  REQUIRE_THROWS_WITH(router.backward(x, r, 2, ds, dl_bad, dx, grad),
-                      "SoftRouter::backward(): dlogits expected shape [6, 4], got [6, 3]");
+  const auto call = [&](Index sequence_length, moe::MatrixRef<double> dlogits) {
+    moe::ForwardContext ctx;
+    ctx.sequence_length = sequence_length;
+    router.backward(moe::RouterBackward<double>{.x = x, .routing = r, .dscores = ds, .dlogits = dlogits, .dx = dx,
+                                                .context = {ctx}},
+                    grad, moe::no_losses);
+  };
+  REQUIRE_THROWS_WITH(call(4, dl),
+                      "SoftRouter::backward(): ctx.sequence_length expected 0 or a divisor of the number of tokens 6, "
+                      "got 4");
+  REQUIRE_THROWS_WITH(call(3, dl_bad), "SoftRouter::backward(): dlogits expected shape [6, 4], got [6, 3]");
 }

@@ -143,7 +143,7 @@ TEST_CASE("Soft MoE weights are distributions: dispatch over each sequence, comb
   (void)layer.forward(x, ws, ctx);
   for (Index b = 0; b < 3; ++b)
     for (Index i = 0; i < 6; ++i) CHECK(ws.routing.scores.block(b * 4, i, 4, 1).sum() == Approx(1.0).epsilon(1e-14));
-  for (Index t = 0; t < 12; ++t) CHECK(ws.combine_hidden.row(t).sum() == Approx(1.0).epsilon(1e-14));
+  for (Index t = 0; t < 12; ++t) CHECK(ws.combine.hidden.row(t).sum() == Approx(1.0).epsilon(1e-14));
 }
 
 TEST_CASE("Soft MoE sequences do not see each other", "[layer][soft]") {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
@@ -16,13 +17,7 @@ using moe::Index;
 using moe::RowMatrix;
 using moe::Vector;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 }  // namespace
 

@@ -2,6 +2,7 @@
 // as summed gates, P(t, e) as tensor2tensor's _prob_in_top_k, and P's meaning checked by
 // sampling.
 #include <moe/loss/importance_loss.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -11,19 +12,15 @@
 #include <random>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 using moe::Vector;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 double ref_cv_squared(const std::vector<double>& v) {
   double mean = 0;
@@ -138,7 +135,7 @@ TEST_CASE("prob_in_top_k is the chance that a fresh draw of one noise puts the e
     }
 }
 
-TEST_CASE("prob_in_top_k without noise is top-k membership; with k = E it is 1", "[loss][importance]") {
+TEST_CASE("prob_in_top_k without noise is top-k membership, with k = E it is 1", "[loss][importance]") {
   auto terms = random_terms(9, 5, 50);
   terms.stddev.setZero();
   terms.noisy = terms.clean;

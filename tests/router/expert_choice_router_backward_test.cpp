@@ -1,5 +1,6 @@
 // Expert-choice backward against finite differences: L = sum_i c_i gate_i + sum A .* logits,
 // with each coefficient following its (token, expert) pair, while the choices stay fixed.
+#include <moe/contracts/concepts.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/router/expert_choice_router.hpp>
 
@@ -9,19 +10,14 @@
 #include <string>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 void check_expert_choice_backward(double capacity_factor) {
   const Index T = 8, d = 5, E = 4;
@@ -44,7 +40,8 @@ void check_expert_choice_backward(double capacity_factor) {
   for (size_t i = 0; i < dgate.size(); ++i) dgate[i] = coeff(base.token[i], base.expert[i]);
   RowMatrix<double> dlogits = a, dx = RowMatrix<double>::Zero(T, d);
   auto grad = moe::zeros_like(router);
-  router.backward(x, base, dgate.data(), dlogits, dx, grad);
+  router.backward(moe::RouterBackward<double>{.x = x, .routing = base, .dgate = dgate.data(), .dlogits = dlogits, .dx = dx},
+                  grad, moe::no_losses);
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-7);
   CHECK(moe::test::relative_gap(grad.weight(), moe::test::numeric_gradient(router.weight(), loss)) < 1e-7);
 }

@@ -1,5 +1,6 @@
 // ExpertChoiceRouter against a scalar reference written from Zhou et al. 2022: S = softmax
 // over experts; expert e takes the c = floor(T cf / E) tokens with the largest S[:, e].
+#include <moe/layer/moe_layer.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/router/expert_choice_router.hpp>
 
@@ -13,19 +14,14 @@
 #include <vector>
 
 #include "support/reference_moe.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 RowMatrix<double> reference_softmax(const RowMatrix<double>& x, const RowMatrix<double>& w) {
   RowMatrix<double> s(x.rows(), w.rows());

@@ -1,4 +1,5 @@
 // Hash routing has no parameters and its decision does not depend on x: backward adds nothing.
+#include <moe/contracts/concepts.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/router/hash_router.hpp>
 
@@ -26,7 +27,8 @@ TEST_CASE("hash routing's backward leaves dx and dlogits as they came, and it na
   moe::RowMatrix<double> dx = moe::RowMatrix<double>::Constant(5, 4, 2.0);
   const std::vector<double> dgate = {1.0, -2.0, 3.0, 0.25, 5.0};
   auto grad = moe::zeros_like(router);
-  router.backward(x, r, dgate.data(), dlogits, dx, grad);
+  router.backward(moe::RouterBackward<double>{.x = x, .routing = r, .dgate = dgate.data(), .dlogits = dlogits, .dx = dx},
+                  grad, moe::no_losses);
   CHECK(dx == moe::RowMatrix<double>::Constant(5, 4, 2.0));
   CHECK(dlogits == moe::RowMatrix<double>::Constant(5, 3, 0.5));
   int n = 0;

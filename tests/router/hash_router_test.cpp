@@ -1,5 +1,6 @@
 // HashRouter (Roller et al. 2021): table lookup, random balanced tables, the stateless hash,
 // and what it writes where a learned router would write logits.
+#include <moe/layer/moe_layer.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/router/hash_router.hpp>
 
@@ -10,19 +11,14 @@
 #include <vector>
 
 #include "support/reference_moe.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 moe::ForwardContext with_ids(const std::vector<std::int64_t>& ids) {
   moe::ForwardContext ctx;

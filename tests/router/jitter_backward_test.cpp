@@ -1,6 +1,7 @@
 // Jittered<R> backward against finite differences with a fixed (seed, step): the wrapped
 // router saw x * u, so dL/dx through the router is dL/d(x * u) * u.
 #include <moe/core/parameters.hpp>
+#include <moe/contracts/concepts.hpp>
 #include <moe/router/jitter.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/top_k_router.hpp>
@@ -12,19 +13,14 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 enum class FactorSource { context, supplied };
 
@@ -58,10 +54,11 @@ void check_jitter_backward(moe::Jittered<Inner> router, FactorSource source, moe
   };
   RowMatrix<double> dlogits = a, dx = RowMatrix<double>::Zero(T, d);
   auto grad = moe::zeros_like(router);
-  if (source == FactorSource::context)
-    router.backward(x, base, c.data(), dlogits, dx, grad, {}, ctx);
-  else
-    router.backward(x, base, c.data(), dlogits, dx, grad);
+  // Both sources get the forward's context (the protocol): supplied factors are used in
+  // training whatever the seed, generated ones come from (seed, step).
+  router.backward(moe::RouterBackward<double>{.x = x, .routing = base, .dgate = c.data(), .dlogits = dlogits,
+                                              .dx = dx, .context = {ctx}},
+                  grad, moe::no_losses);
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-7);
   CHECK(moe::test::relative_gap(grad.router().weight(), moe::test::numeric_gradient(router.router().weight(), loss)) <
         1e-7);
@@ -86,23 +83,25 @@ TEST_CASE("jittered noisy top-k passes the context on, so both noises are the fo
   const moe::Jittered<moe::NoisyTopKRouter<double>> router(
       moe::NoisyTopKRouter<double>(random_matrix(5, 4, 34), random_matrix(5, 4, 35, 0.5), 2), 0.2);
   check_jitter_backward(router, FactorSource::context, moe::Mode::training);
-  // Noisy top-k's own backward can also recover its noise without the context.
   check_jitter_backward(router, FactorSource::supplied, moe::Mode::training);
 }
 
-TEST_CASE("jittered backward without the forward's factors is refused; its names are the wrapped router's",
+TEST_CASE("jittered backward checks dx against x, its names are the wrapped router's",
           "[router][backward][jitter][errors]") {
   const moe::Jittered<moe::SoftmaxTopKRouter<double>> router(
       moe::SoftmaxTopKRouter<double>(random_matrix(3, 4, 36), 1), 0.1);
   const RowMatrix<double> x = random_matrix(2, 4, 37);
   moe::RoutingResult<double> r;
-  router.route(x, r);
-  RowMatrix<double> dlogits = RowMatrix<double>::Zero(2, 3), dx = RowMatrix<double>::Zero(2, 4);
+  moe::ForwardContext training;
+  training.mode = moe::Mode::training;
+  router.route(x, r, training);
+  RowMatrix<double> dlogits = RowMatrix<double>::Zero(2, 3), dx = RowMatrix<double>::Zero(2, 3);
   auto grad = moe::zeros_like(router);
   const std::vector<double> dg(2, 1.0);
-  REQUIRE_THROWS_WITH(router.backward(x, r, dg.data(), dlogits, dx, grad),
-                      "Jittered::backward(): the forward's jitter factors expected set_factors() or the overload "
-                      "taking the forward's ForwardContext, got neither");
+  REQUIRE_THROWS_WITH(router.backward(moe::RouterBackward<double>{.x = x, .routing = r, .dgate = dg.data(),
+                                                                  .dlogits = dlogits, .dx = dx, .context = {training}},
+                                      grad, moe::no_losses),
+                      "Jittered::backward(): dx (as x) expected shape [2, 4], got [2, 3]");
   auto with_factors = router;
   REQUIRE_THROWS_WITH(with_factors.set_factors(RowMatrix<double>::Ones(2, 3)),
                       "Jittered::set_factors(): factor columns (input_dim) expected 4, got 3");

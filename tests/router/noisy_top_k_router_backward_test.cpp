@@ -1,8 +1,11 @@
 // Noisy top-k backward against finite differences: L = sum c_tj gate_tj + sum A .* logits
 // (an upstream loss on the noisy logits) + w_i importance_loss + w_l load_loss, through the
-// gate and noise weights and x, for each way backward learns the forward's noise.
+// gate and noise weights and x, for each way the forward's noise comes (set_noise() or drawn
+// from the context's seed and step). As in the layer, the gate loss (importance) is added to
+// dgate before the router's backward, which consumes the load loss itself.
 #include <moe/core/parameters.hpp>
 #include <moe/loss/importance_loss.hpp>
+#include <moe/loss/loss_list.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 
 #include <catch2/catch.hpp>
@@ -12,21 +15,16 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
-enum class NoiseSource { supplied, context, recovered, inference };
+enum class NoiseSource { supplied, context, inference };
 
 struct Weights {
   double importance = 0;
@@ -61,13 +59,11 @@ void check_noisy_backward(Index k, NoiseSource source, Weights w) {
 
   RowMatrix<double> dlogits = a, dx = RowMatrix<double>::Zero(T, d);
   auto grad = moe::zeros_like(router);
-  moe::LossWeights<double> weights;
-  weights.importance = w.importance;
-  weights.load = w.load;
-  if (source == NoiseSource::context)
-    router.backward(x, base, c.data(), dlogits, dx, grad, weights, ctx);
-  else
-    router.backward(x, base, c.data(), dlogits, dx, grad, weights);
+  std::vector<double> dgate(c.data(), c.data() + c.size());
+  moe::ImportanceLoss{}.backward(base, w.importance, dgate.data());
+  router.backward(moe::RouterBackward<double>{.x = x, .routing = base, .dgate = dgate.data(), .dlogits = dlogits,
+                                              .dx = dx, .context = {ctx}},
+                  grad, moe::losses(moe::weighted(moe::LoadLoss{}, w.load)));
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-7);
   CHECK(moe::test::relative_gap(grad.weight(), moe::test::numeric_gradient(router.weight(), loss)) < 1e-7);
   const RowMatrix<double> dwn = moe::test::numeric_gradient(router.noise_weight(), loss);
@@ -84,7 +80,7 @@ void check_noisy_backward(Index k, NoiseSource source, Weights w) {
 TEST_CASE("noisy top-k backward matches finite differences, with the noise from each source",
           "[router][backward][noisy]") {
   for (const Index k : {Index{1}, Index{2}, Index{6}})
-    for (const auto source : {NoiseSource::supplied, NoiseSource::context, NoiseSource::recovered}) {
+    for (const auto source : {NoiseSource::supplied, NoiseSource::context}) {
       INFO("k " << k << ", source " << int(source));
       check_noisy_backward(k, source, {});
     }
@@ -93,7 +89,7 @@ TEST_CASE("noisy top-k backward matches finite differences, with the noise from 
 TEST_CASE("noisy top-k backward adds the importance and load losses (tensor2tensor's graph)",
           "[router][backward][noisy][loss]") {
   for (const Index k : {Index{1}, Index{2}, Index{6}})
-    for (const auto source : {NoiseSource::supplied, NoiseSource::context, NoiseSource::recovered}) {
+    for (const auto source : {NoiseSource::supplied, NoiseSource::context}) {
       INFO("k " << k << ", source " << int(source));
       check_noisy_backward(k, source, {0.7, 0.0});
       check_noisy_backward(k, source, {0.0, 1.3});
@@ -125,12 +121,19 @@ TEST_CASE("noisy top-k backward checks its arguments", "[router][backward][noisy
   RowMatrix<double> dlogits = RowMatrix<double>::Zero(5, 4), dx = RowMatrix<double>::Zero(5, 3);
   auto grad = moe::zeros_like(router);
   const std::vector<double> dg(10, 0.0);
+  moe::ForwardContext training;
+  training.mode = moe::Mode::training;
+  const auto call = [&](moe::MatrixRef<double> dx_arg) {
+    router.backward(moe::RouterBackward<double>{.x = x, .routing = r, .dgate = dg.data(), .dlogits = dlogits,
+                                                .dx = dx_arg, .context = {training}},
+                    grad, moe::no_losses);
+  };
   router.set_noise(random_matrix(4, 4, 4));
-  REQUIRE_THROWS_WITH(router.backward(x, r, dg.data(), dlogits, dx, grad),
+  REQUIRE_THROWS_WITH(call(dx),
                       "NoisyTopKRouter::backward(): rows of the noise given to set_noise() (one per row of x) "
                       "expected 5, got 4");
   router.clear_noise();
   RowMatrix<double> small = RowMatrix<double>::Zero(5, 2);
-  REQUIRE_THROWS_WITH(router.backward(x, r, dg.data(), dlogits, small, grad),
+  REQUIRE_THROWS_WITH(call(small),
                       "NoisyTopKRouter::backward(): dx expected shape [5, 3], got [5, 2]");
 }

@@ -1,6 +1,7 @@
 // NoisyTopKRouter against a scalar reference written from Shazeer et al. 2017 / tensor2tensor:
 // clean = x Wg^T, stddev = softplus(x Wn^T) + 1e-2, noisy = clean + eps * stddev, gates =
 // softmax over the k largest noisy logits.
+#include <moe/layer/moe_layer.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 
@@ -13,19 +14,14 @@
 #include <vector>
 
 #include "support/reference_moe.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 // The k best of v (descending; equal values: lower index first), by a full stable sort.
 std::vector<Index> reference_top_k(const std::vector<double>& v, Index k) {
@@ -119,7 +115,7 @@ TEST_CASE("noisy top-k draws its noise from CounterRng(seed, step).normal(token,
   REQUIRE((out.dense_gates() - ref.gates).cwiseAbs().maxCoeff() < 1e-14);
 }
 
-TEST_CASE("noisy top-k: same seed and step, same routing; another step, other noise", "[router][noisy_top_k]") {
+TEST_CASE("noisy top-k: same seed and step, same routing, another step, other noise", "[router][noisy_top_k]") {
   const Index E = 8, d = 6, T = 40, k = 2;
   moe::NoisyTopKRouter<float> router(random_matrix(E, d, 8).cast<float>(), random_matrix(E, d, 9).cast<float>(), k);
   const RowMatrix<float> x = random_matrix(T, d, 10).cast<float>();

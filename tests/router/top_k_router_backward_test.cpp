@@ -1,6 +1,7 @@
 // Router backward against finite differences: L = sum_t,j c_tj * gate_tj for fixed random
 // coefficients, through every gating rule (selection is fixed near the point, as routing
 // decisions are piecewise constant).
+#include <moe/contracts/concepts.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/router/top_k_router.hpp>
 
@@ -9,19 +10,14 @@
 #include <random>
 
 #include "support/finite_difference.hpp"
+#include "support/random.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 template <class Router>
 void check_router_backward(Router router, Index T) {
@@ -46,7 +42,8 @@ void check_router_backward(Router router, Index T) {
   };
   RowMatrix<double> dlogits = RowMatrix<double>::Zero(T, E), dx = RowMatrix<double>::Zero(T, d);
   Router grad = moe::zeros_like(router);
-  router.backward(x, base, c.data(), dlogits, dx, grad);
+  router.backward(moe::RouterBackward<double>{.x = x, .routing = base, .dgate = c.data(), .dlogits = dlogits, .dx = dx},
+                  grad, moe::no_losses);
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-7);
   CHECK(moe::test::relative_gap(grad.weight(), moe::test::numeric_gradient(router.weight(), loss)) < 1e-7);
   if (router.bias().size() != 0)
@@ -66,7 +63,7 @@ TEST_CASE("top-k then softmax with bias backward matches finite differences", "[
     check_router_backward(moe::TopKSoftmaxRouter<double>(random_matrix(6, 5, 2), k, {}, random_matrix(6, 1, 3)), 7);
 }
 
-TEST_CASE("sigmoid group-limited backward matches finite differences; the correction bias gets none",
+TEST_CASE("sigmoid group-limited backward matches finite differences, the correction bias gets none",
           "[router][backward]") {
   for (const bool renorm : {true, false}) {
     moe::SigmoidGroupLimited<double> g;

@@ -21,6 +21,14 @@ void fill(M&& m, unsigned seed, double scale = 1.0) {
     for (Index c = 0; c < m.cols(); ++c) m(r, c) = static_cast<typename std::decay_t<M>::Scalar>(n(gen));
 }
 
+/// A [r, c] double matrix of N(0, scale^2) draws of std::mt19937(seed), row-major order (the
+/// values fill() writes into a RowMatrix<double> of that shape).
+inline RowMatrix<double> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
+  RowMatrix<double> m(r, c);
+  fill(m, seed, scale);
+  return m;
+}
+
 /// A bank of E SwiGLU experts [d -> ff -> d] with N(0, 0.3^2) weights: gate_up from seed,
 /// down from seed + 1.
 template <class S>

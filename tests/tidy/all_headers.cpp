@@ -10,7 +10,15 @@
 #include <moe/combine/soft_combiner.hpp>
 #include <moe/combine/token_major_sum.hpp>
 #include <moe/combine/weighted_sum_combiner.hpp>
-#include <moe/core/concepts.hpp>
+#include <moe/contracts/combine.hpp>
+#include <moe/contracts/concepts.hpp>
+#include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/executor.hpp>
+#include <moe/contracts/expert.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/slot_layout.hpp>
+#include <moe/contracts/statistics.hpp>
+#include <moe/contracts/training.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/parameters.hpp>
@@ -19,14 +27,16 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
-#include <moe/expert/run_experts.hpp>
+#include <moe/expert/local_executor.hpp>
+#include <moe/expert/position_scaled_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
+#include <moe/gather/gather_slots.hpp>
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
@@ -42,8 +52,10 @@
 #include <moe/kernels/gather_rows.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/kernels.hpp>
+#include <moe/kernels/op.hpp>
 #include <moe/kernels/reference/activations.hpp>
 #include <moe/kernels/reference/gather_rows.hpp>
+#include <moe/kernels/reference/gemm.hpp>
 #include <moe/kernels/reference/kernels.hpp>
 #include <moe/kernels/reference/softmax.hpp>
 #include <moe/kernels/reference/top_k.hpp>
@@ -52,14 +64,17 @@
 #include <moe/kernels/simd_math.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
+#include <moe/kernels/weight_types.hpp>
 #include <moe/kernels/weighted_gather.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 #include <moe/layer/backward.hpp>
 #include <moe/layer/dense_backward.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/layer/workspace.hpp>
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/importance_loss.hpp>
 #include <moe/loss/load_balancing_loss.hpp>
+#include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 #include <moe/loss/z_loss.hpp>
 #include <moe/moe.hpp>
@@ -68,7 +83,7 @@
 #include <moe/router/hash_router.hpp>
 #include <moe/router/jitter.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/router/router_wrapper.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
 #include <moe/train/expert_dropout.hpp>
@@ -129,6 +144,17 @@ double all_layers() {
   sum += static_cast<double>(exercise(NoisyTopKMoE<S>(SwiGLUExperts<S>(E, d, ff), NoisyTopKRouter<S>(E, d, 2)), 16));
   sum += static_cast<double>(exercise(ExpertChoiceMoE<S>(SwiGLUExperts<S>(E, d, ff), ExpertChoiceRouter<S>(E, d, 1.0)), 16));
   sum += static_cast<double>(exercise(HashMoE<S>(SwiGLUExperts<S>(E, d, ff), HashRouter<S>::balanced(7, E, d, 1)), 16));
+  sum += static_cast<double>(exercise(MoELayer<SwiGLUExperts<S>, Jittered<SoftmaxTopKRouter<S>>, WeightedSumCombiner<S>>(
+                                          SwiGLUExperts<S>(E, d, ff), Jittered(SoftmaxTopKRouter<S>(E, d, 2), 0.01)),
+                                      16));
+  sum += static_cast<double>(
+      exercise(MoELayer<SwiGLUExperts<S>, ExpertDropout<TopKSoftmaxRouter<S>>, WeightedSumCombiner<S>>(
+                   SwiGLUExperts<S>(E, d, ff), ExpertDropout(TopKSoftmaxRouter<S>(E, d, 2), 0.25)),
+               16));
+  sum += static_cast<double>(
+      exercise(MoELayer<PositionScaledExperts<SwiGLUExperts<S>>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
+                   PositionScaledExperts(SwiGLUExperts<S>(E, d, ff), 0.5), SoftmaxTopKRouter<S>(E, d, 2)),
+               16, 8));
   return sum;
 }
 

@@ -84,7 +84,7 @@ TEST_CASE("the dropped set is a pure function of (seed, step) with rate p", "[tr
                       "ExpertDropout::ExpertDropout(): rate expected in [0, 1), got 1");
 }
 
-TEST_CASE("in training the dropped experts' assignments get gate 0; inference and rate 0 are untouched",
+TEST_CASE("in training the dropped experts' assignments get gate 0, inference and rate 0 are untouched",
           "[train][expert_dropout]") {
   moe::SoftmaxTopKRouter<double> inner(6, 5, 2);
   fill(inner.weight(), 9);

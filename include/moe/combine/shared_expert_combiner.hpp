@@ -5,9 +5,11 @@
 #include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/scratch.hpp>
+#include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
-#include <moe/expert/run_experts.hpp>
+#include <moe/contracts/combine.hpp>
+#include <moe/contracts/training.hpp>
+#include <moe/expert/local_executor.hpp>
 #include <moe/kernels/activations.hpp>
 #include <moe/kernels/gemm.hpp>
 
@@ -28,6 +30,10 @@ enum class SharedGate : std::uint8_t {
 /// SharedType is an expert bank of one expert (e.g. SwiGLUExperts<S>(1, d, shared_ff)).
 template <class SharedType, SharedGate Gate>
 class SharedExpertCombiner {
+  static_assert(!expert_traits<SharedType>::needs_context,
+                "SharedExpertCombiner: the shared expert bank must not need an ExpertContext (every token "
+                "goes through it; docs/combiners.md)");
+
  public:
   using scalar_type = typename SharedType::scalar_type;
   using shared_type = SharedType;
@@ -64,64 +70,66 @@ class SharedExpertCombiner {
   template <class Arch = xsimd::default_arch>
   void combine(const ConstMatrixRef<scalar_type>& x, const DispatchPlan<scalar_type>& plan,
                const ConstMatrixRef<scalar_type>& y_perm, MatrixRef<scalar_type> y,
-               Workspace<scalar_type>& ws) const {
+               const CombineContext<scalar_type>& cc) const {
     detail::require(x.cols() == shared_.input_dim(), "SharedExpertCombiner::combine()",
                     "x columns (shared expert input_dim)", shared_.input_dim(), x.cols());
-    WeightedSumCombiner<scalar_type>{}.template combine<Arch>(x, plan, y_perm, y, ws);
+    WeightedSumCombiner<scalar_type>{}.template combine<Arch>(x, plan, y_perm, y, cc);
+    CombineScratch<scalar_type>& ws = cc.scratch;
     const Index T = x.rows();
-    detail::ensure_shape(ws.combine_hidden, T, shared_.hidden_cols());
-    detail::ensure_shape(ws.combine_out, T, shared_.output_dim());
+    detail::ensure_shape(ws.hidden, T, shared_.hidden_cols());
+    detail::ensure_shape(ws.out, T, shared_.output_dim());
     if (T == 0) return;
-    detail::forward_expert<Arch, SharedType, scalar_type>(shared_, 0, x, ws.combine_hidden, ws.combine_out,
-                                                          ws.last_context.gemm);
+    detail::forward_expert<Arch, SharedType, scalar_type>(shared_, 0, x, ws.hidden, ws.out,
+                                                          cc.forward.gemm);
     if constexpr (Gate == SharedGate::sigmoid) {
-      ws.combine_gate.resize(T);
+      ws.gate.resize(T);
       // [T, d] x [d, 1] through gemm, so a token's gate follows ForwardContext::gemm too.
-      kernels::gemm<Arch>(Eigen::Map<RowMatrix<scalar_type>>(ws.combine_gate.data(), T, 1), x, Op::none,
+      kernels::gemm<Arch>(Eigen::Map<RowMatrix<scalar_type>>(ws.gate.data(), T, 1), x, Op::none,
                           Eigen::Map<const RowMatrix<scalar_type>>(gate_weight_.data(), gate_weight_.size(), 1),
-                          Op::none, scalar_type(1), scalar_type(0), ws.last_context.gemm);
+                          Op::none, scalar_type(1), scalar_type(0), cc.forward.gemm);
       // One token at a time: over the whole column, whether a token's gate took the SIMD
       // body or the scalar tail would depend on its position in the batch
       // (GemmKernel::batch_invariant); T sigmoids are nothing next to the shared expert.
-      for (Index t = 0; t < T; ++t) kernels::Sigmoid<Arch>{}(ws.combine_gate.data() + t, 1);
-      y.noalias() += ws.combine_gate.asDiagonal() * ws.combine_out;
+      for (Index t = 0; t < T; ++t) kernels::Sigmoid<Arch>{}(ws.gate.data() + t, 1);
+      y.noalias() += ws.gate.asDiagonal() * ws.out;
     } else {
-      y += ws.combine_out;
+      y += ws.out;
     }
   }
 
   /// Backward: the routed part as WeightedSumCombiner, then the shared expert and its gate;
   /// dx receives the shared path's dL/dx.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<scalar_type>& x, const DispatchPlan<scalar_type>& plan,
-                const ConstMatrixRef<scalar_type>& y_perm, const ConstMatrixRef<scalar_type>& dy,
-                MatrixRef<scalar_type> dy_perm, scalar_type* dgate_slot, MatrixRef<scalar_type> dx,
-                SharedExpertCombiner& grad, Workspace<scalar_type>& ws) const {
+  void backward(const CombinerBackward<scalar_type>& in, SharedExpertCombiner& grad,
+                const CombineContext<scalar_type>& cc) const {
     WeightedSumCombiner<scalar_type> routed;
-    routed.template backward<Arch>(x, plan, y_perm, dy, dy_perm, dgate_slot, dx, routed, ws);
+    routed.template backward<Arch>(in, routed, cc);
+    const auto& x = in.x;
+    const auto& dy = in.dy;
+    MatrixRef<scalar_type> dx = in.dx;
+    CombineScratch<scalar_type>& ws = cc.scratch;
     const Index T = x.rows();
     if (T == 0) return;
-    detail::ensure_shape(ws.combine_dout, T, shared_.output_dim());
-    detail::ensure_shape(ws.combine_dx, T, shared_.input_dim());
-    detail::ensure_shape(ws.combine_dhidden, T, shared_.hidden_cols());
+    detail::ensure_shape(ws.dout, T, shared_.output_dim());
+    detail::ensure_shape(ws.dx, T, shared_.input_dim());
+    detail::ensure_shape(ws.dhidden, T, shared_.hidden_cols());
     if constexpr (Gate == SharedGate::sigmoid) {
       // y += g * out with g = sigmoid(x w): d out = g dy; d(x w) = g (1 - g) <dy, out>.
-      ws.combine_dout.noalias() = ws.combine_gate.asDiagonal() * dy;
+      ws.dout.noalias() = ws.gate.asDiagonal() * dy;
       // dL/d(x w) per token, in the thread's scratch (no heap allocation in steady state).
       detail::ScratchLease<scalar_type, struct SharedGateDpreTag> dpre_lease;
       Eigen::Map<Vector<scalar_type>> dpre(dpre_lease.data(static_cast<std::size_t>(T)), T);
       for (Index t = 0; t < T; ++t) {
-        const scalar_type g = ws.combine_gate[t];
-        dpre[t] = g * (scalar_type(1) - g) * dy.row(t).dot(ws.combine_out.row(t));
+        const scalar_type g = ws.gate[t];
+        dpre[t] = g * (scalar_type(1) - g) * dy.row(t).dot(ws.out.row(t));
       }
       grad.gate_weight_.noalias() += x.transpose() * dpre;
       dx.noalias() += dpre * gate_weight_.transpose();
     } else {
-      ws.combine_dout = dy;
+      ws.dout = dy;
     }
-    shared_.template backward<Arch>(0, x, ws.combine_hidden, ws.combine_dout, ws.combine_dx, ws.combine_dhidden,
-                                    grad.shared_);
-    dx += ws.combine_dx;
+    shared_.template backward<Arch>(0, x, ws.hidden, ws.dout, ws.dx, ws.dhidden, grad.shared_);
+    dx += ws.dx;
   }
 
  private:

@@ -5,8 +5,9 @@
 #include <moe/combine/token_major_sum.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
-#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/contracts/combine.hpp>
+#include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/training.hpp>
 #include <moe/kernels/weighted_gather.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 
@@ -24,22 +25,25 @@ struct WeightedSumCombiner {
 
   template <class Arch = xsimd::default_arch>
   void combine(const ConstMatrixRef<S>& /*x*/, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
-               MatrixRef<S> y, Workspace<S>& ws) const {
+               MatrixRef<S> y, const CombineContext<S>& cc) const {
     // Per token from the plan's token-major map: the same additions in the same order as a
     // scatter-add over the slots, but each token's row is owned by one task.
-    detail::token_major_sum<Arch>(plan, y_perm, plan.gate.data(), y, /*overwrite=*/true, ws.pool);
+    detail::token_major_sum<Arch>(plan, y_perm, plan.gate.data(), y, /*overwrite=*/true, cc.pool());
   }
 
   /// Backward: dy_perm[p] = gate_p * dy[token_p] (a weighted gather, the transpose of the
-  /// scatter-add), dgate_slot[p] = <dy[token_p], y_perm[p]>, and dx = 0 (this combiner does
-  /// not read x).
+  /// scatter-add), dgate_slot[p] = <dy[token_p], y_perm[p]>; nothing is added to dx (this
+  /// combiner does not read x).
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& /*x*/, const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm,
-                const ConstMatrixRef<S>& dy, MatrixRef<S> dy_perm, S* dgate_slot, MatrixRef<S> dx,
-                WeightedSumCombiner& /*grad*/, Workspace<S>& ws) const {
+  void backward(const CombinerBackward<S>& in, WeightedSumCombiner& /*grad*/, const CombineContext<S>& cc) const {
+    const DispatchPlan<S>& plan = in.plan;
+    const auto& dy = in.dy;
+    const auto& y_perm = in.y_perm;
+    MatrixRef<S> dy_perm = in.dy_perm;
+    S* dgate_slot = in.dgate_slot;
     const Index N = plan.rows();
     const Index tasks = (N + detail::tokens_per_task - 1) / detail::tokens_per_task;
-    detail::parallel_for(ws.pool, tasks, [&](Index task) {
+    detail::parallel_for(cc.pool(), tasks, [&](Index task) {
       const Index p0 = task * detail::tokens_per_task;
       const Index n = std::min(N - p0, detail::tokens_per_task);
       kernels::WeightedGather<Arch>{}(dy.data(), dy.outerStride(), plan.token.data() + p0, plan.gate.data() + p0, n,
@@ -47,7 +51,6 @@ struct WeightedSumCombiner {
       for (Index p = p0; p < p0 + n; ++p)
         dgate_slot[p] = dy.row(plan.token[static_cast<std::size_t>(p)]).dot(y_perm.row(p));
     });
-    dx.setZero();
   }
 
   /// No trainable parameters.

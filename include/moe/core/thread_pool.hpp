@@ -3,7 +3,7 @@
 // Why not OpenMP: a pool object owned by the caller keeps the library header-only with no
 // compiler flag for consumers, lets two layers in one process use different thread counts,
 // and makes the thread count a runtime argument (ForwardContext::pool). Work is always cut
-// into the same tasks whatever the pool size (see run_experts), so results are bit-identical
+// into the same tasks whatever the pool size (see LocalExecutor), so results are bit-identical
 // for any number of threads; the pool only decides who runs which task.
 #ifndef MOE_CORE_THREAD_POOL_HPP
 #define MOE_CORE_THREAD_POOL_HPP

@@ -1,12 +1,26 @@
 // Capabilities of policies, read with defaults.
 //
-// A policy states a capability by a nested constant (`static constexpr bool is_dense = true;`);
-// the traits below read it and fall back to the default when the member is absent, so a
-// minimal custom policy declares nothing it does not use.
+// A policy states a capability by a nested constant (`static constexpr bool is_dense = true;`)
+// or type (`using weight_type = bf16;`); the traits below read it and fall back to the default
+// when the member is absent, so a minimal custom policy declares nothing it does not use.
 #ifndef MOE_CORE_TRAITS_HPP
 #define MOE_CORE_TRAITS_HPP
 
+#include <type_traits>
+
 namespace moe {
+
+namespace detail {
+template <class T>
+struct weight_type_of {
+  using type = typename T::scalar_type;
+};
+template <class T>
+  requires requires { typename T::weight_type; }
+struct weight_type_of<T> {
+  using type = typename T::weight_type;
+};
+}  // namespace detail
 
 template <class RouterType>
 struct router_traits {
@@ -30,6 +44,34 @@ struct router_traits {
     if constexpr (requires { RouterType::token_choice; }) return bool(RouterType::token_choice);
     else return true;
   }();
+  /// A router whose gates of one token depend on each other beyond gate * dgate (a softmax
+  /// over the k selected logits, TopKSoftmax): a wrapper that zeroes gates (ExpertDropout)
+  /// must restore them before the router's backward.
+  static constexpr bool couples_gates = [] {
+    if constexpr (requires { RouterType::couples_gates; }) return bool(RouterType::couples_gates);
+    else return false;
+  }();
+  /// Whether the router's backward consumes the loss type L itself (a loss on the router's
+  /// internals, like LoadLoss on noisy top-k's clean logits and noise scale), declared by a
+  /// member `template <class L> static constexpr bool accepts_loss`.
+  template <class L>
+  static constexpr bool accepts_loss = [] {
+    if constexpr (requires { RouterType::template accepts_loss<L>; }) return bool(RouterType::template accepts_loss<L>);
+    else return false;
+  }();
+};
+
+template <class ExpertType>
+struct expert_traits {
+  /// Banks that read their slab's ExpertContext (token indices, positions, the whole input)
+  /// take it as the last argument of forward and backward.
+  static constexpr bool needs_context = [] {
+    if constexpr (requires { ExpertType::needs_context; }) return bool(ExpertType::needs_context);
+    else return false;
+  }();
+  /// The element type the weights are stored in (bf16, a block-quantized format, ...); the
+  /// activations are always scalar_type. Defaults to scalar_type.
+  using weight_type = typename detail::weight_type_of<ExpertType>::type;
 };
 
 }  // namespace moe

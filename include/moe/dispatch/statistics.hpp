@@ -2,8 +2,8 @@
 #ifndef MOE_DISPATCH_STATISTICS_HPP
 #define MOE_DISPATCH_STATISTICS_HPP
 
-#include <moe/core/workspace.hpp>
-#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/statistics.hpp>
 
 namespace moe {
 

@@ -3,7 +3,6 @@
 #define MOE_IO_SAFETENSORS_IMPL_HPP
 
 #include "moe/core/error.hpp"
-#include "moe/io/safetensors.hpp"
 
 #include <nlohmann/json.hpp>
 

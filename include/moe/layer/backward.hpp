@@ -3,17 +3,18 @@
 #define MOE_LAYER_BACKWARD_HPP
 
 #include <moe/combine/token_major_sum.hpp>
+#include <moe/contracts/concepts.hpp>
+#include <moe/contracts/executor.hpp>
+#include <moe/contracts/training.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
-#include <moe/core/thread_pool.hpp>
 #include <moe/core/parameters.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
 #include <moe/kernels/gemm.hpp>
-#include <moe/kernels/weighted_scatter_add.hpp>
-#include <moe/loss/loss_weights.hpp>
-#include <moe/loss/z_loss.hpp>
+#include <moe/layer/workspace.hpp>
+#include <moe/loss/loss_list.hpp>
 
 #include <optional>
 #include <string>
@@ -47,7 +48,8 @@ struct Gradients {
     for_each_parameter([](const std::string&, auto&& g) { g.setZero(); });
   }
 
-  /// The gradient named `name` (a checkpoint name without the layer prefix), as a matrix.
+  /// A copy of the gradient named `name` (a checkpoint name without the layer prefix) as a
+  /// matrix, or std::nullopt when no parameter has that name.
   template <class S = typename ExpertType::scalar_type>
   [[nodiscard]] std::optional<RowMatrix<S>> find(const std::string& name) const {
     std::optional<RowMatrix<S>> out;
@@ -60,59 +62,49 @@ struct Gradients {
 
 namespace detail {
 
-template <class RouterType, class S>
-concept RouterWithLossBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr,
-                                          const S* dg, MatrixRef<S> m, RouterType& g, const LossWeights<S>& w) {
-  r.backward(x, rr, dg, m, m, g, w);
-};
-
-template <class RouterType, class S>
-concept RouterWithContextBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x,
-                                             const RoutingResult<S>& rr, const S* dg, MatrixRef<S> m, RouterType& g,
-                                             const LossWeights<S>& w, const ForwardContext& ctx) {
-  r.backward(x, rr, dg, m, m, g, w, ctx);
-};
-
-template <class RouterType, class S>
-concept RouterWithBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr,
-                                      const S* dg, MatrixRef<S> m, RouterType& g) {
-  r.backward(x, rr, dg, m, m, g);
-};
+/// Adds every routing loss of `losses` with a non-zero weight into dlogits / dgate, in list
+/// order; losses the router consumes itself (router_traits<R>::accepts_loss) are left to it.
+template <class Arch, class RouterType, class S, class Losses>
+void apply_routing_losses(const Losses& losses, const LossInput<S>& in, const LossGradient<S>& out) {
+  losses.for_each([&](const auto& term) {
+    using Term = std::remove_cvref_t<decltype(term)>;
+    using Loss = typename Term::loss_type;
+    if constexpr (!router_traits<RouterType>::template accepts_loss<Loss>) {
+      if (term.weight != S(0)) term.loss.template backward<Arch>(in, term.weight, out);
+    }
+  });
+}
 
 /// Backward of the sparse path. ws holds the last training forward; dy is [T, d_out]; dx
-/// receives dL/dx [T, d]; gradients accumulate into grads.
-template <class Arch, class Layer, class Grads>
+/// receives dL/dx [T, d]; gradients accumulate into grads; losses is a LossList.
+template <class Arch, class Layer, class Grads, class Losses>
 void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::scalar_type>& dy,
                      MatrixRef<typename Layer::scalar_type> dx, Workspace<typename Layer::scalar_type>& ws,
-                     Grads& grads, const LossWeights<typename Layer::scalar_type>& weights) {
+                     Grads& grads, const Losses& losses) {
   using S = typename Layer::scalar_type;
-  using RouterType = typename Layer::router_type;
-  static_assert(RouterWithBackward<RouterType, S> || RouterWithLossBackward<RouterType, S>,
-                "MoELayer::backward(): RouterType must provide backward(x, routing, dgate, dlogits, dx, grad) "
-                "(docs/policies.md#routers)");
   const auto& plan = ws.plan;
   const auto& routing = ws.routing;
   const Index N = plan.rows();
   const Index T = ws.x_saved.rows();
+  const BackwardContext context{ws.last_context};
   ensure_shape(ws.dy_perm, N, layer.output_dim());
   ensure_shape(ws.dx_perm, N, layer.input_dim());
   ensure_shape(ws.dhidden, N, layer.experts().hidden_cols());
   ws.dgate_slot.resize(static_cast<std::size_t>(N));
+  CombineContext<S> cc{routing, ws.last_context, ws.combine};
 
-  // 5 combine: dY_perm, dL/dgate per slot; dx starts with what the combiner's own path gives.
-  layer.combiner().template backward<Arch>(ws.x_saved, plan, ws.y_perm, dy, ws.dy_perm, ws.dgate_slot.data(), dx,
-                                           grads.combiner, ws);
-  // 4 experts: one task per expert, since its weight gradient sums over all its rows (a fixed
-  // order, whatever the thread count); experts write disjoint slices of the gradients.
-  kernels::prepare_threads<S>(ws.pool);
-  parallel_for(ws.pool, plan.num_experts, [&](Index e) {
-    const Index n = plan.count(e);
-    if (n == 0) return;
-    const Index b = plan.begin(e);
-    layer.experts().template backward<Arch>(e, ws.x_perm.middleRows(b, n), ws.hidden.middleRows(b, n),
-                                            ws.dy_perm.middleRows(b, n), ws.dx_perm.middleRows(b, n),
-                                            ws.dhidden.middleRows(b, n), grads.experts);
-  });
+  // 5 combine: dY_perm, dL/dgate per slot; dx starts at 0 plus the combiner's own path.
+  dx.setZero();
+  layer.combiner().template backward<Arch>(
+      CombinerBackward<S>{.x = ws.x_saved, .plan = plan, .y_perm = ws.y_perm, .dy = dy, .dy_perm = ws.dy_perm,
+                          .dgate_slot = ws.dgate_slot.data(), .dx = dx},
+      grads.combiner, cc);
+  // 4 experts, through the layer's executor.
+  layer.executor().template backward<Arch>(
+      layer.experts(),
+      ExpertStepBackward<S>{plan, ws.x_perm, ws.hidden, ws.dy_perm, ws.dx_perm, ws.dhidden, ws.x_saved,
+                            ws.last_context},
+      grads.experts);
   // 3 gather: its transpose adds each token's dX_perm rows into dx, in slot order.
   ws.ones.assign(static_cast<std::size_t>(N), S(1));
   token_major_sum<Arch>(plan, ws.dx_perm, ws.ones.data(), dx, /*overwrite=*/false, ws.pool);
@@ -121,21 +113,15 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
   for (Index p = 0; p < N; ++p)
     ws.dgate[static_cast<std::size_t>(plan.assignment[static_cast<std::size_t>(p)])] =
         ws.dgate_slot[static_cast<std::size_t>(p)];
-  // 6 losses on the logits, then 1 the router.
+  // 6 losses on the logits and gates, then 1 the router (with the losses it consumes itself).
   ensure_shape(ws.dlogits, T, routing.logits.cols());
   ws.dlogits.setZero();
-  if (weights.aux != S(0)) weights.aux_loss.template backward<S, Arch>(routing, weights.aux, ws.dlogits);
-  if (weights.z != S(0)) RouterZLoss{}.template backward<S, Arch>(routing, weights.z, ws.dlogits);
-  if (weights.sequence != S(0))
-    weights.sequence_loss.backward(routing, ws.last_context.sequence_length, weights.sequence, ws.dlogits);
-  // Routers that draw noise or jitter get the forward's context, to regenerate the same draw.
-  if constexpr (RouterWithContextBackward<RouterType, S>)
-    layer.router().backward(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router, weights,
-                            ws.last_context);
-  else if constexpr (RouterWithLossBackward<RouterType, S>)
-    layer.router().backward(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router, weights);
-  else
-    layer.router().template backward<Arch>(ws.x_saved, routing, ws.dgate.data(), ws.dlogits, dx, grads.router);
+  apply_routing_losses<Arch, typename Layer::router_type>(losses, LossInput<S>{routing, context},
+                                                          LossGradient<S>{ws.dlogits, ws.dgate.data()});
+  layer.router().template backward<Arch>(
+      RouterBackward<S>{.x = ws.x_saved, .routing = routing, .dgate = ws.dgate.data(), .dlogits = ws.dlogits,
+                        .dx = dx, .context = context},
+      grads.router, losses);
 }
 
 }  // namespace detail

@@ -3,51 +3,32 @@
 #ifndef MOE_LAYER_DENSE_BACKWARD_HPP
 #define MOE_LAYER_DENSE_BACKWARD_HPP
 
+#include <moe/contracts/executor.hpp>
+#include <moe/contracts/slot_layout.hpp>
+#include <moe/contracts/training.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
-#include <moe/loss/loss_weights.hpp>
-#include <moe/router/soft_router.hpp>
+#include <moe/gather/gather_slots.hpp>
+#include <moe/layer/workspace.hpp>
 
 namespace moe::detail {
 
-template <class RouterType, class S>
-concept DenseRouterWithBackward = requires(const RouterType& r, const ConstMatrixRef<S>& x,
-                                           const RoutingResult<S>& rr, Index b, MatrixRef<S> m, RouterType& g) {
-  r.backward(x, rr, b, m, m, m, g);
-};
-
-template <class CombinerType, class S>
-concept DenseCombinerWithBackward = requires(const CombinerType& c, const DispatchPlan<S>& plan,
-                                             const ConstMatrixRef<S>& y, MatrixRef<S> m, const Workspace<S>& ws) {
-  c.backward(plan, y, y, m, m, ws);
-};
-
 /// Backward of the dense path for L = sum(y * dy). ws holds the last training forward (x in
-/// x_saved, logits and dispatch D in routing, combine weights C in combine_hidden, the slot
+/// x_saved, logits and dispatch D in routing, combine weights C in combine.hidden, the slot
 /// plan, x_perm / hidden / y_perm); dy is [T, d_out]; dx receives dL/dx [T, d] (the path
 /// through the slots and the path through the logits); gradients accumulate into grads.
 ///
-/// `weights` is ignored: the aux and z losses are defined on token-choice routing
-/// probabilities, which a dense router does not have, so they add nothing here (and a caller
-/// asking for them gets dx = 0 and no gradient when dy = 0).
+/// No auxiliary loss applies: the aux, z and importance losses are defined on token-choice
+/// routing, which a dense router does not have (MoELayer::backward refuses a non-zero one).
 ///
 /// Buffers: dy_perm, dx_perm, dhidden as in the sparse path; dlogits [T, E*p] for dL/dlogits;
-/// combine_dout [T, E*p] for dL/dD (SoftCombiner keeps no shared expert, so the combiner's
-/// backward scratch is free). After the first call with a shape, nothing is allocated: the
+/// dscores [T, E*p] for dL/dD. After the first call with a shape, nothing is allocated: the
 /// router's E*p vectors live in its thread's scratch (tests/alloc).
 template <class Arch, class Layer, class Grads>
 void dense_backward(const Layer& layer, const ConstMatrixRef<typename Layer::scalar_type>& dy,
                     MatrixRef<typename Layer::scalar_type> dx, Workspace<typename Layer::scalar_type>& ws,
-                    Grads& grads, const LossWeights<typename Layer::scalar_type>& weights) {
+                    Grads& grads) {
   using S = typename Layer::scalar_type;
-  static_assert(DenseRouterWithBackward<typename Layer::router_type, S>,
-                "MoELayer::backward(): a dense RouterType must provide backward(x, routing, num_sequences, "
-                "dscores, dlogits, dx, grad) (docs/soft_moe.md)");
-  static_assert(DenseCombinerWithBackward<typename Layer::combiner_type, S>,
-                "MoELayer::backward(): a dense CombinerType must provide backward(plan, y_perm, dy, dy_perm, "
-                "dlogits, ws) (docs/soft_moe.md)");
-  (void)weights;
   const auto& plan = ws.plan;
   const auto& routing = ws.routing;
   const Index N = plan.rows();
@@ -58,24 +39,27 @@ void dense_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sca
   ensure_shape(ws.dx_perm, N, layer.input_dim());
   ensure_shape(ws.dhidden, N, layer.experts().hidden_cols());
   ensure_shape(ws.dlogits, T, slots);
-  ensure_shape(ws.combine_dout, T, slots);
+  ensure_shape(ws.dscores, T, slots);
+  CombineContext<S> cc{routing, ws.last_context, ws.combine};
 
   // 5 combine: dL/d(slot outputs) and the combine softmax's share of dL/dlogits.
-  layer.combiner().template backward<Arch>(plan, ws.y_perm, dy, ws.dy_perm, ws.dlogits, ws);
-  // 4 experts, slab by slab (every slab holds B*p slots).
-  for (Index e = 0; e < plan.num_experts; ++e) {
-    const Index n = plan.count(e);
-    if (n == 0) continue;
-    const Index b = plan.begin(e);
-    layer.experts().template backward<Arch>(e, ws.x_perm.middleRows(b, n), ws.hidden.middleRows(b, n),
-                                            ws.dy_perm.middleRows(b, n), ws.dx_perm.middleRows(b, n),
-                                            ws.dhidden.middleRows(b, n), grads.experts);
-  }
+  layer.combiner().template backward<Arch>(
+      CombinerBackward<S>{.x = ws.x_saved, .plan = plan, .y_perm = ws.y_perm, .dy = dy, .dy_perm = ws.dy_perm,
+                          .dlogits = ws.dlogits, .dx = dx},
+      grads.combiner, cc);
+  // 4 experts, slab by slab (every slab holds B*p slots), through the layer's executor.
+  layer.executor().template backward<Arch>(
+      layer.experts(),
+      ExpertStepBackward<S>{plan, ws.x_perm, ws.hidden, ws.dy_perm, ws.dx_perm, ws.dhidden, ws.x_saved,
+                            ws.last_context},
+      grads.experts);
   // 3 gather: slots = D_b^T X_b gives dx = D_b dslots_b and dL/dD = X_b dslots_b^T.
-  gather_slots_backward<Arch>(ws.x_saved, routing, layout, ws.dx_perm, dx, ws.combine_dout);
+  gather_slots_backward<Arch>(ws.x_saved, routing, layout, ws.dx_perm, dx, ws.dscores);
   // 1 route: the dispatch softmax and the logits; adds the logits' path to dx.
-  layer.router().template backward<Arch>(ws.x_saved, routing, layout.num_sequences, ws.combine_dout, ws.dlogits,
-                                         dx, grads.router);
+  layer.router().template backward<Arch>(
+      RouterBackward<S>{.x = ws.x_saved, .routing = routing, .dscores = ws.dscores, .dlogits = ws.dlogits,
+                        .dx = dx, .context = BackwardContext{ws.last_context}},
+      grads.router, no_losses);
 }
 
 }  // namespace moe::detail

@@ -5,22 +5,31 @@
 #include <moe/combine/shared_expert_combiner.hpp>
 #include <moe/combine/soft_combiner.hpp>
 #include <moe/combine/weighted_sum_combiner.hpp>
-#include <moe/core/concepts.hpp>
+#include <moe/contracts/combine.hpp>
+#include <moe/contracts/concepts.hpp>
+#include <moe/contracts/executor.hpp>
+#include <moe/contracts/slot_layout.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
-#include <moe/expert/run_experts.hpp>
+#include <moe/expert/local_executor.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
+#include <moe/gather/gather_slots.hpp>
 #include <moe/layer/backward.hpp>
 #include <moe/layer/dense_backward.hpp>
+#include <moe/layer/workspace.hpp>
+#include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
+#include <moe/router/expert_choice_router.hpp>
+#include <moe/router/hash_router.hpp>
+#include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
 
@@ -49,38 +58,46 @@ inline constexpr bool combiner_is_dense = [] {
 ///   (router_traits<R>::is_dense, Soft MoE), dispatch weights over slots;
 /// - CombinerType: expert outputs -> y (weighted sum, plus shared experts if any; the
 ///   combine weights of the slots for a dense router);
-/// - Arch: the xsimd architecture the kernels are instantiated for.
+/// - Arch: the xsimd architecture the kernels are instantiated for;
+/// - Executor: who runs step 4, the experts (docs/executors.md): LocalExecutor runs every
+///   expert here on the call's pool; an expert-parallel or on-demand executor plugs in here
+///   without a change to forward or backward.
 ///
 /// The layer is immutable during forward and keeps no per-call state: every buffer and the
 /// statistics of a call live in the caller's Workspace, so one layer may serve many threads.
-template <class ExpertType, class RouterType, class CombinerType, class Arch = xsimd::default_arch>
+template <class ExpertType, class RouterType, class CombinerType, class Arch = xsimd::default_arch,
+          class Executor = LocalExecutor>
 class MoELayer {
   static_assert(detail::HasScalarType<ExpertType>,
-                "MoELayer: ExpertType must declare `using scalar_type = float or double;` (docs/policies.md#experts)");
+                "MoELayer: ExpertType must declare `using scalar_type = float or double;` (docs/experts.md)");
   static_assert(detail::HasExpertSizes<ExpertType>,
                 "MoELayer: ExpertType must provide num_experts(), input_dim(), output_dim() and hidden_cols() "
-                "(docs/policies.md#experts)");
+                "(docs/experts.md)");
   static_assert(detail::HasExpertForward<ExpertType, Arch>,
                 "MoELayer: ExpertType must provide template <class Arch> void forward(Index e, const "
-                "ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const (docs/policies.md#experts)");
+                "ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y) const (docs/experts.md)");
   static_assert(detail::HasScalarType<RouterType>,
-                "MoELayer: RouterType must declare `using scalar_type = float or double;` (docs/policies.md#routers)");
+                "MoELayer: RouterType must declare `using scalar_type = float or double;` (docs/routers.md)");
   static_assert(detail::HasRouterSizes<RouterType>,
-                "MoELayer: RouterType must provide num_experts() and input_dim() (docs/policies.md#routers)");
+                "MoELayer: RouterType must provide num_experts() and input_dim() (docs/routers.md)");
   static_assert(detail::HasRoute<RouterType, Arch>,
                 "MoELayer: RouterType must provide template <class Arch> void route(const ConstMatrixRef<S>& x, "
-                "RoutingResult<S>& out, const ForwardContext& ctx) const (docs/policies.md#routers)");
+                "RoutingResult<S>& out, const ForwardContext& ctx) const (docs/routers.md)");
   static_assert(detail::HasScalarType<CombinerType>,
-                "MoELayer: CombinerType must declare `using scalar_type = float or double;` "
-                "(docs/policies.md#combiners)");
+                "MoELayer: CombinerType must declare `using scalar_type = float or double;` (docs/combiners.md)");
   static_assert(detail::HasCombine<CombinerType, Arch>,
                 "MoELayer: CombinerType must provide template <class Arch> void combine(const ConstMatrixRef<S>& x, "
-                "const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm, MatrixRef<S> y, Workspace<S>& ws) "
-                "const (docs/policies.md#combiners)");
+                "const DispatchPlan<S>& plan, const ConstMatrixRef<S>& y_perm, MatrixRef<S> y, "
+                "const CombineContext<S>& cc) const (docs/combiners.md)");
   static_assert(std::is_same_v<typename ExpertType::scalar_type, typename RouterType::scalar_type> &&
                     std::is_same_v<typename ExpertType::scalar_type, typename CombinerType::scalar_type>,
                 "MoELayer: ExpertType, RouterType and CombinerType must have the same scalar_type "
                 "(docs/policies.md)");
+  static_assert(requires(const Executor& ex, const ExpertType& experts,
+                         const ExpertStep<typename ExpertType::scalar_type>& step) {
+    ex.template forward<Arch>(experts, step);
+  }, "MoELayer: Executor must provide template <class Arch> void forward(const ExpertType& experts, "
+     "const ExpertStep<S>& step) const (docs/executors.md)");
   static_assert(router_traits<RouterType>::is_dense == detail::combiner_is_dense<CombinerType>,
                 "MoELayer: a dense RouterType (is_dense = true, Soft MoE) needs a dense CombinerType such as "
                 "SoftCombiner, and a sparse router a sparse combiner (docs/soft_moe.md)");
@@ -91,13 +108,20 @@ class MoELayer {
   using router_type = RouterType;
   using combiner_type = CombinerType;
   using arch_type = Arch;
+  using executor_type = Executor;
   using workspace_type = Workspace<scalar_type>;
   /// Zeroed copies of the three policies: one gradient per parameter, same names and shapes.
   using gradients_type = Gradients<ExpertType, RouterType, CombinerType>;
 
-  /// Takes built policies. `capacity` limits the rows each expert takes (dropless by default).
-  MoELayer(ExpertType experts, RouterType router, CombinerType combiner, Capacity capacity = {})
-      : experts_(std::move(experts)), router_(std::move(router)), combiner_(std::move(combiner)), capacity_(capacity) {
+  /// Takes built policies. `capacity` limits the rows each expert takes (dropless by default);
+  /// `executor` runs step 4 (LocalExecutor: every expert here, on the call's pool).
+  MoELayer(ExpertType experts, RouterType router, CombinerType combiner, Capacity capacity = {},
+           Executor executor = {})
+      : experts_(std::move(experts)),
+        router_(std::move(router)),
+        combiner_(std::move(combiner)),
+        capacity_(capacity),
+        executor_(std::move(executor)) {
     constexpr const char* where = "MoELayer::MoELayer()";
     detail::require(router_.num_experts() == experts_.num_experts(), where, "router num_experts (= experts)",
                     experts_.num_experts(), router_.num_experts());
@@ -121,11 +145,13 @@ class MoELayer {
   [[nodiscard]] const RouterType& router() const noexcept { return router_; }
   [[nodiscard]] CombinerType& combiner() noexcept { return combiner_; }
   [[nodiscard]] const CombinerType& combiner() const noexcept { return combiner_; }
+  [[nodiscard]] Executor& executor() noexcept { return executor_; }
+  [[nodiscard]] const Executor& executor() const noexcept { return executor_; }
 
   /// y = MoE(x). x is [T, input_dim()], y must be [T, output_dim()]. T = 0 is allowed.
   ///
   /// A dense router (Soft MoE) takes the dense path, chosen at compile time: the same six
-  /// stages on slots instead of triples (router/soft_router.hpp). It reads
+  /// stages on slots instead of triples (docs/soft_moe.md). It reads
   /// ctx.sequence_length, which must be 0 (one sequence) or divide T; sparse routers ignore
   /// it, and the dense path ignores capacity (every expert takes exactly its B*p slots).
   void forward(const ConstMatrixRef<scalar_type>& x, MatrixRef<scalar_type> y, workspace_type& ws,
@@ -133,26 +159,31 @@ class MoELayer {
     validate(x, y, ctx);
     ws.pool = ctx.pool;
     ws.last_context = ctx;
+    ws.has_forward = false;  // until this call completes
+    CombineContext<scalar_type> cc{ws.routing, ws.last_context, ws.combine};
     if constexpr (router_traits<RouterType>::is_dense) {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route: logits, dispatch D
       const SlotLayout layout = make_slot_layout(ws.routing, ctx.sequence_length);
       build_slot_plan(layout, x.rows(), ws.plan);                               // 2 plan: E slabs of B*p slots
       prepare(ws, x.cols());
       gather_slots<Arch>(x, ws.routing, layout, ws.x_perm);                     // 3 gather: D_b^T X_b
-      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm, ctx.pool, ctx.gemm);  // 4 experts
-      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine: C_b * slots
+      executor_.template forward<Arch>(experts_, ExpertStep<scalar_type>{ws.plan, ws.x_perm, ws.hidden, ws.y_perm,
+                                                                         x, ws.last_context});  // 4 experts
+      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine: C_b * slots
       record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
     } else {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
       build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
       prepare(ws, x.cols());
       gather_tokens<Arch>(x, ws.plan, ws.x_perm, ctx.pool);                     // 3 gather
-      run_experts<Arch>(experts_, ws.plan, ws.x_perm, ws.hidden, ws.y_perm, ctx.pool, ctx.gemm);  // 4 experts
-      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, ws);           // 5 combine
+      executor_.template forward<Arch>(experts_, ExpertStep<scalar_type>{ws.plan, ws.x_perm, ws.hidden, ws.y_perm,
+                                                                         x, ws.last_context});  // 4 experts
+      combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine
       record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
     }
     if (ctx.mode == Mode::training) ws.x_saved = x;  // the router's backward needs all of x
     ws.last_mode = ctx.mode;
+    ws.has_forward = true;
   }
 
   /// Convenience overload that returns y.
@@ -165,6 +196,7 @@ class MoELayer {
 
   /// A gradient accumulator for this layer, all zeros.
   [[nodiscard]] gradients_type make_gradients() const {
+    check_training_members();
     return {zeros_like(experts_), zeros_like(router_), zeros_like(combiner_)};
   }
 
@@ -185,19 +217,41 @@ class MoELayer {
 
   /// Backward of the last forward, which must have run with ctx.mode = Mode::training on ws.
   /// dy = dL/dy [T, output_dim()]; writes dx = dL/dx [T, input_dim()] and adds dL/dparameter
-  /// into grads. `weights` adds the auxiliary losses (aux, z, ...) to the objective.
+  /// into grads. `losses` adds auxiliary losses to the objective: a LossList
+  /// (moe::losses(moe::weighted(LoadBalancingLoss{}, 0.01f), ...), docs/losses.md).
+  template <class Losses>
+    requires detail::is_loss_list<Losses>
+  void backward(const ConstMatrixRef<scalar_type>& dy, MatrixRef<scalar_type> dx, workspace_type& ws,
+                gradients_type& grads, const Losses& losses) const {
+    check_training_members();
+    check_losses<Losses>();
+    check_backward_call(dy, dx, ws);
+    if constexpr (router_traits<RouterType>::is_dense) {
+      static_assert(Losses::size() == 0,
+                    "MoELayer::backward(): a dense router (Soft MoE) has no token-choice routing, so no auxiliary "
+                    "loss applies; pass no losses (docs/losses.md)");
+      detail::dense_backward<Arch>(*this, dy, dx, ws, grads);
+    } else {
+      detail::sparse_backward<Arch>(*this, dy, dx, ws, grads, losses);
+    }
+  }
+
+  /// The same with the shipped losses by weight (LossWeights: aux, z, importance, load,
+  /// sequence; 0 = not trained). A dense router (Soft MoE) ignores them: those losses are
+  /// defined on token-choice routing. A router that does not accept LoadLoss (any but noisy
+  /// top-k) throws when weights.load != 0.
   void backward(const ConstMatrixRef<scalar_type>& dy, MatrixRef<scalar_type> dx, workspace_type& ws,
                 gradients_type& grads, const LossWeights<scalar_type>& weights = {}) const {
-    constexpr const char* where = "MoELayer::backward()";
-    detail::require(ws.last_mode == Mode::training, where, "the workspace's last forward", "one in Mode::training",
-                    "one in Mode::inference");
-    const Index T = ws.x_saved.rows();
-    detail::require_shape(dy, T, output_dim(), where, "dy");
-    detail::require_shape(dx, T, input_dim(), where, "dx");
-    if constexpr (router_traits<RouterType>::is_dense)
-      detail::dense_backward<Arch>(*this, dy, dx, ws, grads, weights);
-    else
-      detail::sparse_backward<Arch>(*this, dy, dx, ws, grads, weights);
+    if constexpr (router_traits<RouterType>::is_dense) {
+      backward(dy, dx, ws, grads, no_losses);
+    } else if constexpr (router_traits<RouterType>::template accepts_loss<LoadLoss>) {
+      backward(dy, dx, ws, grads, weights.list());
+    } else {
+      detail::require(weights.load == scalar_type(0), "MoELayer::backward()",
+                      "LossWeights::load (LoadLoss reads noisy top-k's gating terms; this router has none)",
+                      0, weights.load);
+      backward(dy, dx, ws, grads, weights.routing_losses());
+    }
   }
 
   /// Convenience overload that returns dx.
@@ -207,8 +261,77 @@ class MoELayer {
     backward(dy, dx, ws, grads, weights);
     return dx;
   }
+  template <class Losses>
+    requires detail::is_loss_list<Losses>
+  [[nodiscard]] RowMatrix<scalar_type> backward(const ConstMatrixRef<scalar_type>& dy, workspace_type& ws,
+                                                gradients_type& grads, const Losses& losses) const {
+    RowMatrix<scalar_type> dx(ws.x_saved.rows(), input_dim());
+    backward(dy, dx, ws, grads, losses);
+    return dx;
+  }
 
  private:
+  /// The training protocol, checked where training is first used (make_gradients, backward),
+  /// so a layer of inference-only policies compiles until then.
+  static constexpr void check_training_members() {
+    static_assert(detail::HasExpertBackward<ExpertType, Arch>,
+                  "MoELayer training: ExpertType must provide template <class Arch> void backward(Index e, "
+                  "const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy, "
+                  "MatrixRef<S> dx, MatrixRef<S> dhidden, ExpertType& grad) const (docs/experts.md#training)");
+    static_assert(detail::HasParameters<ExpertType>,
+                  "MoELayer training: ExpertType must provide for_each_parameter(f), f(name, block) for every "
+                  "trainable tensor (docs/experts.md#training)");
+    static_assert(detail::HasRouterBackward<RouterType, Arch>,
+                  "MoELayer training: RouterType must provide template <class Arch> void backward(const "
+                  "RouterBackward<S>& in, RouterType& grad, const auto& losses) const (docs/routers.md#training)");
+    static_assert(detail::HasParameters<RouterType>,
+                  "MoELayer training: RouterType must provide for_each_parameter(f), f(name, block) for every "
+                  "trainable tensor (docs/routers.md#training)");
+    static_assert(detail::HasCombinerBackward<CombinerType, Arch>,
+                  "MoELayer training: CombinerType must provide template <class Arch> void backward(const "
+                  "CombinerBackward<S>& in, CombinerType& grad, const CombineContext<S>& cc) const "
+                  "(docs/combiners.md#training)");
+    static_assert(detail::HasParameters<CombinerType>,
+                  "MoELayer training: CombinerType must provide for_each_parameter(f), f(name, block) for every "
+                  "trainable tensor, or none (docs/combiners.md#training)");
+    static_assert(requires(const Executor& ex, const ExpertType& experts,
+                           const ExpertStepBackward<scalar_type>& step, ExpertType& grad) {
+      ex.template backward<Arch>(experts, step, grad);
+    }, "MoELayer training: Executor must provide template <class Arch> void backward(const ExpertType& experts, "
+       "const ExpertStepBackward<S>& step, ExpertType& grad) const (docs/executors.md)");
+  }
+
+  /// Every loss of the list must be a routing loss (value and backward on LossInput) or one
+  /// the router consumes itself.
+  template <class Losses>
+  static constexpr void check_losses() {
+    if constexpr (!std::is_same_v<Losses, NoLosses>) {
+      []<class... Terms>(std::type_identity<LossList<Terms...>>) {
+        static_assert((detail::is_weighted_loss<Terms> && ...),
+                      "MoELayer::backward(): every term of the loss list must be moe::weighted(loss, weight) "
+                      "(docs/losses.md)");
+        static_assert(((RoutingLoss<typename Terms::loss_type, scalar_type> ||
+                        router_traits<RouterType>::template accepts_loss<typename Terms::loss_type>) && ...),
+                      "MoELayer::backward(): a loss must provide value(const LossInput<S>&) and template <class "
+                      "Arch> void backward(const LossInput<S>&, S weight, const LossGradient<S>&) const, or be one "
+                      "the router accepts (router_traits<R>::accepts_loss) (docs/losses.md)");
+      }(std::type_identity<Losses>{});
+    }
+  }
+
+  void check_backward_call(const ConstMatrixRef<scalar_type>& dy, const MatrixRef<scalar_type>& dx,
+                           const workspace_type& ws) const {
+    constexpr const char* where = "MoELayer::backward()";
+    if (!ws.has_forward)
+      detail::throw_invalid(where, "the workspace", "one on which forward ran in Mode::training",
+                            "one on which no forward has completed (run forward with ctx.mode = Mode::training first)");
+    detail::require(ws.last_mode == Mode::training, where, "the workspace's last forward", "one in Mode::training",
+                    "one in Mode::inference");
+    const Index T = ws.x_saved.rows();
+    detail::require_shape(dy, T, output_dim(), where, "dy");
+    detail::require_shape(dx, T, input_dim(), where, "dx");
+  }
+
   void validate(const ConstMatrixRef<scalar_type>& x, const MatrixRef<scalar_type>& y,
                 const ForwardContext& ctx) const {
     constexpr const char* where = "MoELayer::forward()";
@@ -249,6 +372,7 @@ class MoELayer {
   RouterType router_;
   CombinerType combiner_;
   Capacity capacity_;
+  Executor executor_;
 };
 
 // Named configurations --------------------------------------------------------------------
@@ -277,6 +401,15 @@ using SwitchMoE = MoELayer<FFNExperts<S, Activation::relu>, SoftmaxTopKRouter<S>
 /// every token a softmax mixture of the slots; GELU (erf) FFN experts. The dense path.
 template <class S>
 using SoftMoE = MoELayer<FFNExperts<S, Activation::gelu_erf>, SoftRouter<S>, SoftCombiner<S>>;
+/// Shazeer et al. 2017 with SwiGLU experts (the golden "moe." layout).
+template <class S>
+using NoisyTopKMoE = MoELayer<SwiGLUExperts<S>, NoisyTopKRouter<S>, WeightedSumCombiner<S>>;
+/// Zhou et al. 2022 with SwiGLU experts (the golden "moe." layout).
+template <class S>
+using ExpertChoiceMoE = MoELayer<SwiGLUExperts<S>, ExpertChoiceRouter<S>, WeightedSumCombiner<S>>;
+/// Roller et al. 2021 with SwiGLU experts (the golden "moe." layout).
+template <class S>
+using HashMoE = MoELayer<SwiGLUExperts<S>, HashRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

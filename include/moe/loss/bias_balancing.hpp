@@ -6,8 +6,10 @@
 #include <moe/core/error.hpp>
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
-#include <moe/core/workspace.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/statistics.hpp>
+#include <moe/contracts/training.hpp>
+#include <xsimd/xsimd.hpp>
 
 #include <cstdint>
 #include <span>
@@ -163,6 +165,17 @@ struct SequenceBalanceLoss {
         for (Index e = 0; e < E; ++e) dlogits(t, e) += s(t, e) * (ds(t, e) - dot);
       }
     }
+  }
+
+  /// The loss protocol (docs/losses.md): per sequence of the forward's
+  /// ForwardContext::sequence_length tokens.
+  template <class S>
+  [[nodiscard]] S value(const LossInput<S>& in) const {
+    return (*this)(in.routing, in.context.forward.sequence_length);
+  }
+  template <class Arch = xsimd::default_arch, class S>
+  void backward(const LossInput<S>& in, std::type_identity_t<S> weight, const LossGradient<S>& out) const {
+    backward(in.routing, in.context.forward.sequence_length, weight, out.dlogits);
   }
 
  private:

@@ -7,7 +7,9 @@
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/top_k.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
+#include <xsimd/xsimd.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -166,6 +168,17 @@ struct ImportanceLoss {
     cv_squared_gradient(imp, g);
     for (std::size_t i = 0; i < routing.expert.size(); ++i) dgate[i] += weight * g[routing.expert[i]];
   }
+
+  /// The loss protocol (docs/losses.md): a loss on the gates, so it adds to out.dgate, and
+  /// the router's backward carries it to the logits with the combiner's dL/dgate.
+  template <class S>
+  [[nodiscard]] S value(const LossInput<S>& in) const {
+    return (*this)(in.routing);
+  }
+  template <class Arch = xsimd::default_arch, class S>
+  void backward(const LossInput<S>& in, std::type_identity_t<S> weight, const LossGradient<S>& out) const {
+    backward(in.routing, weight, out.dgate);
+  }
 };
 
 /// cv^2(noisy_load(terms, k)): equal expected load per expert scores 0. The terms come from
@@ -234,9 +247,5 @@ struct LoadLoss {
 };
 
 }  // namespace moe
-
-// After the definitions above: the router's header includes this one for its backward, and a
-// file that includes only this header still gets NoisyTopKRouter (gating_terms()).
-#include <moe/router/noisy_top_k_router.hpp>
 
 #endif  // MOE_LOSS_IMPORTANCE_LOSS_HPP

@@ -5,7 +5,8 @@
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/softmax.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
 
 #include <cstdint>
 #include <vector>
@@ -74,6 +75,16 @@ struct LoadBalancingLoss {
       const S c = probs.row(t).dot(v.transpose());
       for (Index e = 0; e < E; ++e) dlogits(t, e) += probs(t, e) * (v[e] - c);
     }
+  }
+
+  /// The loss protocol (docs/losses.md): value and backward on a LossInput.
+  template <class S>
+  [[nodiscard]] S value(const LossInput<S>& in) const {
+    return (*this)(in.routing);
+  }
+  template <class Arch = xsimd::default_arch, class S>
+  void backward(const LossInput<S>& in, std::type_identity_t<S> weight, const LossGradient<S>& out) const {
+    backward<S, Arch>(in.routing, weight, out.dlogits);
   }
 };
 

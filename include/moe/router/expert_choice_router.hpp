@@ -3,17 +3,15 @@
 #ifndef MOE_ROUTER_EXPERT_CHOICE_ROUTER_HPP
 #define MOE_ROUTER_EXPERT_CHOICE_ROUTER_HPP
 
-#include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
-#include <moe/expert/swiglu_experts.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
-#include <moe/layer/moe_layer.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -115,13 +113,17 @@ class ExpertChoiceRouter {
     }
   }
 
-  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
-  /// [T, E] comes in holding any loss gradients and leaves holding the total dL/dlogits.
-  /// Accumulates dL/dWg into grad and adds dL/dx to dx.
+  /// Backward of route() (docs/routers.md#training): in.dgate holds dL/dgate per assignment
+  /// (0 for dropped ones); in.dlogits [T, E] comes in holding the losses' gradients and
+  /// leaves holding the total dL/dlogits. Accumulates dL/dWg into grad and adds dL/dx to in.dx.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
-                MatrixRef<S> dx, ExpertChoiceRouter& grad) const {
+  void backward(const RouterBackward<S>& in, ExpertChoiceRouter& grad, const auto& /*losses*/) const {
     constexpr const char* where = "ExpertChoiceRouter::backward()";
+    const auto& x = in.x;
+    const RoutingResult<S>& routing = in.routing;
+    const S* dgate = in.dgate;
+    MatrixRef<S> dlogits = in.dlogits;
+    MatrixRef<S> dx = in.dx;
     const Index T = x.rows();
     const Index E = num_experts();
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
@@ -185,9 +187,6 @@ class ExpertChoiceRouter {
   Names names_;
 };
 
-/// Zhou et al. 2022 with SwiGLU experts (the golden "moe." layout).
-template <class S>
-using ExpertChoiceMoE = MoELayer<SwiGLUExperts<S>, ExpertChoiceRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

@@ -12,7 +12,7 @@
 #include <moe/kernels/activations.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -85,6 +85,8 @@ struct SoftmaxTopK {
 template <class S>
 struct TopKSoftmax {
   using scalar_type = S;
+  /// The k gates of a token are one softmax: each depends on every selected logit.
+  static constexpr bool couples_gates = true;
 
   void validate(Index /*num_experts*/, Index /*k*/) const {}
 

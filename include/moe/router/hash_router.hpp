@@ -3,14 +3,12 @@
 #ifndef MOE_ROUTER_HASH_ROUTER_HPP
 #define MOE_ROUTER_HASH_ROUTER_HPP
 
-#include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/random.hpp>
 #include <moe/core/types.hpp>
-#include <moe/expert/swiglu_experts.hpp>
-#include <moe/layer/moe_layer.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
 
 #include <cstdint>
 #include <string>
@@ -102,8 +100,7 @@ class HashRouter {
   /// Backward of route(): nothing depends on x or on a parameter, so it adds nothing (a loss
   /// on the constant logits has no path back either).
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& /*x*/, const RoutingResult<S>& /*routing*/, const S* /*dgate*/,
-                MatrixRef<S> /*dlogits*/, MatrixRef<S> /*dx*/, HashRouter& /*grad*/) const {}
+  void backward(const RouterBackward<S>& /*in*/, HashRouter& /*grad*/, const auto& /*losses*/) const {}
 
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {
@@ -163,9 +160,6 @@ class HashRouter {
   std::uint64_t seed_ = 0;
 };
 
-/// Roller et al. 2021 with SwiGLU experts (the golden "moe." layout).
-template <class S>
-using HashMoE = MoELayer<SwiGLUExperts<S>, HashRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

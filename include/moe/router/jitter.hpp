@@ -8,9 +8,9 @@
 #include <moe/core/scratch.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/layer/backward.hpp>
-#include <moe/loss/loss_weights.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
+#include <moe/router/router_wrapper.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -37,46 +37,28 @@ namespace moe {
 ///
 /// Backward: the wrapped router saw x' = x * u, so its backward runs on x' and its dL/dx'
 /// reaches x as dL/dx' * u (elementwise); the experts' path gives x its gradient separately.
-/// u must be the forward's: backward regenerates it from the ForwardContext given to the
-/// overload that takes one, or uses the factors given to set_factors(). The layer's
-/// backward passes no context, so through MoELayer::backward a generated jitter (eps > 0,
-/// no set_factors()) throws std::invalid_argument; see docs/gradients.md.
+/// u must be the forward's: backward regenerates it from the ForwardContext in its
+/// BackwardContext (the layer passes the forward's), or uses the factors given to
+/// set_factors(); see docs/gradients.md.
 template <class RouterType>
-class Jittered {
+class Jittered : public RouterWrapper<RouterType> {
+  using RouterWrapper<RouterType>::router_;
+
  public:
-  using router_type = RouterType;
-  using scalar_type = typename RouterType::scalar_type;
+  using typename RouterWrapper<RouterType>::scalar_type;
   static constexpr bool needs_rng = true;
-  static constexpr bool is_dense = router_traits<RouterType>::is_dense;
-  static constexpr bool needs_token_ids = router_traits<RouterType>::needs_token_ids;
-  static constexpr bool token_choice = router_traits<RouterType>::token_choice;
   static constexpr std::uint64_t lane_offset = std::uint64_t{1} << 40;
 
   /// eps in [0, 1): the half-width of the multiplicative noise (Switch uses 1e-2).
-  Jittered(RouterType router, double eps) : router_(std::move(router)), eps_(eps) {
+  Jittered(RouterType router, double eps) : RouterWrapper<RouterType>(std::move(router)), eps_(eps) {
     detail::require(std::isfinite(eps) && eps >= 0.0 && eps < 1.0, "Jittered::Jittered()", "eps", "in [0, 1)", eps);
   }
 
-  [[nodiscard]] Index num_experts() const noexcept { return router_.num_experts(); }
-  [[nodiscard]] Index input_dim() const noexcept { return router_.input_dim(); }
   [[nodiscard]] double eps() const noexcept { return eps_; }
-
-  [[nodiscard]] RouterType& router() noexcept { return router_; }
-  [[nodiscard]] const RouterType& router() const noexcept { return router_; }
-
-  /// The wrapped router's trainable tensors, under its names (jitter has none of its own).
-  template <class F>
-  void for_each_parameter(F&& f) {
-    router_.for_each_parameter(f);
-  }
-  template <class F>
-  void for_each_parameter(F&& f) const {
-    router_.for_each_parameter(f);
-  }
+  using RouterWrapper<RouterType>::input_dim;
 
   /// Uses these factors [T, d] instead of the counter-based ones in training calls (whatever
-  /// eps), until clear_factors(): replays a given jitter, and lets the layer's backward, which
-  /// has no context, know the forward's factors. T must equal the rows of every x routed.
+  /// eps), until clear_factors(): replays a given jitter. T must equal the rows of every x routed.
   void set_factors(RowMatrix<scalar_type> u) {
     detail::require(u.cols() == input_dim(), "Jittered::set_factors()", "factor columns (input_dim)", input_dim(),
                     u.cols());
@@ -105,46 +87,26 @@ class Jittered {
     router_.template route<Arch>(jittered, out, ctx);
   }
 
-  /// Backward of route() through the layer (no context): the factors of set_factors(), or
-  /// none when eps = 0; otherwise throws, since the generated factors need (seed, step).
+  /// Backward of route() (docs/routers.md#training), with the forward's context in
+  /// in.context: the factors are regenerated from its (seed, step) (or taken from
+  /// set_factors()); none outside training, as in route().
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
-                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx, Jittered& grad,
-                const LossWeights<scalar_type>& weights = {}) const {
-    if (!factors_ && eps_ != 0.0)
-      detail::throw_invalid("Jittered::backward()", "the forward's jitter factors",
-                            "set_factors() or the overload taking the forward's ForwardContext", "neither");
-    if (!factors_) {
-      inner_backward<Arch>(x, routing, dgate, dlogits, dx, grad, weights, nullptr);
-      return;
-    }
-    jittered_backward<Arch>(x, *factors_, routing, dgate, dlogits, dx, grad, weights, nullptr);
-  }
-
-  /// Backward of route() with the forward's context: the factors are regenerated from
-  /// (ctx.seed, ctx.step) (or taken from set_factors()); none outside training.
-  template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
-                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx, Jittered& grad,
-                const LossWeights<scalar_type>& weights, const ForwardContext& ctx) const {
+  void backward(const RouterBackward<scalar_type>& in, Jittered& grad, const auto& losses) const {
+    const ForwardContext& ctx = in.context.forward;
     if (ctx.mode != Mode::training || (eps_ == 0.0 && !factors_)) {
-      inner_backward<Arch>(x, routing, dgate, dlogits, dx, grad, weights, &ctx);
+      router_.template backward<Arch>(in, grad.router_, losses);
       return;
     }
+    const auto& x = in.x;
     detail::ScratchLease<scalar_type, ScratchTag> u_lease;
     auto u = u_lease.matrix(x.rows(), x.cols());
     factors_of(x, ctx, "Jittered::backward()", u);
-    jittered_backward<Arch>(x, u, routing, dgate, dlogits, dx, grad, weights, &ctx);
+    jittered_backward<Arch>(in, u, grad, losses);
   }
 
  private:
   using S = scalar_type;
   struct ScratchTag;
-
-  template <class R>
-  static constexpr bool has_context_backward =
-      requires(const R& r, const ConstMatrixRef<S>& x, const RoutingResult<S>& rr, const S* dg, MatrixRef<S> m,
-               R& g, const LossWeights<S>& w, const ForwardContext& c) { r.backward(x, rr, dg, m, m, g, w, c); };
 
   // Writes the training factors of x into u [T, d]: the supplied ones, or generated from
   // (seed, step).
@@ -163,40 +125,30 @@ class Jittered {
       for (Index c = 0; c < x.cols(); ++c) u(t, c) = factor(rng, t, c);
   }
 
-  // The wrapped router's backward, with the context and the loss weights where it takes them.
-  template <class Arch>
-  void inner_backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate,
-                      MatrixRef<S> dlogits, MatrixRef<S> dx, Jittered& grad, const LossWeights<S>& weights,
-                      const ForwardContext* ctx) const {
-    if constexpr (has_context_backward<RouterType>) {
-      if (ctx != nullptr) {
-        router_.backward(x, routing, dgate, dlogits, dx, grad.router_, weights, *ctx);
-        return;
-      }
-    }
-    if constexpr (detail::RouterWithLossBackward<RouterType, S>)
-      router_.backward(x, routing, dgate, dlogits, dx, grad.router_, weights);
-    else
-      router_.template backward<Arch>(x, routing, dgate, dlogits, dx, grad.router_);
-  }
-
   // x' = x * u went into the router: its backward on x', then dL/dx = dL/dx' * u.
   template <class Arch>
-  void jittered_backward(const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& u, const RoutingResult<S>& routing,
-                         const S* dgate, MatrixRef<S> dlogits, MatrixRef<S> dx, Jittered& grad,
-                         const LossWeights<S>& weights, const ForwardContext* ctx) const {
+  void jittered_backward(const RouterBackward<S>& in, const ConstMatrixRef<S>& u, Jittered& grad,
+                         const auto& losses) const {
     constexpr const char* where = "Jittered::backward()";
+    const auto& x = in.x;
     detail::require_shape(u, x.rows(), x.cols(), where, "jitter factors (as x)");
-    detail::require_shape(dx, x.rows(), x.cols(), where, "dx (as x)");
+    detail::require_shape(in.dx, x.rows(), x.cols(), where, "dx (as x)");
     detail::ScratchLease<S, ScratchTag> jittered_lease, djittered_lease;
     auto jittered = jittered_lease.matrix(x.rows(), x.cols());
     jittered = x.cwiseProduct(u);
     auto djittered = djittered_lease.zeros(x.rows(), x.cols());
-    inner_backward<Arch>(jittered, routing, dgate, dlogits, djittered, grad, weights, ctx);
+    router_.template backward<Arch>(RouterBackward<S>{.x = jittered,
+                                                      .routing = in.routing,
+                                                      .dgate = in.dgate,
+                                                      .dscores = in.dscores,
+                                                      .dlogits = in.dlogits,
+                                                      .dx = djittered,
+                                                      .context = in.context},
+                                    grad.router_, losses);
+    MatrixRef<S> dx = in.dx;
     dx += djittered.cwiseProduct(u);
   }
 
-  RouterType router_;
   double eps_;
   std::optional<RowMatrix<S>> factors_;
 };

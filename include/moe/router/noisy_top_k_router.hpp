@@ -2,24 +2,22 @@
 #ifndef MOE_ROUTER_NOISY_TOP_K_ROUTER_HPP
 #define MOE_ROUTER_NOISY_TOP_K_ROUTER_HPP
 
-#include <moe/combine/weighted_sum_combiner.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/random.hpp>
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
-#include <moe/expert/swiglu_experts.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
-#include <moe/layer/moe_layer.hpp>
 #include <moe/loss/importance_loss.hpp>
-#include <moe/loss/loss_weights.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/training.hpp>
+#include <moe/contracts/routing_result.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,12 +42,11 @@ namespace moe {
 ///
 /// Backward (docs/gradients.md): the k-softmax to the noisy logits, then noisy = clean +
 /// eps * stddev to Wg (through clean) and Wn (through stddev = softplus(x Wn^T) + epsilon,
-/// with eps the forward's sample), plus the importance and load losses when LossWeights asks.
-/// eps comes from, in this order: the ForwardContext given to backward (regenerated as in
-/// route()), the sample given to set_noise(), or, when neither is there (the layer passes no
-/// context), recovered from the routing as (logits - clean) / stddev: exact in double, within
-/// an ulp of the noisy logit divided by stddev (>= noise_epsilon) in float. A routing whose
-/// logits equal the clean logits exactly came from inference (no noise): no noise gradient.
+/// with eps the forward's sample), plus the load loss when the loss list holds one (the
+/// importance loss, on the gates, reaches it through dgate like any gate gradient). eps is the
+/// forward's: the sample given to set_noise(), or regenerated from the ForwardContext in the
+/// BackwardContext as route() drew it; a forward in Mode::inference added no noise, and gets
+/// no noise gradient.
 template <class S>
 class NoisyTopKRouter {
  public:
@@ -118,6 +115,7 @@ class NoisyTopKRouter {
 
   /// Computes the clean logits, the noise scale and the noisy logits of x, as route() does.
   /// Deterministic for a given (x, ctx, set_noise()), so the losses may recompute them.
+  template <class Arch = xsimd::default_arch>
   void gating_terms(const ConstMatrixRef<S>& x, const ForwardContext& ctx, NoisyGatingTerms<S>& terms) const {
     check_input(x, ctx, "NoisyTopKRouter::gating_terms()");
     const Index T = x.rows();
@@ -125,13 +123,13 @@ class NoisyTopKRouter {
     detail::ensure_shape(terms.clean, T, E);
     detail::ensure_shape(terms.stddev, T, E);
     detail::ensure_shape(terms.noisy, T, E);
-    kernels::gemm(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), ctx.gemm);
+    kernels::gemm<Arch>(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), ctx.gemm);
     if (ctx.mode != Mode::training) {
       terms.stddev.setZero();
       terms.noisy = terms.clean;
       return;
     }
-    kernels::gemm(terms.stddev, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), ctx.gemm);
+    kernels::gemm<Arch>(terms.stddev, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), ctx.gemm);
     const CounterRng rng(ctx.seed, ctx.step);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) {
@@ -170,23 +168,26 @@ class NoisyTopKRouter {
     }
   }
 
-  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
-  /// [T, E] comes in holding dL/d(noisy logits) from any loss on routing.logits and leaves
-  /// holding the total. Accumulates dL/dWg and dL/dWn into grad and adds dL/dx to dx.
-  /// weights.importance and weights.load add those losses (tensor2tensor's cv^2 terms).
-  template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
-                MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights = {}) const {
-    backward_impl(x, routing, dgate, dlogits, dx, grad, weights, nullptr);
-  }
+  /// The router's backward consumes LoadLoss itself (it reads the clean logits and the noise
+  /// scale, which RoutingResult does not hold); every other loss is the layer's business.
+  template <class L>
+  static constexpr bool accepts_loss = std::is_same_v<L, LoadLoss>;
 
-  /// As above, with the forward's context: eps is regenerated exactly as route() drew it
-  /// (or taken from set_noise()), and ctx.mode says whether noise was added.
+  /// Backward of route() (docs/routers.md#training): in.dgate holds dL/dgate per assignment
+  /// (0 for dropped ones, the gate losses such as ImportanceLoss already added); in.dlogits
+  /// [T, E] comes in holding dL/d(noisy logits) from the losses on routing.logits and leaves
+  /// holding the total. eps is regenerated exactly as route() drew it from
+  /// in.context.forward (or taken from set_noise()); its mode says whether noise was added.
+  /// Every weighted(LoadLoss{}, w) of `losses` adds tensor2tensor's load loss. Accumulates
+  /// dL/dWg and dL/dWn into grad and adds dL/dx to in.dx.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate, MatrixRef<S> dlogits,
-                MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights,
-                const ForwardContext& ctx) const {
-    backward_impl(x, routing, dgate, dlogits, dx, grad, weights, &ctx);
+  void backward(const RouterBackward<S>& in, NoisyTopKRouter& grad, const auto& losses) const {
+    S load_weight = S(0);
+    losses.for_each([&](const auto& term) {
+      if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(term)>::loss_type, LoadLoss>)
+        load_weight += term.weight;
+    });
+    backward_impl<Arch>(in.x, in.routing, in.dgate, in.dlogits, in.dx, grad, load_weight, in.context.forward);
   }
 
   /// log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|)).
@@ -198,7 +199,6 @@ class NoisyTopKRouter {
   struct BackwardScratch {
     NoisyGatingTerms<S> terms;
     RowMatrix<S> raw, eps, dclean, dstddev, draw;
-    std::vector<S> dg;
   };
 
   // The same expressions in route() and gating_terms(), so both give bit-identical logits.
@@ -208,9 +208,10 @@ class NoisyTopKRouter {
                   : static_cast<S>(rng.normal(static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(e)));
   }
 
+  template <class Arch>
   void backward_impl(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, const S* dgate,
-                     MatrixRef<S> dlogits, MatrixRef<S> dx, NoisyTopKRouter& grad, const LossWeights<S>& weights,
-                     const ForwardContext* ctx) const {
+                     MatrixRef<S> dlogits, MatrixRef<S> dx, NoisyTopKRouter& grad, S load_weight,
+                     const ForwardContext& ctx) const {
     constexpr const char* where = "NoisyTopKRouter::backward()";
     const Index T = x.rows();
     const Index E = num_experts();
@@ -222,53 +223,38 @@ class NoisyTopKRouter {
     detail::require_shape(routing.logits, T, E, where, "routing logits");
     detail::require_shape(dlogits, T, E, where, "dlogits");
     detail::require_shape(dx, T, input_dim(), where, "dx");
-    if (ctx != nullptr) check_input(x, *ctx, where);
+    check_input(x, ctx, where);
 
     // The forward's terms: clean, stddev (0 without noise), and eps.
     // The same kernel as the forward, so the recomputed logits match it bit for bit.
-    const GemmKernel kernel = ctx != nullptr ? ctx->gemm : GemmKernel::fast;
+    const GemmKernel kernel = ctx.gemm;
     // Every temporary lives in the thread's scratch: same shapes as the last call, no allocation.
     detail::ScratchLease<BackwardScratch, ScratchTag> scratch_lease;
     BackwardScratch& scratch = scratch_lease.one();
     NoisyGatingTerms<S>& terms = scratch.terms;
     terms.clean.resize(T, E);
-    kernels::gemm(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), kernel);
+    kernels::gemm<Arch>(terms.clean, x, Op::none, weight_, Op::transpose, S(1), S(0), kernel);
     RowMatrix<S>& raw = scratch.raw;
     raw.resize(T, E);
-    kernels::gemm(raw, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), kernel);
+    kernels::gemm<Arch>(raw, x, Op::none, noise_weight_, Op::transpose, S(1), S(0), kernel);
     RowMatrix<S>& eps = scratch.eps;
     eps.resize(T, E);
-    bool noisy = false;
-    if (ctx != nullptr) {
-      noisy = ctx->mode == Mode::training;
-      const CounterRng rng(ctx->seed, ctx->step);
-      if (noisy)
-        for (Index t = 0; t < T; ++t)
-          for (Index e = 0; e < E; ++e) eps(t, e) = epsilon(rng, t, e);
-    } else if (noise_) {
-      detail::require(noise_->rows() == T, where, "rows of the noise given to set_noise() (one per row of x)", T,
-                      noise_->rows());
-      noisy = true;
-      eps = *noise_;
-    } else {
-      noisy = routing.logits != terms.clean;
-      if (noisy)
-        for (Index t = 0; t < T; ++t)
-          for (Index e = 0; e < E; ++e)
-            eps(t, e) = (routing.logits(t, e) - terms.clean(t, e)) / noise_scale(raw(t, e));
+    const bool noisy = ctx.mode == Mode::training;
+    if (noisy) {
+      const CounterRng rng(ctx.seed, ctx.step);
+      for (Index t = 0; t < T; ++t)
+        for (Index e = 0; e < E; ++e) eps(t, e) = epsilon(rng, t, e);
     }
     terms.stddev.resize(T, E);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) terms.stddev(t, e) = noisy ? noise_scale(raw(t, e)) : S(0);
 
-    // Gates: a softmax over the k selected noisy logits; the importance loss adds to dgate.
-    std::vector<S>& dg = scratch.dg;
-    dg.assign(dgate, dgate + routing.size());
-    ImportanceLoss{}.backward(routing, weights.importance, dg.data());
+    // Gates: a softmax over the k selected noisy logits (dgate holds the gate losses already).
+    const S* dg = dgate;
     for (Index t = 0; t < T; ++t) {
       const Index* idx = routing.expert.data() + t * k_;
       const S* g = routing.gate.data() + t * k_;
-      const S* d = dg.data() + t * k_;
+      const S* d = dg + t * k_;
       S dot = 0;
       for (Index j = 0; j < k_; ++j) dot += g[j] * d[j];
       for (Index j = 0; j < k_; ++j) dlogits(t, idx[j]) += g[j] * (d[j] - dot);
@@ -279,9 +265,9 @@ class NoisyTopKRouter {
     dclean.setZero(T, E);
     RowMatrix<S>& dstddev = scratch.dstddev;
     dstddev.setZero(T, E);
-    if (weights.load != S(0) && noisy) {
+    if (load_weight != S(0) && noisy) {
       terms.noisy = routing.logits;
-      LoadLoss{}.backward(terms, k_, weights.load, dclean, dstddev, dlogits);
+      LoadLoss{}.backward(terms, k_, load_weight, dclean, dstddev, dlogits);
     }
 
     // noisy = clean + eps * stddev, stddev = softplus(raw) + epsilon, softplus' = sigmoid.
@@ -293,10 +279,10 @@ class NoisyTopKRouter {
         const S ds = dstddev(t, e) + (noisy ? dlogits(t, e) * eps(t, e) : S(0));
         draw(t, e) = ds / (S(1) + std::exp(-raw(t, e)));
       }
-    kernels::gemm(grad.weight_, dclean, Op::transpose, x, Op::none, S(1), S(1));
-    kernels::gemm(grad.noise_weight_, draw, Op::transpose, x, Op::none, S(1), S(1));
-    kernels::gemm(dx, dclean, Op::none, weight_, Op::none, S(1), S(1));
-    kernels::gemm(dx, draw, Op::none, noise_weight_, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(grad.weight_, dclean, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(grad.noise_weight_, draw, Op::transpose, x, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(dx, dclean, Op::none, weight_, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(dx, draw, Op::none, noise_weight_, Op::none, S(1), S(1));
   }
 
   void check_input(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) const {
@@ -314,9 +300,6 @@ class NoisyTopKRouter {
   Names names_;
 };
 
-/// Shazeer et al. 2017 with SwiGLU experts (the golden "moe." layout).
-template <class S>
-using NoisyTopKMoE = MoELayer<SwiGLUExperts<S>, NoisyTopKRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

@@ -2,13 +2,12 @@
 //
 // The dense path of MoELayer runs the same six stages as the sparse one, with dense data:
 //   1 route    SoftRouter::route      x -> logits [T, E*p], dispatch weights D [T, E*p]
-//   2 plan     build_slot_plan        E slabs of B*p slot rows (offsets only, nothing dropped)
-//   3 gather   gather_slots           slot inputs = D_b^T X_b per sequence b
-//   4 experts  run_experts            unchanged: expert e runs on its slab
+//   2 plan     build_slot_plan        E slabs of B*p slot rows (dispatch/slot_plan.hpp)
+//   3 gather   gather_slots           slot inputs = D_b^T X_b per sequence b (gather/gather_slots.hpp)
+//   4 experts  the layer's Executor   unchanged: expert e runs on its slab
 //   5 combine  SoftCombiner           Y_b = softmax_rows(logits_b) * slot outputs
 //   6 stats    record_statistics      every expert takes B*p rows
-// The plan and gather helpers live here, beside the router whose output they read, because
-// only dense routers produce the dispatch matrix they consume.
+// The slot layout they share is a contract between stages (contracts/slot_layout.hpp).
 #ifndef MOE_ROUTER_SOFT_ROUTER_HPP
 #define MOE_ROUTER_SOFT_ROUTER_HPP
 
@@ -16,9 +15,10 @@
 #include <moe/core/error.hpp>
 #include <moe/core/scratch.hpp>
 #include <moe/core/types.hpp>
-#include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/contracts/slot_layout.hpp>
 #include <moe/kernels/gemm.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
 
 #include <cmath>
 #include <string>
@@ -28,132 +28,6 @@
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
-
-/// How the slots of a dense routing lie in X_perm.
-///
-/// The batch holds B sequences of S consecutive tokens; each sequence has E*p slots, slot i
-/// belonging to expert i / p. X_perm is expert-major (expert, then sequence, then the
-/// expert's p slots), so one expert sees the slots of every sequence as one slab and runs one
-/// GEMM chain on B*p rows.
-struct SlotLayout {
-  Index num_sequences = 0;
-  Index sequence_length = 0;
-  Index num_experts = 0;
-  Index slots_per_expert = 0;
-
-  [[nodiscard]] Index slots_per_sequence() const noexcept { return num_experts * slots_per_expert; }
-  /// Rows of one expert's slab: its p slots in each of the B sequences.
-  [[nodiscard]] Index rows_per_expert() const noexcept { return num_sequences * slots_per_expert; }
-  [[nodiscard]] Index rows() const noexcept { return num_experts * rows_per_expert(); }
-  /// The X_perm row of slot `slot` (in [0, E*p)) of sequence b.
-  [[nodiscard]] Index row(Index b, Index slot) const noexcept {
-    const Index e = slot / slots_per_expert;
-    return e * rows_per_expert() + b * slots_per_expert + slot % slots_per_expert;
-  }
-};
-
-namespace detail {
-
-/// Checks ForwardContext::sequence_length against T tokens and returns B.
-/// Runs every forward and backward: the message is built only on failure (no allocation).
-inline Index num_sequences(Index tokens, Index sequence_length, std::string_view where) {
-  if (sequence_length < 0 || (sequence_length != 0 && tokens % sequence_length != 0))
-    throw_invalid(where, "ctx.sequence_length", concat("0 or a divisor of the number of tokens ", tokens),
-                  sequence_length);
-  if (tokens == 0) return 0;
-  return sequence_length == 0 ? 1 : tokens / sequence_length;
-}
-
-}  // namespace detail
-
-/// The layout of a dense routing result: T and E from the result, p from the width of its
-/// logits [T, E*p], B from the sequence length (0: the whole batch is one sequence).
-template <class S>
-[[nodiscard]] SlotLayout make_slot_layout(const RoutingResult<S>& routing, Index sequence_length) {
-  constexpr const char* where = "moe::make_slot_layout()";
-  const Index T = routing.num_tokens;
-  const Index E = routing.num_experts;
-  // Messages are built only on failure: this runs every call.
-  if (E < 1 || routing.logits.cols() % E != 0)
-    detail::throw_invalid(where, "logits columns (num_experts * slots_per_expert)",
-                          detail::concat("a multiple of num_experts = ", E), routing.logits.cols());
-  SlotLayout l;
-  l.num_sequences = detail::num_sequences(T, sequence_length, where);
-  l.sequence_length = l.num_sequences == 0 ? 0 : T / l.num_sequences;
-  l.num_experts = E;
-  l.slots_per_expert = routing.logits.cols() / E;
-  return l;
-}
-
-/// The layout a dense plan was built with; `slots_per_sequence` is E*p (the logits' width).
-template <class S>
-[[nodiscard]] SlotLayout slot_layout(const DispatchPlan<S>& plan, Index slots_per_sequence) {
-  constexpr const char* where = "moe::slot_layout()";
-  const Index E = plan.num_experts;
-  // Messages are built only on failure: this runs every forward and backward.
-  if (E < 1 || slots_per_sequence % E != 0)
-    detail::throw_invalid(where, "slots per sequence", detail::concat("a multiple of num_experts = ", E),
-                          slots_per_sequence);
-  SlotLayout l;
-  l.num_experts = E;
-  l.slots_per_expert = slots_per_sequence / E;
-  if (l.slots_per_expert < 1 || plan.capacity < 0 || plan.capacity % l.slots_per_expert != 0)
-    detail::throw_invalid(where, "plan capacity (rows per expert of a dense plan)",
-                          detail::concat("a multiple of slots_per_expert = ", l.slots_per_expert), plan.capacity);
-  l.num_sequences = plan.capacity / l.slots_per_expert;
-  l.sequence_length = l.num_sequences == 0 ? 0 : plan.num_tokens / l.num_sequences;
-  return l;
-}
-
-/// Step 2 of the dense path: expert e's slab is rows [e*B*p, (e+1)*B*p). Every slot is
-/// filled, so capacity (= B*p, the rows each expert takes) never drops anything. A dense plan
-/// has offsets only: token, gate, assignment and slot_of stay empty, since a slot mixes every
-/// token of its sequence.
-template <class S>
-void build_slot_plan(const SlotLayout& layout, Index num_tokens, DispatchPlan<S>& plan) {
-  const Index E = layout.num_experts;
-  plan.num_tokens = num_tokens;
-  plan.num_experts = E;
-  plan.capacity = layout.rows_per_expert();
-  plan.offsets.resize(static_cast<std::size_t>(E) + 1);
-  for (Index e = 0; e <= E; ++e) plan.offsets[static_cast<std::size_t>(e)] = e * layout.rows_per_expert();
-  plan.token.clear();
-  plan.gate.clear();
-  plan.assignment.clear();
-  plan.slot_of.clear();
-  plan.dropped.clear();
-}
-
-/// Step 3 of the dense path: the slot inputs of sequence b are D_b^T X_b (D = routing.scores),
-/// each slot a convex combination of its sequence's tokens. x_perm must be [layout.rows(), d].
-template <class Arch = xsimd::default_arch, class S>
-void gather_slots(const ConstMatrixRef<std::type_identity_t<S>>& x, const RoutingResult<S>& routing,
-                  const SlotLayout& layout, MatrixRef<std::type_identity_t<S>> x_perm) {
-  const Index n = layout.sequence_length;
-  const Index p = layout.slots_per_expert;
-  for (Index b = 0; b < layout.num_sequences; ++b)
-    for (Index e = 0; e < layout.num_experts; ++e)
-      kernels::gemm<Arch>(x_perm.middleRows(layout.row(b, e * p), p), routing.scores.block(b * n, e * p, n, p), Op::transpose,
-                          x.middleRows(b * n, n), Op::none, S(1), S(0));
-}
-
-/// Backward of step 3 (gather_slots): with dslots = dL/dX_perm in layout order, writes
-/// dx = D_b dslots_b per sequence (the direct path of x through the slots; dx is overwritten)
-/// and dscores = dL/dD = X_b dslots_b^T [T, E*p].
-template <class Arch = xsimd::default_arch, class S>
-void gather_slots_backward(const ConstMatrixRef<std::type_identity_t<S>>& x, const RoutingResult<S>& routing,
-                           const SlotLayout& layout, const ConstMatrixRef<std::type_identity_t<S>>& dslots,
-                           MatrixRef<std::type_identity_t<S>> dx, MatrixRef<std::type_identity_t<S>> dscores) {
-  const Index n = layout.sequence_length;
-  const Index p = layout.slots_per_expert;
-  dx.setZero();
-  for (Index b = 0; b < layout.num_sequences; ++b)
-    for (Index e = 0; e < layout.num_experts; ++e) {
-      const auto ds = dslots.middleRows(layout.row(b, e * p), p);
-      kernels::gemm<Arch>(dx.middleRows(b * n, n), routing.scores.block(b * n, e * p, n, p), Op::none, ds, Op::none, S(1), S(1));
-      kernels::gemm<Arch>(dscores.block(b * n, e * p, n, p), x.middleRows(b * n, n), Op::none, ds, Op::transpose, S(1), S(0));
-    }
-}
 
 /// The Soft MoE router: logits = X Phi per token [T, E*p], dispatch weights D = softmax of
 /// each column over the tokens of its sequence. The combine weights (softmax of each row over
@@ -255,23 +129,25 @@ class SoftRouter {
     }
   }
 
-  /// Backward of route() on x [T, d] split into `num_sequences` sequences of equal length.
+  /// Backward of route() (the dense router protocol, docs/routers.md#training) on x [T, d]
+  /// split into sequences of in.context.forward.sequence_length tokens (0: one sequence).
   ///
-  /// dscores = dL/dD [T, E*p] (gather_slots_backward), used as scratch afterwards; dlogits
-  /// holds dL/dlogits from the other stages (the combine softmax) and receives the total, the
-  /// gradient of the logits as route() returns them. Adds dL/dx to dx and dL/dphi (and, with
-  /// normalisation, dL/dscale) to grad.
+  /// in.dscores = dL/dD [T, E*p] (gather_slots_backward); in.dlogits holds dL/dlogits from the
+  /// other stages (the combine softmax) and receives the total, the gradient of the logits as
+  /// route() returns them. Adds dL/dx to in.dx and dL/dphi (and, with normalisation,
+  /// dL/dscale) to grad. No auxiliary loss applies to a dense router.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<S>& x, const RoutingResult<S>& routing, Index num_sequences,
-                MatrixRef<S> dscores, MatrixRef<S> dlogits, MatrixRef<S> dx, SoftRouter& grad) const {
+  void backward(const RouterBackward<S>& in, SoftRouter& grad, const auto& /*losses*/) const {
     constexpr const char* where = "SoftRouter::backward()";
+    const auto& x = in.x;
+    const RoutingResult<S>& routing = in.routing;
+    const auto& dscores = in.dscores;
+    MatrixRef<S> dlogits = in.dlogits;
+    MatrixRef<S> dx = in.dx;
     const Index T = x.rows();
     const Index slots = num_slots();
     detail::require(x.cols() == input_dim(), where, "x columns (input_dim)", input_dim(), x.cols());
-    // Messages are built only on failure: a passing check allocates nothing.
-    if (num_sequences < 0 || (num_sequences == 0 ? T != 0 : T % num_sequences != 0))
-      detail::throw_invalid(where, "num_sequences", detail::concat("a divisor of the number of tokens ", T),
-                            num_sequences);
+    const Index num_sequences = detail::num_sequences(T, in.context.forward.sequence_length, where);
     detail::require_shape(routing.scores, T, slots, where, "routing.scores");
     detail::require_shape(dscores, T, slots, where, "dscores");
     detail::require_shape(dlogits, T, slots, where, "dlogits");
@@ -297,16 +173,19 @@ class SoftRouter {
       return;
     }
     // logits[t, i] = scale a_t c_i R[t, i], R = X Phi, a_t = (|x_t|^2 + eps)^-1/2,
-    // c_i = (|phi_i|^2 + eps)^-1/2, and da/dx_t = -a_t^3 x_t (likewise c). dscores, free now,
-    // holds R, then row by row dL/dR = scale a_t c_i dL/dlogit[t, i].
+    // c_i = (|phi_i|^2 + eps)^-1/2, and da/dx_t = -a_t^3 x_t (likewise c). rr, the thread's
+    // scratch, holds R, then row by row dL/dR = scale a_t c_i dL/dlogit[t, i].
+    detail::ScratchLease<RowMatrix<S>, ScratchTag> rr_lease;
+    RowMatrix<S>& rr = rr_lease.one();
+    rr.resize(T, slots);
     col = (phi_.colwise().squaredNorm().array() + epsilon_).rsqrt().matrix();
     RowVector<S>& dc = dc_lease.one();  // sum_t a_t G[t, i] R[t, i]
     dc.setZero(slots);
     S dscale = S(0);
-    kernels::gemm<Arch>(dscores, x, Op::none, phi_, Op::none, S(1), S(0));
+    kernels::gemm<Arch>(rr, x, Op::none, phi_, Op::none, S(1), S(0));
     for (Index t = 0; t < T; ++t) {
       const S a = S(1) / std::sqrt(x.row(t).squaredNorm() + epsilon_);
-      auto r = dscores.row(t);
+      auto r = rr.row(t);
       const auto g = dlogits.row(t);
       const S grc = (g.array() * r.array() * col.array()).sum();  // sum_i G R c
       dscale += a * grc;
@@ -314,8 +193,8 @@ class SoftRouter {
       dx.row(t) -= (scale_ * grc * a * a * a) * x.row(t);
       r = ((scale_ * a) * g.array() * col.array()).matrix();
     }
-    kernels::gemm<Arch>(dx, dscores, Op::none, phi_, Op::transpose, S(1), S(1));
-    kernels::gemm<Arch>(grad.phi_, x, Op::transpose, dscores, Op::none, S(1), S(1));
+    kernels::gemm<Arch>(dx, rr, Op::none, phi_, Op::transpose, S(1), S(1));
+    kernels::gemm<Arch>(grad.phi_, x, Op::transpose, rr, Op::none, S(1), S(1));
     // d c_i / d phi_i = -c_i^3 phi_i.
     col = (scale_ * dc.array() * col.array().cube()).matrix();
     grad.phi_.array() -= phi_.array().rowwise() * col.array();

@@ -7,7 +7,9 @@
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/router/gating.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
+#include <moe/core/traits.hpp>
 
 #include <string>
 #include <utility>
@@ -26,6 +28,8 @@ class TopKRouter {
  public:
   using scalar_type = typename GatingType::scalar_type;
   using gating_type = GatingType;
+  /// Whether a token's gates depend on each other beyond gate * dgate (router_traits).
+  static constexpr bool couples_gates = router_traits<GatingType>::couples_gates;
   static constexpr bool token_choice = true;
 
   /// Checkpoint names of the router's trainable tensors.
@@ -102,14 +106,16 @@ class TopKRouter {
     gating_.template select<Arch>(out, k_);
   }
 
-  /// Backward of route(): dgate holds dL/dgate per assignment (0 for dropped ones); dlogits
-  /// [T, E] comes in holding any loss gradients and leaves holding the total dL/dlogits.
-  /// Accumulates dL/dW (and dL/db) into grad and adds dL/dx to dx.
+  /// Backward of route() (the router protocol, docs/routers.md#training): in.dgate holds
+  /// dL/dgate per assignment (0 for dropped ones); in.dlogits [T, E] comes in holding the
+  /// losses' gradients and leaves holding the total dL/dlogits. Accumulates dL/dW (and dL/db)
+  /// into grad and adds dL/dx to in.dx. Consumes no loss itself.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
-                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
-                TopKRouter& grad) const {
-    gating_.backward(routing, k_, dgate, dlogits);
+  void backward(const RouterBackward<scalar_type>& in, TopKRouter& grad, const auto& /*losses*/) const {
+    const auto& x = in.x;
+    MatrixRef<scalar_type> dlogits = in.dlogits;
+    MatrixRef<scalar_type> dx = in.dx;
+    gating_.backward(in.routing, k_, in.dgate, dlogits);
     kernels::gemm<Arch>(grad.weight_, dlogits, Op::transpose, x, Op::none, scalar_type(1), scalar_type(1));
     if (bias_.size() != 0) grad.bias_ += dlogits.colwise().sum().transpose();
     kernels::gemm<Arch>(dx, dlogits, Op::none, weight_, Op::none, scalar_type(1), scalar_type(1));

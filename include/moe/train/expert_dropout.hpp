@@ -8,10 +8,9 @@
 #include <moe/core/scratch.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
-#include <moe/layer/backward.hpp>
-#include <moe/loss/loss_weights.hpp>
-#include <moe/router/gating.hpp>
-#include <moe/router/routing_result.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/training.hpp>
+#include <moe/router/router_wrapper.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -47,39 +46,34 @@ namespace moe {
 /// constant 0), then the wrapped router's backward runs on the routing as recorded. That is
 /// the exact gradient of the dropped forward for every gating rule that reads a gate only
 /// through gate * dgate or reads the scores instead (SoftmaxTopK, SigmoidGroupLimited); for
-/// TopKSoftmax, whose softmax over the k selected logits couples the gates, the dropped gates
-/// are first restored from the logits. An assignment whose gate is 0 without dropout gets no
-/// gradient through any of these rules, so zeroing by "gate == 0" is exact.
+/// a gating whose softmax over the k selected logits couples the gates (router_traits::
+/// couples_gates, TopKSoftmax), the dropped gates are first restored from the logits. An
+/// assignment whose gate is 0 without dropout gets no gradient through any of these rules, so
+/// zeroing by "gate == 0" is exact.
 ///
 /// Allocation: backward copies dgate (and, for TopKSoftmax, the routing) into the calling
 /// thread's scratch (detail::ScratchLease, grown once), so a steady-state step allocates nothing.
 template <class RouterType>
-class ExpertDropout {
+class ExpertDropout : public RouterWrapper<RouterType> {
+  using RouterWrapper<RouterType>::router_;
+
  public:
-  using router_type = RouterType;
-  using scalar_type = typename RouterType::scalar_type;
+  using typename RouterWrapper<RouterType>::scalar_type;
+  using RouterWrapper<RouterType>::num_experts;
   static constexpr bool needs_rng = true;
-  static constexpr bool is_dense = router_traits<RouterType>::is_dense;
-  static constexpr bool needs_token_ids = router_traits<RouterType>::needs_token_ids;
-  static constexpr bool token_choice = router_traits<RouterType>::token_choice;
-  static_assert(!is_dense,
+  static_assert(!router_traits<RouterType>::is_dense,
                 "ExpertDropout: RouterType must be sparse; a dense router (Soft MoE) has no assignments to drop "
                 "(docs/training.md#expert-dropout)");
   /// The counter's token coordinate for the per-step draws: no row index reaches it.
   static constexpr std::uint64_t stream_token = std::numeric_limits<std::uint64_t>::max();
 
   /// rate in [0, 1): the probability that an expert is dropped for a step.
-  ExpertDropout(RouterType router, double rate) : router_(std::move(router)), rate_(rate) {
+  ExpertDropout(RouterType router, double rate) : RouterWrapper<RouterType>(std::move(router)), rate_(rate) {
     detail::require(std::isfinite(rate) && rate >= 0.0 && rate < 1.0, "ExpertDropout::ExpertDropout()", "rate",
                     "in [0, 1)", rate);
   }
 
-  [[nodiscard]] Index num_experts() const noexcept { return router_.num_experts(); }
-  [[nodiscard]] Index input_dim() const noexcept { return router_.input_dim(); }
   [[nodiscard]] double rate() const noexcept { return rate_; }
-
-  [[nodiscard]] RouterType& router() noexcept { return router_; }
-  [[nodiscard]] const RouterType& router() const noexcept { return router_; }
 
   /// Whether expert e is dropped in the training step (seed, step).
   [[nodiscard]] bool dropped(std::uint64_t seed, std::uint64_t step, Index e) const noexcept {
@@ -97,17 +91,6 @@ class ExpertDropout {
     return out;
   }
 
-  /// The wrapped router's parameters, under its names: the gradients of an ExpertDropout are
-  /// those of the router it wraps.
-  template <class F>
-  void for_each_parameter(F&& f) {
-    router_.for_each_parameter(f);
-  }
-  template <class F>
-  void for_each_parameter(F&& f) const {
-    router_.for_each_parameter(f);
-  }
-
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out, const ForwardContext& ctx = {}) const {
     router_.template route<Arch>(x, out, ctx);
@@ -117,42 +100,32 @@ class ExpertDropout {
       if (dropped(rng, out.expert[i])) out.gate[i] = scalar_type(0);
   }
 
-  /// Backward of route() in training: see the class comment.
+  /// Backward of route() (docs/routers.md#training): see the class comment.
   template <class Arch = xsimd::default_arch>
-  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
-                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
-                ExpertDropout& grad) const
-    requires detail::RouterWithBackward<RouterType, scalar_type>
-  {
+  void backward(const RouterBackward<scalar_type>& in, ExpertDropout& grad, const auto& losses) const {
     detail::ScratchLease<scalar_type, ScratchTag> dg_lease;
-    const scalar_type* dg = masked_dgate(routing, dgate, dg_lease);
-    if constexpr (couples_gates) {
+    const scalar_type* dg = masked_dgate(in.routing, in.dgate, dg_lease);
+    const auto inner = [&](const RoutingResult<scalar_type>& routing) {
+      router_.template backward<Arch>(RouterBackward<scalar_type>{.x = in.x,
+                                                                  .routing = routing,
+                                                                  .dgate = dg,
+                                                                  .dscores = in.dscores,
+                                                                  .dlogits = in.dlogits,
+                                                                  .dx = in.dx,
+                                                                  .context = in.context},
+                                      grad.router_, losses);
+    };
+    if constexpr (router_traits<RouterType>::couples_gates) {
       detail::ScratchLease<RoutingResult<scalar_type>, ScratchTag> restored_lease;
       RoutingResult<scalar_type>& restored = *restored_lease.data(1);
-      restore_gates(routing, restored);
-      router_.template backward<Arch>(x, restored, dg, dlogits, dx, grad.router_);
+      restore_gates(in.routing, restored);
+      inner(restored);
     } else {
-      router_.template backward<Arch>(x, routing, dg, dlogits, dx, grad.router_);
+      inner(in.routing);
     }
   }
 
-  /// The same for a router whose backward also takes the loss weights (noisy top-k).
-  void backward(const ConstMatrixRef<scalar_type>& x, const RoutingResult<scalar_type>& routing,
-                const scalar_type* dgate, MatrixRef<scalar_type> dlogits, MatrixRef<scalar_type> dx,
-                ExpertDropout& grad, const LossWeights<scalar_type>& weights) const
-    requires detail::RouterWithLossBackward<RouterType, scalar_type>
-  {
-    detail::ScratchLease<scalar_type, ScratchTag> dg_lease;
-    router_.backward(x, routing, masked_dgate(routing, dgate, dg_lease), dlogits, dx, grad.router_, weights);
-  }
-
  private:
-  static constexpr bool couples_gates = [] {
-    if constexpr (requires { typename RouterType::gating_type; })
-      return std::is_same_v<typename RouterType::gating_type, TopKSoftmax<scalar_type>>;
-    else return false;
-  }();
-
   struct ScratchTag;
 
   /// dgate with the dropped assignments' entries zeroed, in the lease's buffer.
@@ -184,7 +157,6 @@ class ExpertDropout {
     }
   }
 
-  RouterType router_;
   double rate_;
 };
 

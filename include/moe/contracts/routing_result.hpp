@@ -1,6 +1,6 @@
 // Step 1's output: who goes where, with what weight.
-#ifndef MOE_ROUTER_ROUTING_RESULT_HPP
-#define MOE_ROUTER_ROUTING_RESULT_HPP
+#ifndef MOE_CONTRACTS_ROUTING_RESULT_HPP
+#define MOE_CONTRACTS_ROUTING_RESULT_HPP
 
 #include <moe/core/types.hpp>
 
@@ -63,4 +63,4 @@ struct RoutingResult {
 
 }  // namespace moe
 
-#endif  // MOE_ROUTER_ROUTING_RESULT_HPP
+#endif  // MOE_CONTRACTS_ROUTING_RESULT_HPP

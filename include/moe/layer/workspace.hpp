@@ -1,26 +1,21 @@
 // Caller-owned buffers for forward (and, later, backward).
-#ifndef MOE_CORE_WORKSPACE_HPP
-#define MOE_CORE_WORKSPACE_HPP
+#ifndef MOE_LAYER_WORKSPACE_HPP
+#define MOE_LAYER_WORKSPACE_HPP
 
+#include <moe/contracts/combine.hpp>
+#include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/routing_result.hpp>
+#include <moe/contracts/statistics.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
-#include <moe/dispatch/dispatch_plan.hpp>
-#include <moe/router/routing_result.hpp>
 
 #include <vector>
 
 namespace moe {
 
-/// What one forward call saw: per-expert load after capacity, and drops.
-struct LayerStatistics {
-  Index tokens = 0;
-  Index assignments = 0;
-  Index dropped = 0;
-  std::vector<Index> expert_load;  ///< kept assignments per expert
-};
-
-/// Every buffer a layer needs, owned by the caller.
+/// Every buffer a layer needs, owned by the caller: a bundle of the stages' buffers (the
+/// contracts between stages, in include/moe/contracts/, and each stage's scratch).
 ///
 /// A layer is const during forward and holds no per-call state, so one layer can serve many
 /// threads, each with its own Workspace. After the first call with a given shape, forward
@@ -32,12 +27,12 @@ struct Workspace {
   RowMatrix<S> x_perm;  ///< gathered expert-contiguous inputs [N, d]
   RowMatrix<S> hidden;  ///< per-slot expert intermediates [N, expert hidden_cols()]
   RowMatrix<S> y_perm;  ///< expert outputs [N, d_out]
-  /// Scratch the combiner may use (e.g. a shared expert's activations and output).
-  RowMatrix<S> combine_hidden;
-  RowMatrix<S> combine_out;
-  Vector<S> combine_gate;
+  /// The combiner's own buffers between its forward and backward (a shared expert's
+  /// activations, Soft MoE's combine weights).
+  CombineScratch<S> combine;
   LayerStatistics stats;
-  /// Which mode the last forward ran in (backward needs training).
+  /// Whether a forward ran on this workspace, and in which mode (backward needs training).
+  bool has_forward = false;
   Mode last_mode = Mode::inference;
   /// The thread pool of the current call (ForwardContext::pool), for the stages to share.
   ThreadPool* pool = nullptr;
@@ -54,11 +49,13 @@ struct Workspace {
   std::vector<S> dgate;        ///< dL/dgate per routing assignment (0 when dropped)
   std::vector<S> ones;         ///< unit weights for the transposed gather
   RowMatrix<S> dlogits;        ///< dL/dlogits [T, E]
-  RowMatrix<S> combine_dout;   ///< combiner scratch for backward (e.g. a shared expert's dL/dout)
-  RowMatrix<S> combine_dx;
-  RowMatrix<S> combine_dhidden;
+  RowMatrix<S> dscores;        ///< dense path: dL/d(dispatch weights) [T, E*p]
+
+  /// The combiner's view of this workspace (routing, last forward's context, scratch): what
+  /// the layer passes to combine() and the combiner's backward.
+  [[nodiscard]] CombineContext<S> combine_context() noexcept { return {routing, last_context, combine}; }
 };
 
 }  // namespace moe
 
-#endif  // MOE_CORE_WORKSPACE_HPP
+#endif  // MOE_LAYER_WORKSPACE_HPP
