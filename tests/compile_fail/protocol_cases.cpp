@@ -4,7 +4,31 @@
 #include <moe/moe.hpp>
 #include <moe/train/expert_dropout.hpp>
 
+#include <cstdint>
 #include <string>
+
+namespace cf {
+/// A block-quantized weight element gemm does not take yet (weight_traits::block = 2).
+struct Block2 {
+  std::uint8_t bits;
+};
+struct NotAWeight {};
+}  // namespace cf
+
+template <>
+struct moe::kernels::weight_traits<cf::Block2> {
+  using compute_type = float;
+  static constexpr moe::Index block = 2;
+  static void widen(const cf::Block2*, float*, moe::Index) noexcept {}
+};
+template <>
+struct Eigen::NumTraits<cf::Block2> : Eigen::GenericNumTraits<cf::Block2> {
+  enum { IsInteger = 0, IsSigned = 0, IsComplex = 0, RequireInitialization = 0, ReadCost = 1, AddCost = 1, MulCost = 1 };
+  using Real = cf::Block2;
+  using NonInteger = cf::Block2;
+  using Literal = cf::Block2;
+  using Nested = cf::Block2;
+};
 
 namespace cf {
 using moe::ConstMatrixRef;
@@ -169,6 +193,14 @@ int main() {
   using Bank = moe::PositionScaledExperts<moe::SwiGLUExperts<float>>;
   moe::SharedExpertCombiner<Bank, moe::SharedGate::none> combiner(Bank(moe::SwiGLUExperts<float>(1, 4, 4), 0.5));
   return static_cast<int>(combiner.shared_expert().num_experts());
+#elif defined(MOE_CF_gemm_block_weights)
+  moe::RowMatrix<float> c(2, 2), a = moe::RowMatrix<float>::Zero(2, 2);
+  const moe::RowMatrix<cf::Block2> b(2, 2);
+  moe::kernels::gemm(c, a, moe::Op::none, b, moe::Op::none, 1.0f, 0.0f);
+  return 0;
+#elif defined(MOE_CF_prepare_threads_unknown_weight)
+  moe::kernels::prepare_threads<float, cf::NotAWeight>(nullptr);
+  return 0;
 #elif defined(MOE_CF_expert_dropout_dense_router)
   moe::ExpertDropout<moe::SoftRouter<float>> router(moe::SoftRouter<float>(2, 4, 1), 0.1);
   return static_cast<int>(router.num_experts());

@@ -51,7 +51,7 @@ GoldenRun run_gpt_oss(const SafetensorsFile& f) {
   return run_with_backward(moe::io::load_gpt_oss<S>(f, meta(f, "prefix"), {meta_index(f, "top_k")}), f);
 }
 
-const bool registered = register_family("mixtral", {run_mixtral<float>, run_mixtral<double>}) &&
+const bool hf_families_registered = register_family("mixtral", {run_mixtral<float>, run_mixtral<double>}) &&
                         register_family("olmoe", {run_olmoe<float>, run_olmoe<double>}) &&
                         register_family("qwen2_moe", {run_qwen2_moe<float>, run_qwen2_moe<double>}) &&
                         register_family("deepseek_v3", {run_deepseek_v3<float>, run_deepseek_v3<double>}) &&

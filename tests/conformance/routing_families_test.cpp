@@ -130,7 +130,7 @@ SafetensorsFile file_of(const moe::io::SafetensorsWriter& w) {
   return SafetensorsFile::from_bytes(w.to_bytes(), "layer.safetensors");
 }
 
-const bool registered = register_family("shazeer2017", {run_noisy_top_k<float>, run_noisy_top_k<double>}) &&
+const bool routing_families_registered = register_family("shazeer2017", {run_noisy_top_k<float>, run_noisy_top_k<double>}) &&
                         register_family("zhou2022", {run_expert_choice<float>, run_expert_choice<double>}) &&
                         register_family("roller2021", {run_hash<float>, run_hash<double>});
 

@@ -56,7 +56,7 @@ GoldenRun run_soft_moe(const SafetensorsFile& f) {
   return r;
 }
 
-const bool registered = register_family("puigcerver2023", {run_soft_moe<float>, run_soft_moe<double>});
+const bool soft_moe_family_registered = register_family("puigcerver2023", {run_soft_moe<float>, run_soft_moe<double>});
 
 }  // namespace
 
@@ -84,12 +84,12 @@ SafetensorsWriter soft_writer(Index phi_cols = 6, Index experts = 3, const std::
   return w;
 }
 
-SafetensorsFile file_of(const SafetensorsWriter& w) { return SafetensorsFile::from_bytes(w.to_bytes(), "soft.safetensors"); }
+SafetensorsFile soft_file_of(const SafetensorsWriter& w) { return SafetensorsFile::from_bytes(w.to_bytes(), "soft.safetensors"); }
 
 }  // namespace
 
 TEST_CASE("load_soft_moe puts every tensor where the layer reads it", "[io][soft]") {
-  const auto layer = moe::io::load_soft_moe<double>(file_of(soft_writer()), "moe.", {2});
+  const auto layer = moe::io::load_soft_moe<double>(soft_file_of(soft_writer()), "moe.", {2});
   REQUIRE(layer.num_experts() == 3);
   REQUIRE(layer.router().slots_per_expert() == 2);
   REQUIRE(layer.input_dim() == 4);
@@ -102,22 +102,22 @@ TEST_CASE("load_soft_moe puts every tensor where the layer reads it", "[io][soft
     CHECK(layer.experts().wo(e)(3, 0) == Approx(3 + 2 * e + 9 / 100.0).epsilon(1e-6));
   }
   moe::io::SoftMoeConfig c{3, true, 4.0};
-  const auto normalised = moe::io::load_soft_moe<float>(file_of(soft_writer(6, 2)), "moe.", c);
+  const auto normalised = moe::io::load_soft_moe<float>(soft_file_of(soft_writer(6, 2)), "moe.", c);
   CHECK(normalised.num_experts() == 2);
   CHECK(normalised.router().normalize());
   CHECK(normalised.router().scale() == 4.0f);
 }
 
 TEST_CASE("load_soft_moe refuses files that do not hold the layer", "[io][soft][errors]") {
-  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(file_of(soft_writer(7, 3)), "moe.", {2}),
+  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(soft_file_of(soft_writer(7, 3)), "moe.", {2}),
                     moe::io::TensorMismatchError);
-  REQUIRE_THROWS_WITH(moe::io::load_soft_moe<float>(file_of(soft_writer(7, 3)), "moe.", {2}),
+  REQUIRE_THROWS_WITH(moe::io::load_soft_moe<float>(soft_file_of(soft_writer(7, 3)), "moe.", {2}),
                       "moe::io: file 'soft.safetensors': tensor 'moe.phi': moe::io::load_soft_moe(): expected 7 "
                       "columns to be num_experts * slots_per_expert with slots_per_expert = 2");
-  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(file_of(soft_writer(6, 3, "moe.experts.2.wo.weight")), "moe.", {2}),
+  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(soft_file_of(soft_writer(6, 3, "moe.experts.2.wo.weight")), "moe.", {2}),
                     moe::io::MissingTensorError);
   // Phi says 6 experts of one slot; the file has 3.
-  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(file_of(soft_writer()), "moe.", {1}), moe::io::MissingTensorError);
-  REQUIRE_THROWS_WITH(moe::io::load_soft_moe<float>(file_of(soft_writer()), "moe.", {0}),
+  REQUIRE_THROWS_AS(moe::io::load_soft_moe<float>(soft_file_of(soft_writer()), "moe.", {1}), moe::io::MissingTensorError);
+  REQUIRE_THROWS_WITH(moe::io::load_soft_moe<float>(soft_file_of(soft_writer()), "moe.", {0}),
                       "moe::io::load_soft_moe(): slots_per_expert expected >= 1, got 0");
 }

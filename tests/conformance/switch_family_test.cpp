@@ -69,6 +69,6 @@ GoldenRun run_switch(const SafetensorsFile& f) {
   return r;
 }
 
-const bool registered = register_family("switch_transformers", {run_switch<float>, run_switch<double>});
+const bool switch_family_registered = register_family("switch_transformers", {run_switch<float>, run_switch<double>});
 
 }  // namespace

@@ -36,7 +36,7 @@ constexpr std::int64_t E = 4, D = 4, FF = 3;  // FF != D so a transposed matrix 
 
 /// What the tests need to know of one family: its tensors, how to load it, and which tensor
 /// each malformation targets.
-struct Family {
+struct LoaderCase {
   std::string name;    // for INFO
   std::string loader;  // as the messages spell it
   std::vector<Tensor> tensors;
@@ -58,11 +58,11 @@ void swiglu(std::vector<Tensor>& t, const std::string& p, const char* g, const c
 
 const std::string swiglu_t = "expected shape [4, 3], got [3, 4]";
 
-std::vector<Family> families() {
+std::vector<LoaderCase> families() {
   using namespace moe::io;
-  std::vector<Family> out;
+  std::vector<LoaderCase> out;
   {
-    Family f{"mixtral", "moe::io::load_mixtral", {{"block_sparse_moe.gate.weight", {E, D}}}, nullptr,
+    LoaderCase f{"mixtral", "moe::io::load_mixtral", {{"block_sparse_moe.gate.weight", {E, D}}}, nullptr,
              "block_sparse_moe.gate.weight", "block_sparse_moe.experts.2.w3.weight",
              "block_sparse_moe.experts.1.w2.weight", swiglu_t};
     swiglu(f.tensors, "block_sparse_moe.experts.", "w1.weight", "w3.weight", "w2.weight");
@@ -75,13 +75,13 @@ std::vector<Family> families() {
     return t;
   };
   {
-    Family f{"olmoe", "moe::io::load_olmoe", olmoe_tensors(), nullptr, "mlp.gate.weight",
+    LoaderCase f{"olmoe", "moe::io::load_olmoe", olmoe_tensors(), nullptr, "mlp.gate.weight",
              "mlp.experts.2.up_proj.weight", "mlp.experts.1.down_proj.weight", swiglu_t};
     f.load = [](const SafetensorsFile& s) { (void)load_olmoe<float>(s, "mlp.", {2, false}); };
     out.push_back(f);
   }
   {
-    Family f{"qwen2_moe", "moe::io::load_qwen2_moe", olmoe_tensors(), nullptr, "mlp.gate.weight",
+    LoaderCase f{"qwen2_moe", "moe::io::load_qwen2_moe", olmoe_tensors(), nullptr, "mlp.gate.weight",
              "mlp.experts.2.gate_proj.weight", "mlp.shared_expert.down_proj.weight", "expected shape [4, 5], got [5, 4]"};
     f.tensors.push_back({"mlp.shared_expert.gate_proj.weight", {5, D}});
     f.tensors.push_back({"mlp.shared_expert.up_proj.weight", {5, D}});
@@ -91,7 +91,7 @@ std::vector<Family> families() {
     out.push_back(f);
   }
   {
-    Family f{"deepseek_v3", "moe::io::load_deepseek_v3", olmoe_tensors(), nullptr, "mlp.gate.weight",
+    LoaderCase f{"deepseek_v3", "moe::io::load_deepseek_v3", olmoe_tensors(), nullptr, "mlp.gate.weight",
              "mlp.experts.2.down_proj.weight", "mlp.experts.3.down_proj.weight", swiglu_t};
     f.tensors.push_back({"mlp.gate.e_score_correction_bias", {E}});
     f.tensors.push_back({"mlp.shared_experts.gate_proj.weight", {5, D}});
@@ -108,7 +108,7 @@ std::vector<Family> families() {
   }
   {
     // GPT-OSS fuses its experts: the "missing expert" is a fused tensor one expert short.
-    Family f{"gpt_oss", "moe::io::load_gpt_oss",
+    LoaderCase f{"gpt_oss", "moe::io::load_gpt_oss",
              {{"mlp.router.weight", {E, D}},
               {"mlp.router.bias", {E}},
               {"mlp.experts.gate_up_proj", {E, D, 2 * FF}},
@@ -120,7 +120,7 @@ std::vector<Family> families() {
     out.push_back(f);
   }
   {
-    Family f{"switch", "moe::io::load_switch_transformers", {{"mlp.router.classifier.weight", {E, D}}}, nullptr,
+    LoaderCase f{"switch", "moe::io::load_switch_transformers", {{"mlp.router.classifier.weight", {E, D}}}, nullptr,
              "mlp.router.classifier.weight", "mlp.experts.expert_2.wo.weight", "mlp.experts.expert_1.wo.weight",
              swiglu_t};
     for (std::int64_t e = 0; e < E; ++e) {
@@ -131,7 +131,7 @@ std::vector<Family> families() {
     out.push_back(f);
   }
   {
-    Family f{"soft_moe", "moe::io::load_soft_moe", {{"soft_moe.phi", {D, E}}}, nullptr, "soft_moe.phi",
+    LoaderCase f{"soft_moe", "moe::io::load_soft_moe", {{"soft_moe.phi", {D, E}}}, nullptr, "soft_moe.phi",
              "soft_moe.experts.2.wi.weight", "soft_moe.experts.1.wo.weight", swiglu_t};
     for (std::int64_t e = 0; e < E; ++e) {
       f.tensors.push_back({"soft_moe.experts." + std::to_string(e) + ".wi.weight", {FF, D}});
@@ -148,20 +148,20 @@ std::vector<Family> families() {
     return t;
   };
   {
-    Family f{"noisy_top_k", "moe::io::load_noisy_top_k", moe_tensors(true, true), nullptr, "moe.gate.weight",
+    LoaderCase f{"noisy_top_k", "moe::io::load_noisy_top_k", moe_tensors(true, true), nullptr, "moe.gate.weight",
              "moe.experts.2.w2.weight", "moe.experts.1.w2.weight", swiglu_t};
     f.load = [](const SafetensorsFile& s) { (void)load_noisy_top_k<float>(s, "moe.", {2}); };
     out.push_back(f);
   }
   {
-    Family f{"expert_choice", "moe::io::load_expert_choice", moe_tensors(true, false), nullptr, "moe.gate.weight",
+    LoaderCase f{"expert_choice", "moe::io::load_expert_choice", moe_tensors(true, false), nullptr, "moe.gate.weight",
              "moe.experts.2.w1.weight", "moe.experts.1.w2.weight", swiglu_t};
     f.load = [](const SafetensorsFile& s) { (void)load_expert_choice<float>(s, "moe."); };
     out.push_back(f);
   }
   {
     // Hash routing has no gate: the first matrix it reads is expert 0's w1.
-    Family f{"hash", "moe::io::load_hash", moe_tensors(false, false), nullptr, "moe.experts.0.w1.weight",
+    LoaderCase f{"hash", "moe::io::load_hash", moe_tensors(false, false), nullptr, "moe.experts.0.w1.weight",
              "moe.experts.2.w3.weight", "moe.experts.1.w2.weight", swiglu_t};
     f.tensors.push_back({"moe.hash_table", {8}, DType::I64});
     f.load = [](const SafetensorsFile& s) { (void)load_hash<float>(s, "moe."); };
@@ -233,7 +233,7 @@ std::vector<Tensor> modified(std::vector<Tensor> t, const std::string& name, con
 }
 
 template <class Exception>
-void require_refusal(const Family& f, const SafetensorsFile& file, const std::string& tensor, const std::string& text) {
+void require_refusal(const LoaderCase& f, const SafetensorsFile& file, const std::string& tensor, const std::string& text) {
   INFO(f.name << ": expecting a refusal naming " << tensor << " containing: " << text);
   REQUIRE_THROWS_AS(f.load(file), Exception);
   REQUIRE_THROWS_WITH(f.load(file), Contains("moe::io: file 'robust.safetensors': tensor '" + tensor + "': " +
@@ -244,7 +244,7 @@ void require_refusal(const Family& f, const SafetensorsFile& file, const std::st
 }  // namespace
 
 TEST_CASE("every family's own file loads", "[io][loader][robustness]") {
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     INFO(f.name);
     REQUIRE_NOTHROW(f.load(file_of(f.tensors)));
   }
@@ -257,11 +257,11 @@ TEST_CASE("a loader given another family's file loads exactly when the file hold
   // loader and the first tensor it could not find or use.
   const auto all = families();
   int refused = 0;
-  for (const Family& file_family : all) {
+  for (const LoaderCase& file_family : all) {
     const SafetensorsFile file = file_of(file_family.tensors);
     std::set<std::string> present;
     for (const Tensor& t : file_family.tensors) present.insert(t.name);
-    for (const Family& loader : all) {
+    for (const LoaderCase& loader : all) {
       INFO("file of " << file_family.name << ", loader of " << loader.name);
       const bool superset = std::all_of(loader.tensors.begin(), loader.tensors.end(),
                                         [&](const Tensor& t) { return present.count(t.name) != 0; });
@@ -278,7 +278,7 @@ TEST_CASE("a loader given another family's file loads exactly when the file hold
 }
 
 TEST_CASE("a missing expert is refused naming the loader and the tensor", "[io][loader][robustness]") {
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     if (f.dropped.empty()) {  // GPT-OSS: a fused tensor one expert short
       require_refusal<moe::io::TensorMismatchError>(
           f, file_of(modified(f.tensors, "mlp.experts.down_proj", [](Tensor& t) { t.shape[0] = E - 1; })),
@@ -291,14 +291,14 @@ TEST_CASE("a missing expert is refused naming the loader and the tensor", "[io][
 }
 
 TEST_CASE("a transposed weight is refused with both shapes", "[io][loader][robustness]") {
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     const auto t = modified(f.tensors, f.transposed, [](Tensor& x) { std::swap(x.shape[x.shape.size() - 2], x.shape.back()); });
     require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.transposed, f.transposed_expect);
   }
 }
 
 TEST_CASE("an integer weight is refused: the loaders read floating tensors only", "[io][loader][robustness]") {
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.dtype = DType::I64; });
     require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix,
                                                   "expected a floating dtype (F32, F64, F16, BF16), got I64");
@@ -306,7 +306,7 @@ TEST_CASE("an integer weight is refused: the loaders read floating tensors only"
 }
 
 TEST_CASE("a 1-D tensor where a matrix belongs is refused naming its shape", "[io][loader][robustness]") {
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     const auto t = modified(f.tensors, f.matrix, [](Tensor& x) { x.shape = {x.shape[0] * x.shape[1]}; });
     require_refusal<moe::io::TensorMismatchError>(f, file_of(t), f.matrix, "expected a 2-D tensor, got shape [");
   }
@@ -314,7 +314,7 @@ TEST_CASE("a 1-D tensor where a matrix belongs is refused naming its shape", "[i
 
 TEST_CASE("F16 and BF16 files load, converted exactly to the layer's type", "[io][loader][robustness]") {
   using Params = std::map<std::string, std::vector<double>>;
-  // The layers are loaded inside Family::load, so the parameters are compared through a second
+  // The layers are loaded inside LoaderCase::load, so the parameters are compared through a second
   // load of the same kind: Mixtral (SwiGLU bank + router) and GPT-OSS (fused, with biases).
   const auto params = [](const auto& layer) {
     Params p;
@@ -328,7 +328,7 @@ TEST_CASE("F16 and BF16 files load, converted exactly to the layer's type", "[io
   const auto all = families();
   for (const DType dtype : {DType::F16, DType::BF16}) {
     INFO(moe::io::dtype_name(dtype));
-    for (const Family& f : all) {
+    for (const LoaderCase& f : all) {
       INFO(f.name);
       REQUIRE_NOTHROW(f.load(file_of(f.tensors, dtype)));
     }
@@ -355,7 +355,7 @@ TEST_CASE("a file claiming many large experts is refused before the bank is allo
                                     {"block_sparse_moe.experts.0.w1.weight", {wide, 1}},
                                     {"block_sparse_moe.experts.0.w3.weight", {wide, 1}},
                                     {"block_sparse_moe.experts.0.w2.weight", {1, wide}}};
-  const Family mixtral = families().front();  // a copy: families() returns a temporary
+  const LoaderCase mixtral = families().front();  // a copy: families() returns a temporary
   require_refusal<moe::io::MissingTensorError>(mixtral, file_of(tensors), "block_sparse_moe.experts.1.w1.weight",
                                                "expected this tensor");
 }
@@ -367,7 +367,7 @@ TEST_CASE("Switch and Soft MoE files claiming many large experts are refused bef
   constexpr std::int64_t many = std::int64_t{1} << 20, wide = std::int64_t{1} << 16;
   const auto all = families();
   const auto family = [&](const std::string& name) {
-    for (const Family& f : all)
+    for (const LoaderCase& f : all)
       if (f.name == name) return f;
     FAIL("no family " << name);
     return all.front();
@@ -388,7 +388,7 @@ TEST_CASE("a zero d_ff reaches the bank's constructor, whose refusal carries the
           "[io][loader][robustness]") {
   // Every bank is built inside the shared recipe, which prefixes the loader to the bank's own
   // std::invalid_argument.
-  for (const Family& f : families()) {
+  for (const LoaderCase& f : families()) {
     if (f.name == "gpt_oss") continue;  // fused experts: d_ff comes from gate_up_proj, checked for evenness
     std::vector<Tensor> t = f.tensors;
     for (Tensor& x : t)

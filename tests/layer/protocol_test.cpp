@@ -15,7 +15,7 @@ namespace {
 using moe::Index;
 using moe::RowMatrix;
 
-moe::MixtralMoE<double> mixtral() {
+moe::MixtralMoE<double> protocol_mixtral() {
   RowMatrix<double> router(4, 6);
   moe::test::fill(router, 3);
   return {moe::test::swiglu<double>(4, 6, 5, 1), moe::SoftmaxTopKRouter<double>(router, 2)};
@@ -30,7 +30,7 @@ std::vector<RowMatrix<double>> all_gradients(const moe::MixtralMoE<double>::grad
 }  // namespace
 
 TEST_CASE("a loss list gives the bits of the same losses by LossWeights", "[layer][losses]") {
-  const auto layer = mixtral();
+  const auto layer = protocol_mixtral();
   RowMatrix<double> x(11, 6), G(11, 6);
   moe::test::fill(x, 4);
   moe::test::fill(G, 5);
@@ -53,7 +53,7 @@ TEST_CASE("a loss list gives the bits of the same losses by LossWeights", "[laye
 }
 
 TEST_CASE("the importance loss trains any sparse router through its gates", "[layer][losses][importance]") {
-  auto layer = mixtral();
+  auto layer = protocol_mixtral();
   RowMatrix<double> x(10, 6), G(10, 6);
   moe::test::fill(x, 6);
   moe::test::fill(G, 7);
@@ -76,7 +76,7 @@ TEST_CASE("the importance loss trains any sparse router through its gates", "[la
 }
 
 TEST_CASE("backward refuses what it cannot run, with its own message for each", "[layer][errors]") {
-  const auto layer = mixtral();
+  const auto layer = protocol_mixtral();
   auto grads = layer.make_gradients();
   const RowMatrix<double> G = RowMatrix<double>::Zero(3, 6);
   moe::Workspace<double> fresh;

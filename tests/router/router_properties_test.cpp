@@ -49,7 +49,7 @@ constexpr Index kVocab = 50;
 /// N(0, scale^2) entries from a counter-based generator, so a seed means the same matrix on
 /// every machine.
 template <class S>
-RowMatrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
+RowMatrix<S> counter_matrix(Index rows, Index cols, std::uint64_t seed, double scale = 1.0) {
   const moe::CounterRng rng(seed, 0);
   RowMatrix<S> m(rows, cols);
   for (Index r = 0; r < rows; ++r)
@@ -61,8 +61,8 @@ RowMatrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed, double sc
 template <class S, Activation Act>
 moe::FFNExperts<S, Act> make_experts(std::uint64_t seed) {
   moe::FFNExperts<S, Act> experts(kExperts, kDim, kHidden);
-  experts.wi() = random_matrix<S>(kExperts * kHidden, kDim, seed, 1.0 / std::sqrt(double(kDim)));
-  experts.wo() = random_matrix<S>(kExperts * kDim, kHidden, seed + 1, 1.0 / std::sqrt(double(kHidden)));
+  experts.wi() = counter_matrix<S>(kExperts * kHidden, kDim, seed, 1.0 / std::sqrt(double(kDim)));
+  experts.wo() = counter_matrix<S>(kExperts * kDim, kHidden, seed + 1, 1.0 / std::sqrt(double(kHidden)));
   return experts;
 }
 
@@ -117,7 +117,7 @@ struct RouterFactory<SoftmaxTopKTag<S>> : FactoryDefaults {
   static constexpr const char* name = "softmax top-2, renormalised (Mixtral)";
   static constexpr GateSum gate_sum = GateSum::one;
   static router_type make_router(std::uint64_t seed) {
-    return router_type(random_matrix<S>(kExperts, kDim, seed), 2, moe::SoftmaxTopK<S>{.renormalize = true});
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), 2, moe::SoftmaxTopK<S>{.renormalize = true});
   }
 };
 
@@ -128,7 +128,7 @@ struct RouterFactory<SwitchTag<S>> : FactoryDefaults {
   static constexpr const char* name = "softmax top-1, capacity factor 1.25 (Switch)";
   static constexpr GateSum gate_sum = GateSum::top1_probability;
   static router_type make_router(std::uint64_t seed) {
-    return router_type(random_matrix<S>(kExperts, kDim, seed), 1, moe::SoftmaxTopK<S>{.renormalize = false});
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), 1, moe::SoftmaxTopK<S>{.renormalize = false});
   }
   static Capacity capacity() { return Capacity::from_factor(1.25); }
 };
@@ -140,8 +140,8 @@ struct RouterFactory<TopKSoftmaxTag<S>> : FactoryDefaults {
   static constexpr const char* name = "top-2 then softmax, with logit bias (GPT-OSS)";
   static constexpr GateSum gate_sum = GateSum::one;
   static router_type make_router(std::uint64_t seed) {
-    const RowMatrix<S> bias = random_matrix<S>(1, kExperts, seed + 1, 0.5);
-    return router_type(random_matrix<S>(kExperts, kDim, seed), 2, moe::TopKSoftmax<S>{}, bias.row(0).transpose());
+    const RowMatrix<S> bias = counter_matrix<S>(1, kExperts, seed + 1, 0.5);
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), 2, moe::TopKSoftmax<S>{}, bias.row(0).transpose());
   }
 };
 
@@ -160,8 +160,8 @@ struct RouterFactory<GroupLimitedTag<S>> : FactoryDefaults {
     gating.renormalize = true;
     // A correction bias of either sign: it steers selection only, so the gates stay sigmoid
     // scores (positive) times a positive factor whatever its sign.
-    gating.correction_bias = random_matrix<S>(1, kExperts, seed + 1, 0.3).row(0).transpose();
-    return router_type(random_matrix<S>(kExperts, kDim, seed), 3, std::move(gating));
+    gating.correction_bias = counter_matrix<S>(1, kExperts, seed + 1, 0.3).row(0).transpose();
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), 3, std::move(gating));
   }
 };
 
@@ -173,7 +173,7 @@ struct RouterFactory<NoisyTrainingTag<S>> : FactoryDefaults {
   static constexpr Mode mode = Mode::training;
   static constexpr GateSum gate_sum = GateSum::one;
   static router_type make_router(std::uint64_t seed) {
-    return router_type(random_matrix<S>(kExperts, kDim, seed), random_matrix<S>(kExperts, kDim, seed + 1), 2);
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), counter_matrix<S>(kExperts, kDim, seed + 1), 2);
   }
 };
 
@@ -183,7 +183,7 @@ struct RouterFactory<NoisySuppliedTag<S>> : RouterFactory<NoisyTrainingTag<S>> {
   static constexpr const char* name = "noisy top-2, training, noise given by set_noise()";
   static router_type make_router(std::uint64_t seed) {
     router_type r = RouterFactory<NoisyTrainingTag<S>>::make_router(seed);
-    r.set_noise(random_matrix<S>(kTokens, kExperts, seed + 2));
+    r.set_noise(counter_matrix<S>(kTokens, kExperts, seed + 2));
     return r;
   }
 };
@@ -201,7 +201,7 @@ struct RouterFactory<ExpertChoiceTag<S>> : FactoryDefaults {
   static constexpr const char* name = "expert choice, capacity factor 2 (Zhou 2022)";
   static constexpr GateSum gate_sum = GateSum::none;
   static router_type make_router(std::uint64_t seed) {
-    return router_type(random_matrix<S>(kExperts, kDim, seed), 2.0);
+    return router_type(counter_matrix<S>(kExperts, kDim, seed), 2.0);
   }
 };
 
@@ -223,7 +223,7 @@ struct RouterFactory<SoftTag<S>> : FactoryDefaults {
   static constexpr GateSum gate_sum = GateSum::dense;
   static constexpr Index sequence_length = 8;
   static router_type make_router(std::uint64_t seed) {
-    return router_type(random_matrix<S>(kDim, kExperts * 2, seed, 1.0 / std::sqrt(double(kDim))), 2);
+    return router_type(counter_matrix<S>(kDim, kExperts * 2, seed, 1.0 / std::sqrt(double(kDim))), 2);
   }
 };
 
@@ -267,7 +267,7 @@ struct Batch {
 
 template <class S>
 Batch<S> make_batch(std::uint64_t seed = 21) {
-  Batch<S> b{random_matrix<S>(kTokens, kDim, seed), std::vector<std::int64_t>(static_cast<std::size_t>(kTokens))};
+  Batch<S> b{counter_matrix<S>(kTokens, kDim, seed), std::vector<std::int64_t>(static_cast<std::size_t>(kTokens))};
   const moe::CounterRng rng(seed, 1);
   for (std::size_t t = 0; t < b.ids.size(); ++t) b.ids[t] = static_cast<std::int64_t>(rng.bits(t, 0) % kVocab);
   return b;

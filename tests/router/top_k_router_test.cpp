@@ -9,6 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::Index;
@@ -92,13 +94,7 @@ RowMatrix<double> reference_group_limited(const RowMatrix<double>& x, const RowM
   return g;
 }
 
-RowMatrix<double> random_matrix(Index r, Index c, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, 1.0);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/weight_types.hpp>
 
 #include <algorithm>
 #include <span>
@@ -71,7 +72,21 @@ inline constexpr Index expert_rows_per_task = 512;
 /// tasks of at most expert_rows_per_task rows; hidden[slab e] keeps the intermediates.
 /// backward: one task per expert (its weight gradient sums over all its rows, in a fixed
 /// order whatever the thread count); experts write disjoint slices of the gradients.
+///
+/// Before a pool runs products, every one of its threads gets the product kernels' buffers
+/// for the bank's activation type and, when its weights are stored as another element type
+/// gemm widens (expert_traits<E>::weight_type, e.g. bf16), for that one too: which thread
+/// takes which task then never decides whether a call allocates.
 struct LocalExecutor {
+  template <class ExpertType, class S>
+  static void prepare(ThreadPool* pool) {
+    using W = typename expert_traits<ExpertType>::weight_type;
+    if constexpr (!std::is_same_v<W, S> && kernels::WeightFor<W, S>)
+      kernels::prepare_threads<S, W>(pool);
+    else
+      kernels::prepare_threads<S>(pool);
+  }
+
   template <class Arch = xsimd::default_arch, class ExpertType, class S>
   void forward(const ExpertType& experts, const ExpertStep<S>& step) const {
     const DispatchPlan<S>& plan = step.plan;
@@ -95,7 +110,7 @@ struct LocalExecutor {
     ThreadPool* pool = step.context.pool;
     MatrixRef<S> hidden = step.hidden;  // the views are const in a const step; their matrices are not
     MatrixRef<S> y_perm = step.y_perm;
-    kernels::prepare_threads<S>(pool);
+    prepare<ExpertType, S>(pool);
     detail::parallel_for(pool, tasks, [&](Index task) {
       Index e = 0, b = 0, n = 0;
       locate(task, e, b, n);
@@ -118,7 +133,7 @@ struct LocalExecutor {
     ThreadPool* pool = step.context.pool;
     MatrixRef<S> dx_perm = step.dx_perm;
     MatrixRef<S> dhidden = step.dhidden;
-    kernels::prepare_threads<S>(pool);
+    prepare<ExpertType, S>(pool);
     detail::parallel_for(pool, plan.num_experts, [&](Index e) {
       const Index n = plan.count(e);
       if (n == 0) return;
