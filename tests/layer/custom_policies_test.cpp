@@ -124,13 +124,12 @@ struct ScaledSumCombiner {
     y *= scale[0];
   }
 
-  // Training (docs/combiners.md#training): write dy_perm and dgate_slot for every slot, set dx
-  // (zero: no path of its own from x), accumulate d scale into grad.
+  // Training (docs/combiners.md#training): write dy_perm and dgate_slot for every slot and
+  // accumulate d scale into grad; nothing to add to dx (no path of its own from x).
   template <class Arch>
   void backward(const moe::CombinerBackward<S>& in, ScaledSumCombiner& grad, const moe::CombineContext<S>&) const {
     const moe::DispatchPlan<S>& plan = in.plan;
     moe::MatrixRef<S> dy_perm = in.dy_perm;
-    moe::MatrixRef<S> dx = in.dx;
     for (moe::Index p = 0; p < plan.rows(); ++p) {
       const auto i = static_cast<std::size_t>(p);
       const S dot = in.dy.row(plan.token[i]).dot(in.y_perm.row(p));
@@ -138,7 +137,6 @@ struct ScaledSumCombiner {
       in.dgate_slot[i] = scale[0] * dot;
       grad.scale[0] += plan.gate[i] * dot;
     }
-    dx.setZero();
   }
 
   template <class F>

@@ -294,8 +294,8 @@ void save_layer(SafetensorsWriter&, const MixtralLayer<S, A>&, std::string_view)
 #define MOE_IO_SAVE_LAYER_ONE_FAMILY(LayerAlias, FamilyValue, save_fn, layer_name)                        \
   template <class S, class A>                                                                              \
   void save_layer(SafetensorsWriter& w, const LayerAlias<S, A>& layer, std::string_view prefix,           \
-                  Family family = FamilyValue) {                                                           \
-    if (family != FamilyValue) detail::throw_family(family, layer_name, family_name(FamilyValue));          \
+                  Family family = (FamilyValue)) {                                                         \
+    if (family != (FamilyValue)) detail::throw_family(family, layer_name, family_name(FamilyValue));        \
     save_fn(w, layer, prefix);                                                                             \
   }
 MOE_IO_SAVE_LAYER_ONE_FAMILY(Qwen2Layer, Family::qwen2_moe, save_qwen2_moe, "Qwen2MoE")

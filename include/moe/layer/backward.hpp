@@ -100,11 +100,7 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
                           .dgate_slot = ws.dgate_slot.data(), .dx = dx},
       grads.combiner, cc);
   // 4 experts, through the layer's executor.
-  layer.executor().template backward<Arch>(
-      layer.experts(),
-      ExpertStepBackward<S>{plan, ws.x_perm, ws.hidden, ws.dy_perm, ws.dx_perm, ws.dhidden, ws.x_saved,
-                            ws.last_context},
-      grads.experts);
+  layer.executor().template backward<Arch>(layer.experts(), ws.expert_step_backward(), grads.experts);
   // 3 gather: its transpose adds each token's dX_perm rows into dx, in slot order.
   ws.ones.assign(static_cast<std::size_t>(N), S(1));
   token_major_sum<Arch>(plan, ws.dx_perm, ws.ones.data(), dx, /*overwrite=*/false, ws.pool);

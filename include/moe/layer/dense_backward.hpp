@@ -48,11 +48,7 @@ void dense_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sca
                           .dlogits = ws.dlogits, .dx = dx},
       grads.combiner, cc);
   // 4 experts, slab by slab (every slab holds B*p slots), through the layer's executor.
-  layer.executor().template backward<Arch>(
-      layer.experts(),
-      ExpertStepBackward<S>{plan, ws.x_perm, ws.hidden, ws.dy_perm, ws.dx_perm, ws.dhidden, ws.x_saved,
-                            ws.last_context},
-      grads.experts);
+  layer.executor().template backward<Arch>(layer.experts(), ws.expert_step_backward(), grads.experts);
   // 3 gather: slots = D_b^T X_b gives dx = D_b dslots_b and dL/dD = X_b dslots_b^T.
   gather_slots_backward<Arch>(ws.x_saved, routing, layout, ws.dx_perm, dx, ws.dscores);
   // 1 route: the dispatch softmax and the logits; adds the logits' path to dx.

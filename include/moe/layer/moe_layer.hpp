@@ -167,8 +167,7 @@ class MoELayer {
       build_slot_plan(layout, x.rows(), ws.plan);                               // 2 plan: E slabs of B*p slots
       prepare(ws, x.cols());
       gather_slots<Arch>(x, ws.routing, layout, ws.x_perm);                     // 3 gather: D_b^T X_b
-      executor_.template forward<Arch>(experts_, ExpertStep<scalar_type>{ws.plan, ws.x_perm, ws.hidden, ws.y_perm,
-                                                                         x, ws.last_context});  // 4 experts
+      executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine: C_b * slots
       record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
     } else {
@@ -176,8 +175,7 @@ class MoELayer {
       build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
       prepare(ws, x.cols());
       gather_tokens<Arch>(x, ws.plan, ws.x_perm, ctx.pool);                     // 3 gather
-      executor_.template forward<Arch>(experts_, ExpertStep<scalar_type>{ws.plan, ws.x_perm, ws.hidden, ws.y_perm,
-                                                                         x, ws.last_context});  // 4 experts
+      executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine
       record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
     }

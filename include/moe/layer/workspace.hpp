@@ -4,6 +4,7 @@
 
 #include <moe/contracts/combine.hpp>
 #include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/executor.hpp>
 #include <moe/contracts/routing_result.hpp>
 #include <moe/contracts/statistics.hpp>
 #include <moe/core/context.hpp>
@@ -54,6 +55,15 @@ struct Workspace {
   /// The combiner's view of this workspace (routing, last forward's context, scratch): what
   /// the layer passes to combine() and the combiner's backward.
   [[nodiscard]] CombineContext<S> combine_context() noexcept { return {routing, last_context, combine}; }
+
+  /// Step 4's view of this workspace, forward (x is the layer's input) and backward (after a
+  /// training forward; dy_perm, dx_perm and dhidden sized): what the layer hands its executor.
+  [[nodiscard]] ExpertStep<S> expert_step(const ConstMatrixRef<S>& x) noexcept {
+    return {plan, x_perm, hidden, y_perm, x, last_context};
+  }
+  [[nodiscard]] ExpertStepBackward<S> expert_step_backward() noexcept {
+    return {plan, x_perm, hidden, dy_perm, dx_perm, dhidden, x_saved, last_context};
+  }
 };
 
 }  // namespace moe
