@@ -86,8 +86,8 @@ TEST_CASE("a bank with bf16 weights runs through the layer as its float-widened 
 TEST_CASE("LocalExecutor runs expert e on rows [begin(e), begin(e) + count(e)), in tasks of at most 512 rows",
           "[expert][executor]") {
   std::mt19937 rng(41);
-  // 700 tokens, k = 2, 3 experts: slabs of about 470 rows each, one of them more than 512.
-  const moe::RoutingResult<double> r = moe::test::random_routing(rng, 700, 3, 2);
+  // 900 tokens, k = 2, 3 experts: slabs of about 600 rows, more than one task each.
+  const moe::RoutingResult<double> r = moe::test::random_routing(rng, 900, 3, 2);
   moe::DispatchPlan<double> plan;
   moe::build_plan(r, plan);
   Index largest = 0;
@@ -95,7 +95,7 @@ TEST_CASE("LocalExecutor runs expert e on rows [begin(e), begin(e) + count(e)), 
   REQUIRE(largest > moe::expert_rows_per_task);
   const moe::SwiGLUExperts<double> bank = moe::test::swiglu<double>(3, 6, 5, 42);
   const RowMatrix<double> x_perm = moe::test::random_matrix(plan.rows(), 6, 43);
-  const RowMatrix<double> input = RowMatrix<double>::Zero(700, 6);
+  const RowMatrix<double> input = RowMatrix<double>::Zero(900, 6);
   moe::ForwardContext ctx;
   RowMatrix<double> hidden(plan.rows(), bank.hidden_cols()), y_perm(plan.rows(), 6);
   moe::LocalExecutor{}.forward(bank, moe::ExpertStep<double>{plan, x_perm, hidden, y_perm, input, ctx});
