@@ -14,7 +14,7 @@
 using moe::Index;
 using moe::RowMatrix;
 
-TEST_CASE("token_major_sum adds or writes sum_p w[p] src[p] per token, the same bits on any pool",
+TEST_CASE("token_major_sum adds or writes the sum of w(p) src(p) per token, the same bits on any pool",
           "[combine][token_major_sum]") {
   std::mt19937 rng(3);
   const Index T = 200, d = 5;

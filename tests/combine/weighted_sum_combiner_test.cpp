@@ -37,7 +37,7 @@ TEST_CASE("the weighted-sum combiner adds gate * expert output per kept assignme
   CHECK(pooled == y);
 }
 
-TEST_CASE("the weighted-sum combiner's backward: dy_perm = gate * dy[token], dgate = <dy[token], y_perm>",
+TEST_CASE("the weighted-sum combiner's backward: dy_perm = gate * dy of its token, dgate = dy of its token . y_perm",
           "[combine][backward]") {
   std::mt19937 rng(9);
   const Index T = 90, d = 4;

@@ -22,7 +22,7 @@ TEST_CASE("reset sizes the triples and records T, E and k", "[contracts][routing
   CHECK(r.size() == 0);
 }
 
-TEST_CASE("dense_gates sums each token's gates per expert; expert_counts counts assignments", "[contracts][routing]") {
+TEST_CASE("dense_gates sums each token's gates per expert, expert_counts counts assignments", "[contracts][routing]") {
   moe::RoutingResult<double> r;
   r.reset(3, 4, 5, 0);  // expert choice: k = 0, a token may appear any number of times
   r.token = {0, 0, 1, 2, 2};

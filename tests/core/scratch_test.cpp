@@ -12,7 +12,7 @@ struct TagA {};
 struct TagB {};
 }  // namespace
 
-TEST_CASE("a lease reuses the thread's buffer; nested leases and other tags get their own", "[core][scratch]") {
+TEST_CASE("a lease reuses the thread's buffer, nested leases and other tags get their own", "[core][scratch]") {
   const double* first = nullptr;
   {
     moe::detail::ScratchLease<double, TagA> lease;

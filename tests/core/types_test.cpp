@@ -5,7 +5,7 @@
 
 #include <type_traits>
 
-TEST_CASE("tokens are rows of a row-major matrix; Scalar is float or double", "[core]") {
+TEST_CASE("tokens are rows of a row-major matrix, Scalar is float or double", "[core]") {
   STATIC_REQUIRE(moe::RowMatrix<float>::IsRowMajor);
   STATIC_REQUIRE(std::is_same_v<moe::Index, Eigen::Index>);
   STATIC_REQUIRE(moe::Scalar<float>);

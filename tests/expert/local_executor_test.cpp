@@ -83,7 +83,7 @@ TEST_CASE("a bank with bf16 weights runs through the layer as its float-widened 
       }
 }
 
-TEST_CASE("LocalExecutor runs expert e on rows [begin(e), begin(e) + count(e)), in tasks of at most 512 rows",
+TEST_CASE("LocalExecutor runs expert e on its own slab of rows, in tasks of at most 512 rows",
           "[expert][executor]") {
   std::mt19937 rng(41);
   // 900 tokens, k = 2, 3 experts: slabs of about 600 rows, more than one task each.

@@ -24,7 +24,7 @@ moe::SlotLayout small_layout() {
 
 }  // namespace
 
-TEST_CASE("gather_slots: slot i of sequence b is sum_t D[b n + t, i] x[b n + t]", "[gather][soft]") {
+TEST_CASE("gather_slots: slot i of sequence b is the sum over its tokens t of D(t, i) x(t)", "[gather][soft]") {
   const moe::SlotLayout l = small_layout();
   moe::RoutingResult<double> r;
   r.num_tokens = 6;

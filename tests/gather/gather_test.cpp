@@ -11,7 +11,7 @@
 using moe::Index;
 using moe::RowMatrix;
 
-TEST_CASE("gather_tokens copies x[plan.token[p]] into row p, serially and on a pool", "[gather]") {
+TEST_CASE("gather_tokens copies the row of x of plan.token(p) into row p, serially and on a pool", "[gather]") {
   std::mt19937 rng(5);
   // 700 tokens, k = 2: 1400 rows, more than one task of 256 rows.
   const moe::RoutingResult<float> r = moe::test::random_routing<float>(rng, 700, 6, 2);

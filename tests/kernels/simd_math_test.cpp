@@ -34,7 +34,7 @@ AlignedVector<S> padded(std::vector<S> values, S pad) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("exp_nonpositive is exp on (-inf, 0], 0 at -inf and below -1000, NaN for NaN", "[kernels][simd_math]",
+TEMPLATE_TEST_CASE("exp_nonpositive is exp for x <= 0, 0 at -inf and below -1000, NaN for NaN", "[kernels][simd_math]",
                    float, double) {
   using S = TestType;
   const S inf = std::numeric_limits<S>::infinity();
@@ -60,7 +60,7 @@ TEMPLATE_TEST_CASE("exp_nonpositive is exp on (-inf, 0], 0 at -inf and below -10
   });
 }
 
-TEMPLATE_TEST_CASE("clamp_symmetric clamps to [-bound, bound] and sends NaN to -bound", "[kernels][simd_math]", float,
+TEMPLATE_TEST_CASE("clamp_symmetric clamps to plus or minus bound and sends NaN to -bound", "[kernels][simd_math]", float,
                    double) {
   using S = TestType;
   const S inf = std::numeric_limits<S>::infinity();

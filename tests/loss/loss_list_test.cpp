@@ -26,7 +26,7 @@ TEST_CASE("losses(weighted(...)...) keeps each loss and weight, visited in order
   STATIC_REQUIRE(moe::losses().size() == 0);
 }
 
-TEST_CASE("loss list traits: weighted terms, lists and NoLosses; RoutingLoss holds for the shipped losses",
+TEST_CASE("loss list traits: weighted terms, lists and NoLosses, and RoutingLoss holds for the shipped losses",
           "[loss][list]") {
   STATIC_REQUIRE(moe::detail::is_weighted_loss<moe::WeightedLoss<moe::RouterZLoss, float>>);
   STATIC_REQUIRE_FALSE(moe::detail::is_weighted_loss<moe::RouterZLoss>);

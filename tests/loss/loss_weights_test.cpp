@@ -29,7 +29,7 @@ std::vector<std::pair<std::string, double>> terms_of(const List& list) {
 
 }  // namespace
 
-TEST_CASE("LossWeights::list is aux, z, importance, sequence, load with their weights; routing_losses leaves out load",
+TEST_CASE("LossWeights::list is aux, z, importance, sequence, load with their weights, routing_losses leaves out load",
           "[loss][weights]") {
   moe::LossWeights<float> w{.aux = 0.5f, .z = 0.25f, .importance = 0.125f, .load = 2.0f, .sequence = 4.0f};
   using P = std::vector<std::pair<std::string, double>>;
