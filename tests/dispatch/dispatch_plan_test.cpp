@@ -15,6 +15,8 @@
 #include <random>
 #include <vector>
 
+#include "support/random.hpp"
+
 // Counts operator new calls so the steady-state test can tell that build_plan allocates
 // nothing. Every file of this program is a dispatch test, so replacing it here is harmless.
 // AddressSanitizer keeps its own books of new and free and reports the replacement as a
@@ -49,28 +51,7 @@ using moe::Index;
 using moe::Priority;
 using moe::RoutingResult;
 
-/// A token-choice routing: T tokens, k distinct experts each, best (largest gate) first. Gates
-/// are multiples of 1/8 so that equal top-1 gates (the BPR tie rule) are common.
-RoutingResult<double> random_routing(std::mt19937& rng, Index T, Index E, Index k) {
-  RoutingResult<double> r;
-  r.reset(T, E, T * k, k);
-  std::vector<Index> experts(static_cast<std::size_t>(E));
-  std::uniform_int_distribution<int> eighth(1, 8);
-  for (Index t = 0; t < T; ++t) {
-    for (Index e = 0; e < E; ++e) experts[static_cast<std::size_t>(e)] = e;
-    std::shuffle(experts.begin(), experts.end(), rng);
-    std::vector<double> g(static_cast<std::size_t>(k));
-    for (auto& v : g) v = eighth(rng) / 8.0;
-    std::sort(g.begin(), g.end(), std::greater<>());
-    for (Index j = 0; j < k; ++j) {
-      const auto i = static_cast<std::size_t>(t * k + j);
-      r.token[i] = t;
-      r.expert[i] = experts[static_cast<std::size_t>(j)];
-      r.gate[i] = g[static_cast<std::size_t>(j)];
-    }
-  }
-  return r;
-}
+using moe::test::random_routing;
 
 struct Reference {
   std::vector<Index> offsets, token, assignment, slot_of, dropped;

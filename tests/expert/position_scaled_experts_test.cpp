@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/gradient_check.hpp"
 #include "support/random.hpp"
 
 namespace {
@@ -81,14 +82,7 @@ TEST_CASE("position-scaled experts: backward matches finite differences", "[expe
     return (out.array() * G.array()).sum();
   };
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-7);
-  std::vector<RowMatrix<double>> analytic;
-  grads.for_each_parameter([&](const std::string&, const auto& g) { analytic.emplace_back(g); });
-  std::size_t i = 0;
-  layer.for_each_parameter([&](const std::string& name, auto&& p) {
-    INFO(name);
-    CHECK(moe::test::relative_gap(analytic.at(i++), moe::test::numeric_gradient(p, loss)) < 1e-7);
-  });
-  CHECK(i == analytic.size());
+  moe::test::check_parameter_gradients(layer, grads, loss, 1e-7);
 }
 
 TEST_CASE("position-scaled experts refuse a negative or non-finite decay", "[expert][context][errors]") {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "support/safetensors_file.hpp"
+
 namespace {
 
 using moe::io::SafetensorsFile;
@@ -39,12 +41,10 @@ SafetensorsWriter mixtral_writer(const std::string& skip = "", const std::string
   return w;
 }
 
-SafetensorsFile file_of(const SafetensorsWriter& w) { return SafetensorsFile::from_bytes(w.to_bytes(), "layer.safetensors"); }
-
 }  // namespace
 
 TEST_CASE("a well-formed Mixtral layer loads with sizes read from its tensors", "[io][loader]") {
-  const auto f = file_of(mixtral_writer());
+  const auto f = moe::test::in_memory(mixtral_writer());
   const auto layer = moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2});
   REQUIRE(layer.num_experts() == 4);
   REQUIRE(layer.input_dim() == 8);
@@ -54,7 +54,7 @@ TEST_CASE("a well-formed Mixtral layer loads with sizes read from its tensors", 
 }
 
 TEST_CASE("a missing tensor names the loader, the tensor and the prefix", "[io][loader][errors]") {
-  const auto f = file_of(mixtral_writer("block_sparse_moe.experts.2.w3.weight"));
+  const auto f = moe::test::in_memory(mixtral_writer("block_sparse_moe.experts.2.w3.weight"));
   REQUIRE_THROWS_AS(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2}), moe::io::MissingTensorError);
   REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2}),
                       "moe::io: file 'layer.safetensors': tensor 'block_sparse_moe.experts.2.w3.weight': "
@@ -62,7 +62,7 @@ TEST_CASE("a missing tensor names the loader, the tensor and the prefix", "[io][
                       "such name; close names: 'block_sparse_moe.experts.0.w3.weight', "
                       "'block_sparse_moe.experts.1.w3.weight', 'block_sparse_moe.experts.2.w1.weight'");
   // A wrong prefix fails on the first tensor; the name under the file's own prefix is suggested.
-  REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(file_of(mixtral_writer()), "model.layers.0.block_sparse_moe.", {2}),
+  REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(moe::test::in_memory(mixtral_writer()), "model.layers.0.block_sparse_moe.", {2}),
                       "moe::io: file 'layer.safetensors': tensor 'model.layers.0.block_sparse_moe.gate.weight': "
                       "moe::io::load_mixtral(): expected this tensor (prefix 'model.layers.0.block_sparse_moe.'), but "
                       "the file has no such name; close names: 'block_sparse_moe.gate.weight'");
@@ -76,7 +76,7 @@ TEST_CASE("missing-tensor suggestions: typos first, then names ending alike", "[
   for (const char* n : {"model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight",
                         "model.layers.1.mlp.experts.0.w1.weight", "model.layers.1.mlp.gate.wieght", "phi"})
     add_f32(w, n, {1});
-  const auto f = file_of(w);
+  const auto f = moe::test::in_memory(w);
   CHECK(f.close_names("model.layers.1.block_sparse_moe.gate.weight") ==
         std::vector<std::string>{"model.layers.1.mlp.gate.weight", "model.layers.0.mlp.gate.weight"});
   CHECK(f.close_names("model.layers.1.mlp.gate.weight.") ==
@@ -89,7 +89,7 @@ TEST_CASE("missing-tensor suggestions: typos first, then names ending alike", "[
 }
 
 TEST_CASE("a tensor of the wrong shape names the expected and the actual shape", "[io][loader][errors]") {
-  const auto f = file_of(mixtral_writer("", "block_sparse_moe.experts.1.w2.weight"));
+  const auto f = moe::test::in_memory(mixtral_writer("", "block_sparse_moe.experts.1.w2.weight"));
   REQUIRE_THROWS_AS(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2}), moe::io::TensorMismatchError);
   REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {2}),
                       "moe::io: file 'layer.safetensors': tensor 'block_sparse_moe.experts.1.w2.weight': "
@@ -100,12 +100,12 @@ TEST_CASE("a tensor of a non-floating dtype is refused", "[io][loader][errors]")
   SafetensorsWriter w = mixtral_writer("block_sparse_moe.gate.weight");
   std::vector<std::int64_t> ids(32, 1);
   w.add<std::int64_t>("block_sparse_moe.gate.weight", {4, 8}, std::span<const std::int64_t>(ids));
-  REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(file_of(w), "block_sparse_moe.", {2}),
+  REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(moe::test::in_memory(w), "block_sparse_moe.", {2}),
                       Catch::Contains("moe::io::load_mixtral(): expected a floating dtype (F32, F64, F16, BF16), got I64"));
 }
 
 TEST_CASE("router settings the checkpoint cannot satisfy name the loader", "[io][loader][errors]") {
-  const auto f = file_of(mixtral_writer());
+  const auto f = moe::test::in_memory(mixtral_writer());
   REQUIRE_THROWS_WITH(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {5}),
                       "moe::io::load_mixtral(): TopKRouter::TopKRouter(): k expected in [1, num_experts = 4], got 5");
   REQUIRE_THROWS_AS(moe::io::load_mixtral<float>(f, "block_sparse_moe.", {0}), std::invalid_argument);
@@ -120,7 +120,7 @@ TEST_CASE("DeepSeek-V3 group settings are checked against the checkpoint's exper
   for (int e = 0; e < 6; ++e) add_f32(w, "mlp.experts." + std::to_string(e) + ".down_proj.weight", {4, 3});
   for (const char* n : {"gate_proj", "up_proj"}) add_f32(w, std::string("mlp.shared_experts.") + n + ".weight", {5, 4});
   add_f32(w, "mlp.shared_experts.down_proj.weight", {4, 5});
-  const auto f = file_of(w);
+  const auto f = moe::test::in_memory(w);
   moe::io::DeepSeekV3Config c;
   c.top_k = 2;
   c.n_group = 3;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "support/safetensors_file.hpp"
+
 namespace {
 
 using moe::io::SafetensorsFile;
@@ -33,12 +35,12 @@ SafetensorsWriter switch_writer(const std::string& skip = "", const std::string&
   return w;
 }
 
-SafetensorsFile file_of(const SafetensorsWriter& w) { return SafetensorsFile::from_bytes(w.to_bytes(), "switch.safetensors"); }
+SafetensorsFile switch_file_of(const SafetensorsWriter& w) { return moe::test::in_memory(w, "switch.safetensors"); }
 
 }  // namespace
 
 TEST_CASE("a well-formed Switch layer loads top-1, unnormalised, with its weights in place", "[io][loader][switch]") {
-  const auto f = file_of(switch_writer());
+  const auto f = switch_file_of(switch_writer());
   const auto layer = moe::io::load_switch_transformers<double>(f, "mlp.");
   REQUIRE(layer.num_experts() == 3);
   REQUIRE(layer.input_dim() == 4);
@@ -62,39 +64,39 @@ TEST_CASE("a well-formed Switch layer loads top-1, unnormalised, with its weight
 }
 
 TEST_CASE("a missing Switch tensor names the loader, the tensor and the prefix", "[io][loader][switch][errors]") {
-  const auto f = file_of(switch_writer("mlp.experts.expert_1.wo.weight"));
+  const auto f = switch_file_of(switch_writer("mlp.experts.expert_1.wo.weight"));
   REQUIRE_THROWS_AS(moe::io::load_switch_transformers<float>(f, "mlp."), moe::io::MissingTensorError);
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(f, "mlp."),
                       "moe::io: file 'switch.safetensors': tensor 'mlp.experts.expert_1.wo.weight': "
                       "moe::io::load_switch_transformers(): expected this tensor (prefix 'mlp.'), but the file has no "
                       "such name; close names: 'mlp.experts.expert_0.wo.weight', 'mlp.experts.expert_1.wi.weight', "
                       "'mlp.experts.expert_2.wo.weight'");  // one edit each, in name order
-  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(file_of(switch_writer("mlp.router.classifier.weight")), "mlp."),
+  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(switch_file_of(switch_writer("mlp.router.classifier.weight")), "mlp."),
                       Catch::Contains("tensor 'mlp.router.classifier.weight'"));
   // A wrong prefix fails on the first tensor.
-  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(file_of(switch_writer()), "encoder.block.1.layer.1.mlp."),
+  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(switch_file_of(switch_writer()), "encoder.block.1.layer.1.mlp."),
                       Catch::Contains("tensor 'encoder.block.1.layer.1.mlp.router.classifier.weight'"));
 }
 
 TEST_CASE("a Switch tensor of the wrong shape names the expected and the actual shape", "[io][loader][switch][errors]") {
-  const auto wo = file_of(switch_writer("", "mlp.experts.expert_2.wo.weight"));
+  const auto wo = switch_file_of(switch_writer("", "mlp.experts.expert_2.wo.weight"));
   REQUIRE_THROWS_AS(moe::io::load_switch_transformers<float>(wo, "mlp."), moe::io::TensorMismatchError);
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(wo, "mlp."),
                       "moe::io: file 'switch.safetensors': tensor 'mlp.experts.expert_2.wo.weight': "
                       "moe::io::load_switch_transformers(): expected shape [4, 5], got [4, 6]");
   // wi's d must match the router's d.
-  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(file_of(switch_writer("", "mlp.experts.expert_0.wi.weight")), "mlp."),
+  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(switch_file_of(switch_writer("", "mlp.experts.expert_0.wi.weight")), "mlp."),
                       "moe::io: file 'switch.safetensors': tensor 'mlp.experts.expert_0.wi.weight': "
                       "moe::io::load_switch_transformers(): expected shape [5, 4], got [5, 5]");
   SafetensorsWriter w = switch_writer("mlp.router.classifier.weight");
   std::vector<float> flat(12, 0.5f);
   w.add<float>("mlp.router.classifier.weight", {12}, std::span<const float>(flat));
-  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(file_of(w), "mlp."),
+  REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(switch_file_of(w), "mlp."),
                       Catch::EndsWith("moe::io::load_switch_transformers(): expected a 2-D tensor, got shape [12]"));
 }
 
 TEST_CASE("an invalid capacity names the loader", "[io][loader][switch][errors]") {
-  const auto f = file_of(switch_writer());
+  const auto f = switch_file_of(switch_writer());
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(f, "mlp.", {moe::Capacity::fixed(-1)}),
                       "moe::io::load_switch_transformers(): Capacity::validate(): absolute capacity expected >= 0, got -1");
   REQUIRE_THROWS_WITH(moe::io::load_switch_transformers<float>(f, "mlp.", {moe::Capacity::from_factor(-1.5)}),

@@ -2,7 +2,7 @@
 // properties (saturation, symmetry, zeros) without an oracle.
 #include <catch2/catch.hpp>
 
-#include "kernels/kernel_test_support.hpp"
+#include "support/kernel_sweep.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -39,9 +39,8 @@ S allowed_error(S want, S ulps) {
 // that land in both the SIMD body and the scalar tail.
 template <class S>
 AlignedVector<S> activation_inputs(std::mt19937& rng, Index size) {
-  std::uniform_real_distribution<S> value(-10, 10);
   AlignedVector<S> x(static_cast<std::size_t>(size));
-  for (S& v : x) v = value(rng);
+  moe::test::fill_uniform(x, rng, S(-10), S(10));
   const S specials[] = {S(0), S(-0.0), S(30), S(-30), S(1e4), S(-1e4)};
   for (std::size_t i = 0; i < x.size(); i += 5) x[i] = specials[(i / 5) % 6];
   return x;
@@ -189,9 +188,8 @@ TEMPLATE_TEST_CASE("silu and gelu vanish at zero, gelu_erf(x) - gelu_erf(-x) = x
     REQUIRE(gelu_tanh == zeros);
 
     std::mt19937 rng(29);
-    std::uniform_real_distribution<S> value(-6, 6);
     std::vector<S> x(static_cast<std::size_t>(n));
-    for (S& v : x) v = value(rng);
+    moe::test::fill_uniform(x, rng, S(-6), S(6));
     std::vector<S> pos = x, neg = x;
     for (S& v : neg) v = -v;
     moe::kernels::GeluErf<Arch>{}(pos.data(), n);

@@ -1,7 +1,7 @@
 // kernels::GatherRows against its scalar twin, bit for bit, across vector widths.
 #include <catch2/catch.hpp>
 
-#include "kernels/kernel_test_support.hpp"
+#include "support/kernel_sweep.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -28,7 +28,6 @@ TEMPLATE_TEST_CASE("GatherRows matches the reference bit for bit", "[kernels][ga
                    float, double) {
   using S = TestType;
   std::mt19937 rng(42);
-  std::uniform_real_distribution<S> value(-5, 5);
   for_each_arch([&]<class Arch>(Arch) {
     CAPTURE(Arch::name());
     for (const Index d : sweep_sizes<S, Arch>()) {
@@ -39,10 +38,8 @@ TEMPLATE_TEST_CASE("GatherRows matches the reference bit for bit", "[kernels][ga
           const Index src_stride = d + 3;
           const Index dst_stride = d + 5;
           AlignedVector<S> src(static_cast<std::size_t>(offset + m * src_stride));
-          for (S& v : src) v = value(rng);
-          std::vector<Index> rows(static_cast<std::size_t>(n));
-          std::uniform_int_distribution<Index> pick(0, m - 1);
-          for (Index& r : rows) r = pick(rng);
+          moe::test::fill_uniform(src, rng, S(-5), S(5));
+          const std::vector<Index> rows = moe::test::random_rows(rng, n, m);
           // Padding keeps its sentinel in both: the kernel writes d columns and no more.
           AlignedVector<S> got(static_cast<std::size_t>(offset + n * dst_stride), S(-7));
           AlignedVector<S> want = got;

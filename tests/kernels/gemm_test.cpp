@@ -4,7 +4,8 @@
 // on the weights widened first, and agrees with the scalar twin.
 #include <catch2/catch.hpp>
 
-#include "kernels/kernel_test_support.hpp"
+#include "support/kernel_sweep.hpp"
+#include "support/random.hpp"
 
 #include <cmath>
 #include <limits>
@@ -28,13 +29,7 @@ using moe::bf16;
 using moe::test::first_difference;
 using moe::test::for_each_arch;
 
-template <class S>
-RowMatrix<S> random_matrix(Index rows, Index cols, std::mt19937& rng) {
-  std::normal_distribution<double> dist(0.0, 1.0);
-  RowMatrix<S> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(dist(rng));
-  return m;
-}
+using moe::test::random_matrix;
 
 /// Checks C = alpha op(A) op(B) + beta C0 elementwise against a long double sum, within the
 /// bound for a k-term dot product in precision u: |error| <= (k + 2) u (|alpha| sum |a b| +

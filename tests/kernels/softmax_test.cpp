@@ -2,7 +2,7 @@
 // and properties that need no oracle.
 #include <catch2/catch.hpp>
 
-#include "kernels/kernel_test_support.hpp"
+#include "support/kernel_sweep.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -43,7 +43,6 @@ TEMPLATE_TEST_CASE("SoftmaxRows matches the reference within 4 ulp", "[kernels][
                    double) {
   using S = TestType;
   std::mt19937 rng(3);
-  std::uniform_real_distribution<S> value(-10, 10);
   for_each_arch([&]<class Arch>(Arch) {
     CAPTURE(Arch::name());
     for (const Index cols : sweep_sizes<S, Arch>()) {
@@ -52,7 +51,7 @@ TEMPLATE_TEST_CASE("SoftmaxRows matches the reference within 4 ulp", "[kernels][
         const Index rows = 3;
         const Index stride = cols + 5;
         AlignedVector<S> got(static_cast<std::size_t>(offset + rows * stride));
-        for (S& v : got) v = value(rng);
+        moe::test::fill_uniform(got, rng, S(-10), S(10));
         AlignedVector<S> want = got;
         moe::kernels::SoftmaxRows<Arch>{}(got.data() + offset, rows, cols, stride);
         moe::kernels::reference::softmax_rows(want.data() + offset, rows, cols, stride);
@@ -73,13 +72,12 @@ TEMPLATE_TEST_CASE("SoftmaxRows matches the reference within 4 ulp", "[kernels][
 TEMPLATE_TEST_CASE("softmax rows sum to one", "[kernels][softmax]", float, double) {
   using S = TestType;
   std::mt19937 rng(5);
-  std::uniform_real_distribution<S> value(-20, 20);
   for_each_arch([&]<class Arch>(Arch) {
     CAPTURE(Arch::name());
     for (const Index cols : sweep_sizes<S, Arch>()) {
       CAPTURE(cols);
       std::vector<S> row(static_cast<std::size_t>(cols));
-      for (S& v : row) v = value(rng);
+      moe::test::fill_uniform(row, rng, S(-20), S(20));
       moe::kernels::SoftmaxRows<Arch>{}(row.data(), 1, cols, cols);
       long double sum = 0;
       for (const S p : row) {
@@ -140,7 +138,6 @@ TEMPLATE_TEST_CASE("LogSumExpRows matches the reference within 4 ulp", "[kernels
                    float, double) {
   using S = TestType;
   std::mt19937 rng(13);
-  std::uniform_real_distribution<S> value(-10, 10);
   for_each_arch([&]<class Arch>(Arch) {
     CAPTURE(Arch::name());
     for (const Index cols : sweep_sizes<S, Arch>()) {
@@ -149,7 +146,7 @@ TEMPLATE_TEST_CASE("LogSumExpRows matches the reference within 4 ulp", "[kernels
         const Index rows = 4;
         const Index stride = cols + 3;
         AlignedVector<S> data(static_cast<std::size_t>(offset + rows * stride));
-        for (S& v : data) v = value(rng);
+        moe::test::fill_uniform(data, rng, S(-10), S(10));
         std::vector<S> got(rows), want(rows);
         moe::kernels::LogSumExpRows<Arch>{}(data.data() + offset, rows, cols, stride, got.data());
         moe::kernels::reference::logsumexp_rows(data.data() + offset, rows, cols, stride,

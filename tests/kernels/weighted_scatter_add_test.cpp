@@ -1,7 +1,7 @@
 // kernels::WeightedScatterAdd against its scalar twin (bit for bit) and its fixed order.
 #include <catch2/catch.hpp>
 
-#include "kernels/kernel_test_support.hpp"
+#include "support/kernel_sweep.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -28,8 +28,6 @@ TEMPLATE_TEST_CASE("WeightedScatterAdd matches the reference bit for bit",
                    "[kernels][weighted_scatter_add]", float, double) {
   using S = TestType;
   std::mt19937 rng(7);
-  std::uniform_real_distribution<S> value(-5, 5);
-  std::uniform_real_distribution<S> gate(-2, 2);
   for_each_arch([&]<class Arch>(Arch) {
     CAPTURE(Arch::name());
     for (const Index d : sweep_sizes<S, Arch>()) {
@@ -40,14 +38,12 @@ TEMPLATE_TEST_CASE("WeightedScatterAdd matches the reference bit for bit",
           const Index src_stride = d + 2;
           const Index dst_stride = d + 4;
           AlignedVector<S> src(static_cast<std::size_t>(offset + n * src_stride));
-          for (S& v : src) v = value(rng);
+          moe::test::fill_uniform(src, rng, S(-5), S(5));
           std::vector<S> weights(static_cast<std::size_t>(n));
-          for (S& g : weights) g = gate(rng);
-          std::vector<Index> rows(static_cast<std::size_t>(n));
-          std::uniform_int_distribution<Index> pick(0, m - 1);
-          for (Index& r : rows) r = pick(rng);
+          moe::test::fill_uniform(weights, rng, S(-2), S(2));
+          const std::vector<Index> rows = moe::test::random_rows(rng, n, m);
           AlignedVector<S> got(static_cast<std::size_t>(offset + m * dst_stride));
-          for (S& v : got) v = value(rng);
+          moe::test::fill_uniform(got, rng, S(-5), S(5));
           AlignedVector<S> want = got;
           moe::kernels::WeightedScatterAdd<Arch>{}(src.data() + offset, src_stride, rows.data(),
                                                    weights.data(), n, d, got.data() + offset,

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "support/random.hpp"
+
 namespace custom {
 
 // snippet: linear_experts
@@ -225,13 +227,7 @@ constexpr Index kExperts = 3;
 constexpr Index kDim = 4;
 constexpr Index kTokens = 9;
 
-RowMatrix<double> random_matrix(Index rows, Index cols, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  RowMatrix<double> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 template <class L = Layer>
 L make_layer() {

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/gradient_check.hpp"
+#include "support/random.hpp"
 
 namespace {
 
@@ -31,13 +33,7 @@ using S = double;
 
 constexpr Index kTokens = 6, kDim = 4, kFF = 3, kExperts = 4;
 
-RowMatrix<S> random_matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> n(0.0, scale);
-  RowMatrix<S> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(gen);
-  return m;
-}
+using moe::test::random_matrix;
 
 /// An expert bank of E experts with every parameter (biases included, where the bank has
 /// optional ones) drawn at random.
@@ -88,17 +84,7 @@ void gradcheck(Layer& layer, moe::ForwardContext ctx, const moe::LossWeights<S>&
   };
 
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-6);
-  std::vector<std::pair<std::string, RowMatrix<S>>> analytic;
-  grads.for_each_parameter([&](const std::string& name, const auto& block) { analytic.emplace_back(name, block); });
-  std::size_t i = 0;
-  layer.for_each_parameter([&](const std::string& name, auto&& block) {
-    INFO("parameter " << i << " " << name);
-    REQUIRE(i < analytic.size());
-    CHECK(analytic[i].first == name);
-    CHECK(moe::test::relative_gap(analytic[i].second, moe::test::numeric_gradient(block, loss)) < 1e-6);
-    ++i;
-  });
-  CHECK(i == analytic.size());
+  moe::test::check_parameter_gradients(layer, grads, loss, 1e-6);
 }
 
 template <class Experts, class Router, class Combiner = moe::WeightedSumCombiner<S>>

@@ -11,44 +11,17 @@
 #include <vector>
 
 #include "support/random.hpp"
+#include "support/tiny_layer.hpp"
 
 namespace {
 
 using moe::Index;
 using moe::RowMatrix;
-using Layer = moe::MoELayer<moe::FFNExperts<double, moe::Activation::relu>, moe::SoftmaxTopKRouter<double>,
-                            moe::WeightedSumCombiner<double>>;
-
+using Layer = moe::test::TinyLayer;
 using moe::test::fill;
-
-Layer tiny_layer(Index d = 4) {
-  moe::FFNExperts<double, moe::Activation::relu> experts(3, d, 5);
-  experts.enable_biases();
-  unsigned seed = 10;
-  experts.for_each_parameter([&](const std::string&, auto&& b) { fill(b, seed++, 0.5); });
-  moe::SoftmaxTopKRouter<double> router(3, d, 2, {}, /*with_bias=*/true);
-  fill(router.weight(), 1);
-  fill(router.bias(), 2);
-  return {std::move(experts), std::move(router)};
-}
-
-/// Every tensor of p, flattened row by row, in for_each_parameter order.
-template <class P>
-std::vector<std::vector<double>> snapshot(const P& p) {
-  std::vector<std::vector<double>> out;
-  p.for_each_parameter([&](const std::string&, const auto& b) {
-    std::vector<double> v;
-    for (Index r = 0; r < b.rows(); ++r)
-      for (Index c = 0; c < b.cols(); ++c) v.push_back(b(r, c));
-    out.push_back(std::move(v));
-  });
-  return out;
-}
-
-/// Gradients of arbitrary values: the optimisers must not care where they came from.
-void random_gradients(Layer::gradients_type& g, unsigned seed) {
-  g.for_each_parameter([&](const std::string&, auto&& b) { fill(b, seed++, 0.7); });
-}
+using moe::test::random_gradients;
+using moe::test::snapshot;
+using moe::test::tiny_layer;
 
 void require_close(const std::vector<std::vector<double>>& got, const std::vector<std::vector<double>>& want) {
   REQUIRE(got.size() == want.size());
@@ -169,44 +142,5 @@ TEST_CASE("optimisers refuse gradients that do not mirror the parameters", "[tra
                         "SGD::SGD(): momentum with nesterov expected > 0, got 0");
     REQUIRE_THROWS_WITH(moe::Adam<double>(1e-3, 1.0), "Adam::Adam(): beta1 expected in [0, 1), got 1");
     REQUIRE_THROWS_WITH(moe::AdamW<double>(1e-3, 0.9, 0.999, -1.0), "AdamW::AdamW(): eps expected finite and >= 0, got -1");
-  }
-}
-
-TEST_CASE("zero_grad, grad_norm and clip_grad_norm act on the whole gradient set", "[train][clip]") {
-  Layer layer = tiny_layer();
-  auto grads = layer.make_gradients();
-  random_gradients(grads, 7);
-  double sq = 0.0;
-  for (const auto& t : snapshot(grads))
-    for (double v : t) sq += v * v;
-  const double norm = std::sqrt(sq);
-  REQUIRE(moe::grad_norm(grads) == Approx(norm).epsilon(1e-14));
-
-  SECTION("clipping scales every tensor by one factor, to max_norm exactly with eps = 0") {
-    const auto before = snapshot(grads);
-    const double returned = moe::clip_grad_norm(grads, norm / 3.0, 0.0);
-    REQUIRE(returned == Approx(norm).epsilon(1e-14));
-    REQUIRE(moe::grad_norm(grads) == Approx(norm / 3.0).epsilon(1e-14));
-    const auto after = snapshot(grads);
-    for (std::size_t i = 0; i < before.size(); ++i)
-      for (std::size_t j = 0; j < before[i].size(); ++j) REQUIRE(after[i][j] == Approx(before[i][j] / 3.0).epsilon(1e-14));
-  }
-  SECTION("PyTorch's eps: the factor is max_norm / (norm + 1e-6)") {
-    const double max_norm = 0.5;
-    moe::clip_grad_norm(grads, max_norm);
-    REQUIRE(moe::grad_norm(grads) == Approx(max_norm * norm / (norm + 1e-6)).epsilon(1e-14));
-  }
-  SECTION("a norm below max_norm leaves the gradients untouched") {
-    const auto before = snapshot(grads);
-    REQUIRE(moe::clip_grad_norm(grads, 2.0 * norm) == Approx(norm).epsilon(1e-14));
-    REQUIRE(snapshot(grads) == before);
-  }
-  SECTION("zero_grad") {
-    moe::zero_grad(grads);
-    REQUIRE(moe::grad_norm(grads) == 0.0);
-    REQUIRE(moe::clip_grad_norm(grads, 1.0) == 0.0);
-  }
-  SECTION("max_norm must be finite and non-negative") {
-    REQUIRE_THROWS_WITH(moe::clip_grad_norm(grads, -1.0), "clip_grad_norm(): max_norm expected finite and >= 0, got -1");
   }
 }

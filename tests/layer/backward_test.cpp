@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "support/finite_difference.hpp"
+#include "support/gradient_check.hpp"
 #include "support/random.hpp"
 
 namespace {
@@ -43,13 +44,7 @@ void check_layer(Layer layer, const moe::ForwardContext& ctx, const moe::LossWei
   layer.forward(x, y, ws, ctx);
   layer.backward(G, dx, ws, grads, weights);
   CHECK(moe::test::relative_gap(dx, moe::test::numeric_gradient(x, loss)) < 1e-6);
-  std::vector<RowMatrix<double>> analytic;
-  grads.for_each_parameter([&](const std::string&, const auto& g) { analytic.emplace_back(g); });
-  size_t i = 0;
-  layer.for_each_parameter([&](const std::string& name, auto&& p) {
-    INFO("parameter " << name);
-    CHECK(moe::test::relative_gap(analytic[i++], moe::test::numeric_gradient(p, loss)) < 1e-6);
-  });
+  moe::test::check_parameter_gradients(layer, grads, loss, 1e-6);
 }
 
 moe::SwiGLUExperts<double> experts(Index E, Index d) {

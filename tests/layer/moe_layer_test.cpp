@@ -99,3 +99,34 @@ TEST_CASE("weights resized through an accessor are refused before any stage read
   third.router().weight().resize(3, 6);
   REQUIRE_THROWS_WITH(third.forward(x, ws), "MoELayer::forward(): router num_experts (= experts) expected 4, got 3");
 }
+
+TEST_CASE("a sparse layer ignores sequence_length and is unchanged", "[layer]") {
+  moe::SwiGLUExperts<double> experts(4, 6, 5);
+  fill(experts.gate_up(), 1, 0.3);
+  fill(experts.down(), 2, 0.3);
+  moe::SoftmaxTopKRouter<double> router(4, 6, 2);
+  fill(router.weight(), 3);
+  const moe::MixtralMoE<double> layer(std::move(experts), std::move(router));
+  RowMatrix<double> x(7, 6);
+  fill(x, 81);
+  moe::Workspace<double> ws;
+  const RowMatrix<double> y = layer.forward(x, ws);
+  const std::vector<Index> load = ws.stats.expert_load;
+  const RowMatrix<double> gates = ws.routing.dense_gates();
+  moe::ForwardContext ctx;
+  ctx.sequence_length = 3;  // does not divide 7: a sparse router never reads it
+  moe::Workspace<double> ws2;
+  CHECK(layer.forward(x, ws2, ctx) == y);
+  CHECK(ws2.stats.expert_load == load);
+  CHECK(ws2.routing.dense_gates() == gates);
+  CHECK(ws2.stats.assignments == 14);
+  // Still the dense mixture of its experts under its gates.
+  const auto& ex = layer.experts();
+  const RowMatrix<double> ref = moe::test::ref_mixture(
+      x, gates,
+      [&](Index e, const moe::RowVector<double>& xt) {
+        return moe::test::ref_swiglu(xt, ex.gate_proj(e), ex.up_proj(e), ex.down_proj(e));
+      },
+      6);
+  CHECK((y - ref).cwiseAbs().maxCoeff() < 1e-12);
+}

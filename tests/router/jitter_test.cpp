@@ -19,6 +19,8 @@
 
 #include "support/reference_moe.hpp"
 
+#include "support/random.hpp"
+
 namespace {
 
 using moe::ForwardContext;
@@ -29,15 +31,8 @@ using moe::RoutingResult;
 using moe::RowMatrix;
 using Router = moe::SoftmaxTopKRouter<double>;
 
-RowMatrix<double> random_matrix(std::mt19937& rng, Index r, Index c) {
-  std::normal_distribution<double> n(0.0, 1.0);
-  RowMatrix<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
-  return m;
-}
-
 Router make_router(std::mt19937& rng, Index E, Index d, Index k) {
-  return Router(random_matrix(rng, E, d), k, moe::SoftmaxTopK<double>{false});
+  return Router(moe::test::random_matrix<double>(E, d, rng), k, moe::SoftmaxTopK<double>{false});
 }
 
 ForwardContext training(std::uint64_t seed, std::uint64_t step) {
@@ -82,7 +77,7 @@ TEST_CASE("Jittered forwards the wrapped router's interface and traits", "[route
 TEST_CASE("in inference mode, or with eps = 0, jitter routes exactly as the wrapped router", "[router][jitter]") {
   std::mt19937 rng(2);
   const Router plain = make_router(rng, 8, 16, 2);
-  const RowMatrix<double> x = random_matrix(rng, 50, 16);
+  const RowMatrix<double> x = moe::test::random_matrix<double>(50, 16, rng);
   RoutingResult<double> want, got;
   plain.route(x, want);
 
@@ -103,7 +98,7 @@ TEST_CASE("in training, jitter routes on x times U(1 - eps, 1 + eps) keyed by (s
   const double eps = 0.3;
   const Router plain = make_router(rng, E, d, 1);
   const Jittered<Router> jit(plain, eps);
-  const RowMatrix<double> x = random_matrix(rng, T, d);
+  const RowMatrix<double> x = moe::test::random_matrix<double>(T, d, rng);
 
   RoutingResult<double> a, b, c, clean;
   jit.route(x, a, training(17, 4));
@@ -142,12 +137,12 @@ TEST_CASE("experts see the clean x: the layer output is the jittered gates appli
   const Index T = 30, d = 8, ff = 10, E = 4;
   const double eps = 0.4;
   moe::FFNExperts<double, moe::Activation::relu> experts(E, d, ff);
-  experts.wi() = random_matrix(rng, E * ff, d);
-  experts.wo() = random_matrix(rng, E * d, ff);
+  experts.wi() = moe::test::random_matrix<double>(E * ff, d, rng);
+  experts.wo() = moe::test::random_matrix<double>(E * d, ff, rng);
   const Router plain = make_router(rng, E, d, 1);
   const moe::MoELayer<moe::FFNExperts<double, moe::Activation::relu>, Jittered<Router>, moe::WeightedSumCombiner<double>>
       layer(experts, Jittered<Router>(plain, eps), {});
-  const RowMatrix<double> x = random_matrix(rng, T, d);
+  const RowMatrix<double> x = moe::test::random_matrix<double>(T, d, rng);
 
   moe::Workspace<double> ws;
   const RowMatrix<double> y = layer.forward(x, ws, training(99, 1));

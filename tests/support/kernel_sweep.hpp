@@ -1,12 +1,14 @@
-// Helpers shared by the kernel tests: every architecture the build supports, the size sweep
-// around the vector width, aligned buffers, and a readable first difference.
-#ifndef MOE_TESTS_KERNELS_KERNEL_TEST_SUPPORT_HPP
-#define MOE_TESTS_KERNELS_KERNEL_TEST_SUPPORT_HPP
+// The kernel sweep harness shared by the kernel tests: every architecture the build supports,
+// the size sweep around the vector width, aligned buffers and their random contents, and a
+// readable first difference.
+#ifndef MOE_TESTS_SUPPORT_KERNEL_SWEEP_HPP
+#define MOE_TESTS_SUPPORT_KERNEL_SWEEP_HPP
 
 #include <moe/core/types.hpp>
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -41,6 +43,21 @@ std::vector<Index> sweep_sizes() {
   return sizes;
 }
 
+/// Every element of c (an AlignedVector, a std::vector) a draw of U(lo, hi) from rng, in order.
+template <class Container, class S>
+void fill_uniform(Container& c, std::mt19937& rng, S lo, S hi) {
+  std::uniform_real_distribution<S> value(lo, hi);
+  for (S& v : c) v = value(rng);
+}
+
+/// n row indices drawn uniformly from [0, m) (repeats allowed), as a gather or scatter reads them.
+inline std::vector<Index> random_rows(std::mt19937& rng, Index n, Index m) {
+  std::vector<Index> rows(static_cast<std::size_t>(n));
+  std::uniform_int_distribution<Index> pick(0, m - 1);
+  for (Index& r : rows) r = pick(rng);
+  return rows;
+}
+
 /// "" when a and b hold the same bits, else the first element that differs.
 template <class S>
 std::string first_difference(const S* a, const S* b, Index n) {
@@ -57,4 +74,4 @@ std::string first_difference(const S* a, const S* b, Index n) {
 
 }  // namespace moe::test
 
-#endif  // MOE_TESTS_KERNELS_KERNEL_TEST_SUPPORT_HPP
+#endif  // MOE_TESTS_SUPPORT_KERNEL_SWEEP_HPP
