@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz/) with clang in build/fuzz and runs each on its
-# seed corpus for a share of the given time.
+# seed corpus for a share of the given time, the targets side by side.
 #
 #   scripts/fuzz.sh [SECONDS]        total fuzzing time, split evenly across targets (default 60)
 #   scripts/fuzz.sh --regen-corpus   rewrite tests/fuzz/corpus/ from tests/fuzz/make_corpus.cpp
@@ -73,16 +73,24 @@ mkdir -p "$build/artifacts"
 status=0
 runs_total=0
 summary=()
+# The targets fuzz at the same time (one core each on a 2-core machine), so the phase takes
+# about SECONDS / targets of wall time for SECONDS of fuzzing in all.
+pids=()
 for t in "${targets[@]}"; do
   work="$build/corpus/$t"
   mkdir -p "$work"
-  log="$build/$t.log"
   echo "-- $t: ${per}s on tests/fuzz/corpus/$t ($(ls tests/fuzz/corpus/$t | wc -l) seeds)"
-  rc=0
   # The first folder collects new inputs; the checked-in seeds are only read.
   "$build/tests/fuzz/$t" -max_total_time="$per" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" "$work" "tests/fuzz/corpus/$t" \
-    >"$log" 2>&1 || rc=$?
+    >"$build/$t.log" 2>&1 </dev/null &
+  pids+=($!)
+done
+for i in "${!targets[@]}"; do
+  t=${targets[$i]}
+  log="$build/$t.log"
+  rc=0
+  wait "${pids[$i]}" || rc=$?
   runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -n 1)
   runs=${runs:-0}
   runs_total=$((runs_total + runs))

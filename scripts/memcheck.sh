@@ -12,7 +12,8 @@
 # Lines of ci-run.txt are run as .ci/run's examples phase runs them, with two changes: paths
 # under build/release/ written by an example go to build/memcheck/ instead, and the lines
 # listed in `shorten` below run with a smaller workload (they would take minutes under
-# valgrind, which runs code about 30-50x slower). Environment: MOE_JOBS (default 2).
+# valgrind, which runs code about 30-50x slower). Environment: MOE_JOBS (default 2): how many
+# programs build, and how many lines run under valgrind, at a time.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,24 +44,44 @@ vg=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=def
   --show-leak-kinds=definite,indirect --track-origins=yes)
 out_dir=$build/ci-examples
 rm -rf "$out_dir" && mkdir -p "$out_dir"
-n=0
+jobs=${MOE_JOBS:-2}
 start=$SECONDS
+# First pass: start every line under valgrind, at most $jobs at a time (the lines are
+# independent: each writes its own files); second pass: check them in the file's order.
+lines=()
 while IFS= read -r line || [[ -n $line ]]; do
   [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+  lines+=("$line")
+  n=${#lines[@]}
+  run=${shorten[$line]:-$line}
+  run=${run//build\/release\//$build/}
+  read -r first rest <<<"$run"
+  exe=${example_path[$first]:-$first}
+  while [[ $(jobs -rp | wc -l) -ge $jobs ]]; do
+    wait -n || true
+  done
+  (
+    t0=$SECONDS
+    rc=0
+    # shellcheck disable=SC2086  # rest is the line's own arguments, split as .ci/run splits them
+    "${vg[@]}" --log-file="$out_dir/$n.valgrind" "$exe" $rest >"$out_dir/$n.out" 2>"$out_dir/$n.err" || rc=$?
+    echo "$((SECONDS - t0))" >"$out_dir/$n.seconds"
+    echo "$rc" >"$out_dir/$n.rc"
+  ) </dev/null &
+done <examples/ci-run.txt
+wait
+n=0
+for line in "${lines[@]}"; do
   n=$((n + 1))
+  rc=$(cat "$out_dir/$n.rc" 2>/dev/null || echo "none (the run did not finish)")
   run=${shorten[$line]:-$line}
   run=${run//build\/release\//$build/}
   read -r first rest <<<"$run"
   name=$(basename "$first")
-  exe=${example_path[$first]:-$first}
-  t0=$SECONDS
-  rc=0
-  # shellcheck disable=SC2086  # rest is the line's own arguments, split as .ci/run splits them
-  "${vg[@]}" --log-file="$out_dir/$n.valgrind" "$exe" $rest >"$out_dir/$n.out" 2>"$out_dir/$n.err" || rc=$?
   note=""
   [[ $run != "$line" ]] && note=" (ran: $run)"
-  echo "-- [$n] $line$note: $((SECONDS - t0)) s"
-  if [[ $rc -ne 0 ]]; then
+  echo "-- [$n] $line$note: $(cat "$out_dir/$n.seconds" 2>/dev/null || echo '?') s"
+  if [[ $rc != 0 ]]; then
     echo "memcheck failed (exit $rc): $run" >&2
     cat "$out_dir/$n.valgrind" >&2
     tail -n 20 "$out_dir/$n.out" "$out_dir/$n.err" >&2
@@ -78,5 +99,5 @@ while IFS= read -r line || [[ -n $line ]]; do
     fi
     echo "   output matches examples/$name.expected"
   fi
-done <examples/ci-run.txt
+done
 echo "-- $n example command(s) clean under valgrind memcheck in $((SECONDS - start)) s"
