@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # valgrind memcheck on the examples (issue #6): builds the example programs with the memcheck
-# preset (RelWithDebInfo -O1 -g, no -march=native: valgrind 3.19 cannot decode AVX-512) in
+# preset (RelWithDebInfo -O1 -g1, no -march=native: valgrind 3.19 cannot decode AVX-512) in
 # build/memcheck and runs every line of examples/ci-run.txt under
 #   valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect
 # Any memcheck error (invalid read/write, use of uninitialised values, a definite or indirect

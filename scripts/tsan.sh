@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ThreadSanitizer job (issue #6): builds the [threads] tests (the thread pool, the layer's
 # bit-identical results for any pool size, one const layer shared by several threads with
-# separate workspaces) with g++ -fsanitize=thread -O1 -g in build/tsan, and runs them through
+# separate workspaces) with g++ -fsanitize=thread -O1 -g1 in build/tsan, and runs them through
 # ctest. Any TSan report (data race, lock-order inversion, ...) stops the test with exit 66
 # and fails the job. docs/reliability.md#ci.
 #
