@@ -88,13 +88,14 @@ struct Combiner {
   void for_each_parameter(F&&) const {}
 };
 
-/// Builds a layer's gradients and calls backward: where training is first used.
-template <class Layer>
-int train(const Layer& layer) {
+/// Builds a layer's gradients and calls backward (with the loss list, if any): where training
+/// is first used.
+template <class Layer, class... Losses>
+int train(const Layer& layer, const Losses&... losses) {
   moe::Workspace<float> ws;
   auto grads = layer.make_gradients();
   const moe::RowMatrix<float> x = moe::RowMatrix<float>::Zero(2, 4);
-  (void)layer.backward(x, ws, grads);
+  (void)layer.backward(x, ws, grads, losses...);
   return 0;
 }
 }  // namespace cf
@@ -323,11 +324,7 @@ struct Tag;
 using Layer = moe::MoELayer<cf::Bank<Tag>, cf::Router, cf::Sum>;
 int run() {
   const Layer layer(cf::Bank<Tag>{}, cf::Router(2, 4, 1));
-  moe::Workspace<float> ws;
-  auto grads = layer.make_gradients();
-  const moe::RowMatrix<float> x = moe::RowMatrix<float>::Zero(2, 4);
-  (void)layer.backward(x, ws, grads, moe::losses(moe::LoadBalancingLoss{}));
-  return 0;
+  return cf::train(layer, moe::losses(moe::LoadBalancingLoss{}));
 }
 }  // namespace cf_loss_not_weighted
 
@@ -338,11 +335,7 @@ struct NotALoss {};
 using Layer = moe::MoELayer<cf::Bank<Tag>, cf::Router, cf::Sum>;
 int run() {
   const Layer layer(cf::Bank<Tag>{}, cf::Router(2, 4, 1));
-  moe::Workspace<float> ws;
-  auto grads = layer.make_gradients();
-  const moe::RowMatrix<float> x = moe::RowMatrix<float>::Zero(2, 4);
-  (void)layer.backward(x, ws, grads, moe::losses(moe::weighted(NotALoss{}, 1.0f)));
-  return 0;
+  return cf::train(layer, moe::losses(moe::weighted(NotALoss{}, 1.0f)));
 }
 }  // namespace cf_loss_without_protocol
 
@@ -351,11 +344,7 @@ namespace cf_dense_router_with_losses {
 int run() {
   const moe::SoftMoE<float> layer(moe::FFNExperts<float, moe::Activation::gelu_erf>(2, 4, 4),
                                   moe::SoftRouter<float>(2, 4, 1));
-  moe::Workspace<float> ws;
-  auto grads = layer.make_gradients();
-  const moe::RowMatrix<float> x = moe::RowMatrix<float>::Zero(2, 4);
-  (void)layer.backward(x, ws, grads, moe::losses(moe::weighted(moe::RouterZLoss{}, 1.0f)));
-  return 0;
+  return cf::train(layer, moe::losses(moe::weighted(moe::RouterZLoss{}, 1.0f)));
 }
 }  // namespace cf_dense_router_with_losses
 
