@@ -18,7 +18,7 @@ cd "$root"
 build=build/fuzz
 targets=(fuzz_safetensors fuzz_loaders)
 cxx=${CXX:-clang++}
-if ! "$cxx" --version 2>/dev/null | grep -qi clang; then
+if [[ $("$cxx" --version 2>/dev/null || true) != *clang* ]]; then
   cxx=clang++  # libFuzzer is clang's; a g++ in CXX would fail the configure anyway
 fi
 
