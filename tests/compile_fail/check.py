@@ -10,9 +10,9 @@ case (or "// END") starts. An error belongs to the case whose lines it points in
 location when that is in cases.cpp, else the instantiation context that leads to it, which is
 g++'s "SOURCE:LINE:COL:   required from ..." line nearest above the error (the outermost, "required
 from here", is the last one g++ prints before the error) or clang's last "SOURCE:LINE:COL: note:
-in instantiation of ... requested here" after it; an error g++ prints with no context line of
-its own (the second error of one instantiation) belongs where the error before it does. An error that points into no case fails every
-case: cases.cpp itself must be well-formed outside its cases. The test names the case and
+in instantiation of ... requested here" after it; an error either compiler prints with no
+context of its own (the second error of one instantiation) belongs where the error before it
+does. An error that points into no case fails every case: cases.cpp itself must be well-formed outside its cases. The test names the case and
 prints the errors it did get, so a regression shows which message changed.
 """
 import re
@@ -22,6 +22,7 @@ from pathlib import Path
 
 CONTEXT = re.compile(r": In (instantiation of|substitution of|function|member function|static member function|"
                      r"constructor|destructor|lambda function)|^In file included from")
+CLANG_NOTE = re.compile(r": note: in instantiation of ")
 ERROR = re.compile(r"^(?P<file>[^:\s][^:]*):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: (?P<message>.*)$")
 
 
@@ -85,10 +86,16 @@ def attribute(log_lines: list[str], source: Path, ranges) -> list[tuple[str | No
                 found = result[-1][0]
         if found is None:  # clang: the last "requested here" below, up to the next error
             stop = error_at[k + 1] if k + 1 < len(error_at) else len(log_lines)
+            any_note = False
             for j in range(i + 1, stop):
+                any_note = any_note or bool(CLANG_NOTE.search(log_lines[j]))
                 c = clang_context.search(log_lines[j])
                 if c and case_of(int(c.group(1))):
                     found = case_of(int(c.group(1)))
+            # clang too prints an instantiation's context once: an error in a header with no
+            # "in instantiation of" note of its own belongs where the error before it does.
+            if found is None and not any_note and result and k > 0:
+                found = result[-1][0]
         result.append((found, line))
     return result
 
