@@ -28,6 +28,8 @@
 #include <moe/router/soft_router.hpp>
 #include <moe/router/router_wrapper.hpp>
 #include <moe/router/jitter.hpp>
+#include <moe/router/modality_router.hpp>
+#include <moe/router/domain_aware_router.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
@@ -45,6 +47,8 @@
 #include <moe/loss/z_loss.hpp>
 #include <moe/loss/importance_loss.hpp>
 #include <moe/loss/bias_balancing.hpp>
+#include <moe/loss/modality_balancing_loss.hpp>
+#include <moe/loss/domain_loss.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 

@@ -43,6 +43,12 @@ struct ForwardContext {
   Mode mode = Mode::inference;
   /// One id per token (row of x); only read by routers whose traits set needs_token_ids.
   std::span<const std::int64_t> token_ids{};
+  /// One modality id per token (text, image, ...), in [0, M); only read by ModalityRouter and
+  /// ModalityLoadBalancingLoss (docs/routers.md#modality-experts).
+  std::span<const std::int64_t> modality_ids{};
+  /// One domain id per token, in [0, D): the labels of the supervised DomainLoss of
+  /// DomainAwareRouter (docs/routers.md#domain-aware-routing); routing itself never reads them.
+  std::span<const std::int64_t> domain_ids{};
   /// Threads for the expert, gather and combine stages; nullptr runs serially. The work is
   /// cut into the same tasks for any pool size, so results are bit-identical.
   ThreadPool* pool = nullptr;

@@ -96,6 +96,16 @@ class TopKRouter {
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out,
              const ForwardContext& ctx = {}) const {
+    project<Arch>(x, out, ctx);
+    gating_.template select<Arch>(out, k_);
+  }
+
+  /// route()'s first step: sizes `out` for x's T tokens and writes out.logits = x W^T (+ b),
+  /// selecting nothing. A router that changes the logits before the gating rule (a mask, an
+  /// added term: ModalityRouter, DomainAwareRouter) calls it, then gating().select<Arch>(out, k()).
+  template <class Arch = xsimd::default_arch>
+  void project(const ConstMatrixRef<scalar_type>& x, RoutingResult<scalar_type>& out,
+               const ForwardContext& ctx = {}) const {
     detail::require(x.cols() == input_dim(), "TopKRouter::route()", "x columns (input_dim)", input_dim(),
                     x.cols());
     const Index T = x.rows();
@@ -103,7 +113,6 @@ class TopKRouter {
     detail::ensure_shape(out.logits, T, num_experts());
     kernels::gemm<Arch>(out.logits, x, Op::none, weight_, Op::transpose, scalar_type(1), scalar_type(0), ctx.gemm);
     if (bias_.size() != 0) out.logits.rowwise() += bias_.transpose();
-    gating_.template select<Arch>(out, k_);
   }
 
   /// Backward of route() (the router protocol, docs/routers.md#training): in.dgate holds
