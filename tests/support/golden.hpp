@@ -30,6 +30,24 @@ inline std::vector<std::filesystem::path> golden_cases() {
   return files;
 }
 
+/// ../shared/golden-variety (or $MOE_GOLDEN_VARIETY_DIR): the routing and expert variety cases.
+inline std::filesystem::path golden_variety_dir() {
+  if (const char* env = std::getenv("MOE_GOLDEN_VARIETY_DIR"); env != nullptr && *env != '\0') return env;
+  return MOE_DEFAULT_GOLDEN_VARIETY_DIR;
+}
+
+/// Every *.safetensors file in the variety folder, sorted; discovered, never listed by hand.
+inline std::vector<std::filesystem::path> golden_variety_cases() {
+  std::vector<std::filesystem::path> files;
+  const auto dir = golden_variety_dir();
+  if (!std::filesystem::is_directory(dir))
+    throw std::runtime_error("golden variety folder not found: " + dir.string() + " (set MOE_GOLDEN_VARIETY_DIR)");
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 /// The golden README's error measure: max |a - b| / max |b|.
 template <class A, class B>
 double max_relative_error(const A& actual, const B& expected) {
