@@ -193,6 +193,39 @@ std::vector<RouterEntry> routers() {
                     ctx.token_ids = ids;
                     return measure(name, rule, layer, x, w, ctx, /*has_logits=*/false);
                   }});
+  list.push_back({"modality", "softmax top-k over the token's modality experts + shared ones (MoMa)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Synthetic ids: three modalities, a token's is its input cluster mod 3. A
+                    // quarter of the experts (at least one) are cross-modal, the rest dealt out
+                    // to the modalities in turn; all cross-modal if a modality would see < k.
+                    constexpr moe::Index M = 3;
+                    const moe::Index shared = std::max<moe::Index>(1, w.experts / 4);
+                    std::vector<moe::Index> table(static_cast<size_t>(w.experts), -1);
+                    for (moe::Index e = 0; e < w.experts - shared; ++e) table[static_cast<size_t>(e)] = e % M;
+                    if ((w.experts - shared) / M + shared < w.top_k) std::fill(table.begin(), table.end(), -1);
+                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::ModalitySoftmaxTopKRouter<S>,
+                                        moe::WeightedSumCombiner<S>>
+                        layer(make_experts(w), moe::ModalitySoftmaxTopKRouter<S>(
+                                                   moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k), table, M));
+                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
+                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t((t * 7919) % 32 % M);
+                    moe::ForwardContext ctx;
+                    ctx.modality_ids = ids;
+                    return measure(name, rule, layer, x, w, ctx);
+                  }});
+  list.push_back({"domain-aware", "logits + domain classifier probs x affinities (DEMix-style)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    constexpr moe::Index D = 4;
+                    RowMatrix<S> classifier(D, w.d_model), affinity(D, w.experts);
+                    moe::examples::fill_normal(classifier, w.seed + 7, 1.0 / std::sqrt(double(w.d_model)));
+                    moe::examples::fill_normal(affinity, w.seed + 8, 1.0);
+                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::DomainAwareSoftmaxTopKRouter<S>,
+                                        moe::WeightedSumCombiner<S>>
+                        layer(make_experts(w),
+                              moe::DomainAwareSoftmaxTopKRouter<S>(moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k),
+                                                                   std::move(classifier), std::move(affinity)));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
   list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
                   [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
                     // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the
