@@ -72,16 +72,20 @@
 #include <moe/layer/moe_layer.hpp>
 #include <moe/layer/workspace.hpp>
 #include <moe/loss/bias_balancing.hpp>
+#include <moe/loss/domain_loss.hpp>
 #include <moe/loss/importance_loss.hpp>
 #include <moe/loss/load_balancing_loss.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
+#include <moe/loss/modality_balancing_loss.hpp>
 #include <moe/loss/z_loss.hpp>
 #include <moe/moe.hpp>
+#include <moe/router/domain_aware_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/gating.hpp>
 #include <moe/router/hash_router.hpp>
 #include <moe/router/jitter.hpp>
+#include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/router_wrapper.hpp>
 #include <moe/router/soft_router.hpp>
@@ -109,6 +113,10 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   ForwardContext ctx;
   ctx.mode = Mode::training;
   ctx.token_ids = ids;
+  std::vector<std::int64_t> two(static_cast<std::size_t>(tokens));  // modality and domain ids
+  for (std::size_t t = 0; t < two.size(); ++t) two[t] = static_cast<std::int64_t>(t % 2);
+  ctx.modality_ids = two;
+  ctx.domain_ids = two;
   ctx.sequence_length = sequence_length;
   ctx.pool = &pool;
   const RowMatrix<S> y = layer.forward(x, ws, ctx);
@@ -117,6 +125,35 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   ctx.mode = Mode::inference;
   const RowMatrix<S> y2 = layer.forward(x, ws, ctx);
   return y.sum() + dx.sum() + y2.sum() + LoadBalancingLoss{}(ws.routing) + RouterZLoss{}(ws.routing);
+}
+
+/// The per-modality balancing loss and the domain loss through a layer's backward.
+template <class S>
+S routing_losses() {
+  const Index E = 4, d = 8, ff = 6, T = 12;
+  const ModalitySoftmaxTopKRouter<S> modality(E, d, 1, {0, 1, -1, -1}, 2);
+  const MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, WeightedSumCombiner<S>> a(SwiGLUExperts<S>(E, d, ff),
+                                                                                         modality);
+  const MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>> b(
+      SwiGLUExperts<S>(E, d, ff), DomainAwareSoftmaxTopKRouter<S>(E, d, 2, 2));
+  const RowMatrix<S> x = RowMatrix<S>::Random(T, d);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(T));
+  for (std::size_t t = 0; t < ids.size(); ++t) ids[t] = static_cast<std::int64_t>(t % 2);
+  ForwardContext ctx;
+  ctx.mode = Mode::training;
+  ctx.modality_ids = ids;
+  ctx.domain_ids = ids;
+  Workspace<S> ws;
+  const ModalityLoadBalancingLoss balance(modality.expert_modality(), modality.num_modalities());
+  RowMatrix<S> y = a.forward(x, ws, ctx);
+  auto ga = a.make_gradients();
+  S sum = a.backward(y, ws, ga, losses(weighted(balance, S(0.01)))).sum();
+  sum += balance.value(LossInput<S>{ws.routing, BackwardContext{ctx}});
+  y = b.forward(x, ws, ctx);
+  auto gb = b.make_gradients();
+  sum += b.backward(y, ws, gb, losses(weighted(DomainLoss{}, S(0.1)))).sum();
+  sum += DomainLoss{}(ConstMatrixRef<S>(b.router().domain_probs(x)), ids);
+  return sum;
 }
 
 template <class S>
@@ -155,6 +192,15 @@ double all_layers() {
       exercise(MoELayer<PositionScaledExperts<SwiGLUExperts<S>>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
                    PositionScaledExperts(SwiGLUExperts<S>(E, d, ff), 0.5), SoftmaxTopKRouter<S>(E, d, 2)),
                16, 8));
+  sum += static_cast<double>(
+      exercise(MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
+                   SwiGLUExperts<S>(E, d, ff), ModalitySoftmaxTopKRouter<S>(E, d, 1, {0, 1, -1, -1}, 2)),
+               16));
+  sum += static_cast<double>(
+      exercise(MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
+                   SwiGLUExperts<S>(E, d, ff), DomainAwareSoftmaxTopKRouter<S>(E, d, 2, 2)),
+               16));
+  sum += static_cast<double>(routing_losses<S>());
   return sum;
 }
 
