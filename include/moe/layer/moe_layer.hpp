@@ -27,8 +27,10 @@
 #include <moe/layer/workspace.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
+#include <moe/router/domain_aware_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/top_k_router.hpp>
@@ -408,6 +410,13 @@ using ExpertChoiceMoE = MoELayer<SwiGLUExperts<S>, ExpertChoiceRouter<S>, Weight
 /// Roller et al. 2021 with SwiGLU experts (the golden "moe." layout).
 template <class S>
 using HashMoE = MoELayer<SwiGLUExperts<S>, HashRouter<S>, WeightedSumCombiner<S>>;
+/// Modality experts with cross-modal shared ones (MoMa, VLMo) with SwiGLU experts (the golden
+/// "moe." layout of ../shared/golden-variety): softmax top-k over the token's open experts.
+template <class S>
+using ModalityMoE = MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+/// Domain-aware routing (DEMix-style) with SwiGLU experts: logits + q A, softmax top-k.
+template <class S>
+using DomainAwareMoE = MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

@@ -28,6 +28,15 @@ struct DomainLoss {
     return sum / static_cast<S>(T);
   }
 
+  /// The same on any Eigen matrix of probabilities (a RowMatrix from domain_probs(x)).
+  template <class Derived>
+  [[nodiscard]] typename Derived::Scalar operator()(const Eigen::MatrixBase<Derived>& q,
+                                                    std::span<const std::int64_t> domain_ids) const {
+    using S = typename Derived::Scalar;
+    const RowMatrix<S> rows = q;
+    return (*this)(ConstMatrixRef<S>(rows), domain_ids);
+  }
+
   /// Adds weight * dL/dz into dz [T, D], z the classifier's logits (q = softmax(z)):
   /// weight * (q - onehot(domain_ids)) / T.
   template <class S>

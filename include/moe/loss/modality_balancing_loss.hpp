@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -52,6 +53,16 @@ struct ModalityLoadBalancingLoss {
                       detail::concat("experts open to modality ", m, " (its own and the cross-modal ones)"), ">= 1",
                       open_experts(m, E));
   }
+
+  /// The table of a modality router (ModalityRouter: expert_modality(), num_modalities()), so
+  /// the loss cannot be given another table than the router's.
+  template <class Router>
+    requires requires(const Router& r) {
+      { r.expert_modality() } -> std::convertible_to<std::vector<Index>>;
+      { r.num_modalities() } -> std::convertible_to<Index>;
+    }
+  explicit ModalityLoadBalancingLoss(const Router& router)
+      : ModalityLoadBalancingLoss(router.expert_modality(), router.num_modalities()) {}
 
   [[nodiscard]] bool allows(Index m, Index e) const noexcept {
     const Index owner = expert_modality[static_cast<std::size_t>(e)];

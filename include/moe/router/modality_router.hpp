@@ -18,11 +18,15 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
 namespace moe {
+
+/// The expert_modality entry of a cross-modal expert, open to tokens of every modality.
+inline constexpr Index cross_modal = -1;
 
 /// Tokens and top-k assignments per modality of one routed batch (ModalityRouter::load).
 struct ModalityLoad {
@@ -65,8 +69,8 @@ class ModalityRouter : public RouterWrapper<TopKRouter<GatingType>> {
   using typename Base::scalar_type;
   using S = scalar_type;
   using gating_type = GatingType;
-  /// Marks a cross-modal expert in the table.
-  static constexpr Index shared = -1;
+  /// Marks a cross-modal expert in the table (moe::cross_modal).
+  static constexpr Index shared = cross_modal;
 
   /// Wraps router; expert_modality has one entry per expert, each in [-1, num_modalities).
   ModalityRouter(TopKRouter<GatingType> router, std::vector<Index> expert_modality, Index num_modalities)
@@ -126,6 +130,7 @@ class ModalityRouter : public RouterWrapper<TopKRouter<GatingType>> {
         if (!allows(m, e)) out.logits(t, e) = minus_inf;
     }
     router_.gating().template select<Arch>(out, router_.k());
+    if constexpr (std::is_same_v<GatingType, SoftmaxTopK<S>>) reselect_underflowed(out, ctx.modality_ids);
     std::copy(saved, saved + T * E, out.logits.data());
     for (std::size_t i = 0; i < out.token.size(); ++i) {
       const Index t = out.token[i];
@@ -149,6 +154,9 @@ class ModalityRouter : public RouterWrapper<TopKRouter<GatingType>> {
 
   /// Tokens and assignments per modality of a routing this router made from modality_ids.
   [[nodiscard]] ModalityLoad load(const RoutingResult<S>& routing, std::span<const std::int64_t> modality_ids) const {
+    if (routing.num_experts != this->num_experts())
+      detail::throw_invalid("ModalityRouter::load()", "the routing's num_experts (this router's)", this->num_experts(),
+                            routing.num_experts);
     check_ids(modality_ids, routing.num_tokens, "ModalityRouter::load()");
     ModalityLoad out;
     out.num_modalities = num_modalities_;
@@ -179,6 +187,30 @@ class ModalityRouter : public RouterWrapper<TopKRouter<GatingType>> {
       if (open_experts(m) < router_.k())
         detail::throw_invalid(where, detail::concat("experts open to modality ", m, " (its own and the cross-modal ones)"),
                               detail::concat(">= k = ", router_.k()), open_experts(m));
+  }
+
+  // Softmax gating: an open expert's probability can underflow to exactly 0 (a logit some 745
+  // below the token's best in double, some 104 in float), and then ties with the masked
+  // experts' 0; kernels::top_k breaks ties by the lower index, which may be a masked expert's.
+  // A token that got one has every probability-0 slot at the end (the order is descending, and
+  // the slots before hold open experts of p > 0); those slots are refilled with the open
+  // experts of probability 0 in index order: the choice of a top-k over the open experts alone.
+  // Every refilled slot keeps its gate (0, renormalised or not). At least k experts are open,
+  // so there are enough.
+  void reselect_underflowed(RoutingResult<S>& out, std::span<const std::int64_t> ids) const {
+    const Index k = router_.k();
+    const Index E = this->num_experts();
+    for (Index t = 0; t < out.num_tokens; ++t) {
+      const auto m = static_cast<Index>(ids[static_cast<std::size_t>(t)]);
+      Index* chosen = out.expert.data() + t * k;
+      bool masked = false;
+      for (Index j = 0; j < k; ++j) masked = masked || !allows(m, chosen[j]);
+      if (!masked) continue;
+      Index j = k;
+      while (j > 0 && out.scores(t, chosen[j - 1]) == S(0)) --j;
+      for (Index e = 0; e < E && j < k; ++e)
+        if (allows(m, e) && out.scores(t, e) == S(0)) chosen[j++] = e;
+    }
   }
 
   void check_ids(std::span<const std::int64_t> ids, Index T, const char* where) const {
