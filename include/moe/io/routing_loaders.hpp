@@ -1,18 +1,24 @@
-// Build noisy top-k, expert-choice and hash-routed layers from the own-reference ("moe.")
-// layout of the golden cases: SwiGLU experts {prefix}experts.{e}.w1|w3|w2.weight, the gate
-// {prefix}gate.weight [E, d], the noise projection {prefix}noise.weight [E, d], and the hash
-// table {prefix}hash_table (integer, [vocab]).
+// Build noisy top-k, expert-choice, hash-routed, modality and domain-aware layers from the
+// own-reference ("moe.") layout of the golden cases: SwiGLU experts
+// {prefix}experts.{e}.w1|w3|w2.weight, the gate {prefix}gate.weight [E, d], the noise
+// projection {prefix}noise.weight [E, d], the hash table {prefix}hash_table (integer, [vocab]),
+// the expert-to-modality table {prefix}expert_modality (integer, [E]), and the domain
+// classifier and affinities {prefix}domain_classifier.weight [D, d], {prefix}domain_affinity [D, E].
 #ifndef MOE_IO_ROUTING_LOADERS_HPP
 #define MOE_IO_ROUTING_LOADERS_HPP
 
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/safetensors.hpp>
+#include <moe/router/domain_aware_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -28,6 +34,17 @@ struct NoisyTopKConfig {
 struct ExpertChoiceConfig {
   double capacity_factor = 2.0;
 };
+struct ModalityConfig {
+  Index top_k = 2;
+  bool renormalize = true;
+  /// M. 0 (the default) reads it as 1 + the table's largest entry; give it when the last
+  /// modality has no expert of its own (only the cross-modal ones), which the table cannot show.
+  Index num_modalities = 0;
+};
+struct DomainAwareConfig {
+  Index top_k = 2;
+  bool renormalize = true;
+};
 
 namespace detail {
 
@@ -41,8 +58,10 @@ inline Index count_experts(const LayerTensors& t, std::string_view experts_prefi
   return n;
 }
 
-/// An integer table [n] with every entry in [0, bound).
-inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound) {
+/// An integer table [n] with every entry in [lowest, bound) (lowest 0: indices; -1 also
+/// admits the cross-modal marker of an expert-to-modality table).
+inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound,
+                                           Index lowest = 0) {
   const std::string name = t.name(suffix);
   const SafetensorsFile& file = t.file();
   if (!file.contains(name)) t.throw_missing(name);
@@ -58,10 +77,11 @@ inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_vi
   const std::vector<std::int64_t> raw = file.read<std::int64_t>(name);
   std::vector<Index> table(raw.size());
   for (std::size_t i = 0; i < raw.size(); ++i) {
-    if (raw[i] < 0 || raw[i] >= bound)
+    if (raw[i] < lowest || raw[i] >= bound)
       throw TensorMismatchError(file.display_name(), name,
-                                t.loader() + "(): expected entries in [0, " + std::to_string(bound) + "), got " +
-                                    std::to_string(raw[i]) + " at index " + std::to_string(i));
+                                t.loader() + "(): expected entries in [" + std::to_string(lowest) + ", " +
+                                    std::to_string(bound) + "), got " + std::to_string(raw[i]) + " at index " +
+                                    std::to_string(i));
     table[i] = static_cast<Index>(raw[i]);
   }
   return table;
@@ -114,6 +134,58 @@ HashMoE<S> load_hash(const SafetensorsFile& file, std::string_view prefix = "moe
   return detail::with_loader_name(loader, [&] {
     const Index d = experts.input_dim();
     return HashMoE<S>(std::move(experts), HashRouter<S>(std::move(table), E, d));
+  });
+}
+
+/// Modality experts with cross-modal ones (../shared/golden-variety, modality_experts):
+/// {prefix}gate.weight [E, d], {prefix}expert_modality [E] (integer; -1 = cross-modal), SwiGLU
+/// experts as above. The modality ids of the tokens come with each call (ForwardContext).
+template <class S>
+ModalityMoE<S> load_modality_experts(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                     const ModalityConfig& config = {}) {
+  const std::string loader = "moe::io::load_modality_experts";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  const Index bound = config.num_modalities > 0 ? config.num_modalities : std::numeric_limits<Index>::max();
+  std::vector<Index> table = detail::read_index_table(t, "expert_modality", bound, cross_modal);
+  if (static_cast<Index>(table.size()) != E)
+    throw TensorMismatchError(file.display_name(), t.name("expert_modality"),
+                              loader + "(): expected one entry per expert (" + std::to_string(E) + "), got " +
+                                  std::to_string(table.size()));
+  const Index M = config.num_modalities > 0 ? config.num_modalities
+                                            : std::max<Index>(1, 1 + *std::max_element(table.begin(), table.end()));
+  return detail::with_loader_name(loader, [&] {
+    return ModalityMoE<S>(std::move(experts),
+                          ModalitySoftmaxTopKRouter<S>(SoftmaxTopKRouter<S>(std::move(gate), config.top_k,
+                                                                            SoftmaxTopK<S>{config.renormalize}),
+                                                       std::move(table), M));
+  });
+}
+
+/// Domain-aware routing (../shared/golden-variety, domain_aware): {prefix}gate.weight [E, d],
+/// {prefix}domain_classifier.weight [D, d], {prefix}domain_affinity [D, E], SwiGLU experts as
+/// above; D is the classifier's rows.
+template <class S>
+DomainAwareMoE<S> load_domain_aware(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                    const DomainAwareConfig& config = {}) {
+  const std::string loader = "moe::io::load_domain_aware";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const Index d = gate.cols();
+  const Index D = t.shape("domain_classifier.weight", 2)[0];
+  RowMatrix<S> classifier(D, d), affinity(D, E);
+  t.template read_into<S>("domain_classifier.weight", {D, d}, classifier);
+  t.template read_into<S>("domain_affinity", {D, E}, affinity);
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return DomainAwareMoE<S>(
+        std::move(experts),
+        DomainAwareSoftmaxTopKRouter<S>(
+            SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.renormalize}),
+            std::move(classifier), std::move(affinity)));
   });
 }
 

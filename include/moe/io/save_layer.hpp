@@ -38,6 +38,8 @@ enum class Family : std::uint8_t {
   expert_choice,        ///< load_expert_choice
   hash,                 ///< load_hash
   soft_moe,             ///< load_soft_moe
+  modality_experts,     ///< load_modality_experts
+  domain_aware,         ///< load_domain_aware
 };
 
 [[nodiscard]] constexpr std::string_view family_name(Family f) noexcept {
@@ -52,6 +54,8 @@ enum class Family : std::uint8_t {
     case Family::expert_choice: return "expert_choice";
     case Family::hash: return "hash";
     case Family::soft_moe: return "soft_moe";
+    case Family::modality_experts: return "modality_experts";
+    case Family::domain_aware: return "domain_aware";
   }
   return "?";
 }
@@ -130,6 +134,10 @@ template <class S, class A>
 using HashLayer = MoELayer<SwiGLUExperts<S>, HashRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using SoftLayer = MoELayer<FFNExperts<S, Activation::gelu_erf>, SoftRouter<S>, SoftCombiner<S>, A>;
+template <class S, class A>
+using ModalityLayer = MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using DomainAwareLayer = MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
 
 /// Mixtral: {prefix}gate.weight, {prefix}experts.{e}.w1|w3|w2.weight. load_mixtral always
 /// renormalises the top-k weights, so a router with renormalize = false is refused (save it as
@@ -264,6 +272,32 @@ void save_soft_moe(SafetensorsWriter& w, const SoftLayer<S, A>& layer, std::stri
   detail::put_ffn(w, layer.experts(), p + "experts.{e}.", "moe::io::save_soft_moe()");
 }
 
+/// Modality experts: {prefix}gate.weight, {prefix}expert_modality [E] as I64 (-1 = cross-modal),
+/// experts.{e}.w1|w3|w2.weight. top_k, renormalize and a num_modalities the table cannot show
+/// are settings: pass them back in ModalityConfig.
+template <class S, class A>
+void save_modality_experts(SafetensorsWriter& w, const ModalityLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  const std::string p(prefix);
+  const auto& router = layer.router();
+  detail::put_router<S>(w, router.weight(), p + "gate.weight");
+  std::vector<std::int64_t> table(router.expert_modality().begin(), router.expert_modality().end());
+  w.add<std::int64_t>(p + "expert_modality", {static_cast<std::int64_t>(table.size())},
+                      std::span<const std::int64_t>(table));
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
+/// Domain-aware routing: {prefix}gate.weight, {prefix}domain_classifier.weight [D, d],
+/// {prefix}domain_affinity [D, E], experts.{e}.w1|w3|w2.weight.
+template <class S, class A>
+void save_domain_aware(SafetensorsWriter& w, const DomainAwareLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  const std::string p(prefix);
+  const auto& router = layer.router();
+  detail::put_router<S>(w, router.weight(), p + "gate.weight");
+  detail::put_router<S>(w, router.classifier(), p + "domain_classifier.weight");
+  detail::put_router<S>(w, router.affinity(), p + "domain_affinity");
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
 namespace detail {
 
 [[noreturn]] inline void throw_family(Family got, std::string_view layer, std::string_view expected) {
@@ -306,6 +340,8 @@ MOE_IO_SAVE_LAYER_ONE_FAMILY(NoisyTopKLayer, Family::noisy_top_k, save_noisy_top
 MOE_IO_SAVE_LAYER_ONE_FAMILY(ExpertChoiceLayer, Family::expert_choice, save_expert_choice, "ExpertChoiceMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(HashLayer, Family::hash, save_hash, "HashMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(SoftLayer, Family::soft_moe, save_soft_moe, "SoftMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(ModalityLayer, Family::modality_experts, save_modality_experts, "ModalityMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(DomainAwareLayer, Family::domain_aware, save_domain_aware, "DomainAwareMoE")
 #undef MOE_IO_SAVE_LAYER_ONE_FAMILY
 
 }  // namespace moe::io
