@@ -7,7 +7,7 @@
 // weight). A case of an unknown family fails. The families of issue #15 (top-p, threshold,
 // hierarchical, multi-head, low-rank, task-aware, convolutional, recurrent) are skipped by
 // name, with a warning, until that issue lands; no other skip exists.
-#include <moe/io/hf_loader.hpp>
+#include <moe/io/routing_loaders.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/loss/domain_loss.hpp>
 #include <moe/loss/loss_list.hpp>
@@ -43,21 +43,6 @@ const std::set<std::string>& pending_families() {
 
 std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& name) { return f.read<std::int64_t>(name); }
 
-template <class S>
-RowMatrix<S> read_matrix(const SafetensorsFile& f, const std::string& name) {
-  const auto& info = f.info(name);
-  REQUIRE(info.shape.size() == 2);
-  return f.read_rows<S>(name, static_cast<Index>(info.shape[0]), static_cast<Index>(info.shape[1]));
-}
-
-/// The experts and the router projection under the Mixtral names the variety files use
-/// ({prefix}gate.weight, {prefix}experts.{e}.w1|w3|w2.weight).
-template <class S>
-moe::MixtralMoE<S> load_swiglu_layer(const SafetensorsFile& f) {
-  if (meta(f, "expert") != "swiglu_silu") FAIL("expected SwiGLU experts, the case has " << meta(f, "expert"));
-  return moe::io::load_mixtral<S>(f, meta(f, "prefix"), {meta_index(f, "top_k")});
-}
-
 /// L = sum(output * grad_output): "grad.input" and "grad.<prefix><weight>" of the layer.
 template <class Layer, class Losses>
 void report_backward(const Layer& layer, const SafetensorsFile& f, const moe::ForwardContext& ctx, GoldenRun& r,
@@ -81,14 +66,15 @@ void report_backward(const Layer& layer, const SafetensorsFile& f, const moe::Fo
 
 template <class S>
 GoldenRun run_modality_experts(const SafetensorsFile& f) {
-  if (!meta_bool(f, "renormalize")) FAIL("the modality case renormalises; this one says otherwise");
-  auto mixtral = load_swiglu_layer<S>(f);
+  if (meta(f, "expert") != "swiglu_silu") FAIL("expected SwiGLU experts, the case has " << meta(f, "expert"));
   const Index M = meta_index(f, "num_modalities");
-  const std::vector<std::int64_t> table64 = read_ids(f, meta(f, "prefix") + "expert_modality");
-  const std::vector<Index> table(table64.begin(), table64.end());
-  moe::ModalitySoftmaxTopKRouter<S> router(mixtral.router(), table, M);
-  using Layer = moe::MoELayer<moe::SwiGLUExperts<S>, moe::ModalitySoftmaxTopKRouter<S>, moe::WeightedSumCombiner<S>>;
-  const Layer layer(mixtral.experts(), std::move(router));
+  const auto layer = moe::io::load_modality_experts<S>(
+      f, meta(f, "prefix"), {meta_index(f, "top_k"), meta_bool(f, "renormalize"), M});
+  const std::vector<Index>& table = layer.router().expert_modality();
+  // The loader's table is the file's (the metadata spells it out too).
+  std::string listed;
+  for (const Index e : table) listed += (listed.empty() ? "" : ",") + std::to_string(e);
+  REQUIRE(listed == meta(f, "expert_modality"));
   const std::vector<std::int64_t> ids = read_ids(f, "modality_ids");
   moe::ForwardContext ctx;
   ctx.modality_ids = ids;
@@ -118,16 +104,11 @@ GoldenRun run_modality_experts(const SafetensorsFile& f) {
 
 template <class S>
 GoldenRun run_domain_aware(const SafetensorsFile& f) {
-  if (!meta_bool(f, "renormalize")) FAIL("the domain case renormalises; this one says otherwise");
-  auto mixtral = load_swiglu_layer<S>(f);
-  const std::string prefix = meta(f, "prefix");
+  if (meta(f, "expert") != "swiglu_silu") FAIL("expected SwiGLU experts, the case has " << meta(f, "expert"));
   const Index D = meta_index(f, "num_domains");
-  RowMatrix<S> classifier = read_matrix<S>(f, prefix + "domain_classifier.weight");
-  RowMatrix<S> affinity = read_matrix<S>(f, prefix + "domain_affinity");
-  REQUIRE(classifier.rows() == D);
-  moe::DomainAwareSoftmaxTopKRouter<S> router(mixtral.router(), std::move(classifier), std::move(affinity));
-  using Layer = moe::MoELayer<moe::SwiGLUExperts<S>, moe::DomainAwareSoftmaxTopKRouter<S>, moe::WeightedSumCombiner<S>>;
-  const Layer layer(mixtral.experts(), std::move(router));
+  const auto layer =
+      moe::io::load_domain_aware<S>(f, meta(f, "prefix"), {meta_index(f, "top_k"), meta_bool(f, "renormalize")});
+  REQUIRE(layer.router().num_domains() == D);
   const std::vector<std::int64_t> ids = read_ids(f, "domain_ids");
   moe::ForwardContext ctx;
   ctx.domain_ids = ids;
