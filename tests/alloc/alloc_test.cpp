@@ -153,13 +153,19 @@ Layer filled(Layer layer) {
 struct Options {
   Index sequence_length = 0;  // Soft MoE
   bool token_ids = false;     // hash routing
+  Index modalities = 0;       // modality routing: ForwardContext::modality_ids in [0, modalities)
+  Index domains = 0;          // domain-aware routing: ForwardContext::domain_ids in [0, domains)
   moe::LossWeights<S> weights{};
 };
 
+/// Backward with opt.weights (the shipped losses by weight) when no loss list is given.
+struct ByWeights {};
+
 /// Warm-up, then one inference forward, one training forward and one backward, each counted.
 /// The measured calls use the next step, so routers with noise draw new noise (same shapes).
-template <class Layer>
-void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options& opt = {}) {
+template <class Layer, class Losses = ByWeights>
+void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options& opt = {},
+                        const Losses& losses = {}) {
   std::mt19937 gen(11);
   RowMatrix<S> x(T, layer.input_dim()), dy(T, layer.output_dim());
   fill(x, gen, 1.0);
@@ -167,6 +173,11 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   RowMatrix<S> y(T, layer.output_dim()), dx(T, layer.input_dim());
   std::vector<std::int64_t> ids(static_cast<std::size_t>(T));
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(i * 7919 % 1000);
+  std::vector<std::int64_t> modality_ids(static_cast<std::size_t>(T)), domain_ids(static_cast<std::size_t>(T));
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (opt.modalities > 0) modality_ids[i] = static_cast<std::int64_t>(i * 31 % 97) % opt.modalities;
+    if (opt.domains > 0) domain_ids[i] = static_cast<std::int64_t>(i * 17 % 89) % opt.domains;
+  }
   moe::Workspace<S> ws;
   auto grads = layer.make_gradients();
   moe::ForwardContext ctx;
@@ -174,6 +185,14 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   ctx.seed = 3;
   ctx.sequence_length = opt.sequence_length;
   if (opt.token_ids) ctx.token_ids = ids;
+  if (opt.modalities > 0) ctx.modality_ids = modality_ids;
+  if (opt.domains > 0) ctx.domain_ids = domain_ids;
+  const auto run_backward = [&] {
+    if constexpr (std::is_same_v<Losses, ByWeights>)
+      layer.backward(dy, dx, ws, grads, opt.weights);
+    else
+      layer.backward(dy, dx, ws, grads, losses);
+  };
 
   // Warm-up: the workspace and the per-thread scratch grow here. Several rounds, so that every
   // pool thread has run the biggest task of each kind at least once.
@@ -183,7 +202,7 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
     layer.forward(x, y, ws, ctx);
     ctx.mode = moe::Mode::training;
     layer.forward(x, y, ws, ctx);
-    layer.backward(dy, dx, ws, grads, opt.weights);
+    run_backward();
   }
 
   ctx.step = 3;
@@ -191,7 +210,7 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   const Allocations inference = count_allocations([&] { layer.forward(x, y, ws, ctx); });
   ctx.mode = moe::Mode::training;
   const Allocations training = count_allocations([&] { layer.forward(x, y, ws, ctx); });
-  const Allocations backward = count_allocations([&] { layer.backward(dy, dx, ws, grads, opt.weights); });
+  const Allocations backward = count_allocations(run_backward);
 
   INFO("threads " << (pool ? pool->size() : 0));
   CHECK(inference.news == 0);
@@ -207,12 +226,12 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   CHECK(dx.cwiseAbs().maxCoeff() > 0);
 }
 
-template <class Layer>
-void check_all_pools(const Layer& layer, const Options& opt = {}) {
-  SECTION("serial") { check_steady_state(layer, nullptr, opt); }
+template <class Layer, class Losses = ByWeights>
+void check_all_pools(const Layer& layer, const Options& opt = {}, const Losses& losses = {}) {
+  SECTION("serial") { check_steady_state(layer, nullptr, opt, losses); }
   SECTION("pool of 2 threads") {
     moe::ThreadPool pool(2);
-    check_steady_state(layer, &pool, opt);
+    check_steady_state(layer, &pool, opt, losses);
   }
 }
 
@@ -385,4 +404,20 @@ TEST_CASE("Auxiliary losses in backward (aux, z, sequence-wise) allocate nothing
   gating.topk_group = 2;
   const auto layer = filled(SwiGLULayer<moe::GroupLimitedRouter<S>>(swiglu(), moe::GroupLimitedRouter<S>(E, d, 2, gating)));
   check_all_pools(layer, {.sequence_length = 128, .weights = {.aux = S(0.01), .z = S(0.001), .sequence = S(0.001)}});
+}
+
+TEST_CASE("Modality experts (with the per-modality balancing loss): steady state allocates nothing",
+          "[alloc][losses][modality]") {
+  // Three modalities, two experts each, and two cross-modal ones.
+  using Router = moe::ModalitySoftmaxTopKRouter<S>;
+  const auto layer = filled(SwiGLULayer<Router>(swiglu(), Router(E, d, 2, {0, 1, 2, -1, 0, 1, 2, -1}, 3)));
+  const moe::ModalityLoadBalancingLoss aux(layer.router().expert_modality(), 3);
+  check_all_pools(layer, {.modalities = 3}, moe::losses(moe::weighted(aux, S(0.01))));
+}
+
+TEST_CASE("Domain-aware routing (with the supervised domain loss): steady state allocates nothing",
+          "[alloc][losses][domain]") {
+  using Router = moe::DomainAwareSoftmaxTopKRouter<S>;
+  const auto layer = filled(SwiGLULayer<Router>(swiglu(), Router(E, d, 4, 2)));
+  check_all_pools(layer, {.domains = 4}, moe::losses(moe::weighted(moe::DomainLoss{}, S(0.1))));
 }

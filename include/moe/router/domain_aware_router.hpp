@@ -61,9 +61,7 @@ class DomainAwareRouter : public RouterWrapper<TopKRouter<GatingType>> {
   /// Wraps router ([E, d]) with a classifier [D, d] and affinities [D, E].
   DomainAwareRouter(TopKRouter<GatingType> router, RowMatrix<S> classifier, RowMatrix<S> affinity)
       : Base(std::move(router)), classifier_(std::move(classifier)), affinity_(std::move(affinity)) {
-    constexpr const char* where = "DomainAwareRouter::DomainAwareRouter()";
-    detail::require(classifier_.rows() >= 1, where, "num_domains (classifier rows)", ">= 1", classifier_.rows());
-    check_shapes_impl(where);
+    check_shapes_impl("DomainAwareRouter::DomainAwareRouter()");
   }
 
   /// Zero weights: E experts over inputs of width d, D domains, k experts per token.
@@ -97,7 +95,8 @@ class DomainAwareRouter : public RouterWrapper<TopKRouter<GatingType>> {
     f(names_.affinity, affinity_);
   }
 
-  /// The wrapped router's check, and the classifier and affinities against E, d and D.
+  /// The wrapped router's check, and the classifier and affinities against E, d and D (D >= 1,
+  /// as at construction, in case both were resized through their accessors).
   void check_shapes() const {
     router_.check_shapes();
     check_shapes_impl("DomainAwareRouter::check_shapes()");
@@ -175,6 +174,7 @@ class DomainAwareRouter : public RouterWrapper<TopKRouter<GatingType>> {
   void check_shapes_impl(const char* where) const {
     const Index E = this->num_experts();
     const Index d = this->input_dim();
+    if (classifier_.rows() < 1) detail::throw_invalid(where, "num_domains (classifier rows)", ">= 1", classifier_.rows());
     if (classifier_.cols() != d)
       detail::throw_invalid(where, "classifier columns (input_dim)", d, classifier_.cols());
     if (affinity_.rows() != classifier_.rows() || affinity_.cols() != E)
