@@ -68,7 +68,7 @@ void run_small(const Layer& layer, const ForwardContext& ctx = {}) {
 
 inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
   using namespace moe::io;
-  switch (which % 10) {
+  switch (which % 12) {
     case 0: run_small(load_mixtral<float>(f, "block_sparse_moe.", MixtralConfig{2})); break;
     case 1: run_small(load_olmoe<float>(f, "mlp.", OlmoeConfig{2, false})); break;
     case 2: run_small(load_qwen2_moe<float>(f, "mlp.", Qwen2MoeConfig{2, false})); break;
@@ -91,7 +91,7 @@ inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
       break;
     }
     case 8: run_small(load_expert_choice<float>(f, "moe.", ExpertChoiceConfig{2.0})); break;
-    default: {
+    case 9: {
       const auto layer = load_hash<float>(f, "moe.");
       const std::int64_t ids[3] = {0, 1, 2};
       ForwardContext ctx;
@@ -99,6 +99,18 @@ inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
       run_small(layer, ctx);  // an id beyond a short table is the router's invalid_argument
       break;
     }
+    case 10: {
+      // M inferred from the file's table; the three tokens take the first, the last and a
+      // middle modality, so every id is valid and the mask differs between them.
+      const auto layer = load_modality_experts<float>(f, "moe.", ModalityConfig{2});
+      const std::int64_t M = layer.router().num_modalities();
+      const std::int64_t ids[3] = {0, M - 1, (M - 1) / 2};
+      ForwardContext ctx;
+      ctx.modality_ids = ids;
+      run_small(layer, ctx);
+      break;
+    }
+    default: run_small(load_domain_aware<float>(f, "moe.", DomainAwareConfig{2})); break;
   }
 }
 
@@ -137,7 +149,7 @@ inline void exercise_reader(const std::uint8_t* data, std::size_t size) {
   }
 }
 
-/// fuzz_loaders: the first byte picks the loader (so one corpus serves all ten and mutations
+/// fuzz_loaders: the first byte picks the loader (so one corpus serves all twelve and mutations
 /// move files between families), the rest is the file. A loaded layer runs one forward.
 inline void exercise_loaders(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return;

@@ -105,6 +105,20 @@ SafetensorsWriter moe_layout(bool noise, bool hash) {
   }
   return w;
 }
+/// Modality experts: one expert each for modalities 0 and 1, two cross-modal (-1).
+SafetensorsWriter modality_experts() {
+  SafetensorsWriter w = moe_layout(false, false);
+  std::vector<std::int64_t> table{0, -1, 1, -1};
+  w.add<std::int64_t>("moe.expert_modality", {E}, std::span<const std::int64_t>(table));
+  return w;
+}
+/// Domain-aware: a classifier over 3 domains and their affinities [3, E].
+SafetensorsWriter domain_aware() {
+  SafetensorsWriter w = moe_layout(false, false);
+  put(w, "moe.domain_classifier.weight", {3, D});
+  put(w, "moe.domain_affinity", {3, E});
+  return w;
+}
 
 /// Every dtype once, with a few metadata keys: the reader's conversion paths.
 SafetensorsWriter all_dtypes() {
@@ -180,7 +194,8 @@ int main(int argc, char** argv) {
       {"mixtral", mixtral()},   {"olmoe", olmoe()},       {"qwen2_moe", qwen2()},
       {"deepseek_v3", deepseek()}, {"gpt_oss", gpt_oss()}, {"switch", switch_t()},
       {"soft_moe", soft_moe()}, {"noisy_top_k", moe_layout(true, false)},
-      {"expert_choice", moe_layout(false, false)}, {"hash", moe_layout(false, true)}};
+      {"expert_choice", moe_layout(false, false)}, {"hash", moe_layout(false, true)},
+      {"modality_experts", modality_experts()}, {"domain_aware", domain_aware()}};
   for (std::size_t i = 0; i < families.size(); ++i) {
     Bytes b = families[i].second.to_bytes();
     save(reader / (std::string("valid_") + families[i].first), b);

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -343,4 +344,102 @@ TEST_CASE("a saved file round-trips through the file system", "[io][save]") {
   std::filesystem::remove(path);
   REQUIRE(f.info("block_sparse_moe.gate.weight").dtype == moe::io::DType::F64);
   require_same_layer(layer, moe::io::load_mixtral<double>(f, "block_sparse_moe.", {2}));
+}
+
+namespace {
+
+// One expert of modality 0, one of modality 1, two cross-modal; a third modality has no expert
+// of its own (only the cross-modal ones), which the table cannot show: M = 3 goes back through
+// ModalityConfig.
+const std::vector<Index> saved_modality_table{0, moe::cross_modal, 1, moe::cross_modal};
+constexpr Index saved_num_modalities = 3, saved_num_domains = 3;
+
+template <class S>
+moe::ModalityMoE<S> modality_layer(bool renormalize, moe::Vector<S> bias = {}) {
+  return moe::ModalityMoE<S>(
+      moe::test::swiglu<S>(E, D, FF, 1),
+      moe::ModalitySoftmaxTopKRouter<S>(
+          moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 2, moe::SoftmaxTopK<S>{renormalize}, std::move(bias)),
+          saved_modality_table, saved_num_modalities));
+}
+
+template <class S>
+moe::DomainAwareMoE<S> domain_layer(bool renormalize, moe::Vector<S> bias = {}) {
+  return moe::DomainAwareMoE<S>(
+      moe::test::swiglu<S>(E, D, FF, 1),
+      moe::DomainAwareSoftmaxTopKRouter<S>(
+          moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 2, moe::SoftmaxTopK<S>{renormalize}, std::move(bias)),
+          random<S>(saved_num_domains, D, 4), random<S>(saved_num_domains, E, 5)));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("modality experts and domain-aware routing round-trip in the own-reference layout (prefix moe.)",
+                   "[io][save]", float, double) {
+  using S = TestType;
+  const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
+  SECTION("modality experts") {
+    const moe::ModalityMoE<S> layer = modality_layer<S>(false);
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight", "moe.expert_modality"} + experts);
+    REQUIRE(f.info("moe.gate.weight").shape == std::vector<std::int64_t>{E, D});
+    REQUIRE(f.info("moe.expert_modality").dtype == moe::io::DType::I64);
+    REQUIRE(f.info("moe.expert_modality").shape == std::vector<std::int64_t>{E});
+    REQUIRE(f.read<std::int64_t>("moe.expert_modality") == std::vector<std::int64_t>{0, -1, 1, -1});
+    const auto loaded = moe::io::load_modality_experts<S>(f, "moe.", {2, false, saved_num_modalities});
+    REQUIRE(loaded.router().expert_modality() == saved_modality_table);
+    REQUIRE(loaded.router().num_modalities() == saved_num_modalities);
+    REQUIRE(loaded.router().k() == 2);
+    REQUIRE_FALSE(loaded.router().gating().renormalize);
+    // Every modality in the batch, the third (cross-modal experts only) included.
+    std::vector<std::int64_t> ids(T);
+    for (Index t = 0; t < T; ++t) ids[static_cast<std::size_t>(t)] = (t * 2) % saved_num_modalities;
+    moe::ForwardContext ctx;
+    ctx.modality_ids = ids;
+    require_same_layer(layer, loaded, ctx);
+  }
+  SECTION("domain-aware") {
+    const moe::DomainAwareMoE<S> layer = domain_layer<S>(true);
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight", "moe.domain_classifier.weight",
+                                                 "moe.domain_affinity"} +
+                               experts);
+    REQUIRE(f.info("moe.domain_classifier.weight").shape == std::vector<std::int64_t>{saved_num_domains, D});
+    REQUIRE(f.info("moe.domain_affinity").shape == std::vector<std::int64_t>{saved_num_domains, E});
+    const auto loaded = moe::io::load_domain_aware<S>(f, "moe.", {2, true});
+    REQUIRE(loaded.router().num_domains() == saved_num_domains);
+    REQUIRE(loaded.router().classifier() == layer.router().classifier());
+    REQUIRE(loaded.router().affinity() == layer.router().affinity());
+    REQUIRE(loaded.router().gating().renormalize);
+    require_same_layer(layer, loaded);
+  }
+}
+
+TEST_CASE("modality and domain-aware layers save under their own family only, and without a router bias",
+          "[io][save][errors]") {
+  SafetensorsWriter w;
+  const auto modality = modality_layer<float>(true);
+  const auto domain = domain_layer<float>(true);
+  REQUIRE_THROWS_AS(moe::io::save_layer(w, modality, "moe.", Family::domain_aware), std::invalid_argument);
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, modality, "moe.", Family::domain_aware),
+                      "moe::io::save_layer(): family for a ModalityMoE expected modality_experts, got domain_aware");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, modality, "moe.", Family::hash),
+                      "moe::io::save_layer(): family for a ModalityMoE expected modality_experts, got hash");
+  REQUIRE_THROWS_AS(moe::io::save_layer(w, domain, "moe.", Family::modality_experts), std::invalid_argument);
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, domain, "moe.", Family::modality_experts),
+                      "moe::io::save_layer(): family for a DomainAwareMoE expected domain_aware, got modality_experts");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, domain, "moe.", Family::expert_choice),
+                      "moe::io::save_layer(): family for a DomainAwareMoE expected domain_aware, got expert_choice");
+  // Their loaders read no router bias: a wrapped router with one is refused, not saved without it.
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, modality_layer<float>(true, random_vector<float>(E, 6)), "moe."),
+                      "moe::io::save_modality_experts(): router bias expected none (the loader reads no router bias), "
+                      "got a bias of length 4");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, domain_layer<float>(true, random_vector<float>(E, 6)), "moe."),
+                      "moe::io::save_domain_aware(): router bias expected none (the loader reads no router bias), got "
+                      "a bias of length 4");
+  REQUIRE(w.to_bytes().size() == 16);  // refused before writing anything: 8-byte length + "{}" padded to 8
 }

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -37,8 +36,9 @@ struct ExpertChoiceConfig {
 struct ModalityConfig {
   Index top_k = 2;
   bool renormalize = true;
-  /// M. 0 (the default) reads it as 1 + the table's largest entry; give it when the last
-  /// modality has no expert of its own (only the cross-modal ones), which the table cannot show.
+  /// M. 0 (the default) reads it as 1 + the table's largest entry, which must then be < E;
+  /// give it when the last modality has no expert of its own (only the cross-modal ones), which
+  /// the table cannot show.
   Index num_modalities = 0;
 };
 struct DomainAwareConfig {
@@ -60,8 +60,9 @@ inline Index count_experts(const LayerTensors& t, std::string_view experts_prefi
 
 /// An integer table [n] with every entry in [lowest, bound) (lowest 0: indices; -1 also
 /// admits the cross-modal marker of an expert-to-modality table).
+/// `note` follows the message of an entry out of range (why the bound is what it is).
 inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound,
-                                           Index lowest = 0) {
+                                           Index lowest = 0, std::string_view note = {}) {
   const std::string name = t.name(suffix);
   const SafetensorsFile& file = t.file();
   if (!file.contains(name)) t.throw_missing(name);
@@ -81,7 +82,7 @@ inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_vi
       throw TensorMismatchError(file.display_name(), name,
                                 t.loader() + "(): expected entries in [" + std::to_string(lowest) + ", " +
                                     std::to_string(bound) + "), got " + std::to_string(raw[i]) + " at index " +
-                                    std::to_string(i));
+                                    std::to_string(i) + std::string(note));
     table[i] = static_cast<Index>(raw[i]);
   }
   return table;
@@ -148,14 +149,22 @@ ModalityMoE<S> load_modality_experts(const SafetensorsFile& file, std::string_vi
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
   const Index E = gate.rows();
   auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
-  const Index bound = config.num_modalities > 0 ? config.num_modalities : std::numeric_limits<Index>::max();
-  std::vector<Index> table = detail::read_index_table(t, "expert_modality", bound, cross_modal);
+  // Given, M bounds the entries. Inferred, M = 1 + the largest entry, which must be < E: a table
+  // of E entries names at most E modalities, and an unbounded one would let a small file set M
+  // to 2^40 (the router checks every modality's open experts, M * E steps, at construction).
+  const bool inferred = config.num_modalities <= 0;
+  const Index bound = inferred ? E : config.num_modalities;
+  std::vector<Index> table = detail::read_index_table(
+      t, "expert_modality", bound, cross_modal,
+      inferred ? " (num_modalities 0 infers M = 1 + the largest entry, at most E = " + std::to_string(E) +
+                     "; give ModalityConfig::num_modalities for more modalities)"
+               : std::string());
   if (static_cast<Index>(table.size()) != E)
     throw TensorMismatchError(file.display_name(), t.name("expert_modality"),
                               loader + "(): expected one entry per expert (" + std::to_string(E) + "), got " +
                                   std::to_string(table.size()));
-  const Index M = config.num_modalities > 0 ? config.num_modalities
-                                            : std::max<Index>(1, 1 + *std::max_element(table.begin(), table.end()));
+  const Index M = inferred ? std::max<Index>(1, 1 + *std::max_element(table.begin(), table.end()))
+                           : config.num_modalities;
   return detail::with_loader_name(loader, [&] {
     return ModalityMoE<S>(std::move(experts),
                           ModalitySoftmaxTopKRouter<S>(SoftmaxTopKRouter<S>(std::move(gate), config.top_k,
@@ -176,6 +185,11 @@ DomainAwareMoE<S> load_domain_aware(const SafetensorsFile& file, std::string_vie
   const Index E = gate.rows();
   const Index d = gate.cols();
   const Index D = t.shape("domain_classifier.weight", 2)[0];
+  // Both shapes are checked before either matrix is allocated: [D, E] takes its sizes from two
+  // other tensors, so a small file with a [2^20, 1] gate and classifier would otherwise
+  // allocate 2^40 affinities before the file's own affinity tensor is looked at.
+  t.check("domain_classifier.weight", {D, d});
+  t.check("domain_affinity", {D, E});
   RowMatrix<S> classifier(D, d), affinity(D, E);
   t.template read_into<S>("domain_classifier.weight", {D, d}, classifier);
   t.template read_into<S>("domain_affinity", {D, E}, affinity);

@@ -274,11 +274,13 @@ void save_soft_moe(SafetensorsWriter& w, const SoftLayer<S, A>& layer, std::stri
 
 /// Modality experts: {prefix}gate.weight, {prefix}expert_modality [E] as I64 (-1 = cross-modal),
 /// experts.{e}.w1|w3|w2.weight. top_k, renormalize and a num_modalities the table cannot show
-/// are settings: pass them back in ModalityConfig.
+/// are settings: pass them back in ModalityConfig. The loader reads no router bias, so a wrapped
+/// router with one is refused rather than saved without it.
 template <class S, class A>
 void save_modality_experts(SafetensorsWriter& w, const ModalityLayer<S, A>& layer, std::string_view prefix = "moe.") {
-  const std::string p(prefix);
   const auto& router = layer.router();
+  detail::require_no_router_bias(router.router(), "moe::io::save_modality_experts()");
+  const std::string p(prefix);
   detail::put_router<S>(w, router.weight(), p + "gate.weight");
   std::vector<std::int64_t> table(router.expert_modality().begin(), router.expert_modality().end());
   w.add<std::int64_t>(p + "expert_modality", {static_cast<std::int64_t>(table.size())},
@@ -287,11 +289,13 @@ void save_modality_experts(SafetensorsWriter& w, const ModalityLayer<S, A>& laye
 }
 
 /// Domain-aware routing: {prefix}gate.weight, {prefix}domain_classifier.weight [D, d],
-/// {prefix}domain_affinity [D, E], experts.{e}.w1|w3|w2.weight.
+/// {prefix}domain_affinity [D, E], experts.{e}.w1|w3|w2.weight. A wrapped router with a bias is
+/// refused, as for modality experts.
 template <class S, class A>
 void save_domain_aware(SafetensorsWriter& w, const DomainAwareLayer<S, A>& layer, std::string_view prefix = "moe.") {
-  const std::string p(prefix);
   const auto& router = layer.router();
+  detail::require_no_router_bias(router.router(), "moe::io::save_domain_aware()");
+  const std::string p(prefix);
   detail::put_router<S>(w, router.weight(), p + "gate.weight");
   detail::put_router<S>(w, router.classifier(), p + "domain_classifier.weight");
   detail::put_router<S>(w, router.affinity(), p + "domain_affinity");
