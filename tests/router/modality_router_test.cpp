@@ -185,7 +185,7 @@ TEST_CASE("modality router with top-k-then-softmax gating: the k best open logit
   }
 }
 
-TEST_CASE("modality router properties: tokens stay in their modality's experts and the shared ones; load() counts",
+TEST_CASE("modality router properties: tokens stay in their modality's experts and the shared ones, and load() counts",
           "[router][modality][properties]") {
   std::mt19937 gen(2024);
   int configs = 0, with_shared = 0, without_shared = 0, single_open = 0;
