@@ -20,8 +20,16 @@
 // Counts operator new calls so the steady-state test can tell that build_plan allocates
 // nothing. Every file of this program is a dispatch test, so replacing it here is harmless.
 // AddressSanitizer keeps its own books of new and free and reports the replacement as a
-// mismatch, so under it the test falls back to checking that no buffer moved.
+// mismatch, so under it the test falls back to checking that no buffer moved. g++ says
+// -fsanitize=address with __SANITIZE_ADDRESS__, clang with __has_feature(address_sanitizer).
 #if defined(__SANITIZE_ADDRESS__)
+#define MOE_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOE_TEST_UNDER_ASAN 1
+#endif
+#endif
+#if defined(MOE_TEST_UNDER_ASAN)
 namespace {
 const std::size_t g_allocations = 0;
 }
