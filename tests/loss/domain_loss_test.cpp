@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/errors.hpp"
 #include "support/finite_difference.hpp"
 #include "support/random.hpp"
 
@@ -40,20 +41,6 @@ std::vector<std::int64_t> domain_loss_ids(Index T, Index D, unsigned seed) {
   std::vector<std::int64_t> ids(static_cast<size_t>(T));
   for (auto& id : ids) id = pick(gen);
   return ids;
-}
-
-/// Calls fn, which must throw std::invalid_argument whose message holds every part.
-template <class F>
-void domain_loss_require_invalid(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    INFO("message: " << what);
-    for (const auto& part : parts) CHECK_THAT(what, Catch::Contains(part));
-    return;
-  }
-  FAIL("no std::invalid_argument thrown; expected one holding \"" << parts.front() << "\"");
 }
 
 }  // namespace
@@ -143,28 +130,28 @@ TEST_CASE("domain loss refuses bad ids and a dz of the wrong shape", "[loss][dom
     const std::vector<std::int64_t> three = {0, 1, 2};
     const std::vector<std::string> parts = {"domain_ids length (one per token; ForwardContext::domain_ids)",
                                             "expected 4, got 3"};
-    domain_loss_require_invalid([&] { (void)moe::DomainLoss{}(qr, three); },
+    moe::test::require_invalid([&] { (void)moe::DomainLoss{}(qr, three); },
                                 {"DomainLoss::operator()", parts[0], parts[1]});
-    domain_loss_require_invalid([&] { moe::DomainLoss{}.backward<double>(q, three, 1.0, dz); },
+    moe::test::require_invalid([&] { moe::DomainLoss{}.backward<double>(q, three, 1.0, dz); },
                                 {"DomainLoss::backward()", parts[0], parts[1]});
     const std::vector<std::int64_t> none;
-    domain_loss_require_invalid([&] { (void)moe::DomainLoss{}(qr, none); }, {"expected 4, got 0"});
+    moe::test::require_invalid([&] { (void)moe::DomainLoss{}(qr, none); }, {"expected 4, got 0"});
   }
   SECTION("ids out of range") {
     const std::vector<std::int64_t> high = {0, 1, 3, 2}, negative = {-1, 0, 1, 2};
-    domain_loss_require_invalid([&] { (void)moe::DomainLoss{}(qr, high); },
+    moe::test::require_invalid([&] { (void)moe::DomainLoss{}(qr, high); },
                                 {"DomainLoss::operator()", "domain_ids[2]", "expected in [0, num_domains = 3)",
                                  "got 3"});
-    domain_loss_require_invalid([&] { moe::DomainLoss{}.backward<double>(q, negative, 1.0, dz); },
+    moe::test::require_invalid([&] { moe::DomainLoss{}.backward<double>(q, negative, 1.0, dz); },
                                 {"DomainLoss::backward()", "domain_ids[0]", "got -1"});
   }
   SECTION("dz shape") {
     const std::vector<std::int64_t> ids = {0, 1, 2, 2};
     RowMatrix<double> wrong = RowMatrix<double>::Zero(4, 2);
-    domain_loss_require_invalid([&] { moe::DomainLoss{}.backward<double>(q, ids, 1.0, wrong); },
+    moe::test::require_invalid([&] { moe::DomainLoss{}.backward<double>(q, ids, 1.0, wrong); },
                                 {"DomainLoss::backward()", "dz (as q)", "expected shape [4, 3]", "got [4, 2]"});
     RowMatrix<double> tall = RowMatrix<double>::Zero(5, 3);
-    domain_loss_require_invalid([&] { moe::DomainLoss{}.backward<double>(q, ids, 1.0, tall); },
+    moe::test::require_invalid([&] { moe::DomainLoss{}.backward<double>(q, ids, 1.0, tall); },
                                 {"dz (as q)", "got [5, 3]"});
   }
 }

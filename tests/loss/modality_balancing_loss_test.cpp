@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/errors.hpp"
 #include "support/finite_difference.hpp"
 #include "support/random.hpp"
 
@@ -95,20 +96,6 @@ moe::LossInput<double> modality_aux_input(const moe::RoutingResult<double>& r, c
   moe::ForwardContext ctx;
   ctx.modality_ids = ids;
   return moe::LossInput<double>{r, moe::BackwardContext{ctx}};
-}
-
-/// Calls fn, which must throw std::invalid_argument whose message holds every part.
-template <class F>
-void modality_aux_require_invalid(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    INFO("message: " << what);
-    for (const auto& part : parts) CHECK_THAT(what, Catch::Contains(part));
-    return;
-  }
-  FAIL("no std::invalid_argument thrown; expected one holding \"" << parts.front() << "\"");
 }
 
 struct ModalityAuxConfig {
@@ -285,45 +272,45 @@ TEST_CASE("modality balancing loss refuses bad ids, tables and shapes", "[loss][
     const auto in = modality_aux_input(r, short_ids);
     const std::vector<std::string> parts = {"ForwardContext::modality_ids length (one per token of the routing)",
                                             "expected 5, got 4"};
-    modality_aux_require_invalid([&] { (void)loss.value(in); }, parts);
-    modality_aux_require_invalid([&] { (void)loss.per_modality(in); }, parts);
-    modality_aux_require_invalid([&] { loss.backward(in, 1.0, moe::LossGradient<double>{d}); }, parts);
-    modality_aux_require_invalid([&] { (void)loss.value(modality_aux_input(r, {})); }, {"expected 5, got 0"});
+    moe::test::require_invalid([&] { (void)loss.value(in); }, parts);
+    moe::test::require_invalid([&] { (void)loss.per_modality(in); }, parts);
+    moe::test::require_invalid([&] { loss.backward(in, 1.0, moe::LossGradient<double>{d}); }, parts);
+    moe::test::require_invalid([&] { (void)loss.value(modality_aux_input(r, {})); }, {"expected 5, got 0"});
   }
   SECTION("modality_ids out of range") {
     const std::vector<std::int64_t> high = {0, 1, 2, 0, 1}, negative = {0, -1, 1, 0, 1};
-    modality_aux_require_invalid([&] { (void)loss.value(modality_aux_input(r, high)); },
+    moe::test::require_invalid([&] { (void)loss.value(modality_aux_input(r, high)); },
                                  {"ModalityLoadBalancingLoss::value()", "modality_ids[2]",
                                   "expected in [0, num_modalities = 2)", "got 2"});
-    modality_aux_require_invalid(
+    moe::test::require_invalid(
         [&] { loss.backward(modality_aux_input(r, negative), 1.0, moe::LossGradient<double>{d}); },
         {"ModalityLoadBalancingLoss::backward()", "modality_ids[1]", "got -1"});
   }
   SECTION("the table against the routing's experts") {
     const moe::ModalityLoadBalancingLoss longer({0, 0, 1, -1, 1}, 2);
     const auto in = modality_aux_input(r, ids);
-    modality_aux_require_invalid([&] { (void)longer.value(in); },
+    moe::test::require_invalid([&] { (void)longer.value(in); },
                                  {"ModalityLoadBalancingLoss::value()",
                                   "expert_modality length (the routing's experts)", "expected 4, got 5"});
     RowMatrix<double> d5 = RowMatrix<double>::Zero(5, 5);
-    modality_aux_require_invalid([&] { longer.backward(in, 1.0, moe::LossGradient<double>{d5}); },
+    moe::test::require_invalid([&] { longer.backward(in, 1.0, moe::LossGradient<double>{d5}); },
                                  {"ModalityLoadBalancingLoss::backward()", "expected 4, got 5"});
   }
   SECTION("dlogits shape") {
     RowMatrix<double> wrong = RowMatrix<double>::Zero(5, 3);
-    modality_aux_require_invalid([&] { loss.backward(modality_aux_input(r, ids), 1.0, moe::LossGradient<double>{wrong}); },
+    moe::test::require_invalid([&] { loss.backward(modality_aux_input(r, ids), 1.0, moe::LossGradient<double>{wrong}); },
                                  {"ModalityLoadBalancingLoss::backward()", "dlogits", "expected shape [5, 4]",
                                   "got [5, 3]"});
   }
   SECTION("construction") {
-    modality_aux_require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, 0, 1, 1}, 3); },
+    moe::test::require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, 0, 1, 1}, 3); },
                                  {"ModalityLoadBalancingLoss::ModalityLoadBalancingLoss()",
                                   "experts open to modality 2", "expected >= 1, got 0"});
-    modality_aux_require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, 3, 1, 1}, 2); },
+    moe::test::require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, 3, 1, 1}, 2); },
                                  {"expert_modality[1]", "got 3"});
-    modality_aux_require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, -2, 1, 1}, 2); },
+    moe::test::require_invalid([] { (void)moe::ModalityLoadBalancingLoss({0, -2, 1, 1}, 2); },
                                  {"expert_modality[1]", "got -2"});
-    modality_aux_require_invalid([] { (void)moe::ModalityLoadBalancingLoss({-1, -1}, 0); },
+    moe::test::require_invalid([] { (void)moe::ModalityLoadBalancingLoss({-1, -1}, 0); },
                                  {"num_modalities expected >= 1, got 0"});
     CHECK_NOTHROW(moe::ModalityLoadBalancingLoss({-1, -1}, 3));  // shared experts serve every modality
   }

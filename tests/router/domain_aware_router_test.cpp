@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/errors.hpp"
 #include "support/random.hpp"
 
 namespace {
@@ -63,20 +64,6 @@ DomainAwareReference domain_aware_reference(const RowMatrix<double>& x, const Ro
     }
   }
   return out;
-}
-
-/// Calls fn, which must throw std::invalid_argument whose message holds every part.
-template <class F>
-void domain_aware_require_invalid(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    INFO("message: " << what);
-    for (const auto& part : parts) CHECK_THAT(what, Catch::Contains(part));
-    return;
-  }
-  FAIL("no std::invalid_argument thrown; expected one holding \"" << parts.front() << "\"");
 }
 
 }  // namespace
@@ -183,50 +170,50 @@ TEST_CASE("domain-aware router refuses mismatched classifier and affinity shapes
                                                      std::move(a));
   };
   SECTION("classifier columns") {
-    domain_aware_require_invalid([&] { (void)make(random_matrix(3, 4, 42), random_matrix(3, 6, 43)); },
+    moe::test::require_invalid([&] { (void)make(random_matrix(3, 4, 42), random_matrix(3, 6, 43)); },
                                  {"DomainAwareRouter::DomainAwareRouter()", "classifier columns (input_dim)",
                                   "expected 5, got 4"});
   }
   SECTION("affinity shape") {
-    domain_aware_require_invalid([&] { (void)make(random_matrix(3, 5, 42), random_matrix(3, 5, 43)); },
+    moe::test::require_invalid([&] { (void)make(random_matrix(3, 5, 42), random_matrix(3, 5, 43)); },
                                  {"DomainAwareRouter::DomainAwareRouter()", "affinity shape",
                                   "expected [num_domains = 3, num_experts = 6], got [3, 5]"});
-    domain_aware_require_invalid([&] { (void)make(random_matrix(3, 5, 42), random_matrix(2, 6, 43)); },
+    moe::test::require_invalid([&] { (void)make(random_matrix(3, 5, 42), random_matrix(2, 6, 43)); },
                                  {"affinity shape", "got [2, 6]"});
   }
   SECTION("no domain") {
-    domain_aware_require_invalid([&] { (void)make(RowMatrix<double>(0, 5), RowMatrix<double>(0, 6)); },
+    moe::test::require_invalid([&] { (void)make(RowMatrix<double>(0, 5), RowMatrix<double>(0, 6)); },
                                  {"num_domains (classifier rows) expected >= 1, got 0"});
   }
   SECTION("check_shapes() after a tensor was resized through its accessor") {
     auto router = make(random_matrix(3, 5, 42), random_matrix(3, 6, 43));
     CHECK_NOTHROW(router.check_shapes());
     router.classifier() = random_matrix(3, 4, 44);
-    domain_aware_require_invalid([&] { router.check_shapes(); },
+    moe::test::require_invalid([&] { router.check_shapes(); },
                                  {"DomainAwareRouter::check_shapes()", "classifier columns (input_dim)",
                                   "expected 5, got 4"});
     router.classifier() = random_matrix(4, 5, 45);
-    domain_aware_require_invalid([&] { router.check_shapes(); },
+    moe::test::require_invalid([&] { router.check_shapes(); },
                                  {"DomainAwareRouter::check_shapes()", "affinity shape",
                                   "expected [num_domains = 4, num_experts = 6], got [3, 6]"});
     router.affinity() = random_matrix(4, 6, 46);
     CHECK_NOTHROW(router.check_shapes());
     router.weight() = random_matrix(7, 5, 47);
-    domain_aware_require_invalid([&] { router.check_shapes(); }, {"affinity shape", "num_experts = 7"});
+    moe::test::require_invalid([&] { router.check_shapes(); }, {"affinity shape", "num_experts = 7"});
     router.weight() = random_matrix(6, 5, 48);
     // No domain left: refused as at construction.
     router.classifier() = RowMatrix<double>(0, 5);
     router.affinity() = RowMatrix<double>(0, 6);
-    domain_aware_require_invalid([&] { router.check_shapes(); },
+    moe::test::require_invalid([&] { router.check_shapes(); },
                                  {"DomainAwareRouter::check_shapes()", "num_domains (classifier rows) expected >= 1, got 0"});
   }
   SECTION("x of the wrong width") {
     const auto router = make(random_matrix(3, 5, 42), random_matrix(3, 6, 43));
     const RowMatrix<double> x = random_matrix(4, 3, 48);
     RowMatrix<double> z(4, 3);
-    domain_aware_require_invalid([&] { router.domain_logits(x, z); },
+    moe::test::require_invalid([&] { router.domain_logits(x, z); },
                                  {"DomainAwareRouter::domain_logits()", "x columns (input_dim)", "expected 5, got 3"});
     moe::RoutingResult<double> out;
-    domain_aware_require_invalid([&] { router.route(x, out); }, {"x columns (input_dim)", "expected 5, got 3"});
+    moe::test::require_invalid([&] { router.route(x, out); }, {"x columns (input_dim)", "expected 5, got 3"});
   }
 }

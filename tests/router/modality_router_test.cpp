@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "support/errors.hpp"
 #include "support/random.hpp"
 
 namespace {
@@ -108,20 +109,6 @@ std::vector<std::int64_t> modality_ref_ids(Index T, Index M, std::mt19937& gen) 
   std::vector<std::int64_t> ids(static_cast<size_t>(T));
   for (Index t = 0; t < T; ++t) ids[size_t(t)] = t < M ? t : pick(gen);
   return ids;
-}
-
-/// Calls fn, which must throw std::invalid_argument whose message holds every part.
-template <class F>
-void modality_require_invalid(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    INFO("message: " << what);
-    for (const auto& part : parts) CHECK_THAT(what, Catch::Contains(part));
-    return;
-  }
-  FAIL("no std::invalid_argument thrown; expected one holding \"" << parts.front() << "\"");
 }
 
 }  // namespace
@@ -336,30 +323,30 @@ TEST_CASE("modality router refuses bad tables and modality ids with clear messag
     return moe::ModalitySoftmaxTopKRouter<double>(moe::SoftmaxTopKRouter<double>(w, k), std::move(table), M);
   };
   SECTION("table length") {
-    modality_require_invalid([&] { (void)make({0, 1, -1}, 2); },
+    moe::test::require_invalid([&] { (void)make({0, 1, -1}, 2); },
                              {"ModalityRouter::ModalityRouter()", "expert_modality length (one entry per expert)",
                               "expected 4, got 3"});
-    modality_require_invalid([&] { (void)make({0, 1, -1, 0, 1}, 2); }, {"expected 4, got 5"});
-    modality_require_invalid(
+    moe::test::require_invalid([&] { (void)make({0, 1, -1, 0, 1}, 2); }, {"expected 4, got 5"});
+    moe::test::require_invalid(
         [&] { (void)moe::ModalitySoftmaxTopKRouter<double>(4, 3, 1, std::vector<Index>{0, 1}, 2); },
         {"expert_modality length", "expected 4, got 2"});
   }
   SECTION("entries outside [-1, M)") {
-    modality_require_invalid([&] { (void)make({0, 1, -2, 1}, 2); },
+    moe::test::require_invalid([&] { (void)make({0, 1, -2, 1}, 2); },
                              {"ModalityRouter::ModalityRouter()", "expert_modality[2]",
                               "expected -1 (cross-modal) or a modality in [0, 2)", "got -2"});
-    modality_require_invalid([&] { (void)make({0, 1, 2, 1}, 2); }, {"expert_modality[2]", "got 2"});
+    moe::test::require_invalid([&] { (void)make({0, 1, 2, 1}, 2); }, {"expert_modality[2]", "got 2"});
   }
   SECTION("num_modalities") {
-    modality_require_invalid([&] { (void)make({-1, -1, -1, -1}, 0); }, {"num_modalities expected >= 1, got 0"});
+    moe::test::require_invalid([&] { (void)make({-1, -1, -1, -1}, 0); }, {"num_modalities expected >= 1, got 0"});
   }
   SECTION("a modality with fewer than k open experts") {
     // Modality 1: expert 3 and the shared expert 2, fewer than k = 3.
-    modality_require_invalid([&] { (void)make({0, 0, -1, 1}, 2, 3); },
+    moe::test::require_invalid([&] { (void)make({0, 0, -1, 1}, 2, 3); },
                              {"ModalityRouter::ModalityRouter()", "experts open to modality 1",
                               "expected >= k = 3, got 2"});
     // Modality 2 owns nothing and nothing is shared.
-    modality_require_invalid([&] { (void)make({0, 0, 1, 1}, 3, 1); },
+    moe::test::require_invalid([&] { (void)make({0, 0, 1, 1}, 3, 1); },
                              {"experts open to modality 2", "expected >= k = 1, got 0"});
     CHECK_NOTHROW(make({0, 0, -1, 1}, 2, 2));
   }
@@ -367,7 +354,7 @@ TEST_CASE("modality router refuses bad tables and modality ids with clear messag
     auto router = make({0, 0, 1, -1}, 2);
     CHECK_NOTHROW(router.check_shapes());
     router.weight() = random_matrix(5, 3, 72);
-    modality_require_invalid([&] { router.check_shapes(); },
+    moe::test::require_invalid([&] { router.check_shapes(); },
                              {"ModalityRouter::check_shapes()", "expert_modality length", "expected 5, got 4"});
   }
   SECTION("modality_ids of route() and load()") {
@@ -375,25 +362,25 @@ TEST_CASE("modality router refuses bad tables and modality ids with clear messag
     const RowMatrix<double> x = random_matrix(5, 3, 73);
     moe::RoutingResult<double> out;
     moe::ForwardContext ctx;
-    modality_require_invalid([&] { router.route(x, out, ctx); },
+    moe::test::require_invalid([&] { router.route(x, out, ctx); },
                              {"ModalityRouter::route()", "modality_ids length (one per token)", "expected 5, got 0"});
     const std::vector<std::int64_t> short_ids = {0, 1, 0, 1};
     ctx.modality_ids = short_ids;
-    modality_require_invalid([&] { router.route(x, out, ctx); }, {"modality_ids length", "expected 5, got 4"});
+    moe::test::require_invalid([&] { router.route(x, out, ctx); }, {"modality_ids length", "expected 5, got 4"});
     const std::vector<std::int64_t> high = {0, 1, 2, 1, 0};
     ctx.modality_ids = high;
-    modality_require_invalid([&] { router.route(x, out, ctx); },
+    moe::test::require_invalid([&] { router.route(x, out, ctx); },
                              {"ModalityRouter::route()", "modality_ids[2]", "expected in [0, num_modalities = 2)",
                               "got 2"});
     const std::vector<std::int64_t> negative = {0, 1, 0, 1, -1};
     ctx.modality_ids = negative;
-    modality_require_invalid([&] { router.route(x, out, ctx); }, {"modality_ids[4]", "got -1"});
+    moe::test::require_invalid([&] { router.route(x, out, ctx); }, {"modality_ids[4]", "got -1"});
     const std::vector<std::int64_t> good = {0, 1, 0, 1, 1};
     ctx.modality_ids = good;
     router.route(x, out, ctx);
-    modality_require_invalid([&] { (void)router.load(out, short_ids); },
+    moe::test::require_invalid([&] { (void)router.load(out, short_ids); },
                              {"ModalityRouter::load()", "modality_ids length", "expected 5, got 4"});
-    modality_require_invalid([&] { (void)router.load(out, high); }, {"ModalityRouter::load()", "modality_ids[2]"});
+    moe::test::require_invalid([&] { (void)router.load(out, high); }, {"ModalityRouter::load()", "modality_ids[2]"});
     CHECK_NOTHROW(router.load(out, good));
   }
   SECTION("x of the wrong width") {
@@ -403,7 +390,7 @@ TEST_CASE("modality router refuses bad tables and modality ids with clear messag
     moe::ForwardContext ctx;
     ctx.modality_ids = ids;
     moe::RoutingResult<double> out;
-    modality_require_invalid([&] { router.route(x, out, ctx); }, {"x columns (input_dim)", "expected 3, got 4"});
+    moe::test::require_invalid([&] { router.route(x, out, ctx); }, {"x columns (input_dim)", "expected 3, got 4"});
   }
 }
 
@@ -427,7 +414,7 @@ TEST_CASE("modality router with group-limited gating throws when the rule select
     moe::ForwardContext ctx;
     ctx.modality_ids = ids;
     moe::RoutingResult<double> out;
-    modality_require_invalid([&] { router.route(x, out, ctx); },
+    moe::test::require_invalid([&] { router.route(x, out, ctx); },
                              {"ModalityRouter::route()", "the expert the gating rule chose for token 0 (modality 1)",
                               "expected one open to modality 1 or cross-modal", "of modality 0",
                               "use softmax or top-k softmax gating"});
@@ -446,7 +433,7 @@ TEST_CASE("modality router with group-limited gating throws when the rule select
     for (const Index e : out.expert) CHECK(e >= 2);
     const std::vector<std::int64_t> ids = {1, 1, 1, 0, 1, 1};
     ctx.modality_ids = ids;
-    modality_require_invalid([&] { router.route(x, out, ctx); },
+    moe::test::require_invalid([&] { router.route(x, out, ctx); },
                              {"the expert the gating rule chose for token 3 (modality 0)", "of modality 1"});
   }
   SECTION("without bias and with every kept group holding k open experts, it routes within the mask") {
@@ -526,7 +513,7 @@ TEST_CASE("modality router: load() refuses a routing of another number of expert
   moe::RoutingResult<double> out;
   wider.route(random_matrix(5, 3, 93), out);
   const std::vector<std::int64_t> ids = {0, 1, 0, 1, 1};
-  modality_require_invalid([&] { (void)router.load(out, ids); },
+  moe::test::require_invalid([&] { (void)router.load(out, ids); },
                            {"ModalityRouter::load()", "the routing's num_experts", "expected 4, got 6"});
 }
 
