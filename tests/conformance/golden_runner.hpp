@@ -58,6 +58,18 @@ inline bool meta_bool(const io::SafetensorsFile& f, const std::string& key) {
 }
 inline double meta_double(const io::SafetensorsFile& f, const std::string& key) { return std::stod(meta(f, key)); }
 
+/// Runs a token-routed layer on x and reports output, logits and dense gates; ws keeps the
+/// routing for the losses a family reports on top.
+template <class Layer>
+GoldenRun run_routed_forward(const Layer& layer, const RowMatrix<typename Layer::scalar_type>& x,
+                             Workspace<typename Layer::scalar_type>& ws, const ForwardContext& ctx = {}) {
+  GoldenRun r;
+  r.set("output", layer.forward(x, ws, ctx).template cast<double>());
+  r.set("router_logits", ws.routing.logits.template cast<double>());
+  r.set("gates", ws.routing.dense_gates().template cast<double>());
+  return r;
+}
+
 /// Runs a token-routed layer on the case's input and reports output, logits, dense gates and
 /// the aux and z losses.
 template <class Layer>
@@ -65,11 +77,7 @@ GoldenRun run_routed_layer(const Layer& layer, const io::SafetensorsFile& f, con
   using S = typename Layer::scalar_type;
   const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
   Workspace<S> ws;
-  const RowMatrix<S> y = layer.forward(x, ws, ctx);
-  GoldenRun r;
-  r.set("output", y.template cast<double>());
-  r.set("router_logits", ws.routing.logits.template cast<double>());
-  r.set("gates", ws.routing.dense_gates().template cast<double>());
+  GoldenRun r = run_routed_forward(layer, x, ws, ctx);
   r.set_scalar("aux_loss", static_cast<double>(LoadBalancingLoss{}(ws.routing)));
   r.set_scalar("z_loss", static_cast<double>(RouterZLoss{}(ws.routing)));
   return r;

@@ -81,12 +81,8 @@ GoldenRun run_modality_experts(const SafetensorsFile& f) {
 
   const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
   moe::Workspace<S> ws;
-  const RowMatrix<S> y = layer.forward(x, ws, ctx);
-  GoldenRun r;
-  r.set("output", y.template cast<double>());
-  r.set("router_logits", ws.routing.logits.template cast<double>());
-  r.set("gates", ws.routing.dense_gates().template cast<double>());
-  const moe::ModalityLoadBalancingLoss loss(table, M);
+  GoldenRun r = moe::test::run_routed_forward(layer, x, ws, ctx);
+  const moe::ModalityLoadBalancingLoss loss(layer.router());
   const moe::LossInput<S> in{ws.routing, moe::BackwardContext{ctx}};
   r.set_scalar("aux_loss", static_cast<double>(loss.value(in)));
   const std::vector<S> per = loss.per_modality(in);
@@ -115,11 +111,7 @@ GoldenRun run_domain_aware(const SafetensorsFile& f) {
 
   const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
   moe::Workspace<S> ws;
-  const RowMatrix<S> y = layer.forward(x, ws, ctx);
-  GoldenRun r;
-  r.set("output", y.template cast<double>());
-  r.set("router_logits", ws.routing.logits.template cast<double>());
-  r.set("gates", ws.routing.dense_gates().template cast<double>());
+  GoldenRun r = moe::test::run_routed_forward(layer, x, ws, ctx);
   RowMatrix<S> z(x.rows(), D);
   layer.router().domain_logits(x, z);
   r.set("domain_logits", z.template cast<double>());
