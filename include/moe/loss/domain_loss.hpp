@@ -33,8 +33,7 @@ struct DomainLoss {
   [[nodiscard]] typename Derived::Scalar operator()(const Eigen::MatrixBase<Derived>& q,
                                                     std::span<const std::int64_t> domain_ids) const {
     using S = typename Derived::Scalar;
-    const RowMatrix<S> rows = q;
-    return (*this)(ConstMatrixRef<S>(rows), domain_ids);
+    return (*this)(ConstMatrixRef<S>(q.derived()), domain_ids);  // binds a RowMatrix without a copy
   }
 
   /// Adds weight * dL/dz into dz [T, D], z the classifier's logits (q = softmax(z)):

@@ -72,47 +72,20 @@ struct ModalityLoadBalancingLoss {
   /// aux_m for every modality [M]; 0 for a modality with no token in the batch.
   template <class S>
   [[nodiscard]] std::vector<S> per_modality(const LossInput<S>& in) const {
-    const RoutingResult<S>& r = in.routing;
-    const auto ids = checked_ids(in, "ModalityLoadBalancingLoss::per_modality()");
-    const Index T = r.num_tokens;
-    const Index E = r.num_experts;
-    const Index M = num_modalities;
-    std::vector<Index> tokens(static_cast<std::size_t>(M), 0);
-    std::vector<Index> counts(static_cast<std::size_t>(M * E), 0);
-    tally(r, ids, tokens.data(), counts.data());
-    std::vector<S> p_sum(static_cast<std::size_t>(M * E), S(0));
-    std::vector<S> p(static_cast<std::size_t>(E));
-    for (Index t = 0; t < T; ++t) {
-      const auto m = static_cast<Index>(ids[static_cast<std::size_t>(t)]);
-      masked_softmax(r.logits.data() + t * E, E, m, p.data());
-      for (Index e = 0; e < E; ++e) p_sum[static_cast<std::size_t>(m * E + e)] += p[static_cast<std::size_t>(e)];
-    }
-    std::vector<S> aux(static_cast<std::size_t>(M), S(0));
-    for (Index m = 0; m < M; ++m) {
-      const Index n = tokens[static_cast<std::size_t>(m)];
-      if (n == 0) continue;
-      S sum = 0;
-      for (Index e = 0; e < E; ++e)
-        if (allows(m, e))
-          sum += static_cast<S>(counts[static_cast<std::size_t>(m * E + e)]) / static_cast<S>(n) *
-                 (p_sum[static_cast<std::size_t>(m * E + e)] / static_cast<S>(n));
-      aux[static_cast<std::size_t>(m)] = static_cast<S>(open_experts(m, E)) * sum;
-    }
-    return aux;
+    std::vector<Index> tokens;
+    return aux_terms(in.routing, checked_ids(in, "ModalityLoadBalancingLoss::per_modality()"), tokens);
   }
 
   /// The loss protocol (docs/losses.md): the mean of aux_m over the modalities present.
   template <class S>
   [[nodiscard]] S value(const LossInput<S>& in) const {
     if (in.routing.num_tokens == 0) return S(0);
-    const auto ids = checked_ids(in, "ModalityLoadBalancingLoss::value()");
-    std::vector<bool> present(static_cast<std::size_t>(num_modalities), false);
-    for (const std::int64_t m : ids) present[static_cast<std::size_t>(m)] = true;
-    const std::vector<S> aux = per_modality(in);
+    std::vector<Index> tokens;
+    const std::vector<S> aux = aux_terms(in.routing, checked_ids(in, "ModalityLoadBalancingLoss::value()"), tokens);
     S sum = 0;
     Index n = 0;
     for (Index m = 0; m < num_modalities; ++m)
-      if (present[static_cast<std::size_t>(m)]) {
+      if (tokens[static_cast<std::size_t>(m)] > 0) {
         sum += aux[static_cast<std::size_t>(m)];
         ++n;
       }
@@ -179,6 +152,37 @@ struct ModalityLoadBalancingLoss {
         detail::throw_invalid(where, detail::concat("modality_ids[", t, "]"),
                               detail::concat("in [0, num_modalities = ", num_modalities, ")"), ids[t]);
     return ids;
+  }
+
+  // aux_m for every modality [M] (0 where absent), and the tokens of each modality.
+  template <class S>
+  std::vector<S> aux_terms(const RoutingResult<S>& r, std::span<const std::int64_t> ids,
+                           std::vector<Index>& tokens) const {
+    const Index T = r.num_tokens;
+    const Index E = r.num_experts;
+    const Index M = num_modalities;
+    tokens.assign(static_cast<std::size_t>(M), 0);
+    std::vector<Index> counts(static_cast<std::size_t>(M * E), 0);
+    tally(r, ids, tokens.data(), counts.data());
+    std::vector<S> p_sum(static_cast<std::size_t>(M * E), S(0));
+    std::vector<S> p(static_cast<std::size_t>(E));
+    for (Index t = 0; t < T; ++t) {
+      const auto m = static_cast<Index>(ids[static_cast<std::size_t>(t)]);
+      masked_softmax(r.logits.data() + t * E, E, m, p.data());
+      for (Index e = 0; e < E; ++e) p_sum[static_cast<std::size_t>(m * E + e)] += p[static_cast<std::size_t>(e)];
+    }
+    std::vector<S> aux(static_cast<std::size_t>(M), S(0));
+    for (Index m = 0; m < M; ++m) {
+      const Index n = tokens[static_cast<std::size_t>(m)];
+      if (n == 0) continue;
+      S sum = 0;
+      for (Index e = 0; e < E; ++e)
+        if (allows(m, e))
+          sum += static_cast<S>(counts[static_cast<std::size_t>(m * E + e)]) / static_cast<S>(n) *
+                 (p_sum[static_cast<std::size_t>(m * E + e)] / static_cast<S>(n));
+      aux[static_cast<std::size_t>(m)] = static_cast<S>(open_experts(m, E)) * sum;
+    }
+    return aux;
   }
 
   [[nodiscard]] Index open_experts(Index m, Index E) const noexcept {
