@@ -49,6 +49,7 @@
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/modality_balancing_loss.hpp>
 #include <moe/loss/domain_loss.hpp>
+#include <moe/loss/routing_entropy_loss.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 

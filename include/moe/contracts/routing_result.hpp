@@ -11,7 +11,9 @@ namespace moe {
 /// The routing decision for one batch, as (token, expert, gate) triples.
 ///
 /// Token-choice routers write T*k triples, token-major (token t's choices are rows
-/// [t*k, t*k+k), best first); expert-choice routers write E*c, hash routers T. The triples
+/// [t*k, t*k+k), best first); adaptive token-choice rules (TopP, ThresholdSkip) write 1..k per
+/// token, still token-major and best first, with k = 0; expert-choice routers write E*c, hash
+/// routers T. The triples
 /// are the decision before capacity is applied: the DispatchPlan records which were dropped,
 /// so balancing losses see what the router chose. `logits` and `scores` keep what the losses
 /// and the backward pass need.

@@ -8,12 +8,23 @@
 
 namespace moe {
 
-/// What one forward call saw: per-expert load after capacity, and drops.
+/// What one forward call saw: per-expert load after capacity, drops, and how many experts
+/// each token ran through.
 struct LayerStatistics {
   Index tokens = 0;
   Index assignments = 0;
   Index dropped = 0;
   std::vector<Index> expert_load;  ///< kept assignments per expert
+  /// experts_per_token[n]: the tokens that ran through n experts (kept assignments, after
+  /// capacity), n = 0..E. Varies with the token under adaptive routing (TopP, ThresholdSkip),
+  /// expert choice and capacity; empty for a dense router (Soft MoE), whose every token
+  /// reaches every slot.
+  std::vector<Index> experts_per_token;
+
+  /// The mean number of experts a token ran through: kept assignments / tokens (0 for none).
+  [[nodiscard]] double mean_experts_per_token() const noexcept {
+    return tokens == 0 ? 0.0 : static_cast<double>(assignments - dropped) / static_cast<double>(tokens);
+  }
 };
 
 }  // namespace moe

@@ -19,7 +19,9 @@ namespace moe {
 /// choices before capacity, and P_e = mean over tokens of softmax(logits)_e.
 ///
 /// Normalization::transformers equals k at perfect balance (transformers, one layer);
-/// Normalization::unit divides by k so that it equals 1 at balance (Switch, Megatron).
+/// Normalization::unit divides by k so that it equals 1 at balance (Switch, Megatron); for an
+/// adaptive rule (TopP, ThresholdSkip: 1..k experts per token) by the batch's mean number of
+/// experts per token, n / T.
 struct LoadBalancingLoss {
   enum class Normalization : std::uint8_t { transformers, unit };
   Normalization normalization = Normalization::transformers;
@@ -37,10 +39,7 @@ struct LoadBalancingLoss {
     for (Index e = 0; e < E; ++e)
       sum += static_cast<S>(counts[static_cast<std::size_t>(e)]) / static_cast<S>(T) * p_mean[e];
     S loss = static_cast<S>(E) * sum;
-    if (normalization == Normalization::unit) {
-      const Index per_token = routing.size() / T;
-      loss /= static_cast<S>(per_token);
-    }
+    if (normalization == Normalization::unit) loss /= mean_assignments<S>(routing);
     return loss;
   }
 
@@ -64,10 +63,7 @@ struct LoadBalancingLoss {
     Index* counts = counts_lease.filled(static_cast<std::size_t>(E), 0);
     for (const Index e : routing.expert) ++counts[e];
     S scale = weight * static_cast<S>(E) / (static_cast<S>(T) * static_cast<S>(T));
-    if (normalization == Normalization::unit) {
-      const Index per_token = routing.size() / T;
-      scale /= static_cast<S>(per_token);
-    }
+    if (normalization == Normalization::unit) scale /= mean_assignments<S>(routing);
     Vector<S>& v = v_lease.one();  // dL/dp_te, the same for every token
     v.resize(E);
     for (Index e = 0; e < E; ++e) v[e] = scale * static_cast<S>(counts[e]);
@@ -75,6 +71,12 @@ struct LoadBalancingLoss {
       const S c = probs.row(t).dot(v.transpose());
       for (Index e = 0; e < E; ++e) dlogits(t, e) += probs(t, e) * (v[e] - c);
     }
+  }
+
+  /// Assignments per token, n / T: k for a fixed-k router (exactly: both are integers).
+  template <class S>
+  static S mean_assignments(const RoutingResult<S>& routing) {
+    return static_cast<S>(routing.size()) / static_cast<S>(routing.num_tokens);
   }
 
   /// The loss protocol (docs/losses.md): value and backward on a LossInput.

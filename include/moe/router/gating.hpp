@@ -1,6 +1,10 @@
 // Gating rules of token-choice top-k routers: from logits [T, E] to k (expert, gate) pairs
 // per token. Each rule is a small policy; TopKRouter owns the projection and calls one.
 //
+// Adaptive rules (TopP, ThresholdSkip) give each token between 1 and k experts: they write a
+// variable number of pairs per token, still token-major (token t's pairs consecutive, best
+// first), and set RoutingResult::k to 0. Their backward walks the pairs token by token.
+//
 // Ties: when two experts have equal scores, the lower expert index is selected first
 // (moe::kernels::top_k), in every rule below.
 #ifndef MOE_ROUTER_GATING_HPP
@@ -234,6 +238,160 @@ struct SigmoidGroupLimited {
         dlogits(t, idx[j]) += ds * sj * (S(1) - sj);
       }
     }
+  }
+};
+
+namespace detail {
+
+/// Backward of gates that are softmax probabilities of a subset of a token's experts, raw
+/// (g_j = p_j) or renormalised over the subset (g_j = p_j / sum_subset p): adds dL/dlogits to
+/// dlogits [T, E] for token-major pairs [begin, end) of one token t. p = r.scores (softmax).
+template <class S>
+void softmax_subset_backward(const RoutingResult<S>& r, Index t, Index begin, Index end, const S* dgate,
+                             bool renormalize, MatrixRef<S> dlogits) {
+  const Index E = r.num_experts;
+  const S* p = r.scores.data() + t * E;
+  S sum_p = 0, dot = 0;
+  for (Index i = begin; i < end; ++i) {
+    sum_p += p[r.expert[static_cast<std::size_t>(i)]];
+    dot += dgate[i] * r.gate[static_cast<std::size_t>(i)];
+  }
+  // dp_j for the kept probabilities; c = sum_j p_j dp_j; dz_e = p_e (dp_e - c).
+  S c = 0;
+  for (Index i = begin; i < end; ++i) {
+    const S dp = renormalize ? (dgate[i] - dot) / sum_p : dgate[i];
+    c += p[r.expert[static_cast<std::size_t>(i)]] * dp;
+  }
+  for (Index e = 0; e < E; ++e) dlogits(t, e) -= p[e] * c;
+  for (Index i = begin; i < end; ++i) {
+    const Index e = r.expert[static_cast<std::size_t>(i)];
+    const S dp = renormalize ? (dgate[i] - dot) / sum_p : dgate[i];
+    dlogits(t, e) += p[e] * dp;
+  }
+}
+
+/// Calls f(t, begin, end) for each token's run of pairs in a token-major result with any
+/// number of pairs per token (tokens with none are skipped).
+template <class S, class F>
+void for_each_token_run(const RoutingResult<S>& r, F&& f) {
+  const Index n = r.size();
+  Index begin = 0;
+  while (begin < n) {
+    const Index t = r.token[static_cast<std::size_t>(begin)];
+    Index end = begin + 1;
+    while (end < n && r.token[static_cast<std::size_t>(end)] == t) ++end;
+    f(t, begin, end);
+    begin = end;
+  }
+}
+
+}  // namespace detail
+
+/// Top-p routing (Huang et al. 2024, "Harder Tasks Need More Experts: Dynamic Routing in MoE
+/// Models"): p = softmax over all experts; sorted in decreasing order, keep the smallest
+/// prefix whose sum reaches `threshold` (the expert that crosses it included), at most k
+/// experts (the router's k is the cap, max_k). Gates are the kept probabilities as they are,
+/// not renormalised. A token keeps 1..k experts; the result has k = 0 (variable count).
+template <class S>
+struct TopP {
+  using scalar_type = S;
+  /// Each token keeps experts until their probabilities sum to at least this; in (0, 1].
+  S threshold = S(0.5);
+
+  /// Runs on every forward: the message is built only on failure.
+  void validate(Index /*num_experts*/, Index /*k*/) const {
+    if (!(threshold > S(0) && threshold <= S(1)))
+      detail::throw_invalid("TopP::validate()", "threshold", "in (0, 1]", threshold);
+  }
+
+  template <class Arch>
+  void select(RoutingResult<S>& out, Index max_k) const {
+    const Index T = out.num_tokens;
+    const Index E = out.num_experts;
+    out.scores = out.logits;
+    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
+    struct Tag;
+    detail::ScratchLease<Index, Tag> idx_lease;
+    Index* const idx = idx_lease.data(static_cast<std::size_t>(max_k));
+    std::size_t n = 0;  // pairs written; never ahead of the top-k slots project() sized (T * max_k)
+    for (Index t = 0; t < T; ++t) {
+      const S* row = out.scores.data() + t * E;
+      kernels::top_k(row, E, max_k, idx);
+      S cumulative = 0;
+      Index m = 0;
+      while (m < max_k) {
+        cumulative += row[idx[m]];
+        ++m;
+        if (cumulative >= threshold) break;
+      }
+      for (Index j = 0; j < m; ++j, ++n) {
+        out.token[n] = t;
+        out.expert[n] = idx[j];
+        out.gate[n] = row[idx[j]];
+      }
+    }
+    out.reset(T, E, static_cast<Index>(n), 0);
+  }
+
+  /// The gradient of the raw probabilities of the kept experts reaches every logit through
+  /// the softmax. Which experts are kept is piecewise constant and has no gradient.
+  void backward(const RoutingResult<S>& r, Index /*k*/, const S* dgate, MatrixRef<S> dlogits) const {
+    detail::for_each_token_run(r, [&](Index t, Index begin, Index end) {
+      detail::softmax_subset_backward(r, t, begin, end, dgate, false, dlogits);
+    });
+  }
+};
+
+/// Dynamic expert skipping (NAEE, Lu et al. 2024, "Not All Experts are Equal"): p = softmax
+/// over all experts; take the top k; drop every selected expert j after the first whose
+/// p_j < beta * p_first; gates are the kept probabilities renormalised to sum to 1 (a token
+/// that keeps only its first expert has gate 1). A token keeps 1..k experts; the result has
+/// k = 0 (variable count). beta = 0 is softmax top-k, renormalised.
+template <class S>
+struct ThresholdSkip {
+  using scalar_type = S;
+  /// Relative threshold against the token's largest probability; in [0, 1].
+  S beta = S(0.5);
+
+  /// Runs on every forward: the message is built only on failure.
+  void validate(Index /*num_experts*/, Index /*k*/) const {
+    if (!(beta >= S(0) && beta <= S(1))) detail::throw_invalid("ThresholdSkip::validate()", "beta", "in [0, 1]", beta);
+  }
+
+  template <class Arch>
+  void select(RoutingResult<S>& out, Index k) const {
+    const Index T = out.num_tokens;
+    const Index E = out.num_experts;
+    out.scores = out.logits;
+    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
+    struct Tag;
+    detail::ScratchLease<Index, Tag> idx_lease;
+    Index* const idx = idx_lease.data(static_cast<std::size_t>(k));
+    std::size_t n = 0;  // pairs written; never ahead of the top-k slots project() sized (T * k)
+    for (Index t = 0; t < T; ++t) {
+      const S* row = out.scores.data() + t * E;
+      kernels::top_k(row, E, k, idx);
+      const S bar = beta * row[idx[0]];
+      const std::size_t first = n;
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) {
+        if (j > 0 && row[idx[j]] < bar) continue;
+        out.token[n] = t;
+        out.expert[n] = idx[j];
+        out.gate[n] = row[idx[j]];
+        sum += row[idx[j]];
+        ++n;
+      }
+      for (std::size_t i = first; i < n; ++i) out.gate[i] /= sum;
+    }
+    out.reset(T, E, static_cast<Index>(n), 0);
+  }
+
+  /// Through the renormalisation over the kept experts and the softmax, to every logit.
+  void backward(const RoutingResult<S>& r, Index /*k*/, const S* dgate, MatrixRef<S> dlogits) const {
+    detail::for_each_token_run(r, [&](Index t, Index begin, Index end) {
+      detail::softmax_subset_backward(r, t, begin, end, dgate, true, dlogits);
+    });
   }
 };
 

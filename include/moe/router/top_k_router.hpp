@@ -147,6 +147,14 @@ using TopKSoftmaxRouter = TopKRouter<TopKSoftmax<S>>;
 /// DeepSeek-V3: sigmoid, correction bias, group-limited selection, scaling.
 template <class S>
 using GroupLimitedRouter = TopKRouter<SigmoidGroupLimited<S>>;
+/// Top-p (Huang et al. 2024): the fewest experts whose probabilities reach a threshold, at most
+/// k, raw probabilities as gates; 1..k experts per token.
+template <class S>
+using TopPRouter = TopKRouter<TopP<S>>;
+/// Dynamic skipping (NAEE, Lu et al. 2024): top-k, then drop the experts below beta times the
+/// first's probability, renormalised; 1..k experts per token.
+template <class S>
+using ThresholdSkipRouter = TopKRouter<ThresholdSkip<S>>;
 
 }  // namespace moe
 
