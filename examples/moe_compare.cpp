@@ -50,6 +50,9 @@ struct Row {
   double load_max_mean = 0;  ///< max / mean of the per-expert kept load
   double dropped = 0;        ///< fraction of tokens that no expert processed
   double rows_per_token = 0; ///< expert rows computed per token (compute, relative to dense)
+  /// Experts a token ran through, mean over tokens (LayerStatistics); none for Soft MoE,
+  /// whose every token mixes every slot.
+  std::optional<double> experts_per_token;
   std::optional<double> aux_loss;
   std::optional<double> z_loss;
 };
@@ -104,6 +107,7 @@ Row measure(const std::string& name, const std::string& rule, const Layer& layer
   if constexpr (moe::router_traits<typename Layer::router_type>::is_dense) {
     row.dropped = 0.0;  // every token receives a mixture of every slot
   } else {
+    row.experts_per_token = ws.stats.mean_experts_per_token();
     std::vector<bool> served(static_cast<size_t>(x.rows()), false);
     for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
     row.dropped = double(std::count(served.begin(), served.end(), false)) / double(x.rows());
@@ -226,6 +230,43 @@ std::vector<RouterEntry> routers() {
                                                                    std::move(classifier), std::move(affinity)));
                     return measure(name, rule, layer, x, w, {});
                   }});
+  list.push_back({"task-aware", "(1-s) x Wb + s x Wt per token's task, softmax top-k (synthetic task ids)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Synthetic ids: four tasks, a token's is its input cluster mod 4; random task
+                    // routers, sensitivities N(0, 1).
+                    constexpr moe::Index N = 4;
+                    std::vector<RowMatrix<S>> task_gates;
+                    for (moe::Index j = 0; j < N; ++j) {
+                      RowMatrix<S> g(w.experts, w.d_model);
+                      moe::examples::fill_normal(g, w.seed + 10 + std::uint64_t(j), 1.0 / std::sqrt(double(w.d_model)));
+                      task_gates.push_back(std::move(g));
+                    }
+                    moe::Vector<S> sensitivity(N);
+                    moe::examples::fill_normal(sensitivity, w.seed + 9, 1.0);
+                    const moe::TaskAwareMoE<S> layer(
+                        make_experts(w), moe::TaskAwareSoftmaxTopKRouter<S>(
+                                             moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k),
+                                             std::move(task_gates), std::move(sensitivity)));
+                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
+                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t((t * 7919) % 32 % N);
+                    moe::ForwardContext ctx;
+                    ctx.task_ids = ids;
+                    return measure(name, rule, layer, x, w, ctx);
+                  }});
+  // Adaptive routing: k (--top-k) is the cap; a token takes 1..k experts.
+  list.push_back({"top-p", "fewest experts reaching p >= 0.5, at most k, raw gates (Huang 2024)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::TopPMoE<S> layer(make_experts(w), moe::TopPRouter<S>(make_router_weight(w), w.top_k,
+                                                                                  moe::TopP<S>{S(0.5)}));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"threshold-skip", "top-k, drop p < 0.5 p_first, renormalised (NAEE, Lu 2024)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    const moe::ThresholdSkipMoE<S> layer(
+                        make_experts(w),
+                        moe::ThresholdSkipRouter<S>(make_router_weight(w), w.top_k, moe::ThresholdSkip<S>{S(0.5)}));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
   list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
                   [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
                     // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the
@@ -337,6 +378,7 @@ int main(int argc, char** argv) {
                           {"tokens_per_s", r.tokens_per_s}, {"load_cv", r.load_cv},
                           {"load_max_over_mean", r.load_max_mean}, {"dropped_fraction", r.dropped},
                           {"expert_rows_per_token", r.rows_per_token}};
+      o["experts_per_token"] = r.experts_per_token ? nlohmann::json(*r.experts_per_token) : nlohmann::json(nullptr);
       o["aux_loss"] = r.aux_loss ? nlohmann::json(*r.aux_loss) : nlohmann::json(nullptr);
       o["z_loss"] = r.z_loss ? nlohmann::json(*r.z_loss) : nlohmann::json(nullptr);
       j["results"].push_back(o);
@@ -350,14 +392,15 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("%-18s %10s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok", "load CV", "max/mean",
-              "dropped", "aux", "z loss", "rule");
+  std::printf("%-18s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok", "exp/tok", "load CV",
+              "max/mean", "dropped", "aux", "z loss", "rule");
   for (const auto& r : rows)
-    std::printf("%-18s %10.0f %8.2f %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s,
-                r.rows_per_token, r.load_cv, r.load_max_mean, 100.0 * r.dropped, fmt_opt(r.aux_loss).c_str(),
-                fmt_opt(r.z_loss).c_str(), r.rule.c_str());
+    std::printf("%-18s %10.0f %8.2f %s %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s,
+                r.rows_per_token, fmt_opt(r.experts_per_token).c_str(), r.load_cv, r.load_max_mean, 100.0 * r.dropped,
+                fmt_opt(r.aux_loss).c_str(), fmt_opt(r.z_loss).c_str(), r.rule.c_str());
   std::printf(
-      "rows/tok = expert rows computed per token (compute); load = rows per expert after capacity; dropped = tokens\n"
-      "no expert processed; aux = load-balancing loss normalised to 1 at perfect balance; z = router z-loss\n");
+      "rows/tok = expert rows computed per token (compute); exp/tok = experts a token ran through, mean (1..k under\n"
+      "top-p and threshold-skip); load = rows per expert after capacity; dropped = tokens no expert processed;\n"
+      "aux = load-balancing loss normalised to 1 at perfect balance; z = router z-loss\n");
   return 0;
 }

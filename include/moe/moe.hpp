@@ -30,6 +30,7 @@
 #include <moe/router/jitter.hpp>
 #include <moe/router/modality_router.hpp>
 #include <moe/router/domain_aware_router.hpp>
+#include <moe/router/task_aware_router.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
@@ -37,7 +38,9 @@
 #include <moe/gather/gather_slots.hpp>
 #include <moe/expert/ffn_experts.hpp>      // 4 experts
 #include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
+#include <moe/expert/low_rank_experts.hpp>
 #include <moe/expert/position_scaled_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/combine/shared_expert_combiner.hpp>  // 5 combine

@@ -155,6 +155,7 @@ struct Options {
   bool token_ids = false;     // hash routing
   Index modalities = 0;       // modality routing: ForwardContext::modality_ids in [0, modalities)
   Index domains = 0;          // domain-aware routing: ForwardContext::domain_ids in [0, domains)
+  Index tasks = 0;            // task-aware routing: ForwardContext::task_ids in [0, tasks)
   moe::LossWeights<S> weights{};
 };
 
@@ -173,10 +174,12 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   RowMatrix<S> y(T, layer.output_dim()), dx(T, layer.input_dim());
   std::vector<std::int64_t> ids(static_cast<std::size_t>(T));
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(i * 7919 % 1000);
-  std::vector<std::int64_t> modality_ids(static_cast<std::size_t>(T)), domain_ids(static_cast<std::size_t>(T));
+  std::vector<std::int64_t> modality_ids(static_cast<std::size_t>(T)), domain_ids(static_cast<std::size_t>(T)),
+      task_ids(static_cast<std::size_t>(T));
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (opt.modalities > 0) modality_ids[i] = static_cast<std::int64_t>(i * 31 % 97) % opt.modalities;
     if (opt.domains > 0) domain_ids[i] = static_cast<std::int64_t>(i * 17 % 89) % opt.domains;
+    if (opt.tasks > 0) task_ids[i] = static_cast<std::int64_t>(i * 13 % 83) % opt.tasks;
   }
   moe::Workspace<S> ws;
   auto grads = layer.make_gradients();
@@ -187,6 +190,7 @@ void check_steady_state(const Layer& layer, moe::ThreadPool* pool, const Options
   if (opt.token_ids) ctx.token_ids = ids;
   if (opt.modalities > 0) ctx.modality_ids = modality_ids;
   if (opt.domains > 0) ctx.domain_ids = domain_ids;
+  if (opt.tasks > 0) ctx.task_ids = task_ids;
   const auto run_backward = [&] {
     if constexpr (std::is_same_v<Losses, ByWeights>)
       layer.backward(dy, dx, ws, grads, opt.weights);
@@ -420,4 +424,26 @@ TEST_CASE("Domain-aware routing (with the supervised domain loss): steady state 
   using Router = moe::DomainAwareSoftmaxTopKRouter<S>;
   const auto layer = filled(SwiGLULayer<Router>(swiglu(), Router(E, d, 4, 2)));
   check_all_pools(layer, {.domains = 4}, moe::losses(moe::weighted(moe::DomainLoss{}, S(0.1))));
+}
+
+TEST_CASE("Task-aware routing (with the z-loss on its mixed logits): steady state allocates nothing",
+          "[alloc][losses][task]") {
+  using Router = moe::TaskAwareSoftmaxTopKRouter<S>;
+  const auto layer = filled(SwiGLULayer<Router>(swiglu(), Router(E, d, 3, 2)));
+  check_all_pools(layer, {.tasks = 3, .weights = {.aux = S(0.01), .z = S(0.001)}});
+}
+
+TEST_CASE("Top-p and threshold skipping (1..k experts per token, routing-entropy loss): steady state allocates nothing",
+          "[alloc][losses][top_p][threshold_skip]") {
+  const auto entropy_and_aux =
+      moe::losses(moe::weighted(moe::RoutingEntropyLoss{}, S(0.01)), moe::weighted(moe::LoadBalancingLoss{}, S(0.01)));
+  SECTION("top-p") {
+    const auto layer = filled(moe::TopPMoE<S>(swiglu(), moe::TopPRouter<S>(E, d, 4, moe::TopP<S>{S(0.6)})));
+    check_all_pools(layer, {}, entropy_and_aux);
+  }
+  SECTION("threshold skip") {
+    const auto layer =
+        filled(moe::ThresholdSkipMoE<S>(swiglu(), moe::ThresholdSkipRouter<S>(E, d, 3, moe::ThresholdSkip<S>{S(0.4)})));
+    check_all_pools(layer, {}, entropy_and_aux);
+  }
 }

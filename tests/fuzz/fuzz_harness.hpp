@@ -10,6 +10,7 @@
 #define MOE_TESTS_FUZZ_FUZZ_HARNESS_HPP
 
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/low_rank_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/soft_moe_loader.hpp>
@@ -68,7 +69,7 @@ void run_small(const Layer& layer, const ForwardContext& ctx = {}) {
 
 inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
   using namespace moe::io;
-  switch (which % 12) {
+  switch (which % 16) {
     case 0: run_small(load_mixtral<float>(f, "block_sparse_moe.", MixtralConfig{2})); break;
     case 1: run_small(load_olmoe<float>(f, "mlp.", OlmoeConfig{2, false})); break;
     case 2: run_small(load_qwen2_moe<float>(f, "mlp.", Qwen2MoeConfig{2, false})); break;
@@ -110,7 +111,21 @@ inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
       run_small(layer, ctx);
       break;
     }
-    default: run_small(load_domain_aware<float>(f, "moe.", DomainAwareConfig{2})); break;
+    case 11: run_small(load_domain_aware<float>(f, "moe.", DomainAwareConfig{2})); break;
+    case 12: {
+      // N counted from the file's task routers; the three tokens take the first, the last and a
+      // middle task, so every id is valid.
+      const auto layer = load_task_aware<float>(f, "moe.", TaskAwareConfig{2});
+      const std::int64_t N = layer.router().num_tasks();
+      const std::int64_t ids[3] = {0, N - 1, (N - 1) / 2};
+      ForwardContext ctx;
+      ctx.task_ids = ids;
+      run_small(layer, ctx);
+      break;
+    }
+    case 13: run_small(load_top_p<float>(f, "moe.", TopPConfig{0.5, 2})); break;
+    case 14: run_small(load_threshold_skip<float>(f, "moe.", ThresholdSkipConfig{0.5, 2})); break;
+    default: run_small(load_low_rank<float>(f, "moe.", LowRankConfig{2, true, 4.0, false})); break;
   }
 }
 

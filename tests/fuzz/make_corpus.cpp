@@ -119,6 +119,26 @@ SafetensorsWriter domain_aware() {
   put(w, "moe.domain_affinity", {3, E});
   return w;
 }
+/// Task-aware: two task routers [E, D] and their sensitivities [2].
+SafetensorsWriter task_aware() {
+  SafetensorsWriter w = moe_layout(false, false);
+  put(w, "moe.task_gates.0.weight", {E, D});
+  put(w, "moe.task_gates.1.weight", {E, D});
+  put(w, "moe.task_sensitivity", {2});
+  return w;
+}
+
+/// Low-rank experts: a base [D, D] and rank-2 factors per expert.
+SafetensorsWriter low_rank() {
+  SafetensorsWriter w;
+  put(w, "moe.gate.weight", {E, D});
+  put(w, "moe.base.weight", {D, D});
+  for (int e = 0; e < E; ++e) {
+    put(w, "moe.experts." + std::to_string(e) + ".lora_A.weight", {2, D});
+    put(w, "moe.experts." + std::to_string(e) + ".lora_B.weight", {D, 2});
+  }
+  return w;
+}
 
 /// Every dtype once, with a few metadata keys: the reader's conversion paths.
 SafetensorsWriter all_dtypes() {
@@ -195,7 +215,9 @@ int main(int argc, char** argv) {
       {"deepseek_v3", deepseek()}, {"gpt_oss", gpt_oss()}, {"switch", switch_t()},
       {"soft_moe", soft_moe()}, {"noisy_top_k", moe_layout(true, false)},
       {"expert_choice", moe_layout(false, false)}, {"hash", moe_layout(false, true)},
-      {"modality_experts", modality_experts()}, {"domain_aware", domain_aware()}};
+      {"modality_experts", modality_experts()}, {"domain_aware", domain_aware()},
+      {"task_aware", task_aware()}, {"top_p", moe_layout(false, false)},
+      {"threshold_skip", moe_layout(false, false)}, {"low_rank", low_rank()}};
   for (std::size_t i = 0; i < families.size(); ++i) {
     Bytes b = families[i].second.to_bytes();
     save(reader / (std::string("valid_") + families[i].first), b);

@@ -1,10 +1,11 @@
 // Every loader (the HF families, Switch, Soft MoE and the "moe." layouts: noisy top-k, expert
-// choice, hash, modality experts, domain-aware) against well-formed files that are wrong for
+// choice, hash, modality experts, domain-aware, task-aware) against well-formed files that are wrong for
 // it: another family's file, a missing expert, a transposed weight, an integer weight, a 1-D
 // tensor where a matrix belongs; and 16-bit float files, which must load (converted exactly).
 // Each refusal is the documented moe::io exception with a message naming the loader and the
 // tensor (docs/errors.md).
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/low_rank_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/soft_moe_loader.hpp>
 #include <moe/io/switch_loader.hpp>
@@ -188,6 +189,42 @@ std::vector<LoaderCase> families() {
     f.load = [](const SafetensorsFile& s) { (void)load_domain_aware<float>(s, "moe.", {2}); };
     out.push_back(f);
   }
+  {
+    // Two task routers [E, D] and their sensitivities [2]. E = D, so a transposed task router has
+    // its own shape: the transposed weight is an expert's.
+    LoaderCase f{"task_aware", "moe::io::load_task_aware", moe_tensors(true, false), nullptr, "moe.gate.weight",
+                 "moe.experts.2.w3.weight", "moe.experts.1.w2.weight", swiglu_t};
+    f.tensors.push_back({"moe.task_gates.0.weight", {E, D}});
+    f.tensors.push_back({"moe.task_gates.1.weight", {E, D}});
+    f.tensors.push_back({"moe.task_sensitivity", {2}});
+    f.load = [](const SafetensorsFile& s) { (void)load_task_aware<float>(s, "moe.", {2}); };
+    out.push_back(f);
+  }
+  {
+    // Top-p and threshold skipping read expert choice's names: the gate and SwiGLU experts.
+    LoaderCase f{"top_p", "moe::io::load_top_p", moe_tensors(true, false), nullptr, "moe.gate.weight",
+                 "moe.experts.2.w3.weight", "moe.experts.1.w2.weight", swiglu_t};
+    f.load = [](const SafetensorsFile& s) { (void)load_top_p<float>(s, "moe.", {0.5, 2}); };
+    out.push_back(f);
+  }
+  {
+    LoaderCase f{"threshold_skip", "moe::io::load_threshold_skip", moe_tensors(true, false), nullptr, "moe.gate.weight",
+                 "moe.experts.2.w1.weight", "moe.experts.0.w2.weight", swiglu_t};
+    f.load = [](const SafetensorsFile& s) { (void)load_threshold_skip<float>(s, "moe.", {0.5, 2}); };
+    out.push_back(f);
+  }
+  {
+    // Low-rank experts of rank FF over a base [D, D]: lora_A [FF, D], lora_B [D, FF].
+    LoaderCase f{"low_rank", "moe::io::load_low_rank", {{"moe.gate.weight", {E, D}}, {"moe.base.weight", {D, D}}},
+                 nullptr, "moe.gate.weight", "moe.experts.2.lora_B.weight", "moe.experts.1.lora_B.weight",
+                 "expected shape [4, 3], got [3, 4]"};
+    for (std::int64_t e = 0; e < E; ++e) {
+      f.tensors.push_back({"moe.experts." + std::to_string(e) + ".lora_A.weight", {FF, D}});
+      f.tensors.push_back({"moe.experts." + std::to_string(e) + ".lora_B.weight", {D, FF}});
+    }
+    f.load = [](const SafetensorsFile& s) { (void)load_low_rank<float>(s, "moe.", {2}); };
+    out.push_back(f);
+  }
   return out;
 }
 
@@ -299,9 +336,11 @@ TEST_CASE("a loader given another family's file loads exactly when the file hold
       }
     }
   }
-  // Of 132 cross pairings only 5 load: OLMoE's names in a Qwen2-MoE and in a DeepSeek-V3 file,
-  // expert choice's in a noisy top-k, a modality and a domain-aware file.
-  REQUIRE(refused == 132 - 5);
+  // Of 240 cross pairings only 20 load: OLMoE's names in a Qwen2-MoE and in a DeepSeek-V3 file;
+  // expert choice's (the gate and SwiGLU experts), which top-p and threshold skipping read too,
+  // in a noisy top-k, a modality, a domain-aware and a task-aware file and in the other two of
+  // the three: 3 loaders x 6 files.
+  REQUIRE(refused == 240 - 20);
 }
 
 TEST_CASE("a missing expert is refused naming the loader and the tensor", "[io][loader][robustness]") {
@@ -443,6 +482,8 @@ TEST_CASE("a zero d_ff reaches the bank's constructor, whose refusal carries the
       }
     INFO(f.name);
     REQUIRE_THROWS_AS(f.load(file_of(t)), std::invalid_argument);
-    REQUIRE_THROWS_WITH(f.load(file_of(t)), Contains(f.loader + "(): ") && Contains("d_ff expected >= 1, got 0"));
+    // Low-rank experts' width is their rank (lora_A's rows), which the bank calls rank.
+    const std::string width = f.name == "low_rank" ? "rank" : "d_ff";
+    REQUIRE_THROWS_WITH(f.load(file_of(t)), Contains(f.loader + "(): ") && Contains(width + " expected >= 1, got 0"));
   }
 }

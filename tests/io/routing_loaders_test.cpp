@@ -1,7 +1,7 @@
 // The routing loaders (noisy top-k, expert choice, hash routing, modality experts,
-// domain-aware) on a small file in the "moe." layout: sizes and weights in place, and errors
-// that name the loader and the tensor. The modality and domain-aware loaders also read their
-// golden-variety files here, every weight compared with the file's tensor. Their golden cases:
+// domain-aware, task-aware) on a small file in the "moe." layout: sizes and weights in place, and
+// errors that name the loader and the tensor. The modality, domain-aware and task-aware loaders
+// also read their golden-variety files here, every weight compared with the file's tensor. Their golden cases:
 // tests/conformance/routing_families_test.cpp and tests/conformance/variety_test.cpp.
 #include <moe/io/routing_loaders.hpp>
 
@@ -403,5 +403,137 @@ TEST_CASE("load_domain_aware names the loader, the tensor and what was expected"
                       "moe::io::load_domain_aware(): TopKRouter::TopKRouter(): k expected in [1, num_experts = 4], got 5");
   REQUIRE_THROWS_WITH(load_domain_aware<float>(in_memory(variety_writer("moe.experts.0.w2.weight"))),
                       Catch::StartsWith(variety_at + "'moe.experts.0.w2.weight': moe::io::load_domain_aware(): "
+                                                     "expected this tensor"));
+}
+
+// --- Task-aware routing ----------------------------------------------------------------------
+
+namespace {
+
+// A small "moe." task-aware file (E = 4, d = 3, ff = 2): the base gate, `tasks` task routers
+// task_gates.{j}.weight [4, 3] (task `wide_task` [4, 4] instead, when >= 0), the sensitivities
+// [sensitivity_length] and SwiGLU experts; `skip` leaves one tensor out.
+moe::io::SafetensorsWriter task_loader_writer(const std::string& skip = "", std::int64_t tasks = 3,
+                                              std::int64_t sensitivity_length = 3, std::int64_t wide_task = -1) {
+  moe::io::SafetensorsWriter w;
+  const auto put = [&](const std::string& name, std::vector<std::int64_t> shape) {
+    if (name == skip) return;
+    std::int64_t n = 1;
+    for (auto v : shape) n *= v;
+    std::vector<float> data(static_cast<size_t>(n));
+    for (size_t i = 0; i < data.size(); ++i) data[i] = 0.25f * float(static_cast<int>(i % 5) - 2) + 0.0625f * float(n % 3);
+    w.add<float>(name, std::move(shape), std::span<const float>(data));
+  };
+  put("moe.gate.weight", {variety_E, variety_d});
+  for (std::int64_t j = 0; j < tasks; ++j)
+    put("moe.task_gates." + std::to_string(j) + ".weight", {variety_E, j == wide_task ? variety_d + 1 : variety_d});
+  put("moe.task_sensitivity", {sensitivity_length});
+  for (std::int64_t e = 0; e < variety_E; ++e) {
+    const std::string q = "moe.experts." + std::to_string(e) + ".";
+    put(q + "w1.weight", {variety_ff, variety_d});
+    put(q + "w3.weight", {variety_ff, variety_d});
+    put(q + "w2.weight", {variety_d, variety_ff});
+  }
+  return w;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("load_task_aware reads the golden-variety file: sizes, task routers, sensitivities, every weight",
+                   "[io][loader][routing][variety][task]", float, double) {
+  using S = TestType;
+  const auto f = SafetensorsFile::open(moe::test::golden_variety_dir() / "task_aware.safetensors");
+  const std::string p = moe::test::meta(f, "prefix");
+  const Index E = variety_meta_index(f, "num_experts"), d = variety_meta_index(f, "d_model");
+  const Index ff = variety_meta_index(f, "d_ff"), N = variety_meta_index(f, "num_tasks");
+  const Index k = variety_meta_index(f, "top_k");
+  REQUIRE(moe::test::meta(f, "renormalize") == "true");
+  const auto layer = moe::io::load_task_aware<S>(f, p, {k, true});
+  REQUIRE(layer.num_experts() == E);
+  REQUIRE(layer.input_dim() == d);
+  REQUIRE(layer.experts().d_ff() == ff);
+  REQUIRE(layer.router().k() == k);
+  REQUIRE(layer.router().gating().renormalize);
+  REQUIRE(layer.router().num_tasks() == N);
+  REQUIRE(variety_mismatches(f, p + "gate.weight", layer.router().weight()) == 0);
+  for (Index j = 0; j < N; ++j) {
+    INFO("task " << j);
+    REQUIRE(variety_mismatches(f, p + "task_gates." + std::to_string(j) + ".weight", layer.router().task_gate(j)) == 0);
+  }
+  REQUIRE(f.info(p + "task_sensitivity").shape == std::vector<std::int64_t>{N});
+  const std::vector<float> a = f.read<float>(p + "task_sensitivity");
+  for (Index j = 0; j < N; ++j) REQUIRE(layer.router().sensitivity()[j] == static_cast<S>(a[static_cast<size_t>(j)]));
+  variety_require_experts(f, p, layer.experts());
+}
+
+TEST_CASE("load_task_aware counts the task routers and reads the settings", "[io][loader][routing][task]") {
+  const auto three = moe::io::load_task_aware<float>(in_memory(task_loader_writer()));
+  REQUIRE(three.num_experts() == 4);
+  REQUIRE(three.input_dim() == 3);
+  REQUIRE(three.experts().d_ff() == 2);
+  REQUIRE(three.router().num_tasks() == 3);
+  REQUIRE(three.router().k() == 2);
+  REQUIRE(three.router().gating().renormalize);
+  // Element 5 (row 1, column 2) of a 12-element tensor: 0.25 * (5 % 5 - 2) + 0.0625 * (12 % 3).
+  REQUIRE(three.router().task_gate(2)(1, 2) == -0.5f);
+  // The sensitivities [3]: element 1 is 0.25 * (1 - 2) + 0.0625 * (3 % 3).
+  REQUIRE(three.router().sensitivity()[1] == -0.25f);
+  const auto one = moe::io::load_task_aware<double>(in_memory(task_loader_writer("", 1, 1)), "moe.", {1, false});
+  REQUIRE(one.router().num_tasks() == 1);
+  REQUIRE(one.router().k() == 1);
+  REQUIRE_FALSE(one.router().gating().renormalize);
+}
+
+TEST_CASE("load_task_aware names the loader, the tensor and what was expected", "[io][loader][routing][errors][task]") {
+  using moe::io::load_task_aware;
+  using moe::io::MissingTensorError;
+  using moe::io::TensorMismatchError;
+  const std::string sensitivity = variety_at + "'moe.task_sensitivity': moe::io::load_task_aware(): ";
+
+  // No task router at all.
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer("", 0, 0))), MissingTensorError);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("", 0, 0))),
+                      Catch::StartsWith(variety_at + "'moe.task_gates.0.weight': moe::io::load_task_aware(): expected at "
+                                                     "least one task router under this name (prefix 'moe.'), but the "
+                                                     "file has none"));
+  // The sensitivities: missing, of another length than the task routers' count, not 1-D.
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer("moe.task_sensitivity"))), MissingTensorError);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("moe.task_sensitivity"))),
+                      Catch::StartsWith(sensitivity + "expected this tensor (prefix 'moe.'), but the file has no such name"));
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer("", 3, 4))), TensorMismatchError);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("", 3, 4))),
+                      sensitivity + "expected one entry per task router (3: task_gates.0.weight to "
+                                    "task_gates.2.weight), got 4");
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("", 3, 2))),
+                      sensitivity + "expected one entry per task router (3: task_gates.0.weight to "
+                                    "task_gates.2.weight), got 2");
+  // A gap in the numbering: task_gates.1 missing, so only task 0 is counted.
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("moe.task_gates.1.weight"))),
+                      sensitivity + "expected one entry per task router (1: task_gates.0.weight to "
+                                    "task_gates.0.weight), got 3");
+  moe::io::SafetensorsWriter square = task_loader_writer("moe.task_sensitivity");
+  const std::vector<float> four(4, 0.5f);
+  square.add<float>("moe.task_sensitivity", {2, 2}, std::span<const float>(four));
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(square)), sensitivity + "expected a 1-D tensor, got shape [2, 2]");
+  // A task router of another width than the gate's.
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer("", 3, 3, 1))), TensorMismatchError);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("", 3, 3, 1))),
+                      variety_at + "'moe.task_gates.1.weight': moe::io::load_task_aware(): expected shape [4, 3], got "
+                                   "[4, 4]");
+  // An integer task router.
+  moe::io::SafetensorsWriter ints = task_loader_writer("moe.task_gates.2.weight");
+  const std::vector<std::int64_t> gi(12, 1);
+  ints.add<std::int64_t>("moe.task_gates.2.weight", {4, 3}, std::span<const std::int64_t>(gi));
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(ints)),
+                      variety_at + "'moe.task_gates.2.weight': moe::io::load_task_aware(): expected a floating dtype "
+                                   "(F32, F64, F16, BF16), got I64");
+  // Router settings: the router's refusal with the loader's name.
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer()), "moe.", {5}), std::invalid_argument);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer()), "moe.", {5}),
+                      "moe::io::load_task_aware(): TopKRouter::TopKRouter(): k expected in [1, num_experts = 4], got 5");
+  // The shared tensors fail as in the other "moe." loaders.
+  REQUIRE_THROWS_AS(load_task_aware<float>(in_memory(task_loader_writer("moe.gate.weight"))), MissingTensorError);
+  REQUIRE_THROWS_WITH(load_task_aware<float>(in_memory(task_loader_writer("moe.experts.1.w3.weight"))),
+                      Catch::StartsWith(variety_at + "'moe.experts.1.w3.weight': moe::io::load_task_aware(): "
                                                      "expected this tensor"));
 }

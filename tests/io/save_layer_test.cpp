@@ -443,3 +443,134 @@ TEST_CASE("modality and domain-aware layers save under their own family only, an
                       "a bias of length 4");
   REQUIRE(w.to_bytes().size() == 16);  // refused before writing anything: 8-byte length + "{}" padded to 8
 }
+
+namespace {
+
+constexpr Index saved_num_tasks = 3;
+
+template <class S>
+moe::TaskAwareMoE<S> task_layer(bool renormalize, moe::Vector<S> bias = {}) {
+  std::vector<RowMatrix<S>> gates;
+  for (Index j = 0; j < saved_num_tasks; ++j) gates.push_back(random<S>(E, D, 40 + static_cast<unsigned>(j)));
+  return moe::TaskAwareMoE<S>(
+      moe::test::swiglu<S>(E, D, FF, 1),
+      moe::TaskAwareSoftmaxTopKRouter<S>(
+          moe::SoftmaxTopKRouter<S>(random<S>(E, D, 3), 2, moe::SoftmaxTopK<S>{renormalize}, std::move(bias)),
+          std::move(gates), random_vector<S>(saved_num_tasks, 45)));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("task-aware routing round-trips in the own-reference layout (prefix moe.)", "[io][save][task]",
+                   float, double) {
+  using S = TestType;
+  const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
+  const moe::TaskAwareMoE<S> layer = task_layer<S>(false);
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "moe.");
+  const auto f = reopen(w);
+  REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight", "moe.task_gates.0.weight", "moe.task_gates.1.weight",
+                                               "moe.task_gates.2.weight", "moe.task_sensitivity"} +
+                             experts);
+  for (const char* name : {"moe.gate.weight", "moe.task_gates.0.weight", "moe.task_gates.2.weight"})
+    REQUIRE(f.info(name).shape == std::vector<std::int64_t>{E, D});
+  REQUIRE(f.info("moe.task_sensitivity").shape == std::vector<std::int64_t>{saved_num_tasks});
+  const auto loaded = moe::io::load_task_aware<S>(f, "moe.", {2, false});
+  REQUIRE(loaded.router().num_tasks() == saved_num_tasks);
+  for (Index j = 0; j < saved_num_tasks; ++j) REQUIRE(loaded.router().task_gate(j) == layer.router().task_gate(j));
+  REQUIRE(loaded.router().sensitivity() == layer.router().sensitivity());
+  REQUIRE(loaded.router().k() == 2);
+  REQUIRE_FALSE(loaded.router().gating().renormalize);
+  // Every task in the batch.
+  std::vector<std::int64_t> ids(T);
+  for (Index t = 0; t < T; ++t) ids[static_cast<std::size_t>(t)] = (t * 2) % saved_num_tasks;
+  moe::ForwardContext ctx;
+  ctx.task_ids = ids;
+  require_same_layer(layer, loaded, ctx);
+}
+
+TEST_CASE("a task-aware layer saves under its own family only, and without a router bias", "[io][save][errors][task]") {
+  SafetensorsWriter w;
+  const auto task = task_layer<float>(true);
+  REQUIRE_THROWS_AS(moe::io::save_layer(w, task, "moe.", Family::domain_aware), std::invalid_argument);
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, task, "moe.", Family::domain_aware),
+                      "moe::io::save_layer(): family for a TaskAwareMoE expected task_aware, got domain_aware");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, domain_layer<float>(true), "moe.", Family::task_aware),
+                      "moe::io::save_layer(): family for a DomainAwareMoE expected domain_aware, got task_aware");
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, task_layer<float>(true, random_vector<float>(E, 6)), "moe."),
+                      "moe::io::save_task_aware(): router bias expected none (the loader reads no router bias), got "
+                      "a bias of length 4");
+  REQUIRE(w.to_bytes().size() == 16);  // refused before writing anything
+}
+
+TEMPLATE_TEST_CASE("top-p and threshold-skip routing round-trip in the own-reference layout (prefix moe.)",
+                   "[io][save][top_p][threshold_skip]", float, double) {
+  using S = TestType;
+  const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
+  SECTION("top-p") {
+    const moe::TopPMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1),
+                                moe::TopPRouter<S>(random<S>(E, D, 3), 3, moe::TopP<S>{S(0.6)}));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.");
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight"} + experts);
+    const auto loaded = moe::io::load_top_p<S>(f, "moe.", {0.6, 3});
+    CHECK(loaded.router().k() == 3);
+    CHECK(loaded.router().gating().threshold == S(0.6));
+    require_same_layer(layer, loaded);
+  }
+  SECTION("threshold skip") {
+    const moe::ThresholdSkipMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1),
+                                         moe::ThresholdSkipRouter<S>(random<S>(E, D, 3), 2, moe::ThresholdSkip<S>{S(0.4)}));
+    SafetensorsWriter w;
+    moe::io::save_layer(w, layer, "moe.", Family::threshold_skip);
+    const auto f = reopen(w);
+    REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight"} + experts);
+    const auto loaded = moe::io::load_threshold_skip<S>(f, "moe.", {0.4, 2});
+    CHECK(loaded.router().gating().beta == S(0.4));
+    require_same_layer(layer, loaded);
+  }
+}
+
+TEST_CASE("top-p and threshold-skip layers save under their own family only, and without a router bias",
+          "[io][save][errors][top_p][threshold_skip]") {
+  moe::TopPMoE<float> top_p(moe::test::swiglu<float>(E, D, FF, 1), moe::TopPRouter<float>(random<float>(E, D, 3), 2));
+  SafetensorsWriter w;
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, top_p, "moe.", Family::mixtral),
+                      "moe::io::save_layer(): family for a TopPMoE expected top_p, got mixtral");
+  top_p.router().bias() = moe::Vector<float>::Zero(E);
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, top_p, "moe."), Contains("moe::io::save_top_p(): router bias expected none"));
+  const moe::ThresholdSkipMoE<float> skip(moe::test::swiglu<float>(E, D, FF, 1),
+                                          moe::ThresholdSkipRouter<float>(random<float>(E, D, 3), 2));
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w, skip, "moe.", Family::top_p),
+                      "moe::io::save_layer(): family for a ThresholdSkipMoE expected threshold_skip, got top_p");
+}
+
+TEMPLATE_TEST_CASE("low-rank experts round-trip with their base, frozen or trained", "[io][save][low_rank]", float,
+                   double) {
+  using S = TestType;
+  moe::LowRankExperts<S> adapters(E, D, 2, S(1.5));
+  moe::test::fill(adapters.a(), 1, 0.5);
+  moe::test::fill(adapters.b(), 2, 0.5);
+  moe::LinearExperts<S> base(1, D, D);
+  moe::test::fill(base.weights(), 3, 0.5);
+  base.names().weight = "base.weight";  // the loader's name, so the parameter lists compare
+  base.set_trainable(true);
+  const moe::LowRankMoE<S> layer(std::move(adapters), moe::SoftmaxTopKRouter<S>(random<S>(E, D, 4), 2),
+                                 moe::SharedExpertCombiner<moe::LinearExperts<S>, moe::SharedGate::none>(std::move(base)));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "moe.");
+  const auto f = reopen(w);
+  std::set<std::string> want{"moe.gate.weight", "moe.base.weight"};
+  for (Index e = 0; e < E; ++e) {
+    want.insert("moe.experts." + std::to_string(e) + ".lora_A.weight");
+    want.insert("moe.experts." + std::to_string(e) + ".lora_B.weight");
+  }
+  REQUIRE(names_of(f) == want);
+  // scale = alpha / r: alpha 3 for r 2 gives the layer's 1.5.
+  const auto loaded = moe::io::load_low_rank<S>(f, "moe.", {2, true, 3.0, true});
+  CHECK(loaded.experts().scale() == S(1.5));
+  require_same_layer(layer, loaded);
+  const auto frozen = moe::io::load_low_rank<S>(f, "moe.", {2, true, 3.0, false});
+  CHECK(frozen.combiner().shared_expert().weights() == layer.combiner().shared_expert().weights());
+}

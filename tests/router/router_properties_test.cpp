@@ -45,6 +45,7 @@ constexpr Index kExperts = 8;
 constexpr Index kDim = 12;
 constexpr Index kHidden = 16;
 constexpr Index kVocab = 50;
+constexpr Index kTasks = 3;
 
 /// N(0, scale^2) entries from a counter-based generator, so a seed means the same matrix on
 /// every machine.
@@ -72,6 +73,7 @@ enum class GateSum {
   scaling_factor,     ///< routed_scaling_factor (DeepSeek-V3 with renormalisation)
   top1_probability,   ///< the token's largest softmax probability, <= 1 (Switch, not renormalised)
   none,               ///< no promise (expert choice): see the test case
+  reaches_threshold,  ///< top-p: the raw probabilities of 1..k experts, summing to >= threshold unless capped at k
   dense,              ///< Soft MoE: no triples; its dispatch and combine weights are distributions
 };
 
@@ -99,6 +101,9 @@ template <class S> struct HashTag {};             // Roller 2021, balanced table
 template <class S> struct SoftTag {};             // Puigcerver 2023, 2 slots per expert, 3 sequences of 8
 template <class S> struct JitteredTrainingTag {}; // Switch top-1 behind Jittered, training
 template <class S> struct JitteredInferenceTag {};// the same in inference: the wrapped router exactly
+template <class S> struct TopPTag {};            // Huang 2024: top-p 0.6, at most 3 experts, raw gates
+template <class S> struct ThresholdSkipTag {};   // NAEE: top-3, drop p < 0.5 p_first, renormalised
+template <class S> struct TaskAwareTag {};        // task-aware, 3 tasks mixed by sigmoid sensitivity, top-2
 
 template <class Tag>
 struct RouterFactory;
@@ -107,6 +112,9 @@ struct RouterFactory;
 struct FactoryDefaults {
   static constexpr Mode mode = Mode::inference;
   static constexpr Index sequence_length = 0;
+  /// Adaptive token-choice rules give each token 1..max_k pairs (RoutingResult::k = 0); their
+  /// factories set adaptive and define max_k.
+  static constexpr bool adaptive = false;
   static Capacity capacity() { return Capacity::unlimited(); }
 };
 
@@ -245,6 +253,48 @@ struct RouterFactory<JitteredInferenceTag<S>> : RouterFactory<JitteredTrainingTa
   static constexpr Mode mode = Mode::inference;
 };
 
+template <class S>
+struct RouterFactory<TopPTag<S>> : FactoryDefaults {
+  using router_type = moe::TopPRouter<S>;
+  using layer_type = FFNLayer<router_type>;
+  static constexpr const char* name = "top-p 0.6, at most 3 experts, raw gates (Huang 2024)";
+  static constexpr GateSum gate_sum = GateSum::reaches_threshold;
+  static constexpr bool adaptive = true;
+  static constexpr Index max_k = 3;
+  static constexpr double threshold = 0.6;
+  static router_type make_router(std::uint64_t seed) {
+    return router_type(counter_matrix<S>(kExperts, kDim, seed, 0.5), max_k, moe::TopP<S>{S(threshold)});
+  }
+};
+
+template <class S>
+struct RouterFactory<ThresholdSkipTag<S>> : FactoryDefaults {
+  using router_type = moe::ThresholdSkipRouter<S>;
+  using layer_type = FFNLayer<router_type>;
+  static constexpr const char* name = "top-3, drop p < 0.5 p_first, renormalised (NAEE)";
+  static constexpr GateSum gate_sum = GateSum::one;
+  static constexpr bool adaptive = true;
+  static constexpr Index max_k = 3;
+  static router_type make_router(std::uint64_t seed) {
+    return router_type(counter_matrix<S>(kExperts, kDim, seed, 0.5), max_k, moe::ThresholdSkip<S>{S(0.5)});
+  }
+};
+
+template <class S>
+struct RouterFactory<TaskAwareTag<S>> : FactoryDefaults {
+  using router_type = moe::TaskAwareSoftmaxTopKRouter<S>;
+  using layer_type = FFNLayer<router_type>;
+  static constexpr const char* name = "task-aware, 3 tasks, softmax top-2, renormalised";
+  static constexpr GateSum gate_sum = GateSum::one;
+  static router_type make_router(std::uint64_t seed) {
+    std::vector<RowMatrix<S>> task_gates;
+    for (Index j = 0; j < kTasks; ++j)
+      task_gates.push_back(counter_matrix<S>(kExperts, kDim, seed + 1 + static_cast<std::uint64_t>(j)));
+    return router_type(moe::SoftmaxTopKRouter<S>(counter_matrix<S>(kExperts, kDim, seed), 2),
+                       std::move(task_gates), counter_matrix<S>(kTasks, 1, seed + 9, 1.5));
+  }
+};
+
 template <class Tag>
 using scalar_of = typename RouterFactory<Tag>::router_type::scalar_type;
 
@@ -258,27 +308,35 @@ typename RouterFactory<Tag>::layer_type make_layer(std::uint64_t seed = 11) {
                                 typename F::layer_type::combiner_type{}, F::capacity());
 }
 
-/// One batch: the tokens and their ids (read by hash routing only).
+/// One batch: the tokens, their ids (read by hash routing only) and their tasks (read by
+/// task-aware routing only; synthetic: the id modulo kTasks).
 template <class S>
 struct Batch {
   RowMatrix<S> x;
   std::vector<std::int64_t> ids;
+  std::vector<std::int64_t> task_ids;
 };
 
 template <class S>
 Batch<S> make_batch(std::uint64_t seed = 21) {
-  Batch<S> b{counter_matrix<S>(kTokens, kDim, seed), std::vector<std::int64_t>(static_cast<std::size_t>(kTokens))};
+  const auto T = static_cast<std::size_t>(kTokens);
+  Batch<S> b{counter_matrix<S>(kTokens, kDim, seed), std::vector<std::int64_t>(T), std::vector<std::int64_t>(T)};
   const moe::CounterRng rng(seed, 1);
-  for (std::size_t t = 0; t < b.ids.size(); ++t) b.ids[t] = static_cast<std::int64_t>(rng.bits(t, 0) % kVocab);
+  for (std::size_t t = 0; t < T; ++t) {
+    b.ids[t] = static_cast<std::int64_t>(rng.bits(t, 0) % kVocab);
+    b.task_ids[t] = b.ids[t] % kTasks;
+  }
   return b;
 }
 
-/// The context a router of Tag runs in; the span points into `ids`, which must outlive it.
-template <class Tag>
-ForwardContext make_context(const std::vector<std::int64_t>& ids, std::uint64_t seed = 1234, std::uint64_t step = 7) {
+/// The context a router of Tag runs in, with every kind of per-token id (each router reads the
+/// kind it needs); the spans point into `batch`, which must outlive it.
+template <class Tag, class S>
+ForwardContext make_context(const Batch<S>& batch, std::uint64_t seed = 1234, std::uint64_t step = 7) {
   ForwardContext ctx;
   ctx.mode = RouterFactory<Tag>::mode;
-  ctx.token_ids = ids;
+  ctx.token_ids = batch.ids;
+  ctx.task_ids = batch.task_ids;
   ctx.seed = seed;
   ctx.step = step;
   ctx.sequence_length = RouterFactory<Tag>::sequence_length;
@@ -295,7 +353,8 @@ S tolerance(double scale = 1.0) {
 template <class S>
 using AllTags = std::tuple<SoftmaxTopKTag<S>, SwitchTag<S>, TopKSoftmaxTag<S>, GroupLimitedTag<S>,
                            NoisyTrainingTag<S>, NoisySuppliedTag<S>, NoisyInferenceTag<S>, ExpertChoiceTag<S>,
-                           HashTag<S>, SoftTag<S>, JitteredTrainingTag<S>, JitteredInferenceTag<S>>;
+                           HashTag<S>, SoftTag<S>, JitteredTrainingTag<S>, JitteredInferenceTag<S>, TaskAwareTag<S>,
+                           TopPTag<S>, ThresholdSkipTag<S>>;
 
 template <class... Ts>
 using tuple_cat_t = decltype(std::tuple_cat(std::declval<Ts>()...));
@@ -316,7 +375,7 @@ using AllRouters = tuple_cat_t<AllTags<float>, AllTags<double>>;
 /// Capacity acts on the assignments of token-choice routers; expert choice fills every expert
 /// exactly by construction and Soft MoE's slots are never dropped (the dense path ignores it).
 using TokenChoiceRouters = filter<is_token_choice, AllRouters>::type;
-static_assert(std::tuple_size_v<TokenChoiceRouters> == 2 * 10);
+static_assert(std::tuple_size_v<TokenChoiceRouters> == 2 * 13);
 
 /// Routers whose training-mode routing draws from (seed, step).
 using RandomisedRouters = std::tuple<NoisyTrainingTag<float>, JitteredTrainingTag<float>, NoisyTrainingTag<double>,
@@ -337,7 +396,8 @@ using RandomisedRouters = std::tuple<NoisyTrainingTag<float>, JitteredTrainingTa
 ///    likewise per row.)
 template <class S>
 using EquivariantTags = std::tuple<SoftmaxTopKTag<S>, TopKSoftmaxTag<S>, GroupLimitedTag<S>, NoisyInferenceTag<S>,
-                                   HashTag<S>, JitteredInferenceTag<S>>;
+                                   HashTag<S>, JitteredInferenceTag<S>, TaskAwareTag<S>, TopPTag<S>,
+                                   ThresholdSkipTag<S>>;
 using EquivariantRouters = tuple_cat_t<EquivariantTags<float>, EquivariantTags<double>>;
 
 }  // namespace
@@ -356,7 +416,7 @@ TEMPLATE_LIST_TEST_CASE("router property (a): gates are finite and non-negative"
   const auto layer = make_layer<TestType>();
   const Batch<S> batch = make_batch<S>();
   moe::Workspace<S> ws;
-  const RowMatrix<S> y = layer.forward(batch.x, ws, make_context<TestType>(batch.ids));
+  const RowMatrix<S> y = layer.forward(batch.x, ws, make_context<TestType>(batch));
   REQUIRE(y.allFinite());
   if constexpr (F::gate_sum == GateSum::dense) {
     // No triples: the weights are the dispatch D (softmax over tokens) and the combine C
@@ -391,7 +451,7 @@ TEMPLATE_LIST_TEST_CASE("router property (b): per-token gate sums keep the route
   const auto layer = make_layer<TestType>();
   const Batch<S> batch = make_batch<S>();
   moe::Workspace<S> ws;
-  const ForwardContext ctx = make_context<TestType>(batch.ids);
+  const ForwardContext ctx = make_context<TestType>(batch);
   (void)layer.forward(batch.x, ws, ctx);
   const moe::RoutingResult<S>& r = ws.routing;
 
@@ -426,13 +486,37 @@ TEMPLATE_LIST_TEST_CASE("router property (b): per-token gate sums keep the route
         REQUIRE(r.gate[iu] == r.scores(r.token[iu], r.expert[iu]));
       }
     } else {
-      REQUIRE(r.size() == kTokens * r.k);
+      if constexpr (F::adaptive) {
+        // 1..max_k pairs per token, token-major: token t's are consecutive, in token order.
+        REQUIRE(r.k == 0);
+        std::vector<Index> count(static_cast<std::size_t>(kTokens), 0);
+        for (Index i = 0; i < r.size(); ++i) {
+          const auto iu = static_cast<std::size_t>(i);
+          if (i > 0) REQUIRE(r.token[iu] >= r.token[iu - 1]);
+          ++count[static_cast<std::size_t>(r.token[iu])];
+        }
+        for (const Index c : count) REQUIRE((c >= 1 && c <= F::max_k));
+      } else {
+        REQUIRE(r.size() == kTokens * r.k);
+      }
       for (Index t = 0; t < kTokens; ++t) {
         INFO("token " << t << " gate sum " << sums(t));
         if constexpr (F::gate_sum == GateSum::one) {
           REQUIRE(std::abs(sums(t) - S(1)) <= tolerance<S>());
         } else if constexpr (F::gate_sum == GateSum::scaling_factor) {
           REQUIRE(std::abs(sums(t) - S(F::scaling)) <= tolerance<S>(F::scaling));
+        } else if constexpr (F::gate_sum == GateSum::reaches_threshold) {
+          // Raw probabilities: each gate is its expert's p; the sum reaches the threshold, or
+          // the token took max_k experts (the cap); never above 1.
+          Index taken = 0;
+          for (Index i = 0; i < r.size(); ++i) {
+            const auto iu = static_cast<std::size_t>(i);
+            if (r.token[iu] != t) continue;
+            ++taken;
+            REQUIRE(r.gate[iu] == r.scores(t, r.expert[iu]));
+          }
+          REQUIRE((sums(t) >= S(F::threshold) || taken == F::max_k));
+          REQUIRE(sums(t) <= S(1) + tolerance<S>());
         } else {
           static_assert(F::gate_sum == GateSum::top1_probability);
           // Not renormalised: the one gate is the largest probability of the token's
@@ -456,7 +540,7 @@ TEMPLATE_LIST_TEST_CASE("router property (c): no expert takes more than its capa
   MOE_ROUTER_INFO(TestType);
   auto layer = make_layer<TestType>();
   const Batch<S> batch = make_batch<S>();
-  const ForwardContext ctx = make_context<TestType>(batch.ids);
+  const ForwardContext ctx = make_context<TestType>(batch);
 
   struct Case {
     Capacity capacity;
@@ -478,7 +562,10 @@ TEMPLATE_LIST_TEST_CASE("router property (c): no expert takes more than its capa
     const moe::RoutingResult<S>& r = ws.routing;
     const moe::DispatchPlan<S>& plan = ws.plan;
     const Index n = r.size();
-    REQUIRE(n == kTokens * r.k);
+    if constexpr (RouterFactory<TestType>::adaptive)
+      REQUIRE((n >= kTokens && n <= kTokens * RouterFactory<TestType>::max_k));  // 1..max_k per token
+    else
+      REQUIRE(n == kTokens * r.k);
 
     // The capacity the documented formula gives: c, or max(min, ceil(cf * n / E)).
     Index expected = c.capacity.absolute;
@@ -505,11 +592,13 @@ TEMPLATE_LIST_TEST_CASE("router property (c): no expert takes more than its capa
     if (c.capacity.kind == Capacity::Kind::absolute && c.capacity.absolute <= 2)
       REQUIRE(std::any_of(demand.begin(), demand.end(), [&](Index n_e) { return n_e > expected; }));
 
-    // A token whose every assignment was dropped gets 0 from the layer.
+    // A token whose every assignment was dropped gets 0 from the layer (its assignments found
+    // by token, which also covers the adaptive rules' 1..max_k per token).
+    std::vector<bool> any_kept(static_cast<std::size_t>(kTokens), false);
+    for (Index i = 0; i < n; ++i)
+      if (plan.kept(i)) any_kept[static_cast<std::size_t>(r.token[static_cast<std::size_t>(i)])] = true;
     for (Index t = 0; t < kTokens; ++t) {
-      bool any_kept = false;
-      for (Index j = 0; j < r.k; ++j) any_kept = any_kept || plan.kept(t * r.k + j);
-      if (!any_kept) {
+      if (!any_kept[static_cast<std::size_t>(t)]) {
         INFO("token " << t << " fully dropped");
         REQUIRE(y.row(t).isZero(0));
       }
@@ -525,7 +614,7 @@ TEMPLATE_LIST_TEST_CASE("router property (d): the same seed and step give the sa
   MOE_ROUTER_INFO(TestType);
   const auto layer = make_layer<TestType>();
   const Batch<S> batch = make_batch<S>();
-  const ForwardContext ctx = make_context<TestType>(batch.ids);
+  const ForwardContext ctx = make_context<TestType>(batch);
   // A fresh workspace, the same workspace again (steady state), and a second layer built
   // from the same seeds.
   moe::Workspace<S> ws1, ws2;
@@ -556,7 +645,7 @@ TEMPLATE_LIST_TEST_CASE("router property (d): in training a new step or seed dra
   const Batch<S> batch = make_batch<S>();
   moe::Workspace<S> ws;
   auto route = [&](std::uint64_t seed, std::uint64_t step) {
-    (void)layer.forward(batch.x, ws, make_context<TestType>(batch.ids, seed, step));
+    (void)layer.forward(batch.x, ws, make_context<TestType>(batch, seed, step));
     return ws.routing;
   };
   const moe::RoutingResult<S> base = route(1234, 7);
@@ -574,7 +663,7 @@ TEMPLATE_LIST_TEST_CASE("router property (d): in training a new step or seed dra
   REQUIRE(replay.expert == base.expert);
 
   // In inference the same layer routes on the clean input: the seed and step do not matter.
-  ForwardContext inference = make_context<TestType>(batch.ids, 1234, 7);
+  ForwardContext inference = make_context<TestType>(batch, 1234, 7);
   inference.mode = Mode::inference;
   (void)layer.forward(batch.x, ws, inference);
   const moe::RoutingResult<S> clean = ws.routing;
@@ -607,11 +696,12 @@ TEMPLATE_LIST_TEST_CASE("router property (e): permuting the tokens permutes the 
     const auto iu = static_cast<std::size_t>(i);
     permuted.x.row(i) = batch.x.row(perm[iu]);
     permuted.ids[iu] = batch.ids[static_cast<std::size_t>(perm[iu])];
+    permuted.task_ids[iu] = batch.task_ids[static_cast<std::size_t>(perm[iu])];
   }
 
   moe::Workspace<S> ws, ws_p;
-  const RowMatrix<S> y = layer.forward(batch.x, ws, make_context<TestType>(batch.ids));
-  const RowMatrix<S> y_p = layer.forward(permuted.x, ws_p, make_context<TestType>(permuted.ids));
+  const RowMatrix<S> y = layer.forward(batch.x, ws, make_context<TestType>(batch));
+  const RowMatrix<S> y_p = layer.forward(permuted.x, ws_p, make_context<TestType>(permuted));
   const Index k = ws.routing.k;
   REQUIRE(ws_p.routing.k == k);
 

@@ -32,7 +32,9 @@
 #include <moe/dispatch/statistics.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
+#include <moe/expert/low_rank_experts.hpp>
 #include <moe/expert/position_scaled_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
@@ -41,6 +43,7 @@
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
+#include <moe/io/low_rank_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_impl.hpp>
@@ -78,6 +81,7 @@
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 #include <moe/loss/modality_balancing_loss.hpp>
+#include <moe/loss/routing_entropy_loss.hpp>
 #include <moe/loss/z_loss.hpp>
 #include <moe/moe.hpp>
 #include <moe/router/domain_aware_router.hpp>
@@ -89,6 +93,7 @@
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/router_wrapper.hpp>
 #include <moe/router/soft_router.hpp>
+#include <moe/router/task_aware_router.hpp>
 #include <moe/router/top_k_router.hpp>
 #include <moe/train/expert_dropout.hpp>
 #include <moe/train/gradient_utils.hpp>
@@ -113,10 +118,11 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   ForwardContext ctx;
   ctx.mode = Mode::training;
   ctx.token_ids = ids;
-  std::vector<std::int64_t> two(static_cast<std::size_t>(tokens));  // modality and domain ids
+  std::vector<std::int64_t> two(static_cast<std::size_t>(tokens));  // modality, domain and task ids
   for (std::size_t t = 0; t < two.size(); ++t) two[t] = static_cast<std::int64_t>(t % 2);
   ctx.modality_ids = two;
   ctx.domain_ids = two;
+  ctx.task_ids = two;
   ctx.sequence_length = sequence_length;
   ctx.pool = &pool;
   const RowMatrix<S> y = layer.forward(x, ws, ctx);
@@ -127,7 +133,7 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   return y.sum() + dx.sum() + y2.sum() + LoadBalancingLoss{}(ws.routing) + RouterZLoss{}(ws.routing);
 }
 
-/// The per-modality balancing loss and the domain loss through a layer's backward.
+/// The per-modality balancing loss, the domain loss and the routing entropy through a layer's backward.
 template <class S>
 S routing_losses() {
   const Index E = 4, d = 8, ff = 6, T = 12;
@@ -153,7 +159,13 @@ S routing_losses() {
   auto gb = b.make_gradients();
   sum += b.backward(y, ws, gb, losses(weighted(DomainLoss{}, S(0.1)))).sum();
   sum += DomainLoss{}(ConstMatrixRef<S>(b.router().domain_probs(x)), ids);
-  return sum;
+  // The routing-entropy loss through an adaptive (top-p) layer's backward.
+  const TopPMoE<S> c(SwiGLUExperts<S>(E, d, ff), TopPRouter<S>(E, d, 3, TopP<S>{S(0.6)}));
+  y = c.forward(x, ws, ctx);
+  auto gc = c.make_gradients();
+  sum += c.backward(y, ws, gc, losses(weighted(RoutingEntropyLoss{}, S(0.01)))).sum();
+  sum += RoutingEntropyLoss{}.value(LossInput<S>{ws.routing, BackwardContext{ctx}});
+  return sum + static_cast<S>(ws.stats.mean_experts_per_token());
 }
 
 template <class S>
@@ -200,6 +212,21 @@ double all_layers() {
       exercise(MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
                    SwiGLUExperts<S>(E, d, ff), DomainAwareSoftmaxTopKRouter<S>(E, d, 2, 2)),
                16));
+  sum += static_cast<double>(
+      exercise(MoELayer<SwiGLUExperts<S>, TaskAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>(
+                   SwiGLUExperts<S>(E, d, ff), TaskAwareSoftmaxTopKRouter<S>(E, d, 2, 2)),
+               16));
+  sum += static_cast<double>(exercise(TopPMoE<S>(SwiGLUExperts<S>(E, d, ff), TopPRouter<S>(E, d, 3, TopP<S>{S(0.7)})), 16));
+  sum += static_cast<double>(
+      exercise(ThresholdSkipMoE<S>(SwiGLUExperts<S>(E, d, ff), ThresholdSkipRouter<S>(E, d, 3, ThresholdSkip<S>{S(0.4)})), 16));
+  {
+    LinearExperts<S> base(1, d, d);
+    base.set_trainable(false);
+    sum += static_cast<double>(exercise(
+        LowRankMoE<S>(LowRankExperts<S>(E, d, 2, S(2)), SoftmaxTopKRouter<S>(E, d, 2),
+                      SharedExpertCombiner<LinearExperts<S>, SharedGate::none>(std::move(base))),
+        16));
+  }
   sum += static_cast<double>(routing_losses<S>());
   return sum;
 }

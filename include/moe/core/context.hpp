@@ -49,6 +49,9 @@ struct ForwardContext {
   /// One domain id per token, in [0, D): the labels of the supervised DomainLoss of
   /// DomainAwareRouter (docs/routers.md#domain-aware-routing); routing itself never reads them.
   std::span<const std::int64_t> domain_ids{};
+  /// One task id per token, in [0, N): read by TaskAwareRouter's route and backward, which mix
+  /// the base router with the token's task router (docs/routers.md#task-aware-routing).
+  std::span<const std::int64_t> task_ids{};
   /// Threads for the expert, gather and combine stages; nullptr runs serially. The work is
   /// cut into the same tasks for any pool size, so results are bit-identical.
   ThreadPool* pool = nullptr;

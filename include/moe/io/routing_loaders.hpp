@@ -1,9 +1,10 @@
-// Build noisy top-k, expert-choice, hash-routed, modality and domain-aware layers from the
-// own-reference ("moe.") layout of the golden cases: SwiGLU experts
+// Build noisy top-k, expert-choice, hash-routed, modality, domain-aware, task-aware, top-p and
+// threshold-skip layers from the own-reference ("moe.") layout of the golden cases: SwiGLU experts
 // {prefix}experts.{e}.w1|w3|w2.weight, the gate {prefix}gate.weight [E, d], the noise
 // projection {prefix}noise.weight [E, d], the hash table {prefix}hash_table (integer, [vocab]),
 // the expert-to-modality table {prefix}expert_modality (integer, [E]), and the domain
-// classifier and affinities {prefix}domain_classifier.weight [D, d], {prefix}domain_affinity [D, E].
+// classifier and affinities {prefix}domain_classifier.weight [D, d], {prefix}domain_affinity [D, E],
+// and the task routers {prefix}task_gates.{j}.weight [E, d] with {prefix}task_sensitivity [N].
 #ifndef MOE_IO_ROUTING_LOADERS_HPP
 #define MOE_IO_ROUTING_LOADERS_HPP
 
@@ -15,6 +16,7 @@
 #include <moe/router/hash_router.hpp>
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
+#include <moe/router/task_aware_router.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -44,6 +46,21 @@ struct ModalityConfig {
 struct DomainAwareConfig {
   Index top_k = 2;
   bool renormalize = true;
+};
+/// The number of tasks is not a setting: it is the count of task_gates.{j}.weight tensors.
+struct TaskAwareConfig {
+  Index top_k = 2;
+  bool renormalize = true;
+};
+
+/// Adaptive routing (TopP, ThresholdSkip) settings, which a "moe." file keeps in its metadata.
+struct TopPConfig {
+  double threshold = 0.5;  ///< each token keeps experts until their probabilities reach this
+  Index max_k = 4;         ///< the cap: at most this many experts per token
+};
+struct ThresholdSkipConfig {
+  double beta = 0.5;  ///< experts below beta times the first one's probability are dropped
+  Index top_k = 2;
 };
 
 namespace detail {
@@ -200,6 +217,76 @@ DomainAwareMoE<S> load_domain_aware(const SafetensorsFile& file, std::string_vie
         DomainAwareSoftmaxTopKRouter<S>(
             SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.renormalize}),
             std::move(classifier), std::move(affinity)));
+  });
+}
+
+/// Task-aware routing (../shared/golden-variety, task_aware): {prefix}gate.weight [E, d] (the
+/// base router), {prefix}task_gates.{j}.weight [E, d] for j = 0, 1, ... (N = how many, numbered
+/// from 0 without a gap), {prefix}task_sensitivity [N], SwiGLU experts as above.
+template <class S>
+TaskAwareMoE<S> load_task_aware(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                const TaskAwareConfig& config = {}) {
+  const std::string loader = "moe::io::load_task_aware";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const Index d = gate.cols();
+  const auto task_gate = [](Index j) { return "task_gates." + std::to_string(j) + ".weight"; };
+  Index N = 0;
+  while (file.contains(t.name(task_gate(N)))) ++N;
+  if (N == 0)
+    t.throw_missing(t.name(task_gate(0)), "expected at least one task router under this name", "the file has none");
+  const Index sensitivities = t.shape("task_sensitivity", 1)[0];
+  if (sensitivities != N)
+    throw TensorMismatchError(file.display_name(), t.name("task_sensitivity"),
+                              loader + "(): expected one entry per task router (" + std::to_string(N) +
+                                  ": task_gates.0.weight to task_gates." + std::to_string(N - 1) +
+                                  ".weight), got " + std::to_string(sensitivities));
+  // Every shape is checked before anything is allocated.
+  for (Index j = 0; j < N; ++j) t.check(task_gate(j), {E, d});
+  std::vector<RowMatrix<S>> task_gates(static_cast<std::size_t>(N), RowMatrix<S>(E, d));
+  for (Index j = 0; j < N; ++j)
+    t.template read_into<S>(task_gate(j), {E, d}, task_gates[static_cast<std::size_t>(j)]);
+  Vector<S> sensitivity(N);
+  t.template read_into<S>("task_sensitivity", {N}, sensitivity);
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return TaskAwareMoE<S>(
+        std::move(experts),
+        TaskAwareSoftmaxTopKRouter<S>(
+            SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.renormalize}),
+            std::move(task_gates), std::move(sensitivity)));
+  });
+}
+
+/// Top-p routing (../shared/golden-variety, top_p): {prefix}gate.weight [E, d], SwiGLU experts
+/// as above; the threshold and the cap come from config.
+template <class S>
+TopPMoE<S> load_top_p(const SafetensorsFile& file, std::string_view prefix = "moe.", const TopPConfig& config = {}) {
+  const std::string loader = "moe::io::load_top_p";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return TopPMoE<S>(std::move(experts),
+                      TopPRouter<S>(std::move(gate), config.max_k, TopP<S>{static_cast<S>(config.threshold)}));
+  });
+}
+
+/// Dynamic expert skipping (../shared/golden-variety, threshold_skip): {prefix}gate.weight
+/// [E, d], SwiGLU experts as above; beta and k come from config.
+template <class S>
+ThresholdSkipMoE<S> load_threshold_skip(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                        const ThresholdSkipConfig& config = {}) {
+  const std::string loader = "moe::io::load_threshold_skip";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return ThresholdSkipMoE<S>(std::move(experts), ThresholdSkipRouter<S>(std::move(gate), config.top_k,
+                                                                          ThresholdSkip<S>{static_cast<S>(config.beta)}));
   });
 }
 

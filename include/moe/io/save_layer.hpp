@@ -11,6 +11,7 @@
 
 #include <moe/core/error.hpp>
 #include <moe/io/hf_loader.hpp>
+#include <moe/io/low_rank_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/soft_moe_loader.hpp>
@@ -40,6 +41,10 @@ enum class Family : std::uint8_t {
   soft_moe,             ///< load_soft_moe
   modality_experts,     ///< load_modality_experts
   domain_aware,         ///< load_domain_aware
+  task_aware,           ///< load_task_aware
+  top_p,                ///< load_top_p
+  threshold_skip,       ///< load_threshold_skip
+  low_rank,             ///< load_low_rank
 };
 
 [[nodiscard]] constexpr std::string_view family_name(Family f) noexcept {
@@ -56,6 +61,10 @@ enum class Family : std::uint8_t {
     case Family::soft_moe: return "soft_moe";
     case Family::modality_experts: return "modality_experts";
     case Family::domain_aware: return "domain_aware";
+    case Family::task_aware: return "task_aware";
+    case Family::top_p: return "top_p";
+    case Family::threshold_skip: return "threshold_skip";
+    case Family::low_rank: return "low_rank";
   }
   return "?";
 }
@@ -138,6 +147,15 @@ template <class S, class A>
 using ModalityLayer = MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using DomainAwareLayer = MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using TaskAwareLayer = MoELayer<SwiGLUExperts<S>, TaskAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using TopPLayer = MoELayer<SwiGLUExperts<S>, TopPRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using ThresholdSkipLayer = MoELayer<SwiGLUExperts<S>, ThresholdSkipRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using LowRankLayer =
+    MoELayer<LowRankExperts<S>, SoftmaxTopKRouter<S>, SharedExpertCombiner<LinearExperts<S>, SharedGate::none>, A>;
 
 /// Mixtral: {prefix}gate.weight, {prefix}experts.{e}.w1|w3|w2.weight. load_mixtral always
 /// renormalises the top-k weights, so a router with renormalize = false is refused (save it as
@@ -302,6 +320,57 @@ void save_domain_aware(SafetensorsWriter& w, const DomainAwareLayer<S, A>& layer
   detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
 }
 
+/// Task-aware routing: {prefix}gate.weight, {prefix}task_gates.{j}.weight [E, d] per task,
+/// {prefix}task_sensitivity [N], experts.{e}.w1|w3|w2.weight. A wrapped router with a bias is
+/// refused, as for modality experts.
+template <class S, class A>
+void save_task_aware(SafetensorsWriter& w, const TaskAwareLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  const auto& router = layer.router();
+  detail::require_no_router_bias(router.router(), "moe::io::save_task_aware()");
+  const std::string p(prefix);
+  detail::put_router<S>(w, router.weight(), p + "gate.weight");
+  for (Index j = 0; j < router.num_tasks(); ++j)
+    detail::put_router<S>(w, router.task_gate(j), p + "task_gates." + std::to_string(j) + ".weight");
+  detail::put<S>(w, p + "task_sensitivity", {router.num_tasks()}, router.sensitivity());
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
+/// Top-p and threshold-skip routing: {prefix}gate.weight, experts.{e}.w1|w3|w2.weight. The
+/// settings (threshold and cap, beta and k) are not tensors: the loaders take them in their
+/// config, as for noisy top-k's k. A router with a bias is refused (the loaders read none).
+template <class S, class A>
+void save_top_p(SafetensorsWriter& w, const TopPLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  detail::require_no_router_bias(layer.router(), "moe::io::save_top_p()");
+  const std::string p(prefix);
+  detail::put_router<S>(w, layer.router().weight(), p + "gate.weight");
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+template <class S, class A>
+void save_threshold_skip(SafetensorsWriter& w, const ThresholdSkipLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  detail::require_no_router_bias(layer.router(), "moe::io::save_threshold_skip()");
+  const std::string p(prefix);
+  detail::put_router<S>(w, layer.router().weight(), p + "gate.weight");
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
+/// Low-rank experts: {prefix}gate.weight, {prefix}base.weight, experts.{e}.lora_A|lora_B.weight.
+/// The scale (alpha / r), top_k and whether the base trains go to LowRankConfig; a frozen base
+/// is written like a trained one. A router with a bias is refused (the loader reads none).
+template <class S, class A>
+void save_low_rank(SafetensorsWriter& w, const LowRankLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  detail::require_no_router_bias(layer.router(), "moe::io::save_low_rank()");
+  const std::string p(prefix);
+  detail::put_router<S>(w, layer.router().weight(), p + "gate.weight");
+  const auto& base = layer.combiner().shared_expert();
+  detail::put<S>(w, p + "base.weight", {base.output_dim(), base.input_dim()}, base.weight(0));
+  const auto& bank = layer.experts();
+  for (Index e = 0; e < bank.num_experts(); ++e) {
+    const std::string q = p + "experts." + std::to_string(e) + ".";
+    detail::put<S>(w, q + "lora_A.weight", {bank.rank(), bank.input_dim()}, bank.lora_a(e));
+    detail::put<S>(w, q + "lora_B.weight", {bank.output_dim(), bank.rank()}, bank.lora_b(e));
+  }
+}
+
 namespace detail {
 
 [[noreturn]] inline void throw_family(Family got, std::string_view layer, std::string_view expected) {
@@ -346,6 +415,10 @@ MOE_IO_SAVE_LAYER_ONE_FAMILY(HashLayer, Family::hash, save_hash, "HashMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(SoftLayer, Family::soft_moe, save_soft_moe, "SoftMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(ModalityLayer, Family::modality_experts, save_modality_experts, "ModalityMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(DomainAwareLayer, Family::domain_aware, save_domain_aware, "DomainAwareMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(TaskAwareLayer, Family::task_aware, save_task_aware, "TaskAwareMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(TopPLayer, Family::top_p, save_top_p, "TopPMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(ThresholdSkipLayer, Family::threshold_skip, save_threshold_skip, "ThresholdSkipMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(LowRankLayer, Family::low_rank, save_low_rank, "LowRankMoE")
 #undef MOE_IO_SAVE_LAYER_ONE_FAMILY
 
 }  // namespace moe::io

@@ -18,7 +18,9 @@
 #include <moe/dispatch/statistics.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
+#include <moe/expert/low_rank_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
 #include <moe/gather/gather_slots.hpp>
@@ -33,6 +35,7 @@
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/soft_router.hpp>
+#include <moe/router/task_aware_router.hpp>
 #include <moe/router/top_k_router.hpp>
 
 #include <cmath>
@@ -417,6 +420,21 @@ using ModalityMoE = MoELayer<SwiGLUExperts<S>, ModalitySoftmaxTopKRouter<S>, Wei
 /// Domain-aware routing (DEMix-style) with SwiGLU experts: logits + q A, softmax top-k.
 template <class S>
 using DomainAwareMoE = MoELayer<SwiGLUExperts<S>, DomainAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+/// Top-p routing (Huang et al. 2024) with SwiGLU experts: 1..k experts per token, raw gates.
+template <class S>
+using TopPMoE = MoELayer<SwiGLUExperts<S>, TopPRouter<S>, WeightedSumCombiner<S>>;
+/// Dynamic expert skipping (NAEE, Lu et al. 2024) with SwiGLU experts: top-k, experts below
+/// beta times the first dropped, renormalised.
+template <class S>
+using ThresholdSkipMoE = MoELayer<SwiGLUExperts<S>, ThresholdSkipRouter<S>, WeightedSumCombiner<S>>;
+/// Low-rank (LoRA) experts over a shared base (MoLoRA): y = x W0^T (LinearExperts, the shared
+/// expert, frozen with set_trainable(false)) + sum gate * scale * (x A_e^T) B_e^T, softmax top-k.
+template <class S>
+using LowRankMoE = MoELayer<LowRankExperts<S>, SoftmaxTopKRouter<S>, SharedExpertCombiner<LinearExperts<S>, SharedGate::none>>;
+/// Task-aware routing with SwiGLU experts: (1 - s) x Wb^T + s x Wt^T per token's task, softmax
+/// top-k (ForwardContext::task_ids).
+template <class S>
+using TaskAwareMoE = MoELayer<SwiGLUExperts<S>, TaskAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

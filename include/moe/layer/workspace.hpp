@@ -38,7 +38,7 @@ struct Workspace {
   /// The thread pool of the current call (ForwardContext::pool), for the stages to share.
   ThreadPool* pool = nullptr;
   /// The context of the last forward: backward regenerates noise and jitter from its seed
-  /// and step, and reads its sequence length (token_ids and pool must outlive backward).
+  /// and step, and reads its sequence length (token_ids, task_ids and pool must outlive backward).
   ForwardContext last_context{};
 
   // Training: forward in Mode::training keeps a copy of x; backward's buffers follow.
