@@ -253,6 +253,18 @@ std::vector<RouterEntry> routers() {
                     ctx.task_ids = ids;
                     return measure(name, rule, layer, x, w, ctx);
                   }});
+  list.push_back({"hierarchical", "top-k/2 of E/4 groups, then top-2 in each (Shazeer 2017)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Groups of 4 experts (or 1 group); k1 groups x k2 experts = --top-k pairs.
+                    const moe::Index b = w.experts % 4 == 0 ? 4 : w.experts, a = w.experts / b;
+                    const moe::Index k2 = std::min<moe::Index>(w.top_k, std::min<moe::Index>(2, b));
+                    const moe::Index k1 = std::max<moe::Index>(1, std::min<moe::Index>(a, w.top_k / k2));
+                    RowMatrix<S> primary(a, w.d_model);
+                    moe::examples::fill_normal(primary, w.seed + 11, 1.0 / std::sqrt(double(w.d_model)));
+                    const moe::HierarchicalMoE<S> layer(
+                        make_experts(w), moe::HierarchicalRouter<S>(std::move(primary), make_router_weight(w), k1, k2));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
   // Adaptive routing: k (--top-k) is the cap; a token takes 1..k experts.
   list.push_back({"top-p", "fewest experts reaching p >= 0.5, at most k, raw gates (Huang 2024)",
                   [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {

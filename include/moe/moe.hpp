@@ -25,6 +25,7 @@
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/hierarchical_router.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/router_wrapper.hpp>
 #include <moe/router/jitter.hpp>

@@ -447,3 +447,9 @@ TEST_CASE("Top-p and threshold skipping (1..k experts per token, routing-entropy
     check_all_pools(layer, {}, entropy_and_aux);
   }
 }
+
+TEST_CASE("Hierarchical routing (groups, then experts): steady state allocates nothing", "[alloc][hierarchical]") {
+  // E = 8 experts as 4 groups of 2: top-2 groups, top-1 expert in each.
+  const auto layer = filled(moe::HierarchicalMoE<S>(swiglu(), moe::HierarchicalRouter<S>(4, E / 4, d, 2, 1)));
+  check_all_pools(layer, {.weights = {.z = S(0.001)}});
+}

@@ -69,7 +69,7 @@ void run_small(const Layer& layer, const ForwardContext& ctx = {}) {
 
 inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
   using namespace moe::io;
-  switch (which % 16) {
+  switch (which % 17) {
     case 0: run_small(load_mixtral<float>(f, "block_sparse_moe.", MixtralConfig{2})); break;
     case 1: run_small(load_olmoe<float>(f, "mlp.", OlmoeConfig{2, false})); break;
     case 2: run_small(load_qwen2_moe<float>(f, "mlp.", Qwen2MoeConfig{2, false})); break;
@@ -125,7 +125,8 @@ inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
     }
     case 13: run_small(load_top_p<float>(f, "moe.", TopPConfig{0.5, 2})); break;
     case 14: run_small(load_threshold_skip<float>(f, "moe.", ThresholdSkipConfig{0.5, 2})); break;
-    default: run_small(load_low_rank<float>(f, "moe.", LowRankConfig{2, true, 4.0, false})); break;
+    case 15: run_small(load_low_rank<float>(f, "moe.", LowRankConfig{2, true, 4.0, false})); break;
+    default: run_small(load_hierarchical<float>(f, "moe.", HierarchicalConfig{2, 1, true})); break;
   }
 }
 

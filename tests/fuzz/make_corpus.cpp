@@ -140,6 +140,16 @@ SafetensorsWriter low_rank() {
   return w;
 }
 
+/// Hierarchical: 2 groups of 2 experts, a primary router [2, D] and one [2, D] per group.
+SafetensorsWriter hierarchical() {
+  SafetensorsWriter w;
+  put(w, "moe.gate.weight", {2, D});
+  swiglu(w, "moe.experts.", E, D, FF, "w1.weight", "w3.weight", "w2.weight");
+  put(w, "moe.group_gates.0.weight", {2, D});
+  put(w, "moe.group_gates.1.weight", {2, D});
+  return w;
+}
+
 /// Every dtype once, with a few metadata keys: the reader's conversion paths.
 SafetensorsWriter all_dtypes() {
   SafetensorsWriter w;
@@ -217,7 +227,7 @@ int main(int argc, char** argv) {
       {"expert_choice", moe_layout(false, false)}, {"hash", moe_layout(false, true)},
       {"modality_experts", modality_experts()}, {"domain_aware", domain_aware()},
       {"task_aware", task_aware()}, {"top_p", moe_layout(false, false)},
-      {"threshold_skip", moe_layout(false, false)}, {"low_rank", low_rank()}};
+      {"threshold_skip", moe_layout(false, false)}, {"low_rank", low_rank()}, {"hierarchical", hierarchical()}};
   for (std::size_t i = 0; i < families.size(); ++i) {
     Bytes b = families[i].second.to_bytes();
     save(reader / (std::string("valid_") + families[i].first), b);

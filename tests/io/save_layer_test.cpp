@@ -546,6 +546,27 @@ TEST_CASE("top-p and threshold-skip layers save under their own family only, and
                       "moe::io::save_layer(): family for a ThresholdSkipMoE expected threshold_skip, got top_p");
 }
 
+TEMPLATE_TEST_CASE("hierarchical routing round-trips its primary and group routers", "[io][save][hierarchical]", float,
+                   double) {
+  using S = TestType;
+  // E = 4 experts as 2 groups of 2.
+  const moe::HierarchicalMoE<S> layer(moe::test::swiglu<S>(E, D, FF, 1),
+                                      moe::HierarchicalRouter<S>(random<S>(2, D, 3), random<S>(E, D, 4), 2, 1));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "moe.");
+  const auto f = reopen(w);
+  const std::set<std::string> experts = expert_names("moe.experts.", {"w1.weight", "w3.weight", "w2.weight"});
+  REQUIRE(names_of(f) == std::set<std::string>{"moe.gate.weight", "moe.group_gates.0.weight", "moe.group_gates.1.weight"} +
+                             experts);
+  const auto loaded = moe::io::load_hierarchical<S>(f, "moe.", {2, 1, true});
+  CHECK(loaded.router().num_groups() == 2);
+  CHECK(loaded.router().experts_per_group() == 2);
+  require_same_layer(layer, loaded);
+  SafetensorsWriter w2;
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w2, layer, "moe.", Family::mixtral),
+                      "moe::io::save_layer(): family for a HierarchicalMoE expected hierarchical, got mixtral");
+}
+
 TEMPLATE_TEST_CASE("low-rank experts round-trip with their base, frozen or trained", "[io][save][low_rank]", float,
                    double) {
   using S = TestType;

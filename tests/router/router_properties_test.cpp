@@ -103,6 +103,7 @@ template <class S> struct JitteredTrainingTag {}; // Switch top-1 behind Jittere
 template <class S> struct JitteredInferenceTag {};// the same in inference: the wrapped router exactly
 template <class S> struct TopPTag {};            // Huang 2024: top-p 0.6, at most 3 experts, raw gates
 template <class S> struct ThresholdSkipTag {};   // NAEE: top-3, drop p < 0.5 p_first, renormalised
+template <class S> struct HierarchicalTag {};    // Shazeer 2017: 4 groups of 2, top-2 groups x top-1
 template <class S> struct TaskAwareTag {};        // task-aware, 3 tasks mixed by sigmoid sensitivity, top-2
 
 template <class Tag>
@@ -281,6 +282,17 @@ struct RouterFactory<ThresholdSkipTag<S>> : FactoryDefaults {
 };
 
 template <class S>
+struct RouterFactory<HierarchicalTag<S>> : FactoryDefaults {
+  using router_type = moe::HierarchicalRouter<S>;
+  using layer_type = FFNLayer<router_type>;
+  static constexpr const char* name = "hierarchical, 4 groups of 2, top-2 groups x top-1, renormalised";
+  static constexpr GateSum gate_sum = GateSum::one;
+  static router_type make_router(std::uint64_t seed) {
+    return router_type(counter_matrix<S>(4, kDim, seed), counter_matrix<S>(kExperts, kDim, seed + 1), 2, 1);
+  }
+};
+
+template <class S>
 struct RouterFactory<TaskAwareTag<S>> : FactoryDefaults {
   using router_type = moe::TaskAwareSoftmaxTopKRouter<S>;
   using layer_type = FFNLayer<router_type>;
@@ -354,7 +366,7 @@ template <class S>
 using AllTags = std::tuple<SoftmaxTopKTag<S>, SwitchTag<S>, TopKSoftmaxTag<S>, GroupLimitedTag<S>,
                            NoisyTrainingTag<S>, NoisySuppliedTag<S>, NoisyInferenceTag<S>, ExpertChoiceTag<S>,
                            HashTag<S>, SoftTag<S>, JitteredTrainingTag<S>, JitteredInferenceTag<S>, TaskAwareTag<S>,
-                           TopPTag<S>, ThresholdSkipTag<S>>;
+                           TopPTag<S>, ThresholdSkipTag<S>, HierarchicalTag<S>>;
 
 template <class... Ts>
 using tuple_cat_t = decltype(std::tuple_cat(std::declval<Ts>()...));
@@ -375,7 +387,7 @@ using AllRouters = tuple_cat_t<AllTags<float>, AllTags<double>>;
 /// Capacity acts on the assignments of token-choice routers; expert choice fills every expert
 /// exactly by construction and Soft MoE's slots are never dropped (the dense path ignores it).
 using TokenChoiceRouters = filter<is_token_choice, AllRouters>::type;
-static_assert(std::tuple_size_v<TokenChoiceRouters> == 2 * 13);
+static_assert(std::tuple_size_v<TokenChoiceRouters> == 2 * 14);
 
 /// Routers whose training-mode routing draws from (seed, step).
 using RandomisedRouters = std::tuple<NoisyTrainingTag<float>, JitteredTrainingTag<float>, NoisyTrainingTag<double>,
@@ -397,7 +409,7 @@ using RandomisedRouters = std::tuple<NoisyTrainingTag<float>, JitteredTrainingTa
 template <class S>
 using EquivariantTags = std::tuple<SoftmaxTopKTag<S>, TopKSoftmaxTag<S>, GroupLimitedTag<S>, NoisyInferenceTag<S>,
                                    HashTag<S>, JitteredInferenceTag<S>, TaskAwareTag<S>, TopPTag<S>,
-                                   ThresholdSkipTag<S>>;
+                                   ThresholdSkipTag<S>, HierarchicalTag<S>>;
 using EquivariantRouters = tuple_cat_t<EquivariantTags<float>, EquivariantTags<double>>;
 
 }  // namespace

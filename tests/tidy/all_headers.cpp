@@ -88,6 +88,7 @@
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/gating.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/hierarchical_router.hpp>
 #include <moe/router/jitter.hpp>
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
@@ -219,6 +220,7 @@ double all_layers() {
   sum += static_cast<double>(exercise(TopPMoE<S>(SwiGLUExperts<S>(E, d, ff), TopPRouter<S>(E, d, 3, TopP<S>{S(0.7)})), 16));
   sum += static_cast<double>(
       exercise(ThresholdSkipMoE<S>(SwiGLUExperts<S>(E, d, ff), ThresholdSkipRouter<S>(E, d, 3, ThresholdSkip<S>{S(0.4)})), 16));
+  sum += static_cast<double>(exercise(HierarchicalMoE<S>(SwiGLUExperts<S>(E, d, ff), HierarchicalRouter<S>(2, 2, d, 2, 1)), 16));
   {
     LinearExperts<S> base(1, d, d);
     base.set_trainable(false);

@@ -14,6 +14,7 @@
 #include <moe/router/domain_aware_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/hierarchical_router.hpp>
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/task_aware_router.hpp>
@@ -57,6 +58,11 @@ struct TaskAwareConfig {
 struct TopPConfig {
   double threshold = 0.5;  ///< each token keeps experts until their probabilities reach this
   Index max_k = 4;         ///< the cap: at most this many experts per token
+};
+struct HierarchicalConfig {
+  Index top_k_groups = 2;     ///< k1: groups kept per token
+  Index top_k_per_group = 2;  ///< k2: experts kept in each kept group
+  bool renormalize = true;    ///< at both levels
 };
 struct ThresholdSkipConfig {
   double beta = 0.5;  ///< experts below beta times the first one's probability are dropped
@@ -287,6 +293,33 @@ ThresholdSkipMoE<S> load_threshold_skip(const SafetensorsFile& file, std::string
   return detail::with_loader_name(loader, [&] {
     return ThresholdSkipMoE<S>(std::move(experts), ThresholdSkipRouter<S>(std::move(gate), config.top_k,
                                                                           ThresholdSkip<S>{static_cast<S>(config.beta)}));
+  });
+}
+
+/// Hierarchical routing (../shared/golden-variety, hierarchical): {prefix}gate.weight [a, d]
+/// (the primary router; a is its rows), {prefix}group_gates.{i}.weight [b, d] for each of the a
+/// groups (b from group 0), SwiGLU experts as above, a * b of them: expert (i, j) is
+/// experts.{i * b + j}.
+template <class S>
+HierarchicalMoE<S> load_hierarchical(const SafetensorsFile& file, std::string_view prefix = "moe.",
+                                     const HierarchicalConfig& config = {}) {
+  const std::string loader = "moe::io::load_hierarchical";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> primary = detail::read_router_weight<S>(t, "gate.weight");
+  const Index a = primary.rows();
+  const Index d = primary.cols();
+  const Index b = t.shape("group_gates.0.weight", 2)[0];
+  // Every group's shape first: a and b come from two tensors, so nothing [a * b, d] is
+  // allocated before each group router is known to be there.
+  for (Index i = 0; i < a; ++i) t.check("group_gates." + std::to_string(i) + ".weight", {b, d});
+  RowMatrix<S> groups(a * b, d);
+  for (Index i = 0; i < a; ++i)
+    t.template read_into<S>("group_gates." + std::to_string(i) + ".weight", {b, d}, groups.middleRows(i * b, b));
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", a * b, "w1.weight", "w3.weight", "w2.weight");
+  return detail::with_loader_name(loader, [&] {
+    return HierarchicalMoE<S>(std::move(experts),
+                              HierarchicalRouter<S>(std::move(primary), std::move(groups), config.top_k_groups,
+                                                    config.top_k_per_group, config.renormalize));
   });
 }
 

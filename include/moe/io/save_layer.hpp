@@ -45,6 +45,7 @@ enum class Family : std::uint8_t {
   top_p,                ///< load_top_p
   threshold_skip,       ///< load_threshold_skip
   low_rank,             ///< load_low_rank
+  hierarchical,         ///< load_hierarchical
 };
 
 [[nodiscard]] constexpr std::string_view family_name(Family f) noexcept {
@@ -65,6 +66,7 @@ enum class Family : std::uint8_t {
     case Family::top_p: return "top_p";
     case Family::threshold_skip: return "threshold_skip";
     case Family::low_rank: return "low_rank";
+    case Family::hierarchical: return "hierarchical";
   }
   return "?";
 }
@@ -153,6 +155,8 @@ template <class S, class A>
 using TopPLayer = MoELayer<SwiGLUExperts<S>, TopPRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using ThresholdSkipLayer = MoELayer<SwiGLUExperts<S>, ThresholdSkipRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using HierarchicalLayer = MoELayer<SwiGLUExperts<S>, HierarchicalRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using LowRankLayer =
     MoELayer<LowRankExperts<S>, SoftmaxTopKRouter<S>, SharedExpertCombiner<LinearExperts<S>, SharedGate::none>, A>;
@@ -353,6 +357,19 @@ void save_threshold_skip(SafetensorsWriter& w, const ThresholdSkipLayer<S, A>& l
   detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
 }
 
+/// Hierarchical routing: {prefix}gate.weight [a, d], {prefix}group_gates.{i}.weight [b, d],
+/// experts.{e}.w1|w3|w2.weight. k1, k2 and renormalize go to HierarchicalConfig.
+template <class S, class A>
+void save_hierarchical(SafetensorsWriter& w, const HierarchicalLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  const auto& router = layer.router();
+  const std::string p(prefix);
+  detail::put_router<S>(w, router.primary(), p + "gate.weight");
+  for (Index i = 0; i < router.num_groups(); ++i)
+    detail::put<S>(w, p + "group_gates." + std::to_string(i) + ".weight", {router.experts_per_group(), router.input_dim()},
+                   router.group_gate(i));
+  detail::put_swiglu<S>(w, layer.experts(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
 /// Low-rank experts: {prefix}gate.weight, {prefix}base.weight, experts.{e}.lora_A|lora_B.weight.
 /// The scale (alpha / r), top_k and whether the base trains go to LowRankConfig; a frozen base
 /// is written like a trained one. A router with a bias is refused (the loader reads none).
@@ -419,6 +436,7 @@ MOE_IO_SAVE_LAYER_ONE_FAMILY(TaskAwareLayer, Family::task_aware, save_task_aware
 MOE_IO_SAVE_LAYER_ONE_FAMILY(TopPLayer, Family::top_p, save_top_p, "TopPMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(ThresholdSkipLayer, Family::threshold_skip, save_threshold_skip, "ThresholdSkipMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(LowRankLayer, Family::low_rank, save_low_rank, "LowRankMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(HierarchicalLayer, Family::hierarchical, save_hierarchical, "HierarchicalMoE")
 #undef MOE_IO_SAVE_LAYER_ONE_FAMILY
 
 }  // namespace moe::io

@@ -32,6 +32,7 @@
 #include <moe/router/domain_aware_router.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
+#include <moe/router/hierarchical_router.hpp>
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/soft_router.hpp>
@@ -427,6 +428,9 @@ using TopPMoE = MoELayer<SwiGLUExperts<S>, TopPRouter<S>, WeightedSumCombiner<S>
 /// beta times the first dropped, renormalised.
 template <class S>
 using ThresholdSkipMoE = MoELayer<SwiGLUExperts<S>, ThresholdSkipRouter<S>, WeightedSumCombiner<S>>;
+/// Hierarchical routing (Shazeer et al. 2017) with SwiGLU experts: groups, then experts in them.
+template <class S>
+using HierarchicalMoE = MoELayer<SwiGLUExperts<S>, HierarchicalRouter<S>, WeightedSumCombiner<S>>;
 /// Low-rank (LoRA) experts over a shared base (MoLoRA): y = x W0^T (LinearExperts, the shared
 /// expert, frozen with set_trainable(false)) + sum gate * scale * (x A_e^T) B_e^T, softmax top-k.
 template <class S>
