@@ -285,6 +285,38 @@ void for_each_token_run(const RoutingResult<S>& r, F&& f) {
   }
 }
 
+/// The adaptive rules' selection: p = softmax(logits) into out.scores; for each token its top k
+/// (best first, ties to the lower index), of which the first length(row, idx) are kept, their
+/// gates the raw p or, with renormalize, p over the kept sum. Writes the pairs compacted,
+/// token-major, and sets k = 0. Never ahead of the T * k slots TopKRouter::project() sized.
+template <class Arch, class S, class Length>
+void select_prefix(RoutingResult<S>& out, Index k, bool renormalize, Length&& length) {
+  const Index T = out.num_tokens;
+  const Index E = out.num_experts;
+  out.scores = out.logits;
+  kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
+  struct Tag;
+  ScratchLease<Index, Tag> idx_lease;
+  Index* const idx = idx_lease.data(static_cast<std::size_t>(k));
+  std::size_t n = 0;
+  for (Index t = 0; t < T; ++t) {
+    const S* row = out.scores.data() + t * E;
+    kernels::top_k(row, E, k, idx);
+    const Index m = length(row, idx);
+    const std::size_t first = n;
+    S sum = 0;
+    for (Index j = 0; j < m; ++j, ++n) {
+      out.token[n] = t;
+      out.expert[n] = idx[j];
+      out.gate[n] = row[idx[j]];
+      sum += row[idx[j]];
+    }
+    if (renormalize)
+      for (std::size_t i = first; i < n; ++i) out.gate[i] /= sum;
+  }
+  out.reset(T, E, static_cast<Index>(n), 0);
+}
+
 }  // namespace detail
 
 /// Top-p routing (Huang et al. 2024, "Harder Tasks Need More Experts: Dynamic Routing in MoE
@@ -306,31 +338,16 @@ struct TopP {
 
   template <class Arch>
   void select(RoutingResult<S>& out, Index max_k) const {
-    const Index T = out.num_tokens;
-    const Index E = out.num_experts;
-    out.scores = out.logits;
-    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
-    struct Tag;
-    detail::ScratchLease<Index, Tag> idx_lease;
-    Index* const idx = idx_lease.data(static_cast<std::size_t>(max_k));
-    std::size_t n = 0;  // pairs written; never ahead of the top-k slots project() sized (T * max_k)
-    for (Index t = 0; t < T; ++t) {
-      const S* row = out.scores.data() + t * E;
-      kernels::top_k(row, E, max_k, idx);
+    // The fewest of the sorted top max_k whose sum reaches the threshold, the crossing one included.
+    detail::select_prefix<Arch>(out, max_k, false, [&](const S* row, const Index* idx) {
       S cumulative = 0;
       Index m = 0;
       while (m < max_k) {
-        cumulative += row[idx[m]];
-        ++m;
+        cumulative += row[idx[m++]];
         if (cumulative >= threshold) break;
       }
-      for (Index j = 0; j < m; ++j, ++n) {
-        out.token[n] = t;
-        out.expert[n] = idx[j];
-        out.gate[n] = row[idx[j]];
-      }
-    }
-    out.reset(T, E, static_cast<Index>(n), 0);
+      return m;
+    });
   }
 
   /// The gradient of the raw probabilities of the kept experts reaches every logit through
@@ -360,31 +377,13 @@ struct ThresholdSkip {
 
   template <class Arch>
   void select(RoutingResult<S>& out, Index k) const {
-    const Index T = out.num_tokens;
-    const Index E = out.num_experts;
-    out.scores = out.logits;
-    kernels::SoftmaxRows<Arch>{}(out.scores.data(), T, E, E);
-    struct Tag;
-    detail::ScratchLease<Index, Tag> idx_lease;
-    Index* const idx = idx_lease.data(static_cast<std::size_t>(k));
-    std::size_t n = 0;  // pairs written; never ahead of the top-k slots project() sized (T * k)
-    for (Index t = 0; t < T; ++t) {
-      const S* row = out.scores.data() + t * E;
-      kernels::top_k(row, E, k, idx);
+    // The top k are sorted, so the experts at or above beta * p_first are a prefix.
+    detail::select_prefix<Arch>(out, k, true, [&](const S* row, const Index* idx) {
       const S bar = beta * row[idx[0]];
-      const std::size_t first = n;
-      S sum = 0;
-      for (Index j = 0; j < k; ++j) {
-        if (j > 0 && row[idx[j]] < bar) continue;
-        out.token[n] = t;
-        out.expert[n] = idx[j];
-        out.gate[n] = row[idx[j]];
-        sum += row[idx[j]];
-        ++n;
-      }
-      for (std::size_t i = first; i < n; ++i) out.gate[i] /= sum;
-    }
-    out.reset(T, E, static_cast<Index>(n), 0);
+      Index m = 1;
+      while (m < k && !(row[idx[m]] < bar)) ++m;
+      return m;
+    });
   }
 
   /// Through the renormalisation over the kept experts and the softmax, to every logit.
