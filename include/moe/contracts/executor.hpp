@@ -33,6 +33,9 @@ struct ExpertStepBackward {
   MatrixRef<S> dhidden;       ///< scratch [N, hidden_cols]
   ConstMatrixRef<S> input;
   const ForwardContext& context;
+  /// The layer's dL/dx [T, d] (the combiner's part already in), for banks whose experts read
+  /// other tokens' inputs (expert_traits<E>::reads_other_tokens); nullptr where none can.
+  MatrixRef<S>* input_grad = nullptr;
 };
 
 }  // namespace moe

@@ -21,6 +21,10 @@ struct ExpertContext {
   ConstMatrixRef<S> input;
   /// Token index of each row of the slab; empty on the dense path.
   std::span<const Index> tokens{};
+  /// Backward only, for banks with expert_traits<E>::reads_other_tokens: the layer's dL/dx
+  /// [T, d], into which the expert adds the gradient of the other tokens' inputs it read
+  /// (its slab's own rows go to dx as usual). nullptr in forward and for other banks.
+  MatrixRef<S>* input_grad = nullptr;
 
   /// Tokens per sequence (ForwardContext::sequence_length; the whole batch when 0).
   [[nodiscard]] Index sequence_length() const noexcept {

@@ -69,6 +69,22 @@ struct expert_traits {
     if constexpr (requires { ExpertType::needs_context; }) return bool(ExpertType::needs_context);
     else return false;
   }();
+  /// Banks whose forward must see each expert's whole slab in one call (a recurrence over
+  /// the rows of a sequence): the executor does not cut a slab into row blocks for them.
+  static constexpr bool whole_slabs = [] {
+    if constexpr (requires { ExpertType::whole_slabs; }) return bool(ExpertType::whole_slabs);
+    else return false;
+  }();
+  /// Banks whose output for a row reads other tokens' inputs (ExpertContext::input, e.g. a
+  /// convolution over the sequence): their backward adds those tokens' gradient into
+  /// ExpertContext::input_grad, so the executor runs their experts' backward one after
+  /// another, in expert order (a fixed sum whatever the pool). Implies needs_context.
+  static constexpr bool reads_other_tokens = [] {
+    if constexpr (requires { ExpertType::reads_other_tokens; }) return bool(ExpertType::reads_other_tokens);
+    else return false;
+  }();
+  static_assert(!reads_other_tokens || needs_context,
+                "expert_traits: a bank with reads_other_tokens must also set needs_context (docs/experts.md#traits)");
   /// The element type the weights are stored in (bf16, a block-quantized format, ...); the
   /// activations are always scalar_type. Defaults to scalar_type.
   using weight_type = typename detail::weight_type_of<ExpertType>::type;

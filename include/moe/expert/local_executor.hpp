@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <span>
+#include <stdexcept>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
@@ -26,11 +27,11 @@ namespace detail {
 /// dense path (a dense plan has no token map: its rows are slots).
 template <class S>
 ExpertContext<S> slab_context(const DispatchPlan<S>& plan, Index begin, Index rows, const ConstMatrixRef<S>& input,
-                              const ForwardContext& ctx) {
+                              const ForwardContext& ctx, MatrixRef<S>* input_grad = nullptr) {
   std::span<const Index> tokens{};
   if (!plan.token.empty()) tokens = std::span<const Index>(plan.token).subspan(static_cast<std::size_t>(begin),
                                                                                static_cast<std::size_t>(rows));
-  return ExpertContext<S>{ctx, input, tokens};
+  return ExpertContext<S>{ctx, input, tokens, input_grad};
 }
 
 /// experts.forward(e, x, hidden, y, ...) in the form the bank provides: with its slab's
@@ -73,6 +74,10 @@ inline constexpr Index expert_rows_per_task = 512;
 /// backward: one task per expert (its weight gradient sums over all its rows, in a fixed
 /// order whatever the thread count); experts write disjoint slices of the gradients.
 ///
+/// A bank with expert_traits<E>::whole_slabs (a recurrence) gets each expert's slab in one
+/// forward call; one with reads_other_tokens (a convolution over the sequence) runs its
+/// experts' backward one after another in expert order, since each adds into the layer's dx.
+///
 /// Before a pool runs products, every one of its threads gets the product kernels' buffers
 /// for the bank's activation type and, when its weights are stored as another element type
 /// gemm widens (expert_traits<E>::weight_type, e.g. bf16), for that one too: which thread
@@ -92,16 +97,20 @@ struct LocalExecutor {
     const DispatchPlan<S>& plan = step.plan;
     // Task t covers rows [begin, begin + rows) of one expert; tasks are listed expert by expert.
     Index tasks = 0;
-    for (Index e = 0; e < plan.num_experts; ++e)
-      tasks += (plan.count(e) + expert_rows_per_task - 1) / expert_rows_per_task;
+    // A whole-slab bank takes each expert's rows in one block.
+    const auto block_rows = [&](Index n) {
+      return expert_traits<ExpertType>::whole_slabs ? std::max<Index>(n, 1) : expert_rows_per_task;
+    };
+    for (Index e = 0; e < plan.num_experts; ++e) tasks += (plan.count(e) + block_rows(plan.count(e)) - 1) / block_rows(plan.count(e));
     const auto locate = [&](Index task, Index& expert, Index& begin, Index& rows) {
       for (Index e = 0; e < plan.num_experts; ++e) {
         const Index n = plan.count(e);
-        const Index blocks = (n + expert_rows_per_task - 1) / expert_rows_per_task;
+        const Index per = block_rows(n);
+        const Index blocks = (n + per - 1) / per;
         if (task < blocks) {
           expert = e;
-          begin = plan.begin(e) + task * expert_rows_per_task;
-          rows = std::min(expert_rows_per_task, n - task * expert_rows_per_task);
+          begin = plan.begin(e) + task * per;
+          rows = std::min(per, n - task * per);
           return;
         }
         task -= blocks;
@@ -134,12 +143,20 @@ struct LocalExecutor {
     MatrixRef<S> dx_perm = step.dx_perm;
     MatrixRef<S> dhidden = step.dhidden;
     prepare<ExpertType, S>(pool);
-    detail::parallel_for(pool, plan.num_experts, [&](Index e) {
+    constexpr bool serial = expert_traits<ExpertType>::reads_other_tokens;
+    if constexpr (serial) {
+      if (step.input_grad == nullptr)
+        throw std::invalid_argument(
+            "LocalExecutor::backward(): the step's input_grad expected the layer's dx (the experts read other "
+            "tokens' inputs), got nullptr");
+    }
+    detail::parallel_for(serial ? nullptr : pool, plan.num_experts, [&](Index e) {
       const Index n = plan.count(e);
       if (n == 0) return;
       const Index b = plan.begin(e);
       if constexpr (expert_traits<ExpertType>::needs_context) {
-        const ExpertContext<S> ctx = detail::slab_context(plan, b, n, step.input, step.context);
+        const ExpertContext<S> ctx =
+            detail::slab_context(plan, b, n, step.input, step.context, serial ? step.input_grad : nullptr);
         detail::backward_expert<Arch, ExpertType, S>(experts, e, step.x_perm.middleRows(b, n),
                                                      step.hidden.middleRows(b, n), step.dy_perm.middleRows(b, n),
                                                      dx_perm.middleRows(b, n), dhidden.middleRows(b, n),

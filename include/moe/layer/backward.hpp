@@ -99,8 +99,9 @@ void sparse_backward(const Layer& layer, const ConstMatrixRef<typename Layer::sc
       CombinerBackward<S>{.x = ws.x_saved, .plan = plan, .y_perm = ws.y_perm, .dy = dy, .dy_perm = ws.dy_perm,
                           .dgate_slot = ws.dgate_slot.data(), .dx = dx},
       grads.combiner, cc);
-  // 4 experts, through the layer's executor.
-  layer.executor().template backward<Arch>(layer.experts(), ws.expert_step_backward(), grads.experts);
+  // 4 experts, through the layer's executor (experts that read other tokens' inputs add
+  // their gradient into dx here).
+  layer.executor().template backward<Arch>(layer.experts(), ws.expert_step_backward(&dx), grads.experts);
   // 3 gather: its transpose adds each token's dX_perm rows into dx, in slot order.
   ws.ones.assign(static_cast<std::size_t>(N), S(1));
   token_major_sum<Arch>(plan, ws.dx_perm, ws.ones.data(), dx, /*overwrite=*/false, ws.pool);

@@ -16,6 +16,7 @@
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
+#include <moe/expert/conv_experts.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
 #include <moe/expert/linear_experts.hpp>
@@ -439,6 +440,12 @@ using LowRankMoE = MoELayer<LowRankExperts<S>, SoftmaxTopKRouter<S>, SharedExper
 /// top-k (ForwardContext::task_ids).
 template <class S>
 using TaskAwareMoE = MoELayer<SwiGLUExperts<S>, TaskAwareSoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
+
+/// Convolutional experts with SwiGLU after the convolution, softmax top-k routing on the
+/// token's own input: a depthwise causal convolution over the token's sequence
+/// (ForwardContext::sequence_length), then SwiGLU.
+template <class S>
+using ConvMoE = MoELayer<CausalConvExperts<SwiGLUExperts<S>>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>>;
 
 }  // namespace moe
 

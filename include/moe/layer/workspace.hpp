@@ -61,8 +61,9 @@ struct Workspace {
   [[nodiscard]] ExpertStep<S> expert_step(const ConstMatrixRef<S>& x) noexcept {
     return {plan, x_perm, hidden, y_perm, x, last_context};
   }
-  [[nodiscard]] ExpertStepBackward<S> expert_step_backward() noexcept {
-    return {plan, x_perm, hidden, dy_perm, dx_perm, dhidden, x_saved, last_context};
+  /// input_grad is the layer's dL/dx, for experts that read other tokens' inputs.
+  [[nodiscard]] ExpertStepBackward<S> expert_step_backward(MatrixRef<S>* input_grad = nullptr) noexcept {
+    return {plan, x_perm, hidden, dy_perm, dx_perm, dhidden, x_saved, last_context, input_grad};
   }
 };
 
