@@ -13,9 +13,11 @@
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/softmax.hpp>
 #include <moe/kernels/top_k.hpp>
+#include <moe/loss/hierarchical_balancing_loss.hpp>
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <xsimd/xsimd.hpp>
 
@@ -36,7 +38,8 @@ namespace moe {
 /// primary logits are not stored (primary_logits(x) gives them, and backward recomputes them
 /// from x), so the router stays const and shareable between threads. A loss on
 /// routing.logits (LoadBalancingLoss, RouterZLoss) sees the secondary logits as one row of a*b
-/// experts; a load-balancing loss per level (issue #15) is not written yet.
+/// experts; HierarchicalBalancingLoss balances each level on its own (the router's backward
+/// consumes it, since it reads the primary probabilities).
 ///
 /// | member         | shape   | golden name                 |
 /// |----------------|---------|-----------------------------|
@@ -111,6 +114,19 @@ class HierarchicalRouter {
     kernels::gemm<Arch>(z, x, Op::none, primary_, Op::transpose, S(1), S(0), ctx.gemm);
   }
 
+  /// p = softmax(x Wp^T) [T, a], the primary probabilities (HierarchicalBalancingLoss reads them).
+  template <class Arch = xsimd::default_arch>
+  void primary_probabilities(const ConstMatrixRef<S>& x, MatrixRef<S> p, const ForwardContext& ctx = {}) const {
+    detail::require_shape(p, x.rows(), num_groups(), "HierarchicalRouter::primary_probabilities()", "p");
+    primary_logits<Arch>(x, p, ctx);
+    for (Index t = 0; t < x.rows(); ++t) kernels::SoftmaxRows<Arch>{}(p.row(t).data(), 1, num_groups(), num_groups());
+  }
+
+  /// The router's backward consumes HierarchicalBalancingLoss (it needs the primary
+  /// probabilities, which the RoutingResult does not hold).
+  template <class L>
+  static constexpr bool accepts_loss = std::is_same_v<L, HierarchicalBalancingLoss>;
+
   template <class Arch = xsimd::default_arch>
   void route(const ConstMatrixRef<S>& x, RoutingResult<S>& out, const ForwardContext& ctx = {}) const {
     detail::require(x.cols() == input_dim(), "HierarchicalRouter::route()", "x columns (input_dim)", input_dim(), x.cols());
@@ -154,9 +170,11 @@ class HierarchicalRouter {
   /// Backward of route(): in.dgate per pair; in.dlogits [T, a*b] comes in holding the losses'
   /// gradients on the secondary logits and leaves holding the total. The gate's gradient splits
   /// into the primary and the group factor; each goes through its renormalisation (when on) and
-  /// softmax. dWi += (group i's columns of dlogits)^T x, dWp += dz^T x, dx += both products.
+  /// softmax. Every weighted(HierarchicalBalancingLoss, w) of `losses` adds its gradient on the
+  /// primary and the group logits. dWi += (group i's columns of dlogits)^T x, dWp += dz^T x,
+  /// dx += both products.
   template <class Arch = xsimd::default_arch>
-  void backward(const RouterBackward<S>& in, HierarchicalRouter& grad, const auto& /*losses*/) const {
+  void backward(const RouterBackward<S>& in, HierarchicalRouter& grad, const auto& losses) const {
     const RoutingResult<S>& r = in.routing;
     const Index T = r.num_tokens, E = num_experts(), a = num_groups(), b = experts_per_group(), k = this->k();
     MatrixRef<S> dlogits = in.dlogits;
@@ -219,6 +237,10 @@ class HierarchicalRouter {
       // dz = p * (dp - c), with dp 0 outside the kept groups (written there as 0 already).
       for (Index i = 0; i < a; ++i) dzt[i] = pt[i] * (dzt[i] - c);
     }
+    losses.for_each([&](const auto& term) {
+      if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(term)>::loss_type, HierarchicalBalancingLoss>)
+        term.loss.backward(p, r, a, k1_, k2_, term.weight, dz, dlogits);
+    });
     const Eigen::Map<const RowMatrix<S>> dz_m(dz, T, a);
     kernels::gemm<Arch>(grad.groups_, dlogits, Op::transpose, in.x, Op::none, S(1), S(1));
     kernels::gemm<Arch>(grad.primary_, dz_m, Op::transpose, in.x, Op::none, S(1), S(1));
