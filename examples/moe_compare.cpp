@@ -279,6 +279,17 @@ std::vector<RouterEntry> routers() {
                         moe::ThresholdSkipRouter<S>(make_router_weight(w), w.top_k, moe::ThresholdSkip<S>{S(0.5)}));
                     return measure(name, rule, layer, x, w, {});
                   }});
+  // Expert families (issue #15) under softmax top-k.
+  list.push_back({"conv-experts", "softmax top-k; causal depthwise conv (4 taps) per expert, then SwiGLU",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Sequences of 256 tokens (or the whole batch), as soft-moe.
+                    moe::CausalConvExperts<moe::SwiGLUExperts<S>> experts(make_experts(w), 4);
+                    moe::examples::fill_normal(experts.kernels(), w.seed + 12, 0.5);
+                    const moe::ConvMoE<S> layer(std::move(experts), moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k));
+                    moe::ForwardContext ctx;
+                    ctx.sequence_length = x.rows() % 256 == 0 ? 256 : x.rows();
+                    return measure(name, rule, layer, x, w, ctx);
+                  }});
   list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
                   [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
                     // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the

@@ -595,3 +595,25 @@ TEMPLATE_TEST_CASE("low-rank experts round-trip with their base, frozen or train
   const auto frozen = moe::io::load_low_rank<S>(f, "moe.", {2, true, 3.0, false});
   CHECK(frozen.combiner().shared_expert().weights() == layer.combiner().shared_expert().weights());
 }
+
+TEMPLATE_TEST_CASE("convolutional experts round-trip their kernels and SwiGLU weights", "[io][save][conv]", float,
+                   double) {
+  using S = TestType;
+  moe::CausalConvExperts<moe::SwiGLUExperts<S>> experts(moe::test::swiglu<S>(E, D, FF, 1), 3);
+  moe::test::fill(experts.kernels(), 5, 0.5);
+  experts.inner().names() = {"experts.{e}.w1.weight", "experts.{e}.w3.weight", "experts.{e}.w2.weight"};
+  const moe::ConvMoE<S> layer(std::move(experts), moe::SoftmaxTopKRouter<S>(random<S>(E, D, 4), 2));
+  SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "moe.");
+  const auto f = reopen(w);
+  std::set<std::string> want = expert_names("moe.experts.", {"conv.weight", "w1.weight", "w3.weight", "w2.weight"});
+  want.insert("moe.gate.weight");
+  REQUIRE(names_of(f) == want);
+  const auto loaded = moe::io::load_conv_experts<S>(f, "moe.", {2, true});
+  CHECK(loaded.experts().kernel_size() == 3);
+  CHECK(loaded.experts().kernels() == layer.experts().kernels());
+  require_same_layer(layer, loaded);
+  SafetensorsWriter w2;
+  REQUIRE_THROWS_WITH(moe::io::save_layer(w2, layer, "moe.", Family::low_rank),
+                      "moe::io::save_layer(): family for a ConvMoE expected conv_expert, got low_rank");
+}

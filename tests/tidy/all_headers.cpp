@@ -30,6 +30,7 @@
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
+#include <moe/expert/conv_experts.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
 #include <moe/expert/linear_experts.hpp>
@@ -39,6 +40,7 @@
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
 #include <moe/gather/gather_slots.hpp>
+#include <moe/io/conv_loader.hpp>
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
@@ -76,6 +78,7 @@
 #include <moe/layer/workspace.hpp>
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/domain_loss.hpp>
+#include <moe/loss/hierarchical_balancing_loss.hpp>
 #include <moe/loss/importance_loss.hpp>
 #include <moe/loss/load_balancing_loss.hpp>
 #include <moe/loss/loss_list.hpp>
@@ -166,6 +169,12 @@ S routing_losses() {
   auto gc = c.make_gradients();
   sum += c.backward(y, ws, gc, losses(weighted(RoutingEntropyLoss{}, S(0.01)))).sum();
   sum += RoutingEntropyLoss{}.value(LossInput<S>{ws.routing, BackwardContext{ctx}});
+  // Each level's balance through a hierarchical layer's backward (the router consumes it).
+  const HierarchicalMoE<S> h(SwiGLUExperts<S>(E, d, ff), HierarchicalRouter<S>(2, 2, d, 1, 1));
+  y = h.forward(x, ws, ctx);
+  auto gh = h.make_gradients();
+  sum += h.backward(y, ws, gh, losses(weighted(HierarchicalBalancingLoss{}, S(0.01)))).sum();
+  sum += HierarchicalBalancingLoss{}.value(h.router(), ConstMatrixRef<S>(x), ws.routing);
   return sum + static_cast<S>(ws.stats.mean_experts_per_token());
 }
 
@@ -229,6 +238,9 @@ double all_layers() {
                       SharedExpertCombiner<LinearExperts<S>, SharedGate::none>(std::move(base))),
         16));
   }
+  sum += static_cast<double>(
+      exercise(ConvMoE<S>(CausalConvExperts<SwiGLUExperts<S>>(SwiGLUExperts<S>(E, d, ff), 3), SoftmaxTopKRouter<S>(E, d, 2)),
+               16, 8));
   sum += static_cast<double>(routing_losses<S>());
   return sum;
 }

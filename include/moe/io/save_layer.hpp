@@ -10,6 +10,7 @@
 #define MOE_IO_SAVE_LAYER_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/io/conv_loader.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/low_rank_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
@@ -46,6 +47,7 @@ enum class Family : std::uint8_t {
   threshold_skip,       ///< load_threshold_skip
   low_rank,             ///< load_low_rank
   hierarchical,         ///< load_hierarchical
+  conv_expert,          ///< load_conv_experts
 };
 
 [[nodiscard]] constexpr std::string_view family_name(Family f) noexcept {
@@ -67,6 +69,7 @@ enum class Family : std::uint8_t {
     case Family::threshold_skip: return "threshold_skip";
     case Family::low_rank: return "low_rank";
     case Family::hierarchical: return "hierarchical";
+    case Family::conv_expert: return "conv_expert";
   }
   return "?";
 }
@@ -157,6 +160,8 @@ template <class S, class A>
 using ThresholdSkipLayer = MoELayer<SwiGLUExperts<S>, ThresholdSkipRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using HierarchicalLayer = MoELayer<SwiGLUExperts<S>, HierarchicalRouter<S>, WeightedSumCombiner<S>, A>;
+template <class S, class A>
+using ConvLayer = MoELayer<CausalConvExperts<SwiGLUExperts<S>>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>, A>;
 template <class S, class A>
 using LowRankLayer =
     MoELayer<LowRankExperts<S>, SoftmaxTopKRouter<S>, SharedExpertCombiner<LinearExperts<S>, SharedGate::none>, A>;
@@ -388,6 +393,21 @@ void save_low_rank(SafetensorsWriter& w, const LowRankLayer<S, A>& layer, std::s
   }
 }
 
+/// Convolutional experts: {prefix}gate.weight, experts.{e}.conv.weight [w, d] (row 0 the
+/// current token) and experts.{e}.w1|w3|w2.weight. top_k and renormalize go to ConvConfig; the
+/// kernel size is the conv weight's rows. A router with a bias is refused (the loader reads none).
+template <class S, class A>
+void save_conv_experts(SafetensorsWriter& w, const ConvLayer<S, A>& layer, std::string_view prefix = "moe.") {
+  detail::require_no_router_bias(layer.router(), "moe::io::save_conv_experts()");
+  const std::string p(prefix);
+  detail::put_router<S>(w, layer.router().weight(), p + "gate.weight");
+  const auto& bank = layer.experts();
+  for (Index e = 0; e < bank.num_experts(); ++e)
+    detail::put<S>(w, p + "experts." + std::to_string(e) + ".conv.weight", {bank.kernel_size(), bank.input_dim()},
+                   bank.conv(e));
+  detail::put_swiglu<S>(w, bank.inner(), p + "experts.{e}.", "w1.weight", "w3.weight", "w2.weight");
+}
+
 namespace detail {
 
 [[noreturn]] inline void throw_family(Family got, std::string_view layer, std::string_view expected) {
@@ -437,6 +457,7 @@ MOE_IO_SAVE_LAYER_ONE_FAMILY(TopPLayer, Family::top_p, save_top_p, "TopPMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(ThresholdSkipLayer, Family::threshold_skip, save_threshold_skip, "ThresholdSkipMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(LowRankLayer, Family::low_rank, save_low_rank, "LowRankMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(HierarchicalLayer, Family::hierarchical, save_hierarchical, "HierarchicalMoE")
+MOE_IO_SAVE_LAYER_ONE_FAMILY(ConvLayer, Family::conv_expert, save_conv_experts, "ConvMoE")
 #undef MOE_IO_SAVE_LAYER_ONE_FAMILY
 
 }  // namespace moe::io
