@@ -83,12 +83,18 @@ RowMatrix<S> make_router_weight(const Workload& w) {
 template <class Layer>
 Row measure(const std::string& name, const std::string& rule, const Layer& layer, const RowMatrix<S>& x,
             const Workload& w, const moe::ForwardContext& ctx, bool has_logits = true) {
-  moe::Workspace<S> ws;
+  typename Layer::workspace_type layer_ws;
   RowMatrix<S> y(x.rows(), layer.output_dim());
-  layer.forward(x, y, ws, ctx);
+  layer.forward(x, y, layer_ws, ctx);
   const auto start = std::chrono::steady_clock::now();
-  for (int r = 0; r < w.reps; ++r) layer.forward(x, y, ws, ctx);
+  for (int r = 0; r < w.reps; ++r) layer.forward(x, y, layer_ws, ctx);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // A multi-head layer routes sub-tokens through its inner layer: the statistics are its.
+  const moe::Workspace<S>& ws = [&]() -> const moe::Workspace<S>& {
+    if constexpr (requires { layer_ws.inner; }) return layer_ws.inner;
+    else return layer_ws;
+  }();
+  const Index units = ws.routing.num_tokens;  // tokens, or sub-tokens
 
   Row row;
   row.router = name;
@@ -104,13 +110,18 @@ Row measure(const std::string& name, const std::string& rule, const Layer& layer
   row.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
   row.load_max_mean = mean > 0 ? max / mean : 0.0;
   row.rows_per_token = double(ws.plan.rows()) / double(x.rows());
-  if constexpr (moe::router_traits<typename Layer::router_type>::is_dense) {
+  if constexpr (requires { layer.inner(); }) {
+    row.experts_per_token = ws.stats.mean_experts_per_token();  // per sub-token
+    std::vector<bool> served(static_cast<size_t>(units), false);
+    for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
+    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(units);
+  } else if constexpr (moe::router_traits<typename Layer::router_type>::is_dense) {
     row.dropped = 0.0;  // every token receives a mixture of every slot
   } else {
     row.experts_per_token = ws.stats.mean_experts_per_token();
-    std::vector<bool> served(static_cast<size_t>(x.rows()), false);
+    std::vector<bool> served(static_cast<size_t>(units), false);
     for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
-    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(x.rows());
+    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(units);
   }
   if (has_logits) {
     row.aux_loss = double(moe::LoadBalancingLoss{moe::LoadBalancingLoss::Normalization::unit}(ws.routing));
@@ -277,6 +288,21 @@ std::vector<RouterEntry> routers() {
                     const moe::ThresholdSkipMoE<S> layer(
                         make_experts(w),
                         moe::ThresholdSkipRouter<S>(make_router_weight(w), w.top_k, moe::ThresholdSkip<S>{S(0.5)}));
+                    return measure(name, rule, layer, x, w, {});
+                  }});
+  list.push_back({"multi-head", "4 heads: each d/4 sub-token (a row) routed alone, softmax top-k, experts d/4->ff->d/4 (MH-MoE)",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Experts d/h -> ff -> d/h: h sub-tokens cost what one token costs under
+                    // top-k over full-width experts; the two d x d projections come on top.
+                    const Index h = w.d_model % 4 == 0 ? 4 : 1;
+                    Workload sub = w;
+                    sub.d_model = w.d_model / h;
+                    RowMatrix<S> head(w.d_model, w.d_model), merge(w.d_model, w.d_model);
+                    moe::examples::fill_normal(head, w.seed + 13, 1.0 / std::sqrt(double(w.d_model)));
+                    moe::examples::fill_normal(merge, w.seed + 14, 1.0 / std::sqrt(double(w.d_model)));
+                    const moe::MultiHeadMoE<S> layer(
+                        moe::MixtralMoE<S>(make_experts(sub), moe::SoftmaxTopKRouter<S>(make_router_weight(sub), w.top_k)), h,
+                        std::move(head), std::move(merge));
                     return measure(name, rule, layer, x, w, {});
                   }});
   // Expert families (issue #15) under softmax top-k.

@@ -37,7 +37,8 @@
 #include <moe/dispatch/statistics.hpp>
 #include <moe/gather/gather.hpp>           // 3 gather
 #include <moe/gather/gather_slots.hpp>
-#include <moe/expert/ffn_experts.hpp>      // 4 experts
+#include <moe/expert/conv_experts.hpp>     // 4 experts
+#include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
 #include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
@@ -53,12 +54,14 @@
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/modality_balancing_loss.hpp>
 #include <moe/loss/domain_loss.hpp>
+#include <moe/loss/hierarchical_balancing_loss.hpp>
 #include <moe/loss/routing_entropy_loss.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 
 #include <moe/layer/backward.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/layer/multi_head_layer.hpp>
 #include <moe/layer/workspace.hpp>
 
 #endif  // MOE_MOE_HPP

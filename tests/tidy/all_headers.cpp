@@ -46,6 +46,7 @@
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/low_rank_loader.hpp>
+#include <moe/io/multi_head_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_impl.hpp>
@@ -75,6 +76,7 @@
 #include <moe/layer/backward.hpp>
 #include <moe/layer/dense_backward.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/layer/multi_head_layer.hpp>
 #include <moe/layer/workspace.hpp>
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/domain_loss.hpp>
@@ -117,7 +119,7 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   const RowMatrix<S> x = RowMatrix<S>::Random(tokens, layer.input_dim());
   std::vector<std::int64_t> ids(static_cast<std::size_t>(tokens));
   for (std::size_t t = 0; t < ids.size(); ++t) ids[t] = static_cast<std::int64_t>(t % 7);
-  Workspace<S> ws;
+  typename Layer::workspace_type ws;
   ThreadPool pool(2);
   ForwardContext ctx;
   ctx.mode = Mode::training;
@@ -134,7 +136,11 @@ typename Layer::scalar_type exercise(const Layer& layer, Index tokens, Index seq
   const RowMatrix<S> dx = layer.backward(y, ws, grads, LossWeights<S>{.aux = S(0.01), .z = S(0.001)});
   ctx.mode = Mode::inference;
   const RowMatrix<S> y2 = layer.forward(x, ws, ctx);
-  return y.sum() + dx.sum() + y2.sum() + LoadBalancingLoss{}(ws.routing) + RouterZLoss{}(ws.routing);
+  const auto& routing = [&]() -> const RoutingResult<S>& {
+    if constexpr (requires { ws.inner; }) return ws.inner.routing;  // a multi-head layer's sub-tokens
+    else return ws.routing;
+  }();
+  return y.sum() + dx.sum() + y2.sum() + LoadBalancingLoss{}(routing) + RouterZLoss{}(routing);
 }
 
 /// The per-modality balancing loss, the domain loss and the routing entropy through a layer's backward.
@@ -241,6 +247,8 @@ double all_layers() {
   sum += static_cast<double>(
       exercise(ConvMoE<S>(CausalConvExperts<SwiGLUExperts<S>>(SwiGLUExperts<S>(E, d, ff), 3), SoftmaxTopKRouter<S>(E, d, 2)),
                16, 8));
+  sum += static_cast<double>(
+      exercise(MultiHeadMoE<S>(MixtralMoE<S>(SwiGLUExperts<S>(E, d / 2, ff), SoftmaxTopKRouter<S>(E, d / 2, 2)), 2), 16));
   sum += static_cast<double>(routing_losses<S>());
   return sum;
 }
