@@ -316,6 +316,18 @@ std::vector<RouterEntry> routers() {
                     ctx.sequence_length = x.rows() % 256 == 0 ? 256 : x.rows();
                     return measure(name, rule, layer, x, w, ctx);
                   }});
+  list.push_back({"recurrent", "softmax top-k per sequence on its mean input; GRU experts (hidden d) over each sequence",
+                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
+                    // Sequences of 256 tokens (or the whole batch); GRU weights N(0, 1/d).
+                    moe::GRUExperts<S> experts(w.experts, w.d_model, w.d_model);
+                    moe::examples::fill_normal(experts.weights_ih(), w.seed + 15, 1.0 / std::sqrt(double(w.d_model)));
+                    moe::examples::fill_normal(experts.weights_hh(), w.seed + 16, 1.0 / std::sqrt(double(w.d_model)));
+                    const moe::RecurrentMoE<S> layer(std::move(experts),
+                                                     moe::SequenceSoftmaxTopKRouter<S>(moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k)));
+                    moe::ForwardContext ctx;
+                    ctx.sequence_length = x.rows() % 256 == 0 ? 256 : x.rows();
+                    return measure(name, rule, layer, x, w, ctx);
+                  }});
   list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
                   [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
                     // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the

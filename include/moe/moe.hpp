@@ -32,6 +32,7 @@
 #include <moe/router/modality_router.hpp>
 #include <moe/router/domain_aware_router.hpp>
 #include <moe/router/task_aware_router.hpp>
+#include <moe/router/sequence_router.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
@@ -40,6 +41,7 @@
 #include <moe/expert/conv_experts.hpp>     // 4 experts
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/gru_experts.hpp>
 #include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
 #include <moe/expert/low_rank_experts.hpp>
@@ -62,6 +64,7 @@
 #include <moe/layer/backward.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/layer/multi_head_layer.hpp>
+#include <moe/layer/recurrent_moe.hpp>
 #include <moe/layer/workspace.hpp>
 
 #endif  // MOE_MOE_HPP

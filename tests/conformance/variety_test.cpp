@@ -4,12 +4,11 @@
 // "expected.*" tensor must be computed and match within the README's tolerances (max |a-b| /
 // max |b| below 1e-5 in float, 1e-4 for float gradients, 1e-10 in double). A loss gradient
 // the file does not store must be exactly zero (the README: the loss reaches no other
-// weight). A case of an unknown family fails. The families of issue #15 not yet run
-// (recurrent) are skipped by
-// name, with a warning, until that issue lands; no other skip exists.
+// weight). A case of an unknown family fails; no case is skipped.
 #include <moe/io/conv_loader.hpp>
 #include <moe/io/low_rank_loader.hpp>
 #include <moe/io/multi_head_loader.hpp>
+#include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/loss/domain_loss.hpp>
@@ -38,12 +37,6 @@ using moe::test::meta;
 using moe::test::meta_bool;
 using moe::test::meta_double;
 using moe::test::meta_index;
-
-/// Families of ../shared/golden-variety that issue #15 brings; nothing else may be skipped.
-const std::set<std::string>& pending_families() {
-  static const std::set<std::string> names{"recurrent_expert"};
-  return names;
-}
 
 std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& name) { return f.read<std::int64_t>(name); }
 
@@ -273,6 +266,36 @@ GoldenRun run_multi_head(const SafetensorsFile& f) {
   return r;
 }
 
+// recurrent_expert ----------------------------------------------------------------------------
+
+template <class S>
+GoldenRun run_recurrent_expert(const SafetensorsFile& f) {
+  REQUIRE(meta(f, "routing_unit") == "sequence");
+  REQUIRE(meta(f, "gru_gate_order") == "r,z,n");
+  const auto layer =
+      moe::io::load_recurrent<S>(f, meta(f, "prefix"), {meta_index(f, "top_k"), meta_bool(f, "renormalize")});
+  REQUIRE(layer.output_dim() == meta_index(f, "hidden_size"));
+  const std::vector<std::int64_t> shape = f.info("input").shape;
+  REQUIRE(shape.size() == 3);
+  moe::ForwardContext ctx;
+  ctx.sequence_length = shape[1];  // each of the B sequences is routed once
+  const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
+  GoldenRun r;
+  moe::Workspace<S> ws;
+  r.set("output", layer.forward(x, ws, ctx).template cast<double>());
+  // The decision per sequence: logits and gates [B, E].
+  moe::RoutingResult<S> per_sequence;
+  layer.router().route_sequences(x, per_sequence, ctx);
+  r.set("router_logits", per_sequence.logits.template cast<double>());
+  r.set("gates", per_sequence.dense_gates().template cast<double>());
+  // The token-level routing the layer ran gives each token its sequence's gates.
+  const RowMatrix<S> token_gates = ws.routing.dense_gates();
+  for (Index t = 0; t < x.rows(); ++t) REQUIRE(token_gates.row(t) == per_sequence.dense_gates().row(t / shape[1]));
+  report_backward(layer, f, ctx, r, "grad", false, moe::no_losses);
+  r.has_gradients = true;
+  return r;
+}
+
 struct VarietyRunner {
   GoldenRun (*run_float)(const SafetensorsFile&);
   GoldenRun (*run_double)(const SafetensorsFile&);
@@ -289,6 +312,7 @@ const std::map<std::string, VarietyRunner>& variety_runners() {
       {"hierarchical", {run_hierarchical<float>, run_hierarchical<double>}},
       {"conv_expert", {run_conv_expert<float>, run_conv_expert<double>}},
       {"multi_head", {run_multi_head<float>, run_multi_head<double>}},
+      {"recurrent_expert", {run_recurrent_expert<float>, run_recurrent_expert<double>}},
   };
   return runners;
 }
@@ -344,9 +368,6 @@ TEMPLATE_TEST_CASE("golden variety cases match the reference in every computed q
       if (it != variety_runners().end()) {
         const GoldenRun run = is_float ? it->second.run_float(f) : it->second.run_double(f);
         check_case(f, run, tol, grad_tol);
-      } else if (pending_families().count(family) != 0) {
-        WARN("golden variety case " << name << ": family '" << family
-                                    << "' is issue #15's (more kinds of experts and routing); skipped until it lands");
       } else {
         FAIL("golden variety case " << name << ": family '" << family << "' has no runner in this build");
       }
@@ -354,10 +375,15 @@ TEMPLATE_TEST_CASE("golden variety cases match the reference in every computed q
   }
 }
 
-TEST_CASE("the variety folder holds both issue #18 families", "[conformance][golden][variety]") {
+TEST_CASE("the variety folder holds every family of issues #15 and #18, and each has a runner",
+          "[conformance][golden][variety]") {
   std::set<std::string> families;
   for (const auto& path : moe::test::golden_variety_cases())
     families.insert(meta(SafetensorsFile::open(path), "family"));
-  CHECK(families.count("modality_experts") == 1);
-  CHECK(families.count("domain_aware") == 1);
+  for (const char* family : {"modality_experts", "domain_aware", "top_p", "threshold_skip", "hierarchical", "multi_head",
+                             "low_rank", "task_aware", "conv_expert", "recurrent_expert"}) {
+    INFO("family " << family);
+    CHECK(families.count(family) == 1);
+    CHECK(variety_runners().count(family) == 1);
+  }
 }

@@ -33,6 +33,7 @@
 #include <moe/expert/conv_experts.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
+#include <moe/expert/gru_experts.hpp>
 #include <moe/expert/linear_experts.hpp>
 #include <moe/expert/local_executor.hpp>
 #include <moe/expert/low_rank_experts.hpp>
@@ -47,6 +48,7 @@
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/low_rank_loader.hpp>
 #include <moe/io/multi_head_loader.hpp>
+#include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_impl.hpp>
@@ -77,6 +79,7 @@
 #include <moe/layer/dense_backward.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/layer/multi_head_layer.hpp>
+#include <moe/layer/recurrent_moe.hpp>
 #include <moe/layer/workspace.hpp>
 #include <moe/loss/bias_balancing.hpp>
 #include <moe/loss/domain_loss.hpp>
@@ -98,6 +101,7 @@
 #include <moe/router/modality_router.hpp>
 #include <moe/router/noisy_top_k_router.hpp>
 #include <moe/router/router_wrapper.hpp>
+#include <moe/router/sequence_router.hpp>
 #include <moe/router/soft_router.hpp>
 #include <moe/router/task_aware_router.hpp>
 #include <moe/router/top_k_router.hpp>
@@ -249,6 +253,7 @@ double all_layers() {
                16, 8));
   sum += static_cast<double>(
       exercise(MultiHeadMoE<S>(MixtralMoE<S>(SwiGLUExperts<S>(E, d / 2, ff), SoftmaxTopKRouter<S>(E, d / 2, 2)), 2), 16));
+  sum += static_cast<double>(exercise(RecurrentMoE<S>(GRUExperts<S>(E, d, d), SequenceSoftmaxTopKRouter<S>(E, d, 2)), 16, 8));
   sum += static_cast<double>(routing_losses<S>());
   return sum;
 }
