@@ -9,8 +9,11 @@
 #ifndef MOE_TESTS_FUZZ_FUZZ_HARNESS_HPP
 #define MOE_TESTS_FUZZ_FUZZ_HARNESS_HPP
 
+#include <moe/io/conv_loader.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/low_rank_loader.hpp>
+#include <moe/io/multi_head_loader.hpp>
+#include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/soft_moe_loader.hpp>
@@ -62,14 +65,14 @@ void run_small(const Layer& layer, const ForwardContext& ctx = {}) {
   if (d > 256 || layer.num_experts() > 64) return;
   RowMatrix<float> x(3, d);
   for (Index i = 0; i < x.size(); ++i) x.data()[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
-  Workspace<float> ws;
+  typename Layer::workspace_type ws;
   const RowMatrix<float> y = layer.forward(x, ws, ctx);
   if (y.rows() != 3 || y.cols() != layer.output_dim()) throw FuzzFinding("a loaded layer's forward gave the wrong shape");
 }
 
 inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
   using namespace moe::io;
-  switch (which % 17) {
+  switch (which % 20) {
     case 0: run_small(load_mixtral<float>(f, "block_sparse_moe.", MixtralConfig{2})); break;
     case 1: run_small(load_olmoe<float>(f, "mlp.", OlmoeConfig{2, false})); break;
     case 2: run_small(load_qwen2_moe<float>(f, "mlp.", Qwen2MoeConfig{2, false})); break;
@@ -126,7 +129,10 @@ inline void load_one(std::uint8_t which, const io::SafetensorsFile& f) {
     case 13: run_small(load_top_p<float>(f, "moe.", TopPConfig{0.5, 2})); break;
     case 14: run_small(load_threshold_skip<float>(f, "moe.", ThresholdSkipConfig{0.5, 2})); break;
     case 15: run_small(load_low_rank<float>(f, "moe.", LowRankConfig{2, true, 4.0, false})); break;
-    default: run_small(load_hierarchical<float>(f, "moe.", HierarchicalConfig{2, 1, true})); break;
+    case 16: run_small(load_hierarchical<float>(f, "moe.", HierarchicalConfig{2, 1, true})); break;
+    case 17: run_small(load_conv_experts<float>(f, "moe.", ConvConfig{2, true})); break;
+    case 18: run_small(load_multi_head<float>(f, "moe.", MultiHeadConfig{0, 2, true})); break;
+    default: run_small(load_recurrent<float>(f, "moe.", RecurrentConfig{2, true})); break;  // 3 rows: one sequence
   }
 }
 

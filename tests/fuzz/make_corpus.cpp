@@ -150,6 +150,37 @@ SafetensorsWriter hierarchical() {
   return w;
 }
 
+/// Convolutional experts: kernels of 3 taps [3, D] before SwiGLU.
+SafetensorsWriter conv_expert() {
+  SafetensorsWriter w = moe_layout(false, false);
+  for (int e = 0; e < E; ++e) put(w, "moe.experts." + std::to_string(e) + ".conv.weight", {3, D});
+  return w;
+}
+
+/// Multi-head: 2 heads of D/2, SwiGLU experts of width D/2, the two projections [D, D].
+SafetensorsWriter multi_head() {
+  SafetensorsWriter w;
+  put(w, "moe.head_proj.weight", {D, D});
+  put(w, "moe.gate.weight", {E, D / 2});
+  swiglu(w, "moe.experts.", E, D / 2, FF, "w1.weight", "w3.weight", "w2.weight");
+  put(w, "moe.merge_proj.weight", {D, D});
+  return w;
+}
+
+/// Recurrent experts: GRUs with hidden size D (weight_ih, weight_hh [3D, D], biases [3D]).
+SafetensorsWriter recurrent_expert() {
+  SafetensorsWriter w;
+  put(w, "moe.gate.weight", {E, D});
+  for (int e = 0; e < E; ++e) {
+    const std::string q = "moe.experts." + std::to_string(e) + ".";
+    put(w, q + "weight_ih", {3 * D, D});
+    put(w, q + "weight_hh", {3 * D, D});
+    put(w, q + "bias_ih", {3 * D});
+    put(w, q + "bias_hh", {3 * D});
+  }
+  return w;
+}
+
 /// Every dtype once, with a few metadata keys: the reader's conversion paths.
 SafetensorsWriter all_dtypes() {
   SafetensorsWriter w;
@@ -227,7 +258,8 @@ int main(int argc, char** argv) {
       {"expert_choice", moe_layout(false, false)}, {"hash", moe_layout(false, true)},
       {"modality_experts", modality_experts()}, {"domain_aware", domain_aware()},
       {"task_aware", task_aware()}, {"top_p", moe_layout(false, false)},
-      {"threshold_skip", moe_layout(false, false)}, {"low_rank", low_rank()}, {"hierarchical", hierarchical()}};
+      {"threshold_skip", moe_layout(false, false)}, {"low_rank", low_rank()}, {"hierarchical", hierarchical()},
+      {"conv_expert", conv_expert()}, {"multi_head", multi_head()}, {"recurrent_expert", recurrent_expert()}};
   for (std::size_t i = 0; i < families.size(); ++i) {
     Bytes b = families[i].second.to_bytes();
     save(reader / (std::string("valid_") + families[i].first), b);
