@@ -28,9 +28,12 @@ if [[ -z $tidy ]]; then
   exit 2
 fi
 
-# tests/tidy/all_headers.cpp: every header, every layer alias forward and backward;
-# load_hf_layer: the safetensors reader and the ten loaders; train_mixture: the optimisers.
-units=(tests/tidy/all_headers.cpp examples/load_hf_layer.cpp examples/train_mixture.cpp)
+# tests/tidy/all_headers.cpp: every header, every layer alias forward and backward, in float;
+# its copy build/tidy/tests/tidy/all_headers_double.cpp (tests/CMakeLists.txt) the same in
+# double, a second unit so the halves run side by side; load_hf_layer: the safetensors reader
+# and the loaders; train_mixture: the optimisers.
+units=(tests/tidy/all_headers.cpp build/tidy/tests/tidy/all_headers_double.cpp examples/load_hf_layer.cpp
+  examples/train_mixture.cpp)
 [[ $# -gt 0 ]] && units=("$@")
 
 cmake --preset tidy >/dev/null

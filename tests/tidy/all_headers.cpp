@@ -4,7 +4,8 @@
 // compiled only by clang-tidy (target moe_tidy_all_headers is EXCLUDE_FROM_ALL); the
 // loaders and the optimisers are instantiated by examples/load_hf_layer.cpp and
 // examples/train_mixture.cpp, which scripts/tidy.sh checks beside this file. scripts/tidy.sh
-// fails if a header under include/moe/ is reached by none of its translation units.
+// fails if a header under include/moe/ is reached by none of its translation units. This unit
+// instantiates the float layers, its copy the double ones.
 
 #include <moe/combine/shared_expert_combiner.hpp>
 #include <moe/combine/soft_combiner.hpp>
@@ -258,7 +259,13 @@ double all_layers() {
   return sum;
 }
 
-template double all_layers<float>();
+// Each scalar type in its own unit, so scripts/tidy.sh analyses the two halves side by side:
+// tests/CMakeLists.txt copies this file to <build>/tests/tidy/all_headers_double.cpp and
+// compiles the copy with MOE_TIDY_DOUBLE.
+#ifdef MOE_TIDY_DOUBLE
 template double all_layers<double>();
+#else
+template double all_layers<float>();
+#endif
 
 }  // namespace moe::tidy
