@@ -14,7 +14,8 @@
 #      moe_bench_backward  -> backward.json  (e: forward+backward / forward)
 #      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound)
 #      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
-#      moe-compare --tokens T -> compare-T.json for T in 32 128 512 2048 (tokens/s per router)
+#      moe-compare --tokens T at the Mixtral-scaled shape -> compare-T.json for T in 32 128 512
+#      2048 (tokens/s per router)
 #    and machine.json (CPU, cores, load average before and after, date, commit);
 # 3. calls scripts/perf_report.py, which writes docs/PERFORMANCE.md and docs/perf/*.png.
 #
@@ -140,7 +141,10 @@ echo "== moe-compare, every router policy"
 for T in 32 128 512 2048; do
   [[ "${SKIP_COMPARE:-0}" == 1 ]] && break
   r=$(( 4096 / T > 3 ? 4096 / T : 3 ))
-  "$bin/examples/moe-compare" --tokens "$T" --reps "$r" --json "$out/compare-$T.json"
+  # At the Mixtral-scaled shape of the benchmarks (bench/bench_shapes.hpp), every family beside
+  # softmax top-k (issue #15 item 10).
+  "$bin/examples/moe-compare" --tokens "$T" --reps "$r" --d-model 1024 --d-ff 2816 --experts 8 --top-k 2 \
+    --json "$out/compare-$T.json"
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -450,10 +450,11 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
         add("")
     if "routers_tokens_per_s.png" in plots:
         w = compare[min(compare)]["workload"]
-        add(f"Tokens per second against T for every router policy of `moe-compare` (its built-in "
-            f"workload: d {w['d_model']}, ff {w['d_ff']}, {w['experts']} SwiGLU experts, top-{w['top_k']}, "
-            f"clustered inputs; {w['reps']} timed forwards after a warm-up, wall clock, so load on the "
-            f"machine shows up here and not in the tables above):")
+        add(f"Tokens per second against T for every router policy of `moe-compare` (d {w['d_model']}, "
+            f"ff {w['d_ff']}, {w['experts']} SwiGLU experts, top-{w['top_k']}, clustered inputs; at least "
+            f"4096 tokens timed per point after a warm-up, wall clock, so load on the machine shows up here "
+            f"and not in the tables above). Expert rows per token is the compute: top-p and threshold "
+            f"skipping run fewer than k experts per token:")
         add("")
         add("![tokens/s per router](perf/routers_tokens_per_s.png)")
         add("")
