@@ -40,6 +40,15 @@ using moe::test::meta_index;
 
 std::vector<std::int64_t> read_ids(const SafetensorsFile& f, const std::string& name) { return f.read<std::int64_t>(name); }
 
+/// A context whose sequences are the file's: input [B, S, d] holds B sequences of S tokens.
+moe::ForwardContext sequences_of(const SafetensorsFile& f) {
+  const std::vector<std::int64_t> shape = f.info("input").shape;
+  REQUIRE(shape.size() == 3);
+  moe::ForwardContext ctx;
+  ctx.sequence_length = shape[1];
+  return ctx;
+}
+
 /// L = sum(output * grad_output): "grad.input" and "grad.<prefix><weight>" of the layer.
 template <class Layer, class Losses>
 void report_backward(const Layer& layer, const SafetensorsFile& f, const moe::ForwardContext& ctx, GoldenRun& r,
@@ -232,10 +241,7 @@ GoldenRun run_conv_expert(const SafetensorsFile& f) {
   const auto layer =
       moe::io::load_conv_experts<S>(f, meta(f, "prefix"), {meta_index(f, "top_k"), meta_bool(f, "renormalize")});
   REQUIRE(layer.experts().kernel_size() == meta_index(f, "kernel_size"));
-  const std::vector<std::int64_t> shape = f.info("input").shape;
-  REQUIRE(shape.size() == 3);
-  moe::ForwardContext ctx;
-  ctx.sequence_length = shape[1];  // the convolution stays within each of the B sequences
+  const moe::ForwardContext ctx = sequences_of(f);  // the convolution stays within each sequence
   const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
   moe::Workspace<S> ws;
   GoldenRun r = moe::test::run_routed_forward(layer, x, ws, ctx);
@@ -275,10 +281,7 @@ GoldenRun run_recurrent_expert(const SafetensorsFile& f) {
   const auto layer =
       moe::io::load_recurrent<S>(f, meta(f, "prefix"), {meta_index(f, "top_k"), meta_bool(f, "renormalize")});
   REQUIRE(layer.output_dim() == meta_index(f, "hidden_size"));
-  const std::vector<std::int64_t> shape = f.info("input").shape;
-  REQUIRE(shape.size() == 3);
-  moe::ForwardContext ctx;
-  ctx.sequence_length = shape[1];  // each of the B sequences is routed once
+  const moe::ForwardContext ctx = sequences_of(f);  // each sequence is routed once
   const RowMatrix<S> x = f.read_rows<S>("input", -1, layer.input_dim());
   GoldenRun r;
   moe::Workspace<S> ws;
@@ -290,7 +293,7 @@ GoldenRun run_recurrent_expert(const SafetensorsFile& f) {
   r.set("gates", per_sequence.dense_gates().template cast<double>());
   // The token-level routing the layer ran gives each token its sequence's gates.
   const RowMatrix<S> token_gates = ws.routing.dense_gates();
-  for (Index t = 0; t < x.rows(); ++t) REQUIRE(token_gates.row(t) == per_sequence.dense_gates().row(t / shape[1]));
+  for (Index t = 0; t < x.rows(); ++t) REQUIRE(token_gates.row(t) == per_sequence.dense_gates().row(t / ctx.sequence_length));
   report_backward(layer, f, ctx, r, "grad", false, moe::no_losses);
   r.has_gradients = true;
   return r;

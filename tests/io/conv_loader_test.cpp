@@ -42,20 +42,10 @@ SafetensorsWriter conv_writer(const std::string& skip = "", bool bad_w = false) 
   return w;
 }
 
-template <class Block>
-bool equals_conv_file(const SafetensorsFile& f, const std::string& name, const Block& m) {
-  const std::vector<double> v = f.read<double>(name);
-  if (static_cast<Index>(v.size()) != m.size()) return false;
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c)
-      if (static_cast<double>(m(r, c)) != v[static_cast<std::size_t>(r * m.cols() + c)]) return false;
-  return true;
-}
 
 }  // namespace conv_loader_test
 
 using conv_loader_test::conv_writer;
-using conv_loader_test::equals_conv_file;
 using moe::Index;
 
 TEMPLATE_TEST_CASE("load_conv_experts reads the golden-variety file: sizes, kernel size, every weight",
@@ -68,14 +58,14 @@ TEMPLATE_TEST_CASE("load_conv_experts reads the golden-variety file: sizes, kern
   REQUIRE(layer.num_experts() == E);
   REQUIRE(layer.input_dim() == d);
   REQUIRE(layer.experts().kernel_size() == std::stol(moe::test::meta(f, "kernel_size")));
-  REQUIRE(equals_conv_file(f, p + "gate.weight", layer.router().weight()));
+  REQUIRE(moe::test::equals_file(f, p + "gate.weight", layer.router().weight()));
   for (Index e = 0; e < E; ++e) {
     INFO("expert " << e);
     const std::string q = p + "experts." + std::to_string(e) + ".";
-    REQUIRE(equals_conv_file(f, q + "conv.weight", layer.experts().conv(e)));
-    REQUIRE(equals_conv_file(f, q + "w1.weight", layer.experts().inner().gate_proj(e)));
-    REQUIRE(equals_conv_file(f, q + "w3.weight", layer.experts().inner().up_proj(e)));
-    REQUIRE(equals_conv_file(f, q + "w2.weight", layer.experts().inner().down_proj(e)));
+    REQUIRE(moe::test::equals_file(f, q + "conv.weight", layer.experts().conv(e)));
+    REQUIRE(moe::test::equals_file(f, q + "w1.weight", layer.experts().inner().gate_proj(e)));
+    REQUIRE(moe::test::equals_file(f, q + "w3.weight", layer.experts().inner().up_proj(e)));
+    REQUIRE(moe::test::equals_file(f, q + "w2.weight", layer.experts().inner().down_proj(e)));
   }
   std::vector<std::string> names;
   layer.for_each_parameter([&](const std::string& n, const auto&) { names.push_back(n); });

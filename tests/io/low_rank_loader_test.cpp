@@ -42,15 +42,6 @@ SafetensorsWriter low_rank_writer(const std::string& skip = "", bool bad_b = fal
   return w;
 }
 
-template <class Block>
-bool equals_file(const SafetensorsFile& f, const std::string& name, const Block& m) {
-  const std::vector<double> v = f.read<double>(name);
-  if (static_cast<Index>(v.size()) != m.size()) return false;
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c)
-      if (static_cast<double>(m(r, c)) != v[static_cast<std::size_t>(r * m.cols() + c)]) return false;
-  return true;
-}
 
 }  // namespace
 
@@ -67,12 +58,12 @@ TEMPLATE_TEST_CASE("load_low_rank reads the golden-variety file: sizes, rank, sc
   REQUIRE(layer.input_dim() == d);
   REQUIRE(layer.experts().rank() == r);
   REQUIRE(static_cast<double>(layer.experts().scale()) == alpha / static_cast<double>(r));
-  REQUIRE(equals_file(f, p + "gate.weight", layer.router().weight()));
-  REQUIRE(equals_file(f, p + "base.weight", layer.combiner().shared_expert().weight(0)));
+  REQUIRE(moe::test::equals_file(f, p + "gate.weight", layer.router().weight()));
+  REQUIRE(moe::test::equals_file(f, p + "base.weight", layer.combiner().shared_expert().weight(0)));
   for (Index e = 0; e < E; ++e) {
     INFO("expert " << e);
-    REQUIRE(equals_file(f, p + "experts." + std::to_string(e) + ".lora_A.weight", layer.experts().lora_a(e)));
-    REQUIRE(equals_file(f, p + "experts." + std::to_string(e) + ".lora_B.weight", layer.experts().lora_b(e)));
+    REQUIRE(moe::test::equals_file(f, p + "experts." + std::to_string(e) + ".lora_A.weight", layer.experts().lora_a(e)));
+    REQUIRE(moe::test::equals_file(f, p + "experts." + std::to_string(e) + ".lora_B.weight", layer.experts().lora_b(e)));
   }
 }
 

@@ -63,22 +63,12 @@ SafetensorsWriter mh_writer(const Spec& s = {}) {
   return w;
 }
 
-template <class Block>
-bool mh_equals_file(const SafetensorsFile& f, const std::string& name, const Block& m) {
-  const std::vector<double> v = f.read<double>(name);
-  if (static_cast<Index>(v.size()) != m.size()) return false;
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c)
-      if (static_cast<double>(m(r, c)) != v[static_cast<std::size_t>(r * m.cols() + c)]) return false;
-  return true;
-}
 
 }  // namespace mh_loader_test
 
 TEMPLATE_TEST_CASE("load_multi_head reads the golden-variety file: sizes, heads, every weight",
                    "[io][loader][multi_head][variety]", float, double) {
   using S = TestType;
-  using mh_loader_test::mh_equals_file;
   const auto f = moe::io::SafetensorsFile::open(moe::test::golden_variety_dir() / "multi_head.safetensors");
   const std::string p = moe::test::meta(f, "prefix");
   const moe::Index h = std::stol(moe::test::meta(f, "num_heads")), d = std::stol(moe::test::meta(f, "d_model"));
@@ -93,15 +83,15 @@ TEMPLATE_TEST_CASE("load_multi_head reads the golden-variety file: sizes, heads,
     REQUIRE(layer.num_experts() == E);
     REQUIRE(layer.inner().experts().d_ff() == ff);
     REQUIRE(layer.inner().router().k() == k);
-    REQUIRE(mh_equals_file(f, p + "head_proj.weight", layer.head_proj()));
-    REQUIRE(mh_equals_file(f, p + "merge_proj.weight", layer.merge_proj()));
-    REQUIRE(mh_equals_file(f, p + "gate.weight", layer.inner().router().weight()));
+    REQUIRE(moe::test::equals_file(f, p + "head_proj.weight", layer.head_proj()));
+    REQUIRE(moe::test::equals_file(f, p + "merge_proj.weight", layer.merge_proj()));
+    REQUIRE(moe::test::equals_file(f, p + "gate.weight", layer.inner().router().weight()));
     for (moe::Index e = 0; e < E; ++e) {
       INFO("expert " << e);
       const std::string q = p + "experts." + std::to_string(e) + ".";
-      REQUIRE(mh_equals_file(f, q + "w1.weight", layer.inner().experts().gate_proj(e)));
-      REQUIRE(mh_equals_file(f, q + "w3.weight", layer.inner().experts().up_proj(e)));
-      REQUIRE(mh_equals_file(f, q + "w2.weight", layer.inner().experts().down_proj(e)));
+      REQUIRE(moe::test::equals_file(f, q + "w1.weight", layer.inner().experts().gate_proj(e)));
+      REQUIRE(moe::test::equals_file(f, q + "w3.weight", layer.inner().experts().up_proj(e)));
+      REQUIRE(moe::test::equals_file(f, q + "w2.weight", layer.inner().experts().down_proj(e)));
     }
   }
 }
@@ -128,7 +118,7 @@ TEST_CASE("load_multi_head: heads from the config or the shapes, parameters unde
   three.for_each_parameter([&](const std::string& name, const auto& block) {
     INFO(name);
     REQUIRE(file.contains("moe." + name));
-    CHECK(mh_loader_test::mh_equals_file(file, "moe." + name, block));
+    CHECK(moe::test::equals_file(file, "moe." + name, block));
   });
 }
 

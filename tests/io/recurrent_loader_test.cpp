@@ -44,15 +44,6 @@ SafetensorsWriter writer(const std::string& skip = "", const std::string& bad = 
   return w;
 }
 
-template <class Block>
-bool equals_file(const SafetensorsFile& f, const std::string& name, const Block& m) {
-  const std::vector<double> v = f.read<double>(name);
-  if (static_cast<Index>(v.size()) != m.size()) return false;
-  for (Index r = 0; r < m.rows(); ++r)
-    for (Index c = 0; c < m.cols(); ++c)
-      if (static_cast<double>(m(r, c)) != v[static_cast<std::size_t>(r * m.cols() + c)]) return false;
-  return true;
-}
 
 }  // namespace recurrent_loader_test
 
@@ -60,7 +51,6 @@ TEMPLATE_TEST_CASE("load_recurrent reads the golden-variety file: sizes and ever
                    float, double) {
   using S = TestType;
   using moe::Index;
-  using recurrent_loader_test::equals_file;
   const auto f = moe::io::SafetensorsFile::open(moe::test::golden_variety_dir() / "recurrent_expert.safetensors");
   const std::string p = moe::test::meta(f, "prefix");
   const Index E = std::stol(moe::test::meta(f, "num_experts")), d = std::stol(moe::test::meta(f, "d_model"));
@@ -71,14 +61,14 @@ TEMPLATE_TEST_CASE("load_recurrent reads the golden-variety file: sizes and ever
   REQUIRE(layer.output_dim() == H);
   REQUIRE(layer.router().k() == k);
   REQUIRE(layer.router().gating().renormalize);
-  REQUIRE(equals_file(f, p + "gate.weight", layer.router().weight()));
+  REQUIRE(moe::test::equals_file(f, p + "gate.weight", layer.router().weight()));
   for (Index e = 0; e < E; ++e) {
     INFO("expert " << e);
     const std::string q = p + "experts." + std::to_string(e) + ".";
-    REQUIRE(equals_file(f, q + "weight_ih", layer.experts().weight_ih(e)));
-    REQUIRE(equals_file(f, q + "weight_hh", layer.experts().weight_hh(e)));
-    REQUIRE(equals_file(f, q + "bias_ih", layer.experts().bias_ih(e)));
-    REQUIRE(equals_file(f, q + "bias_hh", layer.experts().bias_hh(e)));
+    REQUIRE(moe::test::equals_file(f, q + "weight_ih", layer.experts().weight_ih(e)));
+    REQUIRE(moe::test::equals_file(f, q + "weight_hh", layer.experts().weight_hh(e)));
+    REQUIRE(moe::test::equals_file(f, q + "bias_ih", layer.experts().bias_ih(e)));
+    REQUIRE(moe::test::equals_file(f, q + "bias_hh", layer.experts().bias_hh(e)));
   }
 }
 
