@@ -55,6 +55,19 @@ inline constexpr bool combiner_is_dense = [] {
   if constexpr (requires { CombinerType::is_dense; }) return bool(CombinerType::is_dense);
   else return false;
 }();
+
+/// Under NonFinitePolicy::error, throws naming the first NaN or infinity of x (row-major) as
+/// `where`'s error; one vectorised pass in the common case, the position searched for only on
+/// failure. Shared by the layers that take x from the caller (MoELayer, MultiHeadLayer).
+template <class S>
+void require_finite_input(const ConstMatrixRef<S>& x, const ForwardContext& ctx, const char* where) {
+  if (ctx.non_finite != NonFinitePolicy::error || x.allFinite()) return;
+  for (Index r = 0; r < x.rows(); ++r)
+    for (Index c = 0; c < x.cols(); ++c)
+      if (const S v = x(r, c); !std::isfinite(v))
+        throw_invalid(where, "x", "finite values (ForwardContext::non_finite = error)",
+                      concat(std::isnan(v) ? "NaN" : (v > 0 ? "inf" : "-inf"), " at row ", r, ", column ", c));
+}
 }  // namespace detail
 
 /// A sparse Mixture-of-Experts layer, x [T, d] -> y [T, d_out], assembled at compile time
@@ -354,16 +367,7 @@ class MoELayer {
       detail::require(static_cast<Index>(ctx.token_ids.size()) == x.rows(), where,
                       "token_ids length (one per row of x)", x.rows(), ctx.token_ids.size());
     if constexpr (router_traits<RouterType>::is_dense) (void)detail::num_sequences(x.rows(), ctx.sequence_length, where);
-    // One vectorised pass in the common case; the position is searched for only on failure.
-    if (ctx.non_finite == NonFinitePolicy::error && !x.allFinite()) {
-      for (Index r = 0; r < x.rows(); ++r)
-        for (Index c = 0; c < x.cols(); ++c)
-          if (const scalar_type v = x(r, c); !std::isfinite(v))
-            detail::throw_invalid(where, "x", "finite values (ForwardContext::non_finite = error)",
-                                  detail::concat(std::isnan(v) ? "NaN" : (v > 0 ? "inf" : "-inf"), " at row ", r,
-                                                 ", column ", c));
-    }
-    (void)ctx;
+    detail::require_finite_input(x, ctx, where);
   }
 
   void prepare(workspace_type& ws, Index d) const {

@@ -152,7 +152,7 @@ class MultiHeadLayer {
     if constexpr (router_traits<typename Inner::router_type>::needs_token_ids)
       detail::require(static_cast<Index>(ctx.token_ids.size()) == T, where, "token_ids length (one per row of x)", T,
                       ctx.token_ids.size());
-    check_finite(x, ctx, where);
+    detail::require_finite_input(x, ctx, where);  // in x's terms, not the sub-tokens'
     ws.has_forward = false;  // until this call completes
     ws.pool = ctx.pool;
     ForwardContext inner_ctx = ctx;
@@ -303,17 +303,6 @@ class MultiHeadLayer {
     for (std::size_t t = 0; t < ids.size(); ++t)
       for (std::size_t j = 0; j < h; ++j) out[t * h + j] = ids[t];
     return {out.data(), out.size()};
-  }
-
-  /// The inner layer would name a NaN in x' by its sub-token; refuse it here in x's terms.
-  static void check_finite(const ConstMatrixRef<scalar_type>& x, const ForwardContext& ctx, const char* where) {
-    if (ctx.non_finite != NonFinitePolicy::error || x.allFinite()) return;
-    for (Index r = 0; r < x.rows(); ++r)
-      for (Index c = 0; c < x.cols(); ++c)
-        if (const scalar_type v = x(r, c); !std::isfinite(v))
-          detail::throw_invalid(where, "x", "finite values (ForwardContext::non_finite = error)",
-                                detail::concat(std::isnan(v) ? "NaN" : (v > 0 ? "inf" : "-inf"), " at row ", r,
-                                               ", column ", c));
   }
 
   void check_backward_call(const ConstMatrixRef<scalar_type>& dy, const MatrixRef<scalar_type>& dx,
