@@ -1,13 +1,14 @@
-// moe-compare: every router policy on one workload, one table.
+// moe-compare: every router policy trains the same small model from the same initialisation,
+// data order and seed, and one table compares how they learn (docs/compare.md).
 //
-//   moe-compare [--tokens T] [--d-model D] [--d-ff F] [--experts E] [--top-k K]
-//               [--routers a,b,...] [--reps R] [--seed S] [--json [FILE]] [--list]
+//   moe-compare [--task text|synthetic] [--text FILE] [--steps N] [--seeds N] [--routers a,b]
+//               [--json [FILE]] [--plots DIR] [--quick] [--threads N] ...   (--help lists all)
+//   moe-compare --throughput [--tokens T] [--d-model D] ...   (the forward-only speed table)
 //
-// The default workload is built in: T = 4096 tokens of width 256 drawn from 32 Gaussian
-// clusters (so routing has structure to find), 16 SwiGLU experts of width 512, top-2.
-// Every router gets the same experts, the same input and, where it has one, the same router
-// projection, so differences in the table come from the routing rule alone.
-#include <moe/moe.hpp>
+// The default: a character-level language model on the licence texts every Debian machine
+// has (/usr/share/common-licenses), 600 Adam steps of 128 windows per router, one seed.
+#include "compare/policies.hpp"
+#include "compare/report.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -15,335 +16,22 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iostream>
-#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include "example_util.hpp"
 
 namespace {
 
+namespace cmp = moe::examples::compare;
 using moe::Index;
 using moe::RowMatrix;
-using S = float;
-
-struct Workload {
-  Index tokens = 4096;
-  Index d_model = 256;
-  Index d_ff = 512;
-  Index experts = 16;
-  Index top_k = 2;
-  int reps = 3;
-  std::uint64_t seed = 1;
-};
-
-struct Row {
-  std::string router;
-  std::string rule;
-  double tokens_per_s = 0;
-  double load_cv = 0;        ///< population std / mean of the per-expert kept load
-  double load_max_mean = 0;  ///< max / mean of the per-expert kept load
-  double dropped = 0;        ///< fraction of tokens that no expert processed
-  double rows_per_token = 0; ///< expert rows computed per token (compute, relative to dense)
-  /// Experts a token ran through, mean over tokens (LayerStatistics); none for Soft MoE,
-  /// whose every token mixes every slot.
-  std::optional<double> experts_per_token;
-  std::optional<double> aux_loss;
-  std::optional<double> z_loss;
-};
-
-/// Inputs: tokens near one of 32 cluster centres.
-RowMatrix<S> make_input(const Workload& w) {
-  RowMatrix<S> centres(32, w.d_model), x(w.tokens, w.d_model);
-  moe::examples::fill_normal(centres, w.seed + 100, 1.0);
-  moe::examples::fill_normal(x, w.seed + 101, 0.3);
-  for (Index t = 0; t < w.tokens; ++t) x.row(t) += centres.row((t * 7919) % 32);
-  return x;
-}
-
-moe::SwiGLUExperts<S> make_experts(const Workload& w) {
-  moe::SwiGLUExperts<S> e(w.experts, w.d_model, w.d_ff);
-  moe::examples::fill_normal(e.gate_up(), w.seed + 1, 1.0 / std::sqrt(double(w.d_model)));
-  moe::examples::fill_normal(e.down(), w.seed + 2, 1.0 / std::sqrt(double(w.d_ff)));
-  return e;
-}
-
-RowMatrix<S> make_router_weight(const Workload& w) {
-  RowMatrix<S> g(w.experts, w.d_model);
-  moe::examples::fill_normal(g, w.seed + 3, 1.0 / std::sqrt(double(w.d_model)));
-  return g;
-}
-
-/// Runs a layer reps times (after one warm-up call) and measures the table's columns.
-template <class Layer>
-Row measure(const std::string& name, const std::string& rule, const Layer& layer, const RowMatrix<S>& x,
-            const Workload& w, const moe::ForwardContext& ctx, bool has_logits = true) {
-  typename Layer::workspace_type layer_ws;
-  RowMatrix<S> y(x.rows(), layer.output_dim());
-  layer.forward(x, y, layer_ws, ctx);
-  const auto start = std::chrono::steady_clock::now();
-  for (int r = 0; r < w.reps; ++r) layer.forward(x, y, layer_ws, ctx);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // A multi-head layer routes sub-tokens through its inner layer: the statistics are its.
-  const moe::Workspace<S>& ws = [&]() -> const moe::Workspace<S>& {
-    if constexpr (requires { layer_ws.inner; }) return layer_ws.inner;
-    else return layer_ws;
-  }();
-  const Index units = ws.routing.num_tokens;  // tokens, or sub-tokens
-
-  Row row;
-  row.router = name;
-  row.rule = rule;
-  row.tokens_per_s = double(x.rows()) * w.reps / seconds;
-  const auto& load = ws.stats.expert_load;
-  double mean = 0, var = 0, max = 0;
-  for (Index l : load) mean += double(l) / double(load.size());
-  for (Index l : load) {
-    var += (double(l) - mean) * (double(l) - mean) / double(load.size());
-    max = std::max(max, double(l));
-  }
-  row.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
-  row.load_max_mean = mean > 0 ? max / mean : 0.0;
-  row.rows_per_token = double(ws.plan.rows()) / double(x.rows());
-  if constexpr (requires { layer.inner(); }) {
-    row.experts_per_token = ws.stats.mean_experts_per_token();  // per sub-token
-    std::vector<bool> served(static_cast<size_t>(units), false);
-    for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
-    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(units);
-  } else if constexpr (moe::router_traits<typename Layer::router_type>::is_dense) {
-    row.dropped = 0.0;  // every token receives a mixture of every slot
-  } else {
-    row.experts_per_token = ws.stats.mean_experts_per_token();
-    std::vector<bool> served(static_cast<size_t>(units), false);
-    for (Index t : ws.plan.token) served[static_cast<size_t>(t)] = true;
-    row.dropped = double(std::count(served.begin(), served.end(), false)) / double(units);
-  }
-  if (has_logits) {
-    row.aux_loss = double(moe::LoadBalancingLoss{moe::LoadBalancingLoss::Normalization::unit}(ws.routing));
-    row.z_loss = double(moe::RouterZLoss{}(ws.routing));
-  }
-  return row;
-}
-
-struct RouterEntry {
-  std::string name;
-  std::string rule;
-  std::function<Row(const Workload&, const RowMatrix<S>&, const std::string&, const std::string&)> run;
-};
-
-std::vector<RouterEntry> routers() {
-  std::vector<RouterEntry> list;
-  const auto topk_softmax = [](bool renormalize) {
-    return [renormalize](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-      const moe::MixtralMoE<S> layer(make_experts(w), moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k,
-                                                                                moe::SoftmaxTopK<S>{renormalize}));
-      return measure(name, rule, layer, x, w, {});
-    };
-  };
-  list.push_back({"softmax-topk", "softmax, top-k, renormalised (Mixtral)", topk_softmax(true)});
-  list.push_back({"softmax-topk-raw", "softmax, top-k, not renormalised (OLMoE, Qwen)", topk_softmax(false)});
-  list.push_back({"topk-softmax", "top-k of logits, softmax over k (GPT-OSS)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::TopKSoftmaxRouter<S>, moe::WeightedSumCombiner<S>>
-                        layer(make_experts(w), moe::TopKSoftmaxRouter<S>(make_router_weight(w), w.top_k));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"sigmoid-group", "sigmoid, group-limited, bias (DeepSeek-V3)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    moe::SigmoidGroupLimited<S> g;
-                    g.n_group = w.experts % 4 == 0 ? 4 : 1;
-                    g.topk_group = g.n_group == 4 ? 2 : 1;
-                    g.routed_scaling_factor = 1;
-                    g.correction_bias = moe::Vector<S>::Zero(w.experts);
-                    if (w.top_k > g.topk_group * (w.experts / g.n_group)) g.topk_group = g.n_group;
-                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::GroupLimitedRouter<S>, moe::WeightedSumCombiner<S>>
-                        layer(make_experts(w), moe::GroupLimitedRouter<S>(make_router_weight(w), w.top_k, g));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"switch-cap1.25", "top-1 softmax, capacity factor 1.25 (Switch)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::MixtralMoE<S> layer(make_experts(w),
-                                                   moe::SoftmaxTopKRouter<S>(make_router_weight(w), 1, moe::SoftmaxTopK<S>{false}),
-                                                   moe::WeightedSumCombiner<S>{}, moe::Capacity::from_factor(1.25));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"switch-cap1.25-bpr", "top-1 softmax, capacity 1.25, batch-prioritised (V-MoE)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::MixtralMoE<S> layer(
-                        make_experts(w), moe::SoftmaxTopKRouter<S>(make_router_weight(w), 1, moe::SoftmaxTopK<S>{false}),
-                        moe::WeightedSumCombiner<S>{}, moe::Capacity::from_factor(1.25, 0, moe::Priority::batch_prioritized));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"noisy-topk", "noisy top-k, training-mode noise (Shazeer 2017)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    RowMatrix<S> noise(w.experts, w.d_model);
-                    moe::examples::fill_normal(noise, w.seed + 4, 1.0 / std::sqrt(double(w.d_model)));
-                    const moe::NoisyTopKMoE<S> layer(make_experts(w),
-                                                     moe::NoisyTopKRouter<S>(make_router_weight(w), noise, w.top_k));
-                    moe::ForwardContext ctx;
-                    ctx.mode = moe::Mode::training;
-                    ctx.seed = w.seed;
-                    return measure(name, rule, layer, x, w, ctx);
-                  }});
-  list.push_back({"expert-choice", "each expert takes its T*k/E best tokens (Zhou 2022)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::ExpertChoiceMoE<S> layer(
-                        make_experts(w), moe::ExpertChoiceRouter<S>(make_router_weight(w), double(w.top_k)));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"hash", "expert = balanced random table[token id] (Roller 2021)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::Index vocab = 32000;
-                    const moe::HashMoE<S> layer(make_experts(w),
-                                                moe::HashRouter<S>::balanced(vocab, w.experts, w.d_model, w.seed));
-                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
-                    const moe::CounterRng rng(w.seed + 5, 0);
-                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t(rng.bits(t, 0) % std::uint64_t(vocab));
-                    moe::ForwardContext ctx;
-                    ctx.token_ids = ids;
-                    return measure(name, rule, layer, x, w, ctx, /*has_logits=*/false);
-                  }});
-  list.push_back({"modality", "softmax top-k over the token's modality experts + shared ones (MoMa)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Synthetic ids: three modalities, a token's is its input cluster mod 3. A
-                    // quarter of the experts (at least one) are cross-modal, the rest dealt out
-                    // to the modalities in turn; all cross-modal if a modality would see < k.
-                    constexpr moe::Index M = 3;
-                    const moe::Index shared = std::max<moe::Index>(1, w.experts / 4);
-                    std::vector<moe::Index> table(static_cast<size_t>(w.experts), -1);
-                    for (moe::Index e = 0; e < w.experts - shared; ++e) table[static_cast<size_t>(e)] = e % M;
-                    if ((w.experts - shared) / M + shared < w.top_k) std::fill(table.begin(), table.end(), -1);
-                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::ModalitySoftmaxTopKRouter<S>,
-                                        moe::WeightedSumCombiner<S>>
-                        layer(make_experts(w), moe::ModalitySoftmaxTopKRouter<S>(
-                                                   moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k), table, M));
-                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
-                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t((t * 7919) % 32 % M);
-                    moe::ForwardContext ctx;
-                    ctx.modality_ids = ids;
-                    return measure(name, rule, layer, x, w, ctx);
-                  }});
-  list.push_back({"domain-aware", "logits + domain classifier probs x affinities (DEMix-style)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    constexpr moe::Index D = 4;
-                    RowMatrix<S> classifier(D, w.d_model), affinity(D, w.experts);
-                    moe::examples::fill_normal(classifier, w.seed + 7, 1.0 / std::sqrt(double(w.d_model)));
-                    moe::examples::fill_normal(affinity, w.seed + 8, 1.0);
-                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::DomainAwareSoftmaxTopKRouter<S>,
-                                        moe::WeightedSumCombiner<S>>
-                        layer(make_experts(w),
-                              moe::DomainAwareSoftmaxTopKRouter<S>(moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k),
-                                                                   std::move(classifier), std::move(affinity)));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"task-aware", "(1-s) x Wb + s x Wt per token's task, softmax top-k (synthetic task ids)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Synthetic ids: four tasks, a token's is its input cluster mod 4; random task
-                    // routers, sensitivities N(0, 1).
-                    constexpr moe::Index N = 4;
-                    std::vector<RowMatrix<S>> task_gates;
-                    for (moe::Index j = 0; j < N; ++j) {
-                      RowMatrix<S> g(w.experts, w.d_model);
-                      moe::examples::fill_normal(g, w.seed + 10 + std::uint64_t(j), 1.0 / std::sqrt(double(w.d_model)));
-                      task_gates.push_back(std::move(g));
-                    }
-                    moe::Vector<S> sensitivity(N);
-                    moe::examples::fill_normal(sensitivity, w.seed + 9, 1.0);
-                    const moe::TaskAwareMoE<S> layer(
-                        make_experts(w), moe::TaskAwareSoftmaxTopKRouter<S>(
-                                             moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k),
-                                             std::move(task_gates), std::move(sensitivity)));
-                    std::vector<std::int64_t> ids(static_cast<size_t>(x.rows()));
-                    for (size_t t = 0; t < ids.size(); ++t) ids[t] = std::int64_t((t * 7919) % 32 % N);
-                    moe::ForwardContext ctx;
-                    ctx.task_ids = ids;
-                    return measure(name, rule, layer, x, w, ctx);
-                  }});
-  list.push_back({"hierarchical", "top-k/2 of E/4 groups, then top-2 in each (Shazeer 2017)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Groups of 4 experts (or 1 group); k1 groups x k2 experts = --top-k pairs.
-                    const moe::Index b = w.experts % 4 == 0 ? 4 : w.experts, a = w.experts / b;
-                    const moe::Index k2 = std::min<moe::Index>(w.top_k, std::min<moe::Index>(2, b));
-                    const moe::Index k1 = std::max<moe::Index>(1, std::min<moe::Index>(a, w.top_k / k2));
-                    RowMatrix<S> primary(a, w.d_model);
-                    moe::examples::fill_normal(primary, w.seed + 11, 1.0 / std::sqrt(double(w.d_model)));
-                    const moe::HierarchicalMoE<S> layer(
-                        make_experts(w), moe::HierarchicalRouter<S>(std::move(primary), make_router_weight(w), k1, k2));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  // Adaptive routing: k (--top-k) is the cap; a token takes 1..k experts.
-  list.push_back({"top-p", "fewest experts reaching p >= 0.5, at most k, raw gates (Huang 2024)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::TopPMoE<S> layer(make_experts(w), moe::TopPRouter<S>(make_router_weight(w), w.top_k,
-                                                                                  moe::TopP<S>{S(0.5)}));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"threshold-skip", "top-k, drop p < 0.5 p_first, renormalised (NAEE, Lu 2024)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    const moe::ThresholdSkipMoE<S> layer(
-                        make_experts(w),
-                        moe::ThresholdSkipRouter<S>(make_router_weight(w), w.top_k, moe::ThresholdSkip<S>{S(0.5)}));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  list.push_back({"multi-head", "4 heads: each d/4 sub-token (a row) routed alone, softmax top-k, experts d/4->ff->d/4 (MH-MoE)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Experts d/h -> ff -> d/h: h sub-tokens cost what one token costs under
-                    // top-k over full-width experts; the two d x d projections come on top.
-                    const Index h = w.d_model % 4 == 0 ? 4 : 1;
-                    Workload sub = w;
-                    sub.d_model = w.d_model / h;
-                    RowMatrix<S> head(w.d_model, w.d_model), merge(w.d_model, w.d_model);
-                    moe::examples::fill_normal(head, w.seed + 13, 1.0 / std::sqrt(double(w.d_model)));
-                    moe::examples::fill_normal(merge, w.seed + 14, 1.0 / std::sqrt(double(w.d_model)));
-                    const moe::MultiHeadMoE<S> layer(
-                        moe::MixtralMoE<S>(make_experts(sub), moe::SoftmaxTopKRouter<S>(make_router_weight(sub), w.top_k)), h,
-                        std::move(head), std::move(merge));
-                    return measure(name, rule, layer, x, w, {});
-                  }});
-  // Expert families (issue #15) under softmax top-k.
-  list.push_back({"conv-experts", "softmax top-k; causal depthwise conv (4 taps) per expert, then SwiGLU",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Sequences of 256 tokens (or the whole batch), as soft-moe.
-                    moe::CausalConvExperts<moe::SwiGLUExperts<S>> experts(make_experts(w), 4);
-                    moe::examples::fill_normal(experts.kernels(), w.seed + 12, 0.5);
-                    const moe::ConvMoE<S> layer(std::move(experts), moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k));
-                    moe::ForwardContext ctx;
-                    ctx.sequence_length = x.rows() % 256 == 0 ? 256 : x.rows();
-                    return measure(name, rule, layer, x, w, ctx);
-                  }});
-  list.push_back({"recurrent", "softmax top-k per sequence on its mean input; GRU experts (hidden d) over each sequence",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Sequences of 256 tokens (or the whole batch); GRU weights N(0, 1/d).
-                    moe::GRUExperts<S> experts(w.experts, w.d_model, w.d_model);
-                    moe::examples::fill_normal(experts.weights_ih(), w.seed + 15, 1.0 / std::sqrt(double(w.d_model)));
-                    moe::examples::fill_normal(experts.weights_hh(), w.seed + 16, 1.0 / std::sqrt(double(w.d_model)));
-                    const moe::RecurrentMoE<S> layer(std::move(experts),
-                                                     moe::SequenceSoftmaxTopKRouter<S>(moe::SoftmaxTopKRouter<S>(make_router_weight(w), w.top_k)));
-                    moe::ForwardContext ctx;
-                    ctx.sequence_length = x.rows() % 256 == 0 ? 256 : x.rows();
-                    return measure(name, rule, layer, x, w, ctx);
-                  }});
-  list.push_back({"soft-moe", "every slot a softmax mix of its sequence (Puigcerver 2023)",
-                  [](const Workload& w, const RowMatrix<S>& x, const std::string& name, const std::string& rule) {
-                    // Sequences of 256 tokens (or the whole batch); slots per expert chosen so the
-                    // experts process as many rows as top-k routing does.
-                    const moe::Index seq = x.rows() % 256 == 0 ? 256 : x.rows();
-                    const moe::Index slots = std::max<moe::Index>(1, seq * w.top_k / w.experts);
-                    RowMatrix<S> phi(w.d_model, w.experts * slots);
-                    moe::examples::fill_normal(phi, w.seed + 6, 1.0 / std::sqrt(double(w.d_model)));
-                    const moe::MoELayer<moe::SwiGLUExperts<S>, moe::SoftRouter<S>, moe::SoftCombiner<S>> layer(
-                        make_experts(w), moe::SoftRouter<S>(std::move(phi), slots));
-                    moe::ForwardContext ctx;
-                    ctx.sequence_length = seq;
-                    return measure(name, rule, layer, x, w, ctx, /*has_logits=*/false);
-                  }});
-  return list;
-}
+using S = cmp::S;
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -353,115 +41,409 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-[[noreturn]] void usage(const char* argv0, int code) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: %s [--tokens T] [--d-model D] [--d-ff F] [--experts E] [--top-k K] [--routers a,b,...]\n"
-               "          [--reps R] [--seed S] [--json [FILE]] [--list]\n",
-               argv0);
-  std::exit(code);
+void usage(std::FILE* out, const char* argv0) {
+  std::fprintf(out,
+               "usage: %s [options]\n"
+               "Trains every router policy on one task and compares how they learn (docs/compare.md).\n"
+               "  --task text|synthetic   text: character-level LM (default); synthetic: mixture-of-clusters regression\n"
+               "  --text FILE|DIR         the text to train on (default %s); the last 10%% is held out\n"
+               "  --steps N               Adam steps per router (default 600)\n"
+               "  --batch B               inputs per step (default 128; a multiple of --sequence)\n"
+               "  --sequence L            rows per sequence for Soft MoE, conv and recurrent experts (default 64)\n"
+               "  --eval-every N          steps between held-out evaluations (default 50)\n"
+               "  --eval-tokens N         held-out inputs per evaluation (default 4096)\n"
+               "  --layers N              MoE blocks (default 1)\n"
+               "  --context C             text: characters in the window (default 16)\n"
+               "  --embed E               text: width of a character's embedding; d = C x E (default 8)\n"
+               "  --d-model D             synthetic: model width (default 64)\n"
+               "  --experts E --top-k K --d-ff F   the MoE blocks (default 8, 2, 128)\n"
+               "  --lr X --aux X --z X    Adam learning rate, load-balancing and z-loss weights (3e-3, 1e-2, 1e-3)\n"
+               "  --seeds N               repeat with seeds S..S+N-1, report mean and standard deviation (default 1)\n"
+               "  --seed S                the first seed (default 1)\n"
+               "  --routers a,b,...       only these (--list names them; the baselines are dense and frozen-random)\n"
+               "  --threads N             thread pool size (default: the machine's cores); results do not depend on it\n"
+               "  --json [FILE]           every figure and curve point as JSON (stdout without FILE)\n"
+               "  --plots DIR             PNGs of the curves (needs python3-matplotlib); DIR/compare.json too\n"
+               "  --plot-router NAME      the router of the load heat map (default softmax-topk)\n"
+               "  --quick                 a seconds-long smoke run (small model, 30 steps)\n"
+               "  --list                  the policies and their rules\n"
+               "  --throughput            instead: the forward-only speed table at a larger shape, options\n"
+               "                          --tokens T --d-model D --d-ff F --experts E --top-k K --reps R (4096, 256,\n"
+               "                          512, 16, 2, 3)\n",
+               argv0, cmp::default_corpus);
 }
 
-std::string fmt_opt(const std::optional<double>& v) {
-  if (!v) return "     n/a";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%8.4f", *v);
-  return buf;
+struct Options {
+  bool throughput = false;
+  bool quick = false;
+  std::string task = "text";
+  std::string text = cmp::default_corpus;
+  cmp::TrainConfig train;
+  Index d_model_synthetic = 64;
+  Index context = 16;
+  Index seeds = 1;
+  std::uint64_t seed = 1;
+  Index threads = 0;
+  std::vector<std::string> routers;
+  bool want_json = false;
+  std::optional<std::string> json_path;
+  std::optional<std::string> plots;
+  std::string plot_router = "softmax-topk";
+  // --throughput
+  Index tokens = 4096, tp_d_model = 256, tp_d_ff = 512, tp_experts = 16, tp_top_k = 2;
+  int reps = 3;
+  // Which of the shared options were given (--quick and --throughput keep the others).
+  std::vector<std::string> given;
+  [[nodiscard]] bool has(const std::string& o) const { return std::find(given.begin(), given.end(), o) != given.end(); }
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument("option " + a + " needs a value");
+      return argv[++i];
+    };
+    const auto integer = [&]() -> Index {
+      const std::string v = value();
+      std::size_t used = 0;
+      const long n = std::stol(v, &used);
+      if (used != v.size()) throw std::invalid_argument(a + ": expected an integer, got '" + v + "'");
+      return n;
+    };
+    const auto real = [&]() -> double {
+      const std::string v = value();
+      std::size_t used = 0;
+      const double x = std::stod(v, &used);
+      if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(a + ": expected a number, got '" + v + "'");
+      return x;
+    };
+    o.given.push_back(a);
+    if (a == "--task") o.task = value();
+    else if (a == "--text") o.text = value();
+    else if (a == "--steps") o.train.steps = integer();
+    else if (a == "--batch") o.train.batch = integer();
+    else if (a == "--sequence") o.train.block.sequence_length = integer();
+    else if (a == "--eval-every") o.train.eval_every = integer();
+    else if (a == "--eval-tokens") o.train.eval_tokens = integer();
+    else if (a == "--layers") o.train.model.layers = integer();
+    else if (a == "--context") o.context = integer();
+    else if (a == "--embed") o.train.model.embed = integer();
+    else if (a == "--d-model") o.d_model_synthetic = o.tp_d_model = integer();
+    else if (a == "--experts") o.train.block.experts = o.tp_experts = integer();
+    else if (a == "--top-k") o.train.block.top_k = o.tp_top_k = integer();
+    else if (a == "--d-ff") o.train.block.d_ff = o.tp_d_ff = integer();
+    else if (a == "--lr") o.train.block.lr = real();
+    else if (a == "--aux") o.train.block.aux = real();
+    else if (a == "--z") o.train.block.z = real();
+    else if (a == "--seeds") o.seeds = integer();
+    else if (a == "--seed") o.seed = static_cast<std::uint64_t>(integer());
+    else if (a == "--threads") o.threads = integer();
+    else if (a == "--routers") o.routers = split(value());
+    else if (a == "--plots") o.plots = value();
+    else if (a == "--plot-router") o.plot_router = value();
+    else if (a == "--quick") o.quick = true;
+    else if (a == "--throughput") o.throughput = true;
+    else if (a == "--tokens") o.tokens = integer();
+    else if (a == "--reps") o.reps = static_cast<int>(integer());
+    else if (a == "--json") {
+      o.want_json = true;
+      if (i + 1 < argc && argv[i + 1][0] != '-') o.json_path = argv[++i];
+    } else if (a == "--list") {
+      for (const auto& p : cmp::policies())
+        std::printf("%-19s %s%s\n", p.name.c_str(), p.rule.c_str(), p.baseline ? " [baseline]" : "");
+      std::exit(0);
+    } else if (a == "--help" || a == "-h") {
+      usage(stdout, argv[0]);
+      std::exit(0);
+    } else {
+      throw std::invalid_argument("unknown option " + a);
+    }
+  }
+  if (o.quick) {
+    // Seconds: a small model, few steps; options given explicitly still win.
+    auto& t = o.train;
+    if (!o.has("--steps")) t.steps = 30;
+    if (!o.has("--batch")) t.batch = 64;
+    if (!o.has("--sequence")) t.block.sequence_length = 32;
+    if (!o.has("--eval-every")) t.eval_every = 10;
+    if (!o.has("--eval-tokens")) t.eval_tokens = 512;
+    if (!o.has("--context")) o.context = 8;
+    if (!o.has("--embed")) t.model.embed = 4;
+    if (!o.has("--d-model")) o.d_model_synthetic = 32;
+    if (!o.has("--experts")) t.block.experts = 4;
+    if (!o.has("--d-ff")) t.block.d_ff = 32;
+  }
+  const auto positive = [](Index v, const char* name) {
+    if (v < 1) throw std::invalid_argument(std::string(name) + ": expected >= 1, got " + std::to_string(v));
+  };
+  const auto& t = o.train;
+  positive(t.steps, "--steps");
+  positive(t.batch, "--batch");
+  positive(t.block.sequence_length, "--sequence");
+  positive(t.eval_every, "--eval-every");
+  positive(t.eval_tokens, "--eval-tokens");
+  positive(t.model.layers, "--layers");
+  positive(o.context, "--context");
+  positive(t.model.embed, "--embed");
+  positive(o.d_model_synthetic, "--d-model");
+  positive(t.block.experts, "--experts");
+  positive(t.block.d_ff, "--d-ff");
+  positive(o.seeds, "--seeds");
+  positive(o.tokens, "--tokens");
+  positive(o.reps, "--reps");
+  if (o.threads < 0) throw std::invalid_argument("--threads: expected >= 0, got " + std::to_string(o.threads));
+  if (t.block.top_k < 1 || t.block.top_k > t.block.experts)
+    throw std::invalid_argument("--top-k: expected 1.." + std::to_string(t.block.experts) + " (--experts), got " +
+                                std::to_string(t.block.top_k));
+  if (t.batch % t.block.sequence_length != 0)
+    throw std::invalid_argument("--batch: expected a multiple of --sequence = " + std::to_string(t.block.sequence_length) +
+                                ", got " + std::to_string(t.batch));
+  if (!o.throughput && t.eval_tokens < t.block.sequence_length)
+    throw std::invalid_argument("--eval-tokens: expected >= --sequence = " + std::to_string(t.block.sequence_length) +
+                                ", got " + std::to_string(t.eval_tokens));
+  if (o.task != "text" && o.task != "synthetic")
+    throw std::invalid_argument("--task: expected text or synthetic, got '" + o.task + "'");
+  if (!(t.block.lr > 0)) throw std::invalid_argument("--lr: expected > 0");
+  return o;
+}
+
+std::vector<cmp::Policy> selected(const Options& o) {
+  auto all = cmp::policies();
+  if (o.routers.empty()) return all;
+  std::vector<cmp::Policy> out;
+  for (const auto& name : o.routers) {
+    auto it = std::find_if(all.begin(), all.end(), [&](const cmp::Policy& p) { return p.name == name; });
+    if (it == all.end()) throw std::invalid_argument("unknown router '" + name + "' (--list shows them)");
+    out.push_back(*it);
+  }
+  return out;
+}
+
+void emit_json(const nlohmann::json& j, const Options& o) {
+  if (o.json_path) {
+    std::ofstream out(*o.json_path);
+    out << j.dump(2) << "\n";
+    if (!out) throw std::runtime_error("cannot write " + *o.json_path);
+    std::fprintf(stderr, "moe-compare: wrote %s\n", o.json_path->c_str());
+  } else {
+    std::cout << j.dump(2) << "\n";
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// --throughput: forward only, inference mode, one larger shape.
+
+int run_throughput(const Options& o, moe::ThreadPool* pool) {
+  cmp::BlockConfig c;
+  c.d = o.tp_d_model;
+  c.d_ff = o.tp_d_ff;
+  c.experts = o.tp_experts;
+  c.top_k = o.tp_top_k;
+  c.vocab = 32000;
+  c.sequence_length = o.tokens % 256 == 0 ? 256 : o.tokens;
+  if (c.top_k < 1 || c.top_k > c.experts)
+    throw std::invalid_argument("--top-k: expected 1.." + std::to_string(c.experts) + ", got " + std::to_string(c.top_k));
+  // Tokens near one of 32 cluster centres; the ids follow the cluster (as the synthetic task's).
+  RowMatrix<S> centres(32, c.d), x(o.tokens, c.d);
+  moe::examples::fill_normal(centres, o.seed + 100, 1.0);
+  moe::examples::fill_normal(x, o.seed + 101, 0.3);
+  std::vector<std::int64_t> token(static_cast<std::size_t>(o.tokens)), modality(token.size()), task(token.size());
+  const moe::CounterRng rng(o.seed + 5, 0);
+  for (Index t = 0; t < o.tokens; ++t) {
+    const Index k = (t * 7919) % 32;
+    x.row(t) += centres.row(k);
+    token[static_cast<std::size_t>(t)] = std::int64_t(rng.bits(static_cast<std::uint64_t>(t), 0) % 32000u);
+    modality[static_cast<std::size_t>(t)] = k % cmp::num_modalities;
+    task[static_cast<std::size_t>(t)] = k % cmp::num_tasks;
+  }
+  moe::ForwardContext ctx;
+  ctx.pool = pool;
+  ctx.sequence_length = c.sequence_length;
+  ctx.token_ids = token;
+  ctx.modality_ids = modality;
+  ctx.task_ids = task;
+  std::fprintf(stderr, "moe-compare --throughput: %ld tokens, d_model %ld, d_ff %ld, %ld experts, top-%ld, %d reps, kernels %s\n",
+               long(o.tokens), long(c.d), long(c.d_ff), long(c.experts), long(c.top_k), o.reps,
+               moe::kernels::arch_name());
+  nlohmann::json j;
+  j["workload"] = {{"tokens", o.tokens}, {"d_model", c.d},   {"d_ff", c.d_ff}, {"experts", c.experts},
+                   {"top_k", c.top_k},   {"reps", o.reps},   {"seed", o.seed}, {"arch", moe::kernels::arch_name()}};
+  std::string table;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-19s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok",
+                "exp/tok", "load CV", "max/mean", "dropped", "aux", "z loss", "rule");
+  table += line;
+  const auto opt = [](const std::optional<double>& v) {
+    char b[32];
+    if (!v) return std::string("     n/a");
+    std::snprintf(b, sizeof b, "%8.4f", *v);
+    return std::string(b);
+  };
+  const auto list = selected(o);
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    std::fprintf(stderr, "[%zu/%zu] %s ...\n", i + 1, list.size(), list[i].name.c_str());
+    const auto block = list[i].make(c);
+    RowMatrix<S> y;
+    block->forward(x, y, ctx);  // warm-up
+    const auto start = std::chrono::steady_clock::now();
+    for (int r = 0; r < o.reps; ++r) block->forward(x, y, ctx);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const cmp::Routed routed = block->routed();
+    const auto [cv, mm] = cmp::load_balance(routed.load);
+    const double tps = double(o.tokens) * o.reps / seconds;
+    const double rows = double(routed.rows) / double(o.tokens);
+    std::snprintf(line, sizeof line, "%-19s %10.0f %8.2f %s %8.3f %9.2f %7.1f%% %s %s  %s\n", list[i].name.c_str(), tps,
+                  rows, opt(routed.experts_per_token).c_str(), cv, mm, 100.0 * routed.dropped, opt(routed.aux).c_str(),
+                  opt(routed.z).c_str(), list[i].rule.c_str());
+    table += line;
+    j["results"].push_back({{"router", list[i].name},
+                            {"rule", list[i].rule},
+                            {"tokens_per_s", tps},
+                            {"load_cv", cv},
+                            {"load_max_over_mean", mm},
+                            {"dropped_fraction", routed.dropped},
+                            {"expert_rows_per_token", rows},
+                            {"experts_per_token", cmp::opt_json(routed.experts_per_token)},
+                            {"aux_loss", cmp::opt_json(routed.aux)},
+                            {"z_loss", cmp::opt_json(routed.z)}});
+  }
+  if (o.want_json) {
+    emit_json(j, o);
+    if (!o.json_path) return 0;
+  }
+  std::fputs(table.c_str(), stdout);
+  std::printf(
+      "rows/tok = expert rows computed per token (compute); exp/tok = experts a token ran through, mean (1..k under\n"
+      "top-p and threshold-skip); load = rows per expert after capacity; dropped = tokens no expert processed;\n"
+      "aux = load-balancing loss normalised to 1 at perfect balance; z = router z-loss\n");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Plots: scripts/compare_plots.py over the JSON, when python3 and matplotlib are there.
+
+std::string plot_script() {
+  if (const char* env = std::getenv("MOE_COMPARE_PLOT_SCRIPT")) return env;
+#ifdef MOE_COMPARE_PLOT_SCRIPT
+  return MOE_COMPARE_PLOT_SCRIPT;
+#else
+  return "scripts/compare_plots.py";
+#endif
+}
+
+std::string shell_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char ch : s) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return out + "'";
+}
+
+void make_plots(const nlohmann::json& j, const Options& o) {
+  namespace fs = std::filesystem;
+  const fs::path dir = *o.plots;
+  fs::create_directories(dir);
+  const fs::path json = dir / "compare.json";
+  std::ofstream(json) << j.dump(1) << "\n";
+  std::fprintf(stderr, "moe-compare: wrote %s\n", json.c_str());
+  const std::string script = plot_script();
+  if (!fs::is_regular_file(script)) {
+    std::fprintf(stderr, "moe-compare: plots skipped: no plotting script at %s (set MOE_COMPARE_PLOT_SCRIPT)\n",
+                 script.c_str());
+    return;
+  }
+  // The first Python that has matplotlib: $MOE_PYTHON, python3 on the PATH, Debian's own
+  // (a python3 from pyenv or a venv on the PATH does not see Debian's python3-matplotlib).
+  std::string python;
+  std::vector<std::string> candidates = {"python3", "/usr/bin/python3"};
+  if (const char* env = std::getenv("MOE_PYTHON")) candidates.insert(candidates.begin(), env);
+  for (const auto& candidate : candidates)
+    if (std::system((shell_quoted(candidate) + " -c 'import matplotlib' >/dev/null 2>&1").c_str()) == 0) {
+      python = candidate;
+      break;
+    }
+  if (python.empty()) {
+    std::fprintf(stderr,
+                 "moe-compare: plots skipped: no python3 with matplotlib (Debian: apt-get install "
+                 "python3-matplotlib); the figures are in %s\n",
+                 json.c_str());
+    return;
+  }
+  // The script reports on stderr, beside the progress lines: stdout keeps the table alone.
+  const std::string cmd = shell_quoted(python) + " " + shell_quoted(script) + " " + shell_quoted(json.string()) + " " +
+                          shell_quoted(dir.string()) + " --router " + shell_quoted(o.plot_router) + " 1>&2";
+  std::fflush(stdout);
+  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "moe-compare: the plotting script failed: %s\n", cmd.c_str());
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  Workload w;
-  std::vector<std::string> selected;
-  std::optional<std::string> json_path;
-  bool want_json = false;
+  Options o;
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      const auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::invalid_argument("option " + a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--tokens") w.tokens = std::stol(value());
-      else if (a == "--d-model") w.d_model = std::stol(value());
-      else if (a == "--d-ff") w.d_ff = std::stol(value());
-      else if (a == "--experts") w.experts = std::stol(value());
-      else if (a == "--top-k") w.top_k = std::stol(value());
-      else if (a == "--reps") w.reps = std::stoi(value());
-      else if (a == "--seed") w.seed = std::stoull(value());
-      else if (a == "--routers") selected = split(value());
-      else if (a == "--json") {
-        want_json = true;
-        if (i + 1 < argc && argv[i + 1][0] != '-') json_path = argv[++i];
-      } else if (a == "--list") {
-        for (const auto& r : routers()) std::printf("%-18s %s\n", r.name.c_str(), r.rule.c_str());
-        return 0;
-      } else if (a == "--help" || a == "-h") usage(argv[0], 0);
-      else throw std::invalid_argument("unknown option " + a);
-    }
-    if (w.tokens < 1 || w.d_model < 1 || w.d_ff < 1 || w.experts < 1 || w.reps < 1)
-      throw std::invalid_argument("--tokens, --d-model, --d-ff, --experts and --reps must be >= 1");
-    if (w.top_k < 1 || w.top_k > w.experts)
-      throw std::invalid_argument("--top-k must be in [1, --experts = " + std::to_string(w.experts) + "]");
+    o = parse(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-compare: %s\n", e.what());
-    usage(argv[0], 2);
+    usage(stderr, argv[0]);
+    return 2;
   }
+  try {
+    const Index threads =
+        o.threads > 0 ? o.threads : std::max<Index>(1, static_cast<Index>(std::thread::hardware_concurrency()));
+    moe::ThreadPool pool(threads);
+    if (o.throughput) return run_throughput(o, &pool);
 
-  auto all = routers();
-  std::vector<RouterEntry> run;
-  if (selected.empty()) run = all;
-  for (const auto& name : selected) {
-    auto it = std::find_if(all.begin(), all.end(), [&](const RouterEntry& r) { return r.name == name; });
-    if (it == all.end()) {
-      std::fprintf(stderr, "moe-compare: unknown router '%s' (--list shows them)\n", name.c_str());
-      return 2;
-    }
-    run.push_back(*it);
-  }
-
-  std::fprintf(stderr, "moe-compare: %ld tokens, d_model %ld, d_ff %ld, %ld experts, top-%ld, %d reps, kernels %s\n",
-               long(w.tokens), long(w.d_model), long(w.d_ff), long(w.experts), long(w.top_k), w.reps,
-               moe::kernels::arch_name());
-  const RowMatrix<S> x = make_input(w);
-  std::vector<Row> rows;
-  for (size_t i = 0; i < run.size(); ++i) {
-    std::fprintf(stderr, "[%zu/%zu] %s ...\n", i + 1, run.size(), run[i].name.c_str());
-    rows.push_back(run[i].run(w, x, run[i].name, run[i].rule));
-  }
-
-  if (want_json) {
-    nlohmann::json j;
-    j["workload"] = {{"tokens", w.tokens}, {"d_model", w.d_model}, {"d_ff", w.d_ff}, {"experts", w.experts},
-                     {"top_k", w.top_k},   {"reps", w.reps},       {"seed", w.seed}, {"arch", moe::kernels::arch_name()}};
-    for (const auto& r : rows) {
-      nlohmann::json o = {{"router", r.router},       {"rule", r.rule},
-                          {"tokens_per_s", r.tokens_per_s}, {"load_cv", r.load_cv},
-                          {"load_max_over_mean", r.load_max_mean}, {"dropped_fraction", r.dropped},
-                          {"expert_rows_per_token", r.rows_per_token}};
-      o["experts_per_token"] = r.experts_per_token ? nlohmann::json(*r.experts_per_token) : nlohmann::json(nullptr);
-      o["aux_loss"] = r.aux_loss ? nlohmann::json(*r.aux_loss) : nlohmann::json(nullptr);
-      o["z_loss"] = r.z_loss ? nlohmann::json(*r.z_loss) : nlohmann::json(nullptr);
-      j["results"].push_back(o);
-    }
-    if (json_path) {
-      std::ofstream(*json_path) << j.dump(2) << "\n";
-      std::fprintf(stderr, "moe-compare: wrote %s\n", json_path->c_str());
+    auto& t = o.train;
+    const auto list = selected(o);
+    if (o.plots && std::none_of(list.begin(), list.end(), [&](const cmp::Policy& p) { return p.name == o.plot_router; }))
+      throw std::invalid_argument("--plot-router: expected one of the compared routers, got '" + o.plot_router + "'");
+    const cmp::Task task = o.task == "text" ? cmp::load_text(o.text, o.context)
+                                            : cmp::make_synthetic(8, 16, 4096, 2048, o.seed);
+    if (task.kind == cmp::TaskKind::text) {
+      t.block.d = o.context * t.model.embed;
     } else {
-      std::cout << j.dump(2) << "\n";
-      return 0;
+      t.block.d = o.d_model_synthetic;
+      t.block.experts = o.has("--experts") || o.quick ? t.block.experts : task.clusters;
     }
+    std::vector<std::uint64_t> seeds;
+    for (Index s = 0; s < o.seeds; ++s) seeds.push_back(o.seed + static_cast<std::uint64_t>(s));
+    std::fprintf(stderr,
+                 "moe-compare: %s\n  %zu routers x %zu seed(s); each %ld Adam steps of %ld inputs (lr %g, aux %g, z %g), "
+                 "d %ld, %ld block(s) of %ld experts (ff %ld, top-%ld), %ld threads, kernels %s\n",
+                 task.description.c_str(), list.size(), seeds.size(), long(t.steps), long(t.batch), t.block.lr,
+                 t.block.aux, t.block.z, long(t.block.d), long(t.model.layers), long(t.block.experts),
+                 long(t.block.d_ff), long(t.block.top_k), long(threads), moe::kernels::arch_name());
+    const auto start = std::chrono::steady_clock::now();
+    const cmp::Comparison c = cmp::run_comparison(
+        task, list, t, seeds, &pool,
+        [&](std::size_t done, std::size_t total, const std::string& name, std::uint64_t seed, const cmp::CurvePoint& p) {
+          if (p.step == 0) return;
+          std::fprintf(stderr, "[%zu/%zu] %-19s seed %llu  step %5ld/%ld  held-out loss %.4f  load CV %.3f\n", done,
+                       total, name.c_str(), static_cast<unsigned long long>(seed), long(p.step), long(t.steps),
+                       p.eval_loss, p.load_cv);
+        });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const nlohmann::json j = cmp::to_json(c);
+    if (o.want_json) {
+      emit_json(j, o);
+      if (!o.json_path) {
+        if (o.plots) make_plots(j, o);
+        return 0;
+      }
+    }
+    std::printf("%s\n\n%s", task.description.c_str(), cmp::format_table(c).c_str());
+    std::printf(
+        "\nloss, bits/char: held-out, at the end; t/s: tokens per second, training and inference (whole model);\n"
+        "MFLOP/t: active expert FLOPs per token; exp/tok: experts a token ran through; CV: coefficient of variation\n"
+        "of the per-expert load, mean over training steps and on the held-out set at the end; dropped: tokens no\n"
+        "expert processed; stable: tokens whose top expert did not change between the last two evaluations;\n"
+        "special: NMI between a token's class and its top expert; aux, z: losses at the end (docs/compare.md)\n"
+        "%zu runs in %.0f s\n",
+        list.size() * seeds.size(), seconds);
+    if (o.plots) make_plots(j, o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-compare: %s\n", e.what());
+    return 1;
   }
-
-  std::printf("%-18s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok", "exp/tok", "load CV",
-              "max/mean", "dropped", "aux", "z loss", "rule");
-  for (const auto& r : rows)
-    std::printf("%-18s %10.0f %8.2f %s %8.3f %9.2f %7.1f%% %s %s  %s\n", r.router.c_str(), r.tokens_per_s,
-                r.rows_per_token, fmt_opt(r.experts_per_token).c_str(), r.load_cv, r.load_max_mean, 100.0 * r.dropped,
-                fmt_opt(r.aux_loss).c_str(), fmt_opt(r.z_loss).c_str(), r.rule.c_str());
-  std::printf(
-      "rows/tok = expert rows computed per token (compute); exp/tok = experts a token ran through, mean (1..k under\n"
-      "top-p and threshold-skip); load = rows per expert after capacity; dropped = tokens no expert processed;\n"
-      "aux = load-balancing loss normalised to 1 at perfect balance; z = router z-loss\n");
   return 0;
 }

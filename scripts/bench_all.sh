@@ -143,7 +143,7 @@ for T in 32 128 512 2048; do
   r=$(( 4096 / T > 3 ? 4096 / T : 3 ))
   # At the Mixtral-scaled shape of the benchmarks (bench/bench_shapes.hpp), every family beside
   # softmax top-k (issue #15 item 10).
-  "$bin/examples/moe-compare" --tokens "$T" --reps "$r" --d-model 1024 --d-ff 2816 --experts 8 --top-k 2 \
+  "$bin/examples/moe-compare" --throughput --tokens "$T" --reps "$r" --d-model 1024 --d-ff 2816 --experts 8 --top-k 2 \
     --json "$out/compare-$T.json"
 done
 

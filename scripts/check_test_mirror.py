@@ -64,6 +64,7 @@ CROSS_CUTTING = {
     "io/loader_robustness_test.cpp": "every loader against every family's file and its corruptions",
     "io/fuzz_regression_test.cpp": "the fuzz corpus and its findings through every reader",
     "train/train_mixture_test.cpp": "end to end: a mixture trained with layer, losses and optimiser",
+    "train/compare_test.cpp": "moe-compare's training harness (examples/compare/): model gradients, metrics",
 }
 
 # Folders of tests/ that hold no test programs of this rule.

@@ -24,6 +24,12 @@ if [[ "${MOE_USE_BLAS:-0}" == 1 ]]; then
   packages+=(libopenblas-dev)
 fi
 
+# Optional: matplotlib for moe-compare --plots (scripts/compare_plots.py; docs/compare.md).
+# scripts/quickstart.sh compare sets it when its arguments ask for plots.
+if [[ "${MOE_PLOTS:-0}" == 1 ]]; then
+  packages+=(python3-matplotlib)
+fi
+
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${packages[@]}"
   exit 0

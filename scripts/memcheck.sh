@@ -37,7 +37,8 @@ cmake --build --preset memcheck -j "${MOE_JOBS:-2}" --target "${!example_path[@]
 # Lines whose full workload is too slow under valgrind: the line as written in ci-run.txt ->
 # what runs instead (same code paths, fewer tokens).
 declare -A shorten=(
-  ["moe-compare --tokens 512 --reps 1"]="moe-compare --tokens 64 --d-model 64 --d-ff 128 --reps 1"
+  ["moe-compare --throughput --tokens 512 --reps 1"]="moe-compare --throughput --tokens 64 --d-model 64 --d-ff 128 --reps 1"
+  ["moe-compare --quick --threads 2"]="moe-compare --quick --threads 2 --steps 10 --eval-every 5"
 )
 
 vg=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect

@@ -25,6 +25,11 @@ cores=$(nproc 2>/dev/null || echo 2)
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$cores}
 export CTEST_PARALLEL_LEVEL=${CTEST_PARALLEL_LEVEL:-$cores}
 
+# moe-compare --plots DIR draws with Debian's python3-matplotlib: install it too then.
+for arg in "$@"; do
+  [[ "$arg" == --plots ]] && export MOE_PLOTS=1
+done
+
 echo "== installing dependencies"
 scripts/install-deps.sh
 
