@@ -433,11 +433,13 @@ int main(int argc, char** argv) {
     }
     std::printf("%s\n\n%s", task.description.c_str(), cmp::format_table(c).c_str());
     std::printf(
-        "\nloss, bits/char: held-out, at the end; t/s: tokens per second, training and inference (whole model);\n"
-        "MFLOP/t: active expert FLOPs per token; exp/tok: experts a token ran through; CV: coefficient of variation\n"
-        "of the per-expert load, mean over training steps and on the held-out set at the end; dropped: tokens no\n"
-        "expert processed; stable: tokens whose top expert did not change between the last two evaluations;\n"
-        "special: NMI between a token's class and its top expert; aux, z: losses at the end (docs/compare.md)\n"
+        "\nbits/char, loss: held-out, at the end; MFLOP/t: active expert FLOPs per token; exp/tok: experts a\n"
+        "token ran through; t/s: tokens per second, training and inference (whole model, wall clock); vs\n"
+        "frozen-random: held-out loss beyond twice the standard error of the difference, else within noise.\n"
+        "CV: coefficient of variation of the per-expert load, mean over the training steps, and on the held-out\n"
+        "set at the end; dropped: tokens no expert processed; stable: tokens whose top expert did not change\n"
+        "between the last two evaluations; special: NMI between a token's class and its top expert; aux, z:\n"
+        "losses at the end (docs/compare.md)\n"
         "%zu runs in %.0f s\n",
         list.size() * seeds.size(), seconds);
     if (o.plots) make_plots(j, o);

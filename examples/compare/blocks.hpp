@@ -123,7 +123,10 @@ class LayerBlock final : public Block {
 
   void forward(const RowMatrix<S>& x, RowMatrix<S>& y, const ForwardContext& ctx) override {
     y.resize(x.rows(), layer_.output_dim());
-    layer_.forward(x, y, ws_, ctx);
+    // Training and evaluation alternate batch shapes: each keeps its own workspace, so neither
+    // resizes the other's buffers (as a server and a trainer would hold one each).
+    last_ = ctx.mode == Mode::training ? &train_ws_ : &infer_ws_;
+    layer_.forward(x, y, *last_, ctx);
     tokens_ = x.rows();
     sequence_length_ = ctx.sequence_length == 0 ? x.rows() : ctx.sequence_length;
   }
@@ -131,7 +134,7 @@ class LayerBlock final : public Block {
   void backward(const RowMatrix<S>& dy, RowMatrix<S>& dx) override {
     grads_.set_zero();
     dx.resize(dy.rows(), layer_.input_dim());
-    layer_.backward(dy, dx, ws_, grads_, weights_);
+    layer_.backward(dy, dx, train_ws_, grads_, weights_);
     if (frozen_) router_grads().for_each_parameter([](const std::string&, auto&& g) { g.setZero(); });
   }
 
@@ -204,8 +207,8 @@ class LayerBlock final : public Block {
     else return layer_;
   }
   [[nodiscard]] const Workspace<S>& stats_ws() const {
-    if constexpr (is_multi_head) return ws_.inner;
-    else return ws_;
+    if constexpr (is_multi_head) return last_->inner;
+    else return *last_;
   }
   [[nodiscard]] auto& router_grads() {
     if constexpr (is_multi_head) return grads_.inner.router;
@@ -215,7 +218,8 @@ class LayerBlock final : public Block {
   Layer layer_;
   typename Layer::gradients_type grads_;
   Adam<S> opt_;
-  Workspace_ ws_;
+  Workspace_ train_ws_, infer_ws_;
+  Workspace_* last_ = &train_ws_;  ///< the workspace of the last forward
   LossWeights<S> weights_;
   double flops_per_row_;
   bool frozen_;

@@ -68,7 +68,7 @@ inline std::vector<Policy> policies() {
                                                Capacity::from_factor(1.25, 0, Priority::batch_prioritized)),
                                  c, aux_and_z(c), swiglu(c));
                   }});
-  list.push_back({"noisy-topk", "noisy top-k, training-mode noise (Shazeer 2017)", [=](const BlockConfig& c) {
+  list.push_back({"noisy-topk", "noisy top-k: learned noise in training, none in inference (Shazeer 2017)", [=](const BlockConfig& c) {
                     RowMatrix<S> noise(c.experts, c.d);
                     fill_normal(noise, c.seed * 1000 + 4, 0.1 / std::sqrt(double(c.d)));
                     return block(NoisyTopKMoE<S>(make_experts(c), NoisyTopKRouter<S>(make_router_weight(c), noise, c.top_k)),

@@ -141,7 +141,7 @@ inline Task load_text(const std::string& path, Index context, double held_out = 
   } else if (fs::is_regular_file(path, ec)) {
     files.push_back(path);
   } else {
-    throw std::invalid_argument("moe-compare: --text: expected a file or a folder of text files, got '" + path +
+    throw std::invalid_argument("--text: expected a file or a folder of text files, got '" + path +
                                 "', which does not exist (pass --text FILE, or --task synthetic)");
   }
   Task t;
@@ -170,7 +170,7 @@ inline Task load_text(const std::string& path, Index context, double held_out = 
   const auto n = static_cast<Index>(t.chars.size());
   t.split = static_cast<Index>(double(n) * (1.0 - held_out));
   if (t.split - context < 64 || n - t.split - context < 64)
-    throw std::invalid_argument("moe-compare: --text: expected at least " + std::to_string(10 * (64 + context)) +
+    throw std::invalid_argument("--text: expected at least " + std::to_string(10 * (64 + context)) +
                                 " bytes of text, got " + std::to_string(n) + " in '" + path + "'");
   t.description = "character-level language model on " + path + " (" + std::to_string(files.size()) + " file" +
                   (files.size() == 1 ? "" : "s") + ", " + std::to_string(n) + " bytes, " +

@@ -141,8 +141,10 @@ inline RunResult train_one(const Task& task, const Policy& policy, const TrainCo
     CurvePoint p;
     p.step = step;
     p.eval_loss = model.forward(eval_batch, ctx);
-    infer_seconds += std::chrono::duration<double>(clock::now() - start).count();
-    infer_tokens += eval_n;
+    if (step > 0) {  // the first evaluation warms the buffers up: not timed
+      infer_seconds += std::chrono::duration<double>(clock::now() - start).count();
+      infer_tokens += eval_n;
+    }
     p.train_loss = train_loss_n ? train_loss_sum / double(train_loss_n) : std::numeric_limits<double>::quiet_NaN();
     train_loss_sum = 0;
     train_loss_n = 0;
