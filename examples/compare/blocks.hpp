@@ -72,6 +72,8 @@ class Block {
   [[nodiscard]] virtual Routed routed() const = 0;
   /// Expert FLOPs (multiply-adds x 2) of one expert row: what a routed unit costs per expert.
   [[nodiscard]] virtual double flops_per_row() const = 0;
+  /// FLOPs every token pays besides its expert rows (a shared expert); 0 for most policies.
+  [[nodiscard]] virtual double shared_flops_per_token() const { return 0.0; }
   [[nodiscard]] virtual Index num_experts() const = 0;
   /// Routed units per token (h for multi-head, else 1).
   [[nodiscard]] virtual Index units_per_token() const { return 1; }
@@ -117,9 +119,10 @@ class LayerBlock final : public Block {
  public:
   using Workspace_ = typename Layer::workspace_type;
 
-  LayerBlock(Layer layer, LossWeights<S> weights, double lr, double flops_per_row, bool frozen_router = false)
+  LayerBlock(Layer layer, LossWeights<S> weights, double lr, double flops_per_row, bool frozen_router = false,
+             double shared_flops_per_token = 0.0)
       : layer_(std::move(layer)), grads_(layer_.make_gradients()), opt_(lr), weights_(weights),
-        flops_per_row_(flops_per_row), frozen_(frozen_router) {}
+        flops_per_row_(flops_per_row), shared_flops_(shared_flops_per_token), frozen_(frozen_router) {}
 
   void forward(const RowMatrix<S>& x, RowMatrix<S>& y, const ForwardContext& ctx) override {
     y.resize(x.rows(), layer_.output_dim());
@@ -186,6 +189,7 @@ class LayerBlock final : public Block {
   }
 
   [[nodiscard]] double flops_per_row() const override { return flops_per_row_; }
+  [[nodiscard]] double shared_flops_per_token() const override { return shared_flops_; }
   [[nodiscard]] Index num_experts() const override { return inner().num_experts(); }
   [[nodiscard]] Index units_per_token() const override {
     if constexpr (requires { layer_.num_heads(); }) return layer_.num_heads();
@@ -222,6 +226,7 @@ class LayerBlock final : public Block {
   Workspace_* last_ = &train_ws_;  ///< the workspace of the last forward
   LossWeights<S> weights_;
   double flops_per_row_;
+  double shared_flops_;
   bool frozen_;
   Index tokens_ = 0, sequence_length_ = 0;
 };

@@ -15,8 +15,9 @@
 namespace moe::examples::compare {
 
 template <class Layer>
-std::unique_ptr<Block> block(Layer layer, const BlockConfig& c, LossWeights<S> w, double flops, bool frozen = false) {
-  return std::make_unique<LayerBlock<Layer>>(std::move(layer), w, c.lr, flops, frozen);
+std::unique_ptr<Block> block(Layer layer, const BlockConfig& c, LossWeights<S> w, double flops, bool frozen = false,
+                             double shared_flops = 0.0) {
+  return std::make_unique<LayerBlock<Layer>>(std::move(layer), w, c.lr, flops, frozen, shared_flops);
 }
 
 inline LossWeights<S> aux_and_z(const BlockConfig& c) {
@@ -160,6 +161,21 @@ inline std::vector<Policy> policies() {
                     fill_normal(experts.kernels(), c.seed * 1000 + 12, 0.5);
                     return block(ConvMoE<S>(std::move(experts), SoftmaxTopKRouter<S>(make_router_weight(c), c.top_k)), c,
                                  aux_and_z(c), swiglu(c) + 2.0 * 4.0 * double(c.d));
+                  }});
+  list.push_back({"low-rank", "softmax top-k over rank-8 adapters beside a shared d x d linear map (MoLoRA-style)",
+                  [=](const BlockConfig& c) {
+                    // Trained from scratch here (the base too), not a frozen pretrained base: the
+                    // block is linear, so it shows what routing adds to a shared linear map.
+                    const Index r = std::min<Index>(8, c.d);
+                    LinearExperts<S> base(1, c.d, c.d);
+                    fill_normal(base.weights(), c.seed * 1000 + 17, 1.0 / std::sqrt(double(c.d)));
+                    LowRankExperts<S> adapters(c.experts, c.d, r, S(2));
+                    fill_normal(adapters.a(), c.seed * 1000 + 18, 1.0 / std::sqrt(double(c.d)));
+                    fill_normal(adapters.b(), c.seed * 1000 + 19, 0.1 / std::sqrt(double(r)));
+                    // An adapter row: x A^T (d -> r), then B (r -> d); the base: one d x d product.
+                    return block(LowRankMoE<S>(std::move(adapters), SoftmaxTopKRouter<S>(make_router_weight(c), c.top_k),
+                                               SharedExpertCombiner<LinearExperts<S>, SharedGate::none>(std::move(base))),
+                                 c, aux_and_z(c), 4.0 * double(c.d) * double(r), false, 2.0 * double(c.d) * double(c.d));
                   }});
   list.push_back({"recurrent", "softmax top-k per sequence on its mean input; GRU experts (hidden d) over each sequence",
                   [=](const BlockConfig& c) {

@@ -158,7 +158,7 @@ inline RunResult train_one(const Task& task, const Policy& policy, const TrainCo
       p.load_cv += cv / double(blocks.size());
       p.load_max_mean += mm / double(blocks.size());
       p.dropped += routed.dropped / double(blocks.size());
-      flops += double(routed.rows) * blocks[l]->flops_per_row() / double(eval_n) / double(blocks.size());
+      flops += double(routed.rows) * blocks[l]->flops_per_row() / double(eval_n) + blocks[l]->shared_flops_per_token();
       if (l == 0) {
         Index total = 0;
         for (Index v : routed.load) total += v;

@@ -58,6 +58,7 @@
 #include <moe/loss/domain_loss.hpp>
 #include <moe/loss/hierarchical_balancing_loss.hpp>
 #include <moe/loss/routing_entropy_loss.hpp>
+#include <moe/loss/capacity_loss.hpp>
 #include <moe/loss/loss_list.hpp>
 #include <moe/loss/loss_weights.hpp>
 
