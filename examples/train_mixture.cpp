@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
   }
   std::fprintf(csv,
                "epoch,step,moe_loss,dense_loss,moe_purity,moe_load_cv,collapsed_aux_loss,collapsed_aux_load_cv,"
-               "collapsed_no_aux_loss,collapsed_no_aux_load_cv\n");
+               "collapsed_no_aux_loss,collapsed_no_aux_load_cv,moe_entropy,moe_top1_margin,collapsed_aux_entropy,"
+               "collapsed_no_aux_entropy\n");
 
   std::printf("mixture of local experts: %ld clusters, d %ld, expert width %ld, %ld training tokens, batch %ld, "
               "%ld Adam steps (lr %g), seed %llu\n",
@@ -67,9 +68,10 @@ int main(int argc, char** argv) {
               "load cv", "coll+aux", "load cv", "coll-aux", "load cv");
 
   const auto rows = mx::train<S>(cfg, task, [&](const mx::EpochRow& r) {
-    std::fprintf(csv, "%ld,%ld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", long(r.epoch), long(r.step), r.moe.loss,
-                 r.dense.loss, r.moe.purity, r.moe.load_cv, r.collapsed_aux.loss, r.collapsed_aux.load_cv,
-                 r.collapsed_no_aux.loss, r.collapsed_no_aux.load_cv);
+    std::fprintf(csv, "%ld,%ld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", long(r.epoch), long(r.step),
+                 r.moe.loss, r.dense.loss, r.moe.purity, r.moe.load_cv, r.collapsed_aux.loss, r.collapsed_aux.load_cv,
+                 r.collapsed_no_aux.loss, r.collapsed_no_aux.load_cv, r.moe.entropy, r.moe.top1_margin,
+                 r.collapsed_aux.entropy, r.collapsed_no_aux.entropy);
     if (r.epoch % 5 == 0 || r.step == cfg.steps)
       std::printf("%5ld %6ld | %9.5f %9.5f %7.3f %7.3f | %9.5f %7.3f | %9.5f %7.3f\n", long(r.epoch), long(r.step),
                   r.moe.loss, r.dense.loss, r.moe.purity, r.moe.load_cv, r.collapsed_aux.loss,

@@ -139,12 +139,20 @@ struct Metrics {
   double purity = 0;   ///< mean over clusters of the share of its tokens on its most frequent top-1 expert
   double load_cv = 0;  ///< population std / mean of the per-expert top-1 counts
   Index distinct = 0;  ///< distinct experts among the clusters' most frequent ones
+  double entropy = 0;      ///< mean routing entropy of softmax(logits), nats (RoutingTelemetry)
+  double top1_margin = 0;  ///< mean p(1) - p(2) of softmax(logits) (RoutingTelemetry; 0 for E = 1)
 };
 
 template <class S>
 Metrics evaluate(const Config& cfg, const Task<S>& task, Trainee<S>& m) {
-  const RowMatrix<S> y = m.layer.forward(task.x_eval, m.ws);
+  RoutingTelemetry telemetry;  // the eval forward's routing record (docs/telemetry.md)
+  ForwardContext ctx;
+  ctx.telemetry = &telemetry;
+  const RowMatrix<S> y = m.layer.forward(task.x_eval, m.ws, ctx);
   Metrics out;
+  const TelemetryRecord& record = telemetry.records().front();
+  out.entropy = record.entropy;
+  out.top1_margin = std::isfinite(record.top1_margin) ? record.top1_margin : 0.0;
   out.loss = (y - task.y_eval).template cast<double>().array().square().mean();
   const Index E = m.layer.num_experts(), K = cfg.clusters;
   std::vector<Index> load(static_cast<std::size_t>(E), 0);

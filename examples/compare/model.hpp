@@ -136,7 +136,9 @@ class Model {
     }
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       norms_[l].forward(h_[l], trunk_.norm_gain[l], trunk_.norm_bias[l], a_[l]);
-      blocks_[l]->forward(a_[l], out_, ctx);
+      ForwardContext block_ctx = ctx;  // each block tags its telemetry records with its index
+      block_ctx.layer_index = static_cast<Index>(l);
+      blocks_[l]->forward(a_[l], out_, block_ctx);
       h_[l + 1] = h_[l] + out_;
     }
     final_.forward(h_.back(), trunk_.final_gain, trunk_.final_bias, z_);

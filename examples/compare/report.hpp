@@ -216,6 +216,8 @@ inline nlohmann::json to_json(const Comparison& c, bool with_timings = true) {
                                 {"load_max_mean", pt.load_max_mean},
                                 {"dropped", pt.dropped},
                                 {"changed", opt_json(pt.changed)},
+                                {"entropy", opt_json(pt.entropy)},
+                                {"top1_margin", opt_json(pt.top1_margin)},
                                 {"load_share", pt.load_share}});
       }
       o["runs"].push_back(run);

@@ -34,6 +34,9 @@ struct CurvePoint {
   double dropped = 0;
   std::optional<double> changed;  ///< fraction of held-out units whose top expert changed since the previous point
   std::vector<double> load_share;  ///< per expert, its share of the kept assignments (first block)
+  /// From RoutingTelemetry on the first block: mean routing entropy of softmax(logits) (nats)
+  /// and mean top-1 margin p(1) - p(2); empty where the router has no logits (Soft MoE).
+  std::optional<double> entropy, top1_margin;
 };
 
 /// One policy, one seed.
@@ -137,6 +140,8 @@ inline RunResult train_one(const Task& task, const Policy& policy, const TrainCo
     ctx.seed = seed;
     ctx.sequence_length = bc.sequence_length;
     eval_batch.attach(ctx);
+    RoutingTelemetry telemetry;  // the evaluation's routing, per block (ForwardContext::layer_index)
+    ctx.telemetry = &telemetry;
     const auto start = clock::now();
     CurvePoint p;
     p.step = step;
@@ -160,9 +165,15 @@ inline RunResult train_one(const Task& task, const Policy& policy, const TrainCo
       p.dropped += routed.dropped / double(blocks.size());
       flops += double(routed.rows) * blocks[l]->flops_per_row() / double(eval_n) + blocks[l]->shared_flops_per_token();
       if (l == 0) {
-        Index total = 0;
-        for (Index v : routed.load) total += v;
-        for (Index v : routed.load) p.load_share.push_back(total ? double(v) / double(total) : 0.0);
+        // Blocks without an MoELayer of their own record through the one they wrap (multi-head).
+        for (const TelemetryRecord& rec : telemetry.records()) {
+          if (rec.layer != 0) continue;
+          Index total = 0;
+          for (Index v : rec.load) total += v;
+          for (Index v : rec.load) p.load_share.push_back(total ? double(v) / double(total) : 0.0);
+          if (std::isfinite(rec.entropy)) p.entropy = rec.entropy;
+          if (std::isfinite(rec.top1_margin)) p.top1_margin = rec.top1_margin;
+        }
       }
       has_top1 = has_top1 && !routed.top1.empty();
       has_aux = has_aux && routed.aux.has_value();

@@ -36,6 +36,7 @@
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
+#include <moe/dispatch/telemetry.hpp>  // 6 telemetry (optional)
 #include <moe/gather/gather.hpp>           // 3 gather
 #include <moe/gather/gather_slots.hpp>
 #include <moe/expert/conv_experts.hpp>     // 4 experts

@@ -209,3 +209,35 @@ TEST_CASE("one const layer from several threads, each with its own ThreadPool: s
   check_concurrent(mixtral<float>(), 0, 2);
   check_concurrent(qwen2<double>(), 0, 3);
 }
+
+TEST_CASE("one RoutingTelemetry shared by callers on several threads: every call recorded, outputs unchanged",
+          "[layer][threads][telemetry]") {
+  // The collector's lock is the only synchronisation between the callers; TSan checks it.
+  const auto layer = mixtral<float>();
+  constexpr int callers = 4, calls = 5;
+  const RowMatrix<float> x = random_matrix<float>(24, layer.input_dim(), 31);
+  moe::Workspace<float> serial_ws;
+  const RowMatrix<float> expected = layer.forward(x, serial_ws);
+  moe::RoutingTelemetry telemetry;
+  std::vector<int> identical(callers, 0);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c)
+    threads.emplace_back([&, c] {
+      moe::Workspace<float> ws;
+      moe::ForwardContext ctx;
+      ctx.telemetry = &telemetry;
+      ctx.layer_index = c;
+      for (int i = 0; i < calls; ++i) identical[static_cast<std::size_t>(c)] += layer.forward(x, ws, ctx) == expected;
+    });
+  for (auto& t : threads) t.join();
+  for (int c = 0; c < callers; ++c) CHECK(identical[static_cast<std::size_t>(c)] == calls);
+  REQUIRE(telemetry.records().size() == std::size_t(callers * calls));
+  std::vector<int> per_layer(callers, 0);
+  for (std::size_t i = 0; i < telemetry.records().size(); ++i) {
+    const auto& r = telemetry.records()[i];
+    CHECK(r.call == i);  // numbered in arrival order
+    CHECK(r.load == serial_ws.stats.expert_load);
+    ++per_layer[static_cast<std::size_t>(r.layer)];
+  }
+  for (int c = 0; c < callers; ++c) CHECK(per_layer[static_cast<std::size_t>(c)] == calls);
+}

@@ -10,6 +10,7 @@
 namespace moe {
 
 class ThreadPool;
+class RoutingTelemetry;
 
 /// What MoELayer::forward does with a NaN or an infinity in x.
 enum class NonFinitePolicy : std::uint8_t {
@@ -66,6 +67,11 @@ struct ForwardContext {
   NonFinitePolicy non_finite = NonFinitePolicy::error;
   /// The product kernel for this forward; batch_invariant trades speed for batch-independent rows.
   GemmKernel gemm = GemmKernel::fast;
+  /// A collector of per-call routing records (RoutingTelemetry, dispatch/telemetry.hpp):
+  /// forward appends one record per call when set; nullptr (the default) records nothing.
+  RoutingTelemetry* telemetry = nullptr;
+  /// The tag of this call's record in `telemetry` (which layer of a model it was).
+  Index layer_index = 0;
 };
 
 }  // namespace moe

@@ -16,6 +16,7 @@
 #include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
+#include <moe/dispatch/telemetry.hpp>
 #include <moe/expert/conv_experts.hpp>
 #include <moe/expert/ffn_experts.hpp>
 #include <moe/expert/gpt_oss_experts.hpp>
@@ -190,6 +191,7 @@ class MoELayer {
       executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine: C_b * slots
       record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
+      if (ctx.telemetry != nullptr) ctx.telemetry->record(ctx.layer_index, ws.routing, ws.plan, ws.stats, true);
     } else {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
       build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
@@ -198,6 +200,7 @@ class MoELayer {
       executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
       combiner_.template combine<Arch>(x, ws.plan, ws.y_perm, y, cc);           // 5 combine
       record_statistics(ws.plan, ws.routing.size(), ws.stats);                  // 6 statistics for the losses
+      if (ctx.telemetry != nullptr) ctx.telemetry->record(ctx.layer_index, ws.routing, ws.plan, ws.stats);
     }
     if (ctx.mode == Mode::training) ws.x_saved = x;  // the router's backward needs all of x
     ws.last_mode = ctx.mode;
