@@ -3,6 +3,7 @@
 #ifndef MOE_EXAMPLES_COMPARE_TASK_HPP
 #define MOE_EXAMPLES_COMPARE_TASK_HPP
 
+#include "../train_mixture.hpp"
 #include "blocks.hpp"
 
 #include <algorithm>
@@ -179,36 +180,26 @@ inline Task load_text(const std::string& path, Index context, double held_out = 
   return t;
 }
 
-/// The mixture-of-clusters regression (examples/train_mixture.hpp's task): inputs from K
-/// clusters, each with its own nonlinear target map tanh(A_k (x - c_k) + b_k).
+/// The mixture-of-clusters regression of examples/train_mixture (its make_task, with its map
+/// gain and offset): inputs from K clusters, each with its own nonlinear target map
+/// tanh(A_k (x - c_k) + b_k).
 inline Task make_synthetic(Index clusters, Index d, Index train, Index eval, std::uint64_t seed) {
+  mixture::Config cfg;
+  cfg.clusters = clusters;
+  cfg.d = d;
+  cfg.train_tokens = train;
+  cfg.eval_tokens = eval;
+  cfg.seed = seed;
+  auto m = mixture::make_task<S>(cfg);
   Task t;
   t.kind = TaskKind::synthetic;
   t.clusters = clusters;
-  RowMatrix<double> mu(1, d), centres(clusters, d), b(clusters, d);
-  fill_normal(mu, seed * 1000 + 1, 2.0);
-  fill_normal(centres, seed * 1000 + 2, 1.0);
-  centres.rowwise() += mu.row(0);
-  std::vector<RowMatrix<double>> A(static_cast<std::size_t>(clusters), RowMatrix<double>(d, d));
-  for (Index k = 0; k < clusters; ++k)
-    fill_normal(A[static_cast<std::size_t>(k)], seed * 1000 + 10 + static_cast<std::uint64_t>(k), 0.5 / std::sqrt(double(d)));
-  fill_normal(b, seed * 1000 + 3, 0.5);
-  const auto sample = [&](Index n, std::uint64_t stream, RowMatrix<S>& x, RowMatrix<S>& y, std::vector<Index>& cl) {
-    RowMatrix<double> noise(n, d);
-    fill_normal(noise, stream, 1.0);
-    const CounterRng pick(stream, 1);
-    x.resize(n, d);
-    y.resize(n, d);
-    cl.resize(static_cast<std::size_t>(n));
-    for (Index i = 0; i < n; ++i) {
-      const auto k = static_cast<Index>(pick.bits(static_cast<std::uint64_t>(i), 0) % static_cast<std::uint64_t>(clusters));
-      cl[static_cast<std::size_t>(i)] = k;
-      x.row(i) = (centres.row(k) + noise.row(i)).cast<S>();
-      y.row(i) = ((noise.row(i) * A[static_cast<std::size_t>(k)].transpose()) + b.row(k)).array().tanh().matrix().cast<S>();
-    }
-  };
-  sample(train, seed * 1000 + 100, t.x_train, t.y_train, t.cluster_train);
-  sample(eval, seed * 1000 + 200, t.x_eval, t.y_eval, t.cluster_eval);
+  t.x_train = std::move(m.x_train);
+  t.y_train = std::move(m.y_train);
+  t.x_eval = std::move(m.x_eval);
+  t.y_eval = std::move(m.y_eval);
+  t.cluster_train = std::move(m.cluster_train);
+  t.cluster_eval = std::move(m.cluster_eval);
   t.description = "mixture-of-clusters regression: " + std::to_string(clusters) + " clusters, d " + std::to_string(d) +
                   ", " + std::to_string(train) + " training and " + std::to_string(eval) + " held-out inputs";
   return t;
