@@ -1,11 +1,15 @@
 // Every loader (the HF families, Switch, Soft MoE and the "moe." layouts: noisy top-k, expert
-// choice, hash, modality experts, domain-aware, task-aware) against well-formed files that are wrong for
+// choice, hash, modality experts, domain-aware, task-aware, top-p, threshold skipping, low-rank,
+// hierarchical, convolutional, multi-head, recurrent) against well-formed files that are wrong for
 // it: another family's file, a missing expert, a transposed weight, an integer weight, a 1-D
 // tensor where a matrix belongs; and 16-bit float files, which must load (converted exactly).
 // Each refusal is the documented moe::io exception with a message naming the loader and the
 // tensor (docs/errors.md).
+#include <moe/io/conv_loader.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/low_rank_loader.hpp>
+#include <moe/io/multi_head_loader.hpp>
+#include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
 #include <moe/io/soft_moe_loader.hpp>
 #include <moe/io/switch_loader.hpp>
@@ -237,6 +241,45 @@ std::vector<LoaderCase> families() {
     f.load = [](const SafetensorsFile& s) { (void)load_hierarchical<float>(s, "moe.", {2, 1}); };
     out.push_back(f);
   }
+  {
+    // Convolutional experts: the gate, a causal depthwise kernel [2, D] per expert, SwiGLU.
+    LoaderCase f{"conv_expert", "moe::io::load_conv_experts", moe_tensors(true, false), nullptr, "moe.gate.weight",
+                 "moe.experts.2.conv.weight", "moe.experts.1.w2.weight", swiglu_t};
+    for (std::int64_t e = 0; e < E; ++e) f.tensors.push_back({"moe.experts." + std::to_string(e) + ".conv.weight", {2, D}});
+    f.load = [](const SafetensorsFile& s) { (void)load_conv_experts<float>(s, "moe."); };
+    out.push_back(f);
+  }
+  {
+    // Multi-head: h = 2 heads of D / 2 = 2; the gate [E, 2] and SwiGLU experts of width 2
+    // between the two [D, D] projections.
+    std::vector<Tensor> t{{"moe.head_proj.weight", {D, D}}, {"moe.gate.weight", {E, D / 2}}};
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::string q = "moe.experts." + std::to_string(e) + ".";
+      t.push_back({q + "w1.weight", {FF, D / 2}});
+      t.push_back({q + "w3.weight", {FF, D / 2}});
+      t.push_back({q + "w2.weight", {D / 2, FF}});
+    }
+    t.push_back({"moe.merge_proj.weight", {D, D}});
+    LoaderCase f{"multi_head", "moe::io::load_multi_head", t, nullptr, "moe.gate.weight", "moe.experts.2.w3.weight",
+                 "moe.experts.1.w2.weight", "expected shape [2, 3], got [3, 2]"};
+    f.load = [](const SafetensorsFile& s) { (void)load_multi_head<float>(s, "moe."); };
+    out.push_back(f);
+  }
+  {
+    // Recurrent: the gate and per expert torch.nn.GRU's tensors with hidden size H = 2.
+    std::vector<Tensor> t{{"moe.gate.weight", {E, D}}};
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::string q = "moe.experts." + std::to_string(e) + ".";
+      t.push_back({q + "weight_ih", {6, D}});
+      t.push_back({q + "weight_hh", {6, 2}});
+      t.push_back({q + "bias_ih", {6}});
+      t.push_back({q + "bias_hh", {6}});
+    }
+    LoaderCase f{"recurrent", "moe::io::load_recurrent", t, nullptr, "moe.gate.weight", "moe.experts.2.weight_hh",
+                 "moe.experts.1.weight_hh", "expected shape [6, 2], got [2, 6]"};
+    f.load = [](const SafetensorsFile& s) { (void)load_recurrent<float>(s, "moe."); };
+    out.push_back(f);
+  }
   return out;
 }
 
@@ -348,12 +391,15 @@ TEST_CASE("a loader given another family's file loads exactly when the file hold
       }
     }
   }
-  // Of 272 cross pairings only 23 load: OLMoE's names in a Qwen2-MoE and in a DeepSeek-V3 file;
-  // expert choice's (the gate and SwiGLU experts), which top-p and threshold skipping read too,
-  // in a noisy top-k, a modality, a domain-aware, a task-aware and a hierarchical file (whose
-  // primary router is a gate of 2 experts to them) and in the other two of the three: 3
-  // loaders x 7 files.
-  REQUIRE(refused == 272 - 23);
+  // Of 20 x 19 = 380 cross pairings only 29 load: OLMoE's names in a Qwen2-MoE and in a
+  // DeepSeek-V3 file; expert choice's (the gate and SwiGLU experts), which top-p and threshold
+  // skipping read too, in a noisy top-k, a modality, a domain-aware, a task-aware, a
+  // hierarchical (whose primary router is a gate of 2 experts to them), a convolutional and a
+  // multi-head file (whose gate and experts, of width D / 2, agree with each other) and in the
+  // other two of the three: 3 loaders x 9 files. No loader reads a subset of a recurrent file
+  // (no SwiGLU experts), and the conv, multi-head and recurrent loaders each need a tensor no
+  // other family has.
+  REQUIRE(refused == 380 - 29);
 }
 
 TEST_CASE("a missing expert is refused naming the loader and the tensor", "[io][loader][robustness]") {
@@ -486,10 +532,15 @@ TEST_CASE("a zero d_ff reaches the bank's constructor, whose refusal carries the
   // std::invalid_argument.
   for (const LoaderCase& f : families()) {
     if (f.name == "gpt_oss") continue;  // fused experts: d_ff comes from gate_up_proj, checked for evenness
+    // GRU experts have no d_ff: their width is the hidden size, a third of weight_ih's rows,
+    // whose refusals tests/io/recurrent_loader_test.cpp checks.
+    if (f.name == "recurrent") continue;
     std::vector<Tensor> t = f.tensors;
     for (Tensor& x : t)
-      // experts.{e}. and experts.expert_{e}.; 2-D, since expert_modality (a table [E]) is no weight
-      if (x.name.find("xpert") != std::string::npos && x.shape.size() == 2) {
+      // experts.{e}. and experts.expert_{e}.; 2-D, since expert_modality (a table [E]) is no
+      // weight; not the conv kernels [w, D], whose width is no d_ff
+      if (x.name.find("xpert") != std::string::npos && x.shape.size() == 2 &&
+          x.name.find("conv.weight") == std::string::npos) {
         if (x.shape[0] == FF || x.shape[0] == 5) x.shape[0] = 0;
         else x.shape[1] = 0;
       }
