@@ -184,6 +184,45 @@ TEMPLATE_LIST_TEST_CASE("Switch top-1 layers with capacity and drops: gradients 
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("layers with overflow rerouting: gradients match finite differences",
+                        "[layer][backward][gradcheck][capacity][reroute]", ExpertKinds) {
+  // The rerouted assignment's gate is the router's rule on the token's new set of experts, so
+  // its gradient reaches the logit of the expert it landed on (and, renormalised, the others').
+  using E = typename TestType::type;
+  const auto run = [](const char* name, auto router, moe::Capacity capacity) {
+    INFO(name);
+    using R = decltype(router);
+    moe::MoELayer<E, R, moe::WeightedSumCombiner<S>> layer(random_experts<E>(kExperts, 14), std::move(router), {},
+                                                           capacity);
+    moe::Workspace<S> ws;
+    (void)layer.forward(random_matrix(kTokens, kDim, 101), ws);
+    REQUIRE(ws.stats.rerouted >= 1);  // the configuration really reroutes
+    moe::LossWeights<S> w;
+    w.aux = 0.2;
+    w.z = 0.1;
+    gradcheck(layer, {}, w);
+  };
+  for (const auto priority : {moe::Priority::position, moe::Priority::batch_prioritized}) {
+    for (const Index tries : {Index{1}, kExperts}) {
+      INFO("priority " << int(priority) << ", tries " << tries);
+      // Switch: top-1, raw probability; 6 tokens, 4 experts of 1 slot.
+      run("switch", moe::SoftmaxTopKRouter<S>(random_matrix(kExperts, kDim, 15), 1, moe::SoftmaxTopK<S>{false}),
+          moe::Capacity::fixed(1, priority).rerouted(tries));
+      // Mixtral: top-2 renormalised; 12 assignments, 4 experts of 3 slots.
+      run("mixtral", moe::SoftmaxTopKRouter<S>(random_matrix(kExperts, kDim, 22), 2, moe::SoftmaxTopK<S>{true}),
+          moe::Capacity::fixed(3, priority).rerouted(tries));
+      // GPT-OSS: softmax over the selected biased logits.
+      run("gpt-oss", moe::TopKSoftmaxRouter<S>(random_matrix(kExperts, kDim, 17), 2, {}, random_matrix(kExperts, 1, 18)),
+          moe::Capacity::fixed(3, priority).rerouted(tries));
+      // Adaptive: top-p (raw) and threshold skipping (renormalised) keep 1..3 experts.
+      run("top-p", moe::TopPRouter<S>(random_matrix(kExperts, kDim, 19), 3, moe::TopP<S>{0.7}),
+          moe::Capacity::fixed(3, priority).rerouted(tries));
+      run("threshold-skip", moe::ThresholdSkipRouter<S>(random_matrix(kExperts, kDim, 20), 3, moe::ThresholdSkip<S>{0.3}),
+          moe::Capacity::fixed(3, priority).rerouted(tries));
+    }
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("noisy top-k layers with supplied noise: gradients match, with and without its losses",
                         "[layer][backward][gradcheck][noisy]", ExpertKinds) {
   using E = typename TestType::type;

@@ -90,6 +90,13 @@ concept HasRoute = HasScalarType<T> && requires(const T& r, const ConstMatrixRef
   r.template route<Arch>(x, out, ctx);
 };
 
+/// A router (or gating rule) that can recompute a token's gates by its rule for the experts
+/// its pairs now hold: what overflow rerouting and routing replay need (docs/capacity.md#rerouting).
+template <class T, class Arch = xsimd::default_arch>
+concept HasRegate = HasScalarType<T> && requires(const T& r, RoutingResult<typename T::scalar_type>& out, Index i) {
+  r.template regate<Arch>(out, i, i, i);
+};
+
 template <class T, class Arch = xsimd::default_arch>
 concept HasRouterBackward = HasScalarType<T> && requires(const T& r, const RouterBackward<typename T::scalar_type>& in,
                                                          T& grad) {

@@ -38,12 +38,23 @@ struct Capacity {
   Index absolute = 0;
   /// Who claims slots first when an expert overflows.
   Priority priority = Priority::position;
+  /// Overflow rerouting (docs/capacity.md#rerouting): 0 drops an assignment whose expert is
+  /// full; r > 0 tries the token's next r experts in its router's order (those it did not
+  /// choose, best first) and moves the assignment to the first with room, its gate recomputed
+  /// by the router's rule. Needs a router that can recompute gates (a `regate` member).
+  Index reroute = 0;
 
   static Capacity unlimited() { return {}; }
   static Capacity from_factor(double f, Index min = 0, Priority p = Priority::position) {
     return {Kind::factor, f, min, 0, p};
   }
   static Capacity fixed(Index c, Priority p = Priority::position) { return {Kind::absolute, 1.0, 0, c, p}; }
+  /// This capacity with overflow rerouting over up to `tries` next-best experts.
+  [[nodiscard]] Capacity rerouted(Index tries) const {
+    Capacity c = *this;
+    c.reroute = tries;
+    return c;
+  }
 
   /// Throws std::invalid_argument for a factor that is not positive and finite, or a negative
   /// minimum or absolute capacity.
@@ -54,6 +65,7 @@ struct Capacity {
       detail::require(minimum >= 0, where, "minimum", ">= 0", minimum);
     }
     if (kind == Kind::absolute) detail::require(absolute >= 0, where, "absolute capacity", ">= 0", absolute);
+    if (reroute != 0) detail::require(reroute > 0, where, "reroute (tries)", ">= 0", reroute);
   }
 
   /// Slots per expert for n assignments over E experts; -1 when unlimited.
@@ -93,6 +105,11 @@ struct DispatchPlan {
   std::vector<Index> slot_of;
   /// Routing assignments dropped by capacity, in routing order.
   std::vector<Index> dropped;
+  /// Overflow rerouting (Capacity::reroute > 0): the assignments moved to another expert, in
+  /// the order they were served, and the expert each first chose (the routing result holds
+  /// the one it landed on). Empty otherwise.
+  std::vector<Index> rerouted;
+  std::vector<Index> rerouted_from;
   /// The transpose, token-major: token t's slots are token_slots[token_offsets[t] ..
   /// token_offsets[t + 1]), in ascending slot order (so in expert order). Combine and the
   /// transposed gather run per token from it, in parallel and in a fixed summation order.

@@ -14,6 +14,9 @@ struct LayerStatistics {
   Index tokens = 0;
   Index assignments = 0;
   Index dropped = 0;
+  /// Assignments overflow rerouting moved to another expert (Capacity::reroute > 0); they are
+  /// kept, so not counted in `dropped`.
+  Index rerouted = 0;
   std::vector<Index> expert_load;  ///< kept assignments per expert
   /// experts_per_token[n]: the tokens that ran through n experts (kept assignments, after
   /// capacity), n = 0..E. Varies with the token under adaptive routing (TopP, ThresholdSkip),

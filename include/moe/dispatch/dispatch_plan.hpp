@@ -92,6 +92,42 @@ void build_token_map(DispatchPlan<S>& plan) {
   if (T > 0) plan.token_offsets[0] = 0;
 }
 
+/// build_plan's second half. On entry plan.offsets[e + 1] counts expert e's kept assignments
+/// and plan.slot_of[i] is 0 for a kept assignment, -1 for a dropped one; lays the kept ones
+/// out expert-major in routing order and builds the token map.
+template <class S>
+void layout_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan) {
+  const Index n = routing.size();
+  const auto En = static_cast<std::size_t>(plan.num_experts);
+  for (std::size_t e = 0; e < En; ++e) plan.offsets[e + 1] += plan.offsets[e];
+
+  const auto rows = static_cast<std::size_t>(plan.offsets[En]);
+  // rows <= n: reserving n keeps a same-sized batch allocation-free whatever its routing.
+  plan.token.reserve(static_cast<std::size_t>(n));
+  plan.gate.reserve(static_cast<std::size_t>(n));
+  plan.assignment.reserve(static_cast<std::size_t>(n));
+  plan.token.resize(rows);
+  plan.gate.resize(rows);
+  plan.assignment.resize(rows);
+  // The offsets double as cursors: a second pass in routing order keeps token order.
+  std::vector<Index>& cursor = plan.offsets;  // advanced below, then restored
+  for (Index i = 0; i < n; ++i) {
+    const auto iu = static_cast<std::size_t>(i);
+    if (plan.slot_of[iu] < 0) continue;
+    const auto e = static_cast<std::size_t>(routing.expert[iu]);
+    const Index p = cursor[e]++;
+    plan.slot_of[iu] = p;
+    plan.token[static_cast<std::size_t>(p)] = routing.token[iu];
+    plan.gate[static_cast<std::size_t>(p)] = routing.gate[iu];
+    plan.assignment[static_cast<std::size_t>(p)] = i;
+  }
+  // cursor[e] now equals the old offsets[e + 1]: shift back to restore the CSR offsets.
+  for (std::size_t e = En; e > 0; --e) plan.offsets[e] = plan.offsets[e - 1];
+  plan.offsets[0] = 0;
+  plan.token_slots.reserve(static_cast<std::size_t>(n));  // kept rows vary with capacity; n bounds them
+  build_token_map(plan);
+}
+
 }  // namespace detail
 
 /// Builds the plan by a stable counting sort over experts.
@@ -113,9 +149,14 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
   plan.num_tokens = routing.num_tokens;
   plan.num_experts = E;
   plan.capacity = capacity.slots(n, E);
+  if (capacity.reroute != 0)
+    detail::throw_invalid("moe::build_plan()", "Capacity::reroute", "0 (rerouting recomputes gates by the router's rule: "
+                          "build_plan_rerouted)", capacity.reroute);
   plan.offsets.assign(En + 1, 0);
   plan.slot_of.assign(static_cast<std::size_t>(n), 0);
   plan.dropped.clear();
+  plan.rerouted.clear();
+  plan.rerouted_from.clear();
 
   for (Index i = 0; i < n; ++i) {
     const Index e = routing.expert[static_cast<std::size_t>(i)];
@@ -151,33 +192,7 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
     for (Index i = 0; i < n; ++i)
       if (plan.slot_of[static_cast<std::size_t>(i)] < 0) plan.dropped.push_back(i);
   }
-  for (std::size_t e = 0; e < En; ++e) plan.offsets[e + 1] += plan.offsets[e];
-
-  const auto rows = static_cast<std::size_t>(plan.offsets[En]);
-  // rows <= n: reserving n keeps a same-sized batch allocation-free whatever its routing.
-  plan.token.reserve(static_cast<std::size_t>(n));
-  plan.gate.reserve(static_cast<std::size_t>(n));
-  plan.assignment.reserve(static_cast<std::size_t>(n));
-  plan.token.resize(rows);
-  plan.gate.resize(rows);
-  plan.assignment.resize(rows);
-  // The offsets double as cursors: a second pass in routing order keeps token order.
-  std::vector<Index>& cursor = plan.offsets;  // advanced below, then restored
-  for (Index i = 0; i < n; ++i) {
-    const auto iu = static_cast<std::size_t>(i);
-    if (plan.slot_of[iu] < 0) continue;
-    const auto e = static_cast<std::size_t>(routing.expert[iu]);
-    const Index p = cursor[e]++;
-    plan.slot_of[iu] = p;
-    plan.token[static_cast<std::size_t>(p)] = routing.token[iu];
-    plan.gate[static_cast<std::size_t>(p)] = routing.gate[iu];
-    plan.assignment[static_cast<std::size_t>(p)] = i;
-  }
-  // cursor[e] now equals the old offsets[e + 1]: shift back to restore the CSR offsets.
-  for (std::size_t e = En; e > 0; --e) plan.offsets[e] = plan.offsets[e - 1];
-  plan.offsets[0] = 0;
-  plan.token_slots.reserve(static_cast<std::size_t>(n));  // kept rows vary with capacity; n bounds them
-  detail::build_token_map(plan);
+  detail::layout_plan(routing, plan);
 }
 
 }  // namespace moe

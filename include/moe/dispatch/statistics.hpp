@@ -18,6 +18,7 @@ void record_statistics(const DispatchPlan<S>& plan, Index num_assignments, Layer
   stats.tokens = plan.num_tokens;
   stats.assignments = num_assignments;
   stats.dropped = static_cast<Index>(plan.dropped.size());
+  stats.rerouted = static_cast<Index>(plan.rerouted.size());
   stats.expert_load.resize(static_cast<std::size_t>(plan.num_experts));
   for (Index e = 0; e < plan.num_experts; ++e) stats.expert_load[static_cast<std::size_t>(e)] = plan.count(e);
   const auto T = static_cast<std::size_t>(plan.num_tokens);

@@ -14,6 +14,7 @@
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/reroute.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
 #include <moe/dispatch/telemetry.hpp>
@@ -194,7 +195,7 @@ class MoELayer {
       if (ctx.telemetry != nullptr) ctx.telemetry->record(ctx.layer_index, ws.routing, ws.plan, ws.stats, true);
     } else {
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
-      build_plan(ws.routing, ws.plan, capacity_);                               // 2 plan
+      plan_step(ws);                                                            // 2 plan
       prepare(ws, x.cols());
       gather_tokens<Arch>(x, ws.plan, ws.x_perm, ctx.pool);                     // 3 gather
       executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
@@ -371,6 +372,22 @@ class MoELayer {
                       "token_ids length (one per row of x)", x.rows(), ctx.token_ids.size());
     if constexpr (router_traits<RouterType>::is_dense) (void)detail::num_sequences(x.rows(), ctx.sequence_length, where);
     detail::require_finite_input(x, ctx, where);
+  }
+
+  /// Step 2 of the sparse path: capacity, with overflow rerouting when capacity_.reroute > 0.
+  void plan_step(workspace_type& ws) const {
+    if (capacity_.reroute == 0) {
+      build_plan(ws.routing, ws.plan, capacity_);
+    } else if constexpr (detail::HasRegate<RouterType, Arch>) {
+      build_plan_rerouted(ws.routing, ws.plan, capacity_, [this](RoutingResult<scalar_type>& r, Index t, Index b, Index e) {
+        router_.template regate<Arch>(r, t, b, e);
+      });
+    } else {
+      detail::throw_invalid("MoELayer::forward()", "Capacity::reroute",
+                            "0 for this router (rerouting needs one that can regate: TopKRouter with SoftmaxTopK, "
+                            "TopKSoftmax, TopP or ThresholdSkip, or Jittered of one; docs/capacity.md#rerouting)",
+                            capacity_.reroute);
+    }
   }
 
   void prepare(workspace_type& ws, Index d) const {

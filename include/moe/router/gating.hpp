@@ -24,6 +24,26 @@
 
 namespace moe {
 
+namespace detail {
+
+/// Gates of token t's pairs [begin, end) recomputed from its softmax probabilities r.scores
+/// for the experts they hold: raw p, or p over their sum (renormalize), summed in pair order
+/// as the rules' select() does, so an unchanged run gets the same bits.
+template <class S>
+void softmax_subset_regate(RoutingResult<S>& r, Index t, Index begin, Index end, bool renormalize) {
+  const S* p = r.scores.data() + t * r.num_experts;
+  S sum = 0;
+  for (Index i = begin; i < end; ++i) {
+    const S v = p[r.expert[static_cast<std::size_t>(i)]];
+    r.gate[static_cast<std::size_t>(i)] = v;
+    sum += v;
+  }
+  if (renormalize)
+    for (Index i = begin; i < end; ++i) r.gate[static_cast<std::size_t>(i)] /= sum;
+}
+
+}  // namespace detail
+
 /// softmax over all experts, then the k largest probabilities; optionally renormalised so
 /// the k weights sum to 1. Mixtral (renormalize = true), Qwen2-MoE and OLMoE
 /// (renormalize = norm_topk_prob), Switch (k = 1, renormalize = false).
@@ -53,6 +73,13 @@ struct SoftmaxTopK {
       if (renormalize)
         for (Index j = 0; j < k; ++j) out.gate[static_cast<std::size_t>(t * k + j)] /= sum;
     }
+  }
+
+  /// Recomputes the gates of token t's pairs [begin, end) by this rule for the experts they
+  /// now hold (overflow rerouting, routing replay); an unchanged run gets select()'s bits.
+  template <class Arch>
+  void regate(RoutingResult<S>& r, Index t, Index begin, Index end) const {
+    detail::softmax_subset_regate(r, t, begin, end, renormalize);
   }
 
   /// Adds dL/dlogits to dlogits [T, E] given dL/dgate per assignment. The gradient reaches
@@ -110,6 +137,16 @@ struct TopKSoftmax {
       }
       kernels::SoftmaxRows<Arch>{}(g, 1, k, k);
     }
+  }
+
+  /// Recomputes the gates of token t's pairs [begin, end) by this rule for the experts they
+  /// now hold (overflow rerouting, routing replay); an unchanged run gets select()'s bits.
+  template <class Arch>
+  void regate(RoutingResult<S>& r, Index t, Index begin, Index end) const {
+    const S* row = r.scores.data() + t * r.num_experts;
+    S* g = r.gate.data() + begin;
+    for (Index i = begin; i < end; ++i) g[i - begin] = row[r.expert[static_cast<std::size_t>(i)]];
+    kernels::SoftmaxRows<Arch>{}(g, 1, end - begin, end - begin);
   }
 
   /// Only the k selected logits get a gradient: that of a softmax over them.
@@ -350,6 +387,13 @@ struct TopP {
     });
   }
 
+  /// Recomputes the gates of token t's pairs [begin, end) by this rule for the experts they
+  /// now hold (overflow rerouting, routing replay); an unchanged run gets select()'s bits.
+  template <class Arch>
+  void regate(RoutingResult<S>& r, Index t, Index begin, Index end) const {
+    detail::softmax_subset_regate(r, t, begin, end, false);
+  }
+
   /// The gradient of the raw probabilities of the kept experts reaches every logit through
   /// the softmax. Which experts are kept is piecewise constant and has no gradient.
   void backward(const RoutingResult<S>& r, Index /*k*/, const S* dgate, MatrixRef<S> dlogits) const {
@@ -384,6 +428,13 @@ struct ThresholdSkip {
       while (m < k && !(row[idx[m]] < bar)) ++m;
       return m;
     });
+  }
+
+  /// Recomputes the gates of token t's pairs [begin, end) by this rule for the experts they
+  /// now hold (overflow rerouting, routing replay); an unchanged run gets select()'s bits.
+  template <class Arch>
+  void regate(RoutingResult<S>& r, Index t, Index begin, Index end) const {
+    detail::softmax_subset_regate(r, t, begin, end, true);
   }
 
   /// Through the renormalisation over the kept experts and the softmax, to every logit.

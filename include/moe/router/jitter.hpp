@@ -8,6 +8,7 @@
 #include <moe/core/scratch.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
+#include <moe/contracts/concepts.hpp>
 #include <moe/contracts/routing_result.hpp>
 #include <moe/contracts/training.hpp>
 #include <moe/router/router_wrapper.hpp>
@@ -85,6 +86,14 @@ class Jittered : public RouterWrapper<RouterType> {
     auto jittered = jittered_lease.matrix(x.rows(), x.cols());
     jittered = x.cwiseProduct(u);
     router_.template route<Arch>(jittered, out, ctx);
+  }
+
+  /// The wrapped router's regate (overflow rerouting, routing replay): gates depend on the
+  /// scores only, which the jitter has already shaped.
+  template <class Arch = xsimd::default_arch>
+    requires detail::HasRegate<RouterType, Arch>
+  void regate(RoutingResult<scalar_type>& out, Index t, Index begin, Index end) const {
+    router_.template regate<Arch>(out, t, begin, end);
   }
 
   /// Backward of route() (docs/routers.md#training), with the forward's context in

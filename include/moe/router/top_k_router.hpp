@@ -7,6 +7,7 @@
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/router/gating.hpp>
+#include <moe/contracts/concepts.hpp>
 #include <moe/contracts/routing_result.hpp>
 #include <moe/contracts/training.hpp>
 #include <moe/core/traits.hpp>
@@ -98,6 +99,14 @@ class TopKRouter {
              const ForwardContext& ctx = {}) const {
     project<Arch>(x, out, ctx);
     gating_.template select<Arch>(out, k_);
+  }
+
+  /// Recomputes the gates of token t's pairs [begin, end) of `out` by the gating rule, for
+  /// the experts they now hold (overflow rerouting, routing replay), where the rule can.
+  template <class Arch = xsimd::default_arch>
+    requires detail::HasRegate<GatingType, Arch>
+  void regate(RoutingResult<scalar_type>& out, Index t, Index begin, Index end) const {
+    gating_.template regate<Arch>(out, t, begin, end);
   }
 
   /// route()'s first step: sizes `out` for x's T tokens and writes out.logits = x W^T (+ b),
