@@ -59,6 +59,7 @@ CROSS_CUTTING = {
     "layer/gradcheck_test.cpp": "finite-difference gradients of every family of layer (router, experts, combiner, losses)",
     "layer/numerics_test.cpp": "extreme, non-finite, denormal and edge-size inputs through kernels, routers and layer",
     "layer/arch_test.cpp": "the Arch parameter through every policy kind, the executor and the losses",
+    "layer/replay_test.cpp": "routing record and replay through the layer: tape modes, bit identity, gradients",
     "layer/custom_policies_test.cpp": "the docs' custom policies of every kind (scripts/check_doc_snippets.py)",
     "router/router_properties_test.cpp": "the properties every router keeps, checked over all routers",
     "io/loader_robustness_test.cpp": "every loader against every family's file and its corruptions",

@@ -11,6 +11,7 @@ namespace moe {
 
 class ThreadPool;
 class RoutingTelemetry;
+class RoutingTape;
 
 /// What MoELayer::forward does with a NaN or an infinity in x.
 enum class NonFinitePolicy : std::uint8_t {
@@ -70,8 +71,13 @@ struct ForwardContext {
   /// A collector of per-call routing records (RoutingTelemetry, dispatch/telemetry.hpp):
   /// forward appends one record per call when set; nullptr (the default) records nothing.
   RoutingTelemetry* telemetry = nullptr;
-  /// The tag of this call's record in `telemetry` (which layer of a model it was).
+  /// The tag of this call's record in `telemetry` and `routing_tape` (which layer of a model
+  /// it was).
   Index layer_index = 0;
+  /// Routing record and replay (RoutingTape, dispatch/routing_tape.hpp; docs/replay.md): in
+  /// TapeMode::record forward appends its decisions; in a replay mode it takes them from the
+  /// tape's next record instead of routing. nullptr (the default): route as usual.
+  RoutingTape* routing_tape = nullptr;
 };
 
 }  // namespace moe

@@ -17,6 +17,7 @@
 #include <moe/dispatch/reroute.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
+#include <moe/dispatch/routing_tape.hpp>
 #include <moe/dispatch/telemetry.hpp>
 #include <moe/expert/conv_experts.hpp>
 #include <moe/expert/ffn_experts.hpp>
@@ -184,6 +185,10 @@ class MoELayer {
     ws.has_forward = false;  // until this call completes
     CombineContext<scalar_type> cc{ws.routing, ws.last_context, ws.combine};
     if constexpr (router_traits<RouterType>::is_dense) {
+      if (ctx.routing_tape != nullptr)
+        detail::throw_invalid("MoELayer::forward()", "ForwardContext::routing_tape",
+                              "nullptr for a dense router (Soft MoE has no (token, expert) decisions to record)",
+                              "a tape");
       router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route: logits, dispatch D
       const SlotLayout layout = make_slot_layout(ws.routing, ctx.sequence_length);
       build_slot_plan(layout, x.rows(), ws.plan);                               // 2 plan: E slabs of B*p slots
@@ -194,8 +199,13 @@ class MoELayer {
       record_statistics(ws.plan, ws.plan.rows(), ws.stats);                     // 6 statistics: slots per expert
       if (ctx.telemetry != nullptr) ctx.telemetry->record(ctx.layer_index, ws.routing, ws.plan, ws.stats, true);
     } else {
-      router_.template route<Arch>(x, ws.routing, ctx);                         // 1 route
-      plan_step(ws);                                                            // 2 plan
+      if (ctx.routing_tape != nullptr && ctx.routing_tape->replaying()) {
+        replay_step(x, ws, ctx);                                                // 1-2 from the tape
+      } else {
+        router_.template route<Arch>(x, ws.routing, ctx);                       // 1 route
+        plan_step(ws);                                                          // 2 plan
+        if (ctx.routing_tape != nullptr) ctx.routing_tape->record(ctx.layer_index, ws.routing, ws.plan);
+      }
       prepare(ws, x.cols());
       gather_tokens<Arch>(x, ws.plan, ws.x_perm, ctx.pool);                     // 3 gather
       executor_.template forward<Arch>(experts_, ws.expert_step(x));          // 4 experts
@@ -387,6 +397,39 @@ class MoELayer {
                             "0 for this router (rerouting needs one that can regate: TopKRouter with SoftmaxTopK, "
                             "TopKSoftmax, TopP or ThresholdSkip, or Jittered of one; docs/capacity.md#rerouting)",
                             capacity_.reroute);
+    }
+  }
+
+  /// Steps 1 and 2 from the context's routing tape (docs/replay.md).
+  void replay_step(const ConstMatrixRef<scalar_type>& x, workspace_type& ws, const ForwardContext& ctx) const {
+    constexpr const char* where = "MoELayer::forward()";
+    RoutingTape& tape = *ctx.routing_tape;
+    if (tape.mode() == TapeMode::replay) {
+      detail::require(ctx.mode == Mode::inference, where, "ForwardContext::mode under TapeMode::replay",
+                      "Mode::inference (replayed gates are constants; TapeMode::replay_experts trains through a replay)",
+                      "Mode::training");
+      const RoutingRecord& record = tape.next(ctx.layer_index, x.rows(), num_experts(), where);
+      replay_routing(record, ws.routing, /*copy_gates=*/true);
+      // The router did not run: no logits or scores this call.
+      ws.routing.logits.resize(0, num_experts());
+      ws.routing.scores.resize(0, num_experts());
+      replay_plan(record, ws.routing, ws.plan);
+      return;
+    }
+    if constexpr (detail::HasRegate<RouterType, Arch>) {
+      router_.template route<Arch>(x, ws.routing, ctx);  // logits and scores for the losses and backward
+      const Index routed_k = ws.routing.k;
+      const RoutingRecord& record = tape.next(ctx.layer_index, x.rows(), num_experts(), where);
+      detail::require(record.k == routed_k, where, "routing tape record k (the router's k; 0 when it varies)",
+                      routed_k, record.k);
+      replay_routing(record, ws.routing, /*copy_gates=*/false);
+      detail::for_each_token_run(ws.routing, [&](Index t, Index begin, Index end) {
+        router_.template regate<Arch>(ws.routing, t, begin, end);
+      });
+      replay_plan(record, ws.routing, ws.plan);
+    } else {
+      detail::throw_invalid(where, "TapeMode::replay_experts", "a router that can regate (TopKRouter with SoftmaxTopK, "
+                            "TopKSoftmax, TopP or ThresholdSkip, or Jittered of one; docs/replay.md)", "another router");
     }
   }
 
