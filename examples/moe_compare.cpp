@@ -152,7 +152,7 @@ Options parse(int argc, char** argv) {
       if (i + 1 < argc && argv[i + 1][0] != '-') o.json_path = argv[++i];
     } else if (a == "--list") {
       for (const auto& p : cmp::policies())
-        std::printf("%-19s %s%s\n", p.name.c_str(), p.rule.c_str(), p.baseline ? " [baseline]" : "");
+        std::printf("%-23s %s%s\n", p.name.c_str(), p.rule.c_str(), p.baseline ? " [baseline]" : "");
       std::exit(0);
     } else if (a == "--help" || a == "-h") {
       usage(stdout, argv[0]);
@@ -272,7 +272,7 @@ int run_throughput(const Options& o, moe::ThreadPool* pool) {
                    {"top_k", c.top_k},   {"reps", o.reps},   {"seed", o.seed}, {"arch", moe::kernels::arch_name()}};
   std::string table;
   char line[512];
-  std::snprintf(line, sizeof line, "%-19s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok",
+  std::snprintf(line, sizeof line, "%-22s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok",
                 "exp/tok", "load CV", "max/mean", "dropped", "aux", "z loss", "rule");
   table += line;
   const auto opt = [](const std::optional<double>& v) {
@@ -294,7 +294,7 @@ int run_throughput(const Options& o, moe::ThreadPool* pool) {
     const auto [cv, mm] = cmp::load_balance(routed.load);
     const double tps = double(o.tokens) * o.reps / seconds;
     const double rows = double(routed.rows) / double(o.tokens);
-    std::snprintf(line, sizeof line, "%-19s %10.0f %8.2f %s %8.3f %9.2f %7.1f%% %s %s  %s\n", list[i].name.c_str(), tps,
+    std::snprintf(line, sizeof line, "%-22s %10.0f %8.2f %s %8.3f %9.2f %7.1f%% %s %s  %s\n", list[i].name.c_str(), tps,
                   rows, opt(routed.experts_per_token).c_str(), cv, mm, 100.0 * routed.dropped, opt(routed.aux).c_str(),
                   opt(routed.z).c_str(), list[i].rule.c_str());
     table += line;
@@ -418,7 +418,7 @@ int main(int argc, char** argv) {
         task, list, t, seeds, &pool,
         [&](std::size_t done, std::size_t total, const std::string& name, std::uint64_t seed, const cmp::CurvePoint& p) {
           if (p.step == 0) return;
-          std::fprintf(stderr, "[%zu/%zu] %-19s seed %llu  step %5ld/%ld  held-out loss %.4f  load CV %.3f\n", done,
+          std::fprintf(stderr, "[%zu/%zu] %-22s seed %llu  step %5ld/%ld  held-out loss %.4f  load CV %.3f\n", done,
                        total, name.c_str(), static_cast<unsigned long long>(seed), long(p.step), long(t.steps),
                        p.eval_loss, p.load_cv);
         });

@@ -69,6 +69,13 @@ inline std::vector<Policy> policies() {
                                                Capacity::from_factor(1.25, 0, Priority::batch_prioritized)),
                                  c, aux_and_z(c), swiglu(c));
                   }});
+  list.push_back({"switch-cap1.25-reroute", "top-1 softmax, capacity 1.25, overflow rerouted to the next expert with room",
+                  [=](const BlockConfig& c) {
+                    return block(MixtralMoE<S>(make_experts(c),
+                                               SoftmaxTopKRouter<S>(make_router_weight(c), 1, SoftmaxTopK<S>{false}),
+                                               WeightedSumCombiner<S>{}, Capacity::from_factor(1.25).rerouted(c.experts - 1)),
+                                 c, aux_and_z(c), swiglu(c));
+                  }});
   list.push_back({"noisy-topk", "noisy top-k: learned noise in training, none in inference (Shazeer 2017)", [=](const BlockConfig& c) {
                     RowMatrix<S> noise(c.experts, c.d);
                     fill_normal(noise, c.seed * 1000 + 4, 0.1 / std::sqrt(double(c.d)));

@@ -133,7 +133,11 @@ inline std::string format_table(const Comparison& c) {
   const bool seeds = c.seeds.size() > 1;
   const int w = seeds ? 14 : 9;
   const PolicySummary* frozen = c.find("frozen-random");
-  const auto name = [](const std::string& n) { return n + std::string(n.size() < 19 ? 19 - n.size() : 0, ' '); };
+  std::size_t name_width = 19;  // the longest router name, at least "frozen-random" and padding
+  for (const auto& p : c.policies) name_width = std::max(name_width, p.policy.size() + 1);
+  const auto name = [name_width](const std::string& n) {
+    return n + std::string(n.size() < name_width ? name_width - n.size() : 0, ' ');
+  };
   out += name("router") + cell(text ? "bits/char" : "loss", w) + (text ? cell("loss", w + 1) : "") + cell("MFLOP/t", 9) +
          cell("exp/tok", 8) + cell("train t/s", 11) + cell("infer t/s", 11) + (seeds ? "  vs frozen-random" : "") + "\n";
   for (const auto& p : c.policies) {
