@@ -362,6 +362,15 @@ TEST_CASE("Switch (top-1, capacity with drops): steady state allocates nothing",
   check_all_pools(layer);
 }
 
+TEST_CASE("Overflow rerouting (top-2, capacity, both priorities): steady state allocates nothing", "[alloc][reroute]") {
+  for (const auto priority : {moe::Priority::position, moe::Priority::batch_prioritized}) {
+    const auto layer = filled(moe::MixtralMoE<S>(moe::SwiGLUExperts<S>(E, d, ff), moe::SoftmaxTopKRouter<S>(E, d, 2),
+                                                 moe::WeightedSumCombiner<S>{},
+                                                 moe::Capacity::from_factor(1.0, 0, priority).rerouted(E - 1)));
+    check_all_pools(layer);
+  }
+}
+
 TEST_CASE("Soft MoE (dense path, 4 sequences): steady state allocates nothing", "[alloc]") {
   const auto layer = filled(moe::SoftMoE<S>(moe::FFNExperts<S, moe::Activation::gelu_erf>(E, d, ff),
                                             moe::SoftRouter<S>(E, d, 4, /*normalize=*/true), moe::SoftCombiner<S>{}));
