@@ -10,6 +10,10 @@
 //   Priority::batch_prioritized  serves the most confident first: larger p_max first, equal
 //                                p_max by token index (V-MoE's Batch Prioritized Routing)
 // Priority only decides who is dropped; the kept rows stay in token order in the expert.
+//   Capacity::rerouted(tries)    overflow rerouting: after the base policy (here position), a
+//                                token whose expert is full goes to its next-best expert with a
+//                                free slot (by p, up to `tries` of them), gate = its p there
+//                                (docs/capacity.md#rerouting)
 //
 //   ./routing_switch_capacity
 #include <moe/moe.hpp>
@@ -34,30 +38,40 @@ int main() {
 
   moe::RowMatrix<S> x(T, d);
   moe::examples::fill_normal(x, 4, 1.0);
-  moe::Workspace<S> by_position, by_confidence;
+  moe::Workspace<S> by_position, by_confidence, rerouting;
   const moe::RowMatrix<S> y_position = layer.forward(x, by_position);
   layer.set_capacity(moe::Capacity::from_factor(capacity_factor, 0, moe::Priority::batch_prioritized));
   const moe::RowMatrix<S> y_bpr = layer.forward(x, by_confidence);
+  layer.set_capacity(moe::Capacity::from_factor(capacity_factor, 0, moe::Priority::position).rerouted(E - 1));
+  (void)layer.forward(x, rerouting);
 
   const moe::RoutingResult<S>& r = by_position.routing;  // the same routing in both runs
   std::printf("Switch top-1 with capacity: %ld tokens, %ld experts, capacity factor %.2f -> %ld slots per expert\n",
               long(T), long(E), capacity_factor, long(by_position.plan.capacity));
-  std::printf("token | p = softmax(x Wg^T)         | expert | gate = p_max | position | batch prioritized\n");
+  std::printf("token | p = softmax(x Wg^T)         | expert | gate = p_max | position | batch prioritized | rerouted\n");
   for (moe::Index t = 0; t < T; ++t) {
     std::printf("%5ld |", long(t));
     for (moe::Index e = 0; e < E; ++e) std::printf(" %.3f ", r.scores(t, e));
     // Each kept token has a nonzero output row; a dropped one gets exactly 0.
-    std::printf("|   %ld    |    %.3f     |   %s   |   %s\n", long(r.expert[std::size_t(t)]), r.gate[std::size_t(t)],
-                by_position.plan.kept(t) ? "kept" : (y_position.row(t).isZero(0) ? "DROP" : "????"),
+    std::printf("|   %ld    |    %.3f     |   %s   |   %s              |", long(r.expert[std::size_t(t)]),
+                r.gate[std::size_t(t)], by_position.plan.kept(t) ? "kept" : (y_position.row(t).isZero(0) ? "DROP" : "????"),
                 by_confidence.plan.kept(t) ? "kept" : (y_bpr.row(t).isZero(0) ? "DROP" : "????"));
+    // Rerouting moves the assignment: the routing then holds the expert it landed on.
+    const auto tu = std::size_t(t);
+    if (!rerouting.plan.kept(t)) std::printf(" DROP\n");
+    else if (rerouting.routing.expert[tu] != r.expert[tu])
+      std::printf(" -> e%ld, gate %.3f\n", long(rerouting.routing.expert[tu]), rerouting.routing.gate[tu]);
+    else std::printf(" kept\n");
   }
   const auto demand = r.expert_counts();
-  for (const moe::Workspace<S>* ws : {&by_position, &by_confidence}) {
-    std::printf("%-17s load (kept / wanted):", ws == &by_position ? "position" : "batch prioritized");
+  for (const moe::Workspace<S>* ws : {&by_position, &by_confidence, &rerouting}) {
+    std::printf("%-17s load (kept / wanted):",
+                ws == &by_position ? "position" : ws == &by_confidence ? "batch prioritized" : "rerouted");
     for (moe::Index e = 0; e < E; ++e)
       std::printf(" e%ld %ld/%ld", long(e), long(ws->stats.expert_load[std::size_t(e)]), long(demand[std::size_t(e)]));
     std::printf("; dropped tokens:");
     for (moe::Index i : ws->plan.dropped) std::printf(" %ld", long(r.token[std::size_t(i)]));
+    if (ws->plan.dropped.empty()) std::printf(" none");
     std::printf("\n");
   }
   return 0;
