@@ -15,6 +15,7 @@
 #include <moe/io/multi_head_loader.hpp>
 #include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
+#include <moe/io/routing_tape_io.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/soft_moe_loader.hpp>
 #include <moe/io/switch_loader.hpp>
@@ -145,7 +146,7 @@ inline std::vector<std::byte> to_bytes(const std::uint8_t* data, std::size_t siz
 }  // namespace detail
 
 /// fuzz_safetensors: parse, then read every tensor as float, double and int64 through every
-/// reader, touch every raw byte, and look up metadata and a missing name.
+/// reader, touch every raw byte, look up metadata and a missing name, and read it as a routing tape.
 inline void exercise_reader(const std::uint8_t* data, std::size_t size) {
   try {
     const auto f = io::SafetensorsFile::from_bytes(detail::to_bytes(data, size), "fuzz.safetensors");
@@ -166,6 +167,9 @@ inline void exercise_reader(const std::uint8_t* data, std::size_t size) {
       (void)f.info("block_sparse_moe.gate.weigth");  // the close-names path
     } catch (const io::MissingTensorError&) {
     }
+    // The routing tape reader (docs/replay.md#files): every record it returns is valid.
+    const RoutingTape tape = io::read_routing_tape(f);
+    for (const RoutingRecord& r : tape.records()) r.validate("fuzz: a record read_routing_tape returned");
   } catch (const io::Error&) {
   } catch (const std::invalid_argument&) {
   }

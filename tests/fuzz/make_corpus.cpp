@@ -2,8 +2,10 @@
 // scripts/fuzz.sh --regen-corpus after changing a layout). Seeds are small valid files of every
 // loader family and every dtype, plus hand-made malformed variants, one per validation rule, so
 // the fuzzer starts next to each branch of the reader instead of having to find it.
+#include <moe/io/routing_tape_io.hpp>
 #include <moe/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -268,6 +270,43 @@ int main(int argc, char** argv) {
     // The same file offered to the next family: the wrong-family paths.
     b[0] = std::byte(static_cast<unsigned char>((i + 1) % families.size()));
     save(loaders / (std::string(families[i].first) + "_as_next"), b);
+  }
+
+  // Routing tapes (docs/replay.md#files): one valid tape of two records (fixed and variable k),
+  // and one record that breaks the capacity rule, which the reader must refuse.
+  {
+    moe::RoutingRecord fixed;
+    fixed.num_tokens = 3;
+    fixed.num_experts = 4;
+    fixed.k = 2;
+    fixed.capacity = 2;
+    fixed.token = {0, 0, 1, 1, 2, 2};
+    fixed.expert = {1, 3, 1, 0, 1, 2};
+    fixed.gate = {0.75, 0.25, 0.5, 0.5, 0.125, 0.875};
+    fixed.kept = {1, 1, 1, 1, 0, 1};
+    moe::RoutingRecord variable = fixed;
+    variable.layer_index = 1;
+    variable.k = 0;
+    variable.capacity = -1;
+    variable.token = {0, 1, 1, 2};
+    variable.expert = {2, 0, 3, 1};
+    variable.gate = {1.0, 0.6, 0.4, 1.0};
+    variable.kept = {1, 1, 1, 1};
+    moe::RoutingTape tape;
+    tape.append(fixed);
+    tape.append(variable);
+    save(reader / "valid_routing_tape", moe::io::routing_tape_writer(tape).to_bytes());
+    moe::RoutingTape over;
+    fixed.capacity = 1;
+    fixed.kept = {1, 1, 0, 1, 0, 1};
+    over.append(fixed);
+    Bytes b = moe::io::routing_tape_writer(over).to_bytes();
+    // kept[2] = 1 pushes expert 1 past capacity 1: flip it in the U8 tensor (the last byte of
+    // "tape.0.kept", found by its content, the only 1,1,0,1,0,1 run in the file).
+    const Bytes run{std::byte{1}, std::byte{1}, std::byte{0}, std::byte{1}, std::byte{0}, std::byte{1}};
+    auto it = std::search(b.begin(), b.end(), run.begin(), run.end());
+    if (it != b.end()) *(it + 2) = std::byte{1};
+    save(reader / "routing_tape_over_capacity", b);
   }
 
   const Bytes valid = all_dtypes().to_bytes();
