@@ -4,9 +4,9 @@
 A header may include headers of its own folder and of folders below it in this order:
 
     core < contracts < kernels < dispatch < {gather, expert, loss} < router < combine
-         < layer < {parallel, store, train, io} < moe.hpp (the umbrella)
+         < layer < {parallel, store, train, io, deploy} < moe.hpp (the umbrella)
 
-Folders on one rank ({gather, expert, loss}, {parallel, store, train, io}) may not include
+Folders on one rank ({gather, expert, loss}, {parallel, store, train, io, deploy}) may not include
 each other. kernels/reference/ is part of kernels. Also fails on an include cycle, on an
 #include of a moe header that does not exist, and on a folder the order does not name.
 Prints every violation and exits 1 if there is any; exits 0 with a one-line summary otherwise.
@@ -18,7 +18,7 @@ from pathlib import Path
 RANKS = {
     "core": 0, "contracts": 1, "kernels": 2, "dispatch": 3,
     "gather": 4, "expert": 4, "loss": 4, "router": 5, "combine": 6, "layer": 7,
-    "parallel": 8, "store": 8, "train": 8, "io": 8, "": 9,
+    "parallel": 8, "store": 8, "train": 8, "io": 8, "deploy": 8, "": 9,
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](moe/[^>"]+)[>"]')
 

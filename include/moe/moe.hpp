@@ -34,6 +34,8 @@
 #include <moe/router/task_aware_router.hpp>
 #include <moe/router/sequence_router.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>  // 2 plan
+#include <moe/dispatch/reroute.hpp>        // 2 plan: overflow rerouting (optional)
+#include <moe/dispatch/routing_tape.hpp>   // 1-2 recorded or replayed (optional)
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
 #include <moe/dispatch/telemetry.hpp>  // 6 telemetry (optional)
@@ -68,5 +70,7 @@
 #include <moe/layer/multi_head_layer.hpp>
 #include <moe/layer/recurrent_moe.hpp>
 #include <moe/layer/workspace.hpp>
+
+#include <moe/deploy/prune.hpp>  // expert pruning (docs/pruning.md)
 
 #endif  // MOE_MOE_HPP
