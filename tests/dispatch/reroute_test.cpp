@@ -31,7 +31,7 @@ using moe::RoutingResult;
 using S = double;
 
 /// Softmax top-k routing of random logits: scores = probabilities, gates renormalised or raw.
-RoutingResult<S> random_routing(Index T, Index E, Index k, bool renormalize, unsigned seed) {
+RoutingResult<S> random_softmax_routing(Index T, Index E, Index k, bool renormalize, unsigned seed) {
   std::mt19937 gen(seed);
   std::normal_distribution<double> n(0.0, 1.5);
   RoutingResult<S> r;
@@ -58,7 +58,7 @@ RoutingResult<S> random_routing(Index T, Index E, Index k, bool renormalize, uns
 }
 
 /// The rule's gates: probabilities of the token's experts, renormalised over them or raw.
-struct Regate {
+struct RuleRegate {
   bool renormalize;
   void operator()(RoutingResult<S>& r, Index t, Index begin, Index end) const {
     double sum = 0;
@@ -68,14 +68,14 @@ struct Regate {
   }
 };
 
-struct Reference {
+struct RerouteReference {
   std::vector<Index> expert;           // per assignment, after rerouting
   std::vector<bool> kept;              // per assignment
   std::vector<Index> rerouted;         // in serving order
   std::vector<Index> base_kept_expert; // per assignment: the base policy's expert if kept there, else -1
 };
 
-Reference reference(const RoutingResult<S>& r, Index capacity, Priority priority, Index tries) {
+RerouteReference reroute_reference(const RoutingResult<S>& r, Index capacity, Priority priority, Index tries) {
   const Index n = r.size(), E = r.num_experts, k = r.k;
   std::vector<Index> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), Index{0});
@@ -85,7 +85,7 @@ Reference reference(const RoutingResult<S>& r, Index capacity, Priority priority
     if (priority == Priority::batch_prioritized && first_gate(a) != first_gate(b)) return first_gate(a) > first_gate(b);
     return a / k < b / k;
   });
-  Reference ref{r.expert, std::vector<bool>(static_cast<std::size_t>(n), false), {},
+  RerouteReference ref{r.expert, std::vector<bool>(static_cast<std::size_t>(n), false), {},
                 std::vector<Index>(static_cast<std::size_t>(n), -1)};
   std::vector<Index> load(static_cast<std::size_t>(E), 0);
   std::vector<Index> overflow;
@@ -134,13 +134,13 @@ TEST_CASE("overflow rerouting matches the scalar reference and keeps the issue's
         for (const Index tries : {Index{1}, Index{2}, Index{8}}) {
           const Index T = 5 + static_cast<Index>(seed % 11), E = 6;
           const bool renormalize = seed % 2 == 0;
-          const RoutingResult<S> original = random_routing(T, E, k, renormalize, seed);
+          const RoutingResult<S> original = random_softmax_routing(T, E, k, renormalize, seed);
           const Index capacity = std::max<Index>(0, static_cast<Index>(seed % 3) + (T * k) / E - 1);
           INFO("seed " << seed << ", k " << k << ", priority " << int(priority) << ", tries " << tries
                        << ", capacity " << capacity);
           RoutingResult<S> r = original;
-          moe::build_plan_rerouted(r, plan, Capacity::fixed(capacity, priority).rerouted(tries), Regate{renormalize});
-          const Reference ref = reference(original, capacity, priority, tries);
+          moe::build_plan_rerouted(r, plan, Capacity::fixed(capacity, priority).rerouted(tries), RuleRegate{renormalize});
+          const RerouteReference ref = reroute_reference(original, capacity, priority, tries);
           ++cases;
 
           // The reference: experts, kept flags, the rerouted list in serving order.
@@ -152,7 +152,7 @@ TEST_CASE("overflow rerouting matches the scalar reference and keeps the issue's
           if (!plan.rerouted.empty()) ++rerouted_cases;
           // Gates: the rule on each token's experts (exactly: the same operations in the same order).
           RoutingResult<S> expected = r;
-          for (Index t = 0; t < T; ++t) Regate{renormalize}(expected, t, t * k, t * k + k);
+          for (Index t = 0; t < T; ++t) RuleRegate{renormalize}(expected, t, t * k, t * k + k);
           for (Index t = 0; t < T; ++t) {
             bool moved = false;
             for (Index j = 0; j < k; ++j) moved = moved || r.expert[static_cast<std::size_t>(t * k + j)] != original.expert[static_cast<std::size_t>(t * k + j)];
@@ -215,7 +215,7 @@ TEST_CASE("the rerouting example of docs/capacity.md", "[dispatch][capacity][rer
   }
   DispatchPlan<S> plan;
   SECTION("two tries") {
-    moe::build_plan_rerouted(r, plan, Capacity::fixed(1).rerouted(2), Regate{false});
+    moe::build_plan_rerouted(r, plan, Capacity::fixed(1).rerouted(2), RuleRegate{false});
     CHECK(r.expert == std::vector<Index>{0, 2, 1, 0});
     CHECK(r.gate == std::vector<S>{0.6, 0.3, 0.1, 0.4});
     CHECK(plan.rerouted == std::vector<Index>{1, 2});
@@ -224,12 +224,12 @@ TEST_CASE("the rerouting example of docs/capacity.md", "[dispatch][capacity][rer
     CHECK(plan.token == std::vector<Index>{0, 2, 1});
   }
   SECTION("one try: token 2's next best (expert 2) is full, so it is dropped; token 3's (1) has room") {
-    moe::build_plan_rerouted(r, plan, Capacity::fixed(1).rerouted(1), Regate{false});
+    moe::build_plan_rerouted(r, plan, Capacity::fixed(1).rerouted(1), RuleRegate{false});
     CHECK(r.expert == std::vector<Index>{0, 2, 0, 1});
     CHECK(plan.dropped == std::vector<Index>{2});
   }
   SECTION("batch prioritized: token 2 (0.7) keeps expert 0; token 0 moves to 1, token 1 to 2") {
-    moe::build_plan_rerouted(r, plan, Capacity::fixed(1, Priority::batch_prioritized).rerouted(2), Regate{false});
+    moe::build_plan_rerouted(r, plan, Capacity::fixed(1, Priority::batch_prioritized).rerouted(2), RuleRegate{false});
     CHECK(r.expert == std::vector<Index>{1, 2, 0, 0});
     CHECK(plan.rerouted == std::vector<Index>{0, 1});
     CHECK(plan.dropped == std::vector<Index>{3});
@@ -238,10 +238,10 @@ TEST_CASE("the rerouting example of docs/capacity.md", "[dispatch][capacity][rer
 
 TEST_CASE("rerouting: unlimited capacity and zero tries are build_plan; bad input is refused",
           "[dispatch][capacity][reroute][errors]") {
-  const RoutingResult<S> original = random_routing(9, 4, 2, true, 7);
+  const RoutingResult<S> original = random_softmax_routing(9, 4, 2, true, 7);
   DispatchPlan<S> plan, base;
   RoutingResult<S> r = original;
-  moe::build_plan_rerouted(r, plan, Capacity::unlimited().rerouted(3), Regate{true});
+  moe::build_plan_rerouted(r, plan, Capacity::unlimited().rerouted(3), RuleRegate{true});
   moe::build_plan(original, base);
   CHECK(r.expert == original.expert);
   CHECK(plan.token == base.token);
@@ -251,15 +251,15 @@ TEST_CASE("rerouting: unlimited capacity and zero tries are build_plan; bad inpu
   REQUIRE_THROWS_WITH(moe::build_plan(r, plan, Capacity::fixed(2).rerouted(1)),
                       "moe::build_plan(): Capacity::reroute expected 0 (rerouting recomputes gates by the router's "
                       "rule: build_plan_rerouted), got 1");
-  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(r, plan, Capacity::fixed(2).rerouted(-1), Regate{true}),
+  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(r, plan, Capacity::fixed(2).rerouted(-1), RuleRegate{true}),
                       "Capacity::validate(): reroute (tries) expected >= 0, got -1");
   RoutingResult<S> no_scores = original;
   no_scores.scores.resize(0, 0);
-  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(no_scores, plan, Capacity::fixed(2).rerouted(1), Regate{true}),
+  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(no_scores, plan, Capacity::fixed(2).rerouted(1), RuleRegate{true}),
                       "moe::build_plan_rerouted(): routing.scores shape expected [9, 4] (the router's order), got [0, 0]");
   RoutingResult<S> shuffled = original;
   std::swap(shuffled.token[0], shuffled.token[17]);
-  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(shuffled, plan, Capacity::fixed(2).rerouted(1), Regate{true}),
+  REQUIRE_THROWS_WITH(moe::build_plan_rerouted(shuffled, plan, Capacity::fixed(2).rerouted(1), RuleRegate{true}),
                       "moe::build_plan_rerouted(): token indices expected token-major routing (non-decreasing, in "
                       "[0, num_tokens)), got 0 at assignment 1");
 }
