@@ -383,4 +383,35 @@ int run() {
 }
 }  // namespace cf_expert_dropout_dense_router
 
+// CASE calibrate_dense_router
+namespace cf_calibrate_dense_router {
+int run() {
+  const moe::SoftMoE<double> layer(moe::FFNExperts<double, moe::Activation::gelu_erf>(2, 4, 3),
+                                   moe::SoftRouter<double>(2, 4, 1));
+  moe::ExpertUsage usage;
+  moe::Workspace<double> ws;
+  const moe::RowMatrix<double> x = moe::RowMatrix<double>::Zero(2, 4);
+  return static_cast<int>(moe::calibrate(layer, x, usage, ws).rows());
+}
+}  // namespace cf_calibrate_dense_router
+
+// CASE prune_hash_router
+namespace cf_prune_hash_router {
+int run() {
+  const moe::HashMoE<double> layer(moe::SwiGLUExperts<double>(3, 4, 3), moe::HashRouter<double>({0, 1, 2}, 3, 4));
+  return static_cast<int>(moe::prune_experts(layer, {0, 1}).num_experts());
+}
+}  // namespace cf_prune_hash_router
+
+// CASE prune_low_rank_bank
+namespace cf_prune_low_rank_bank {
+int run() {
+  const moe::LowRankMoE<double> layer(moe::LowRankExperts<double>(3, 4, 2),
+                                      moe::SoftmaxTopKRouter<double>(3, 4, 1),
+                                      moe::SharedExpertCombiner<moe::LinearExperts<double>, moe::SharedGate::none>(
+                                          moe::LinearExperts<double>(1, 4, 4)));
+  return static_cast<int>(moe::prune_experts(layer, {0, 1}).num_experts());
+}
+}  // namespace cf_prune_low_rank_bank
+
 // END

@@ -123,6 +123,11 @@ template <class S>
 inline constexpr bool is_group_limited<SigmoidGroupLimited<S>> = true;
 
 template <class Layer>
+inline constexpr bool prunable_layer = !router_traits<typename Layer::router_type>::is_dense &&
+                                       prunable_router<typename Layer::router_type> &&
+                                       prunable_bank<typename Layer::expert_type>;
+
+template <class Layer>
 constexpr void check_prunable() {
   static_assert(!router_traits<typename Layer::router_type>::is_dense,
                 "moe pruning: a dense router (Soft MoE) mixes tokens into slots; expert usage and pruning are "
@@ -375,12 +380,16 @@ inline std::vector<Index> used_experts(const ExpertUsage& usage) {
 template <class Layer>
 [[nodiscard]] Layer prune_experts(const Layer& layer, const std::vector<Index>& kept) {
   detail::check_prunable<Layer>();
-  constexpr const char* where = "moe::prune_experts()";
-  detail::check_kept(kept, layer.num_experts(), where);
-  detail::check_kept_count(layer.router(), static_cast<Index>(kept.size()), where);
-  detail::check_groups(layer.router(), kept, where);
-  return Layer(detail::prune_bank(layer.experts(), kept), detail::prune_router(layer.router(), kept), layer.combiner(),
-               layer.capacity(), layer.executor());
+  if constexpr (detail::prunable_layer<Layer>) {  // else only the static_assert speaks
+    constexpr const char* where = "moe::prune_experts()";
+    detail::check_kept(kept, layer.num_experts(), where);
+    detail::check_kept_count(layer.router(), static_cast<Index>(kept.size()), where);
+    detail::check_groups(layer.router(), kept, where);
+    return Layer(detail::prune_bank(layer.experts(), kept), detail::prune_router(layer.router(), kept),
+                 layer.combiner(), layer.capacity(), layer.executor());
+  } else {
+    return layer;
+  }
 }
 
 /// What select_by_reconstruction chose.
