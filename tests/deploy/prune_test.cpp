@@ -203,7 +203,7 @@ TEST_CASE("pruning experts no token selects leaves a DeepSeek-V3 layer's output 
   REQUIRE(same_bits(y, y2));
 }
 
-TEMPLATE_TEST_CASE("pruning experts no token selects keeps a Mixtral layer's selection; outputs within rounding",
+TEMPLATE_TEST_CASE("pruning experts no token selects keeps a Mixtral layer's selection, outputs within rounding",
                    "[deploy][prune]", float, double) {
   // Softmax over all experts, then top-k: the pruned experts' exp terms leave the softmax's
   // denominator, and its sum runs over E' columns in another grouping, so the probabilities

@@ -236,7 +236,7 @@ TEST_CASE("the rerouting example of docs/capacity.md", "[dispatch][capacity][rer
   }
 }
 
-TEST_CASE("rerouting: unlimited capacity and zero tries are build_plan; bad input is refused",
+TEST_CASE("rerouting: unlimited capacity and zero tries are build_plan, bad input is refused",
           "[dispatch][capacity][reroute][errors]") {
   const RoutingResult<S> original = random_softmax_routing(9, 4, 2, true, 7);
   DispatchPlan<S> plan, base;

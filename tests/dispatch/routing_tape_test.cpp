@@ -46,7 +46,7 @@ std::string append_error(RoutingRecord r) {
 
 }  // namespace
 
-TEST_CASE("routing tape: record() keeps routing and kept flags; replay rebuilds build_plan's plan",
+TEST_CASE("routing tape: record() keeps routing and kept flags, replay rebuilds build_plan's plan",
           "[dispatch][replay]") {
   std::mt19937 rng(3);
   for (const Index capacity : {Index{-1}, Index{0}, Index{2}, Index{5}}) {

@@ -306,7 +306,7 @@ int main(int argc, char** argv) {
     const Bytes run{std::byte{1}, std::byte{1}, std::byte{0}, std::byte{1}, std::byte{0}, std::byte{1}};
     auto it = std::search(b.begin(), b.end(), run.begin(), run.end());
     if (it != b.end()) *(it + 2) = std::byte{1};
-    save(reader / "routing_tape_over_capacity", b);
+    save(reader / "valid_routing_tape_over_capacity", b);  // valid safetensors, not a valid tape
   }
 
   const Bytes valid = all_dtypes().to_bytes();
