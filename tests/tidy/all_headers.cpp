@@ -28,7 +28,10 @@
 #include <moe/core/thread_pool.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
+#include <moe/deploy/prune.hpp>
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/dispatch/reroute.hpp>
+#include <moe/dispatch/routing_tape.hpp>
 #include <moe/dispatch/slot_plan.hpp>
 #include <moe/dispatch/statistics.hpp>
 #include <moe/expert/conv_experts.hpp>
@@ -51,6 +54,7 @@
 #include <moe/io/multi_head_loader.hpp>
 #include <moe/io/recurrent_loader.hpp>
 #include <moe/io/routing_loaders.hpp>
+#include <moe/io/routing_tape_io.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_impl.hpp>
 #include <moe/io/save_layer.hpp>
@@ -189,6 +193,38 @@ S routing_losses() {
   return sum + static_cast<S>(ws.stats.mean_experts_per_token());
 }
 
+/// Overflow rerouting forward and backward, a routing tape recorded, replayed and written as
+/// bytes, and expert pruning (calibrate, both selections, prune).
+template <class S>
+S deployment_tools() {
+  const Index E = 4, d = 8, ff = 6, T = 16;
+  const MixtralMoE<S> layer(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(RowMatrix<S>::Random(E, d), 2), {},
+                            Capacity::from_factor(1.0).rerouted(E - 1));
+  const RowMatrix<S> x = RowMatrix<S>::Random(T, d);
+  Workspace<S> ws;
+  RoutingTape tape;
+  ForwardContext ctx;
+  ctx.mode = Mode::training;
+  ctx.routing_tape = &tape;
+  RowMatrix<S> y = layer.forward(x, ws, ctx);
+  auto grads = layer.make_gradients();
+  S sum = layer.backward(y, ws, grads, LossWeights<S>{.aux = S(0.01)}).sum();
+  tape.set_mode(TapeMode::replay_experts);
+  y = layer.forward(x, ws, ctx);
+  sum += layer.backward(y, ws, grads, LossWeights<S>{}).sum();
+  tape.set_mode(TapeMode::replay);
+  ctx.mode = Mode::inference;
+  sum += layer.forward(x, ws, ctx).sum();
+  sum += static_cast<S>(io::routing_tape_writer(tape).to_bytes().size());
+  sum += static_cast<S>(io::read_routing_tape(io::SafetensorsFile::from_bytes(io::routing_tape_writer(tape).to_bytes())).size());
+  ExpertUsage usage;
+  sum += calibrate(layer, x, usage, ws).sum();
+  const std::vector<Index> kept = select_by_usage(usage, 2, PruneCriterion::saliency);
+  sum += prune_experts(layer, kept).forward(x, ws).sum();
+  sum += static_cast<S>(select_by_reconstruction(layer, x, 2, 6).loss);
+  return sum + static_cast<S>(parameter_count(layer));
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -256,6 +292,7 @@ double all_layers() {
       exercise(MultiHeadMoE<S>(MixtralMoE<S>(SwiGLUExperts<S>(E, d / 2, ff), SoftmaxTopKRouter<S>(E, d / 2, 2)), 2), 16));
   sum += static_cast<double>(exercise(RecurrentMoE<S>(GRUExperts<S>(E, d, d), SequenceSoftmaxTopKRouter<S>(E, d, 2)), 16, 8));
   sum += static_cast<double>(routing_losses<S>());
+  sum += static_cast<double>(deployment_tools<S>());
   return sum;
 }
 
