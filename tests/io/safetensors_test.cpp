@@ -14,6 +14,8 @@
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -544,6 +546,33 @@ TEST_CASE("format: every truncation and random corruption of a valid file is ref
 
 // ---------------------------------------------------------------------------------------------
 // The golden reference files
+
+TEST_CASE("writer: names, data_size and move_tensor, which moves a tensor between writers", "[io][safetensors][writer]") {
+  SafetensorsWriter a, b;
+  const std::vector<float> x = {1, 2, 3};
+  const std::vector<double> y = {4, 5};
+  a.metadata("k", "v");
+  a.add<float>("x", {3}, std::span<const float>(x));
+  a.add<double>("y", {2}, std::span<const double>(y));
+  CHECK(a.names() == std::vector<std::string>{"x", "y"});
+  CHECK(a.data_size() == 3 * 4 + 2 * 8);
+  a.move_tensor("y", b);
+  CHECK(a.names() == std::vector<std::string>{"x"});
+  CHECK(b.names() == std::vector<std::string>{"y"});
+  CHECK(a.data_size() == 12);
+  CHECK(b.data_size() == 16);
+  const auto fb = SafetensorsFile::from_bytes(b.to_bytes());
+  CHECK(fb.read<double>("y") == y);
+  CHECK(fb.metadata().empty());  // metadata stays behind
+  CHECK(SafetensorsFile::from_bytes(a.to_bytes()).metadata("k") == "v");
+  REQUIRE_THROWS_WITH(a.move_tensor("y", b),
+                      "SafetensorsWriter::move_tensor(): tensor name expected a name added before, got 'y'");
+  b.add<float>("x", {3}, std::span<const float>(x));
+  REQUIRE_THROWS_WITH(a.move_tensor("x", b),
+                      "SafetensorsWriter::move_tensor(): tensor name expected a name the target lacks, got 'x' in both");
+  REQUIRE_THROWS_AS(a.move_tensor("x", a), std::invalid_argument);
+  CHECK(a.names() == std::vector<std::string>{"x"});
+}
 
 TEST_CASE("every golden file opens, names its case and reads its input", "[io][safetensors][golden]") {
   const auto dir = golden_dir();

@@ -4,6 +4,7 @@
 #ifndef MOE_IO_CONV_LOADER_HPP
 #define MOE_IO_CONV_LOADER_HPP
 
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
@@ -24,7 +25,7 @@ struct ConvConfig {
 /// Convolutional experts (../shared/golden-variety, conv_expert). E is the gate's rows; the
 /// kernel size w comes from expert 0's kernel, and every expert's must be [w, d].
 template <class S>
-ConvMoE<S> load_conv_experts(const SafetensorsFile& file, std::string_view prefix = "moe.",
+ConvMoE<S> load_conv_experts(const Checkpoint& file, std::string_view prefix = "moe.",
                              const ConvConfig& config = {}) {
   const std::string loader = "moe::io::load_conv_experts";
   detail::LayerTensors t(file, prefix, loader);

@@ -3,6 +3,7 @@
 #define MOE_IO_HF_LOADER_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
@@ -95,7 +96,7 @@ SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view pref
 /// Mixtral: {prefix}gate.weight [E, d]; {prefix}experts.{e}.w1|w3.weight [ff, d], w2.weight [d, ff].
 /// prefix is e.g. "model.layers.3.block_sparse_moe.".
 template <class S>
-MixtralMoE<S> load_mixtral(const SafetensorsFile& file, std::string_view prefix, const MixtralConfig& config = {}) {
+MixtralMoE<S> load_mixtral(const Checkpoint& file, std::string_view prefix, const MixtralConfig& config = {}) {
   const std::string loader = "moe::io::load_mixtral";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
@@ -108,7 +109,7 @@ MixtralMoE<S> load_mixtral(const SafetensorsFile& file, std::string_view prefix,
 
 /// OLMoE: {prefix}gate.weight, {prefix}experts.{e}.gate_proj|up_proj|down_proj.weight.
 template <class S>
-OlmoeMoE<S> load_olmoe(const SafetensorsFile& file, std::string_view prefix, const OlmoeConfig& config = {}) {
+OlmoeMoE<S> load_olmoe(const Checkpoint& file, std::string_view prefix, const OlmoeConfig& config = {}) {
   const std::string loader = "moe::io::load_olmoe";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
@@ -123,7 +124,7 @@ OlmoeMoE<S> load_olmoe(const SafetensorsFile& file, std::string_view prefix, con
 /// Qwen2-MoE: as OLMoE, plus {prefix}shared_expert.{gate,up,down}_proj.weight and
 /// {prefix}shared_expert_gate.weight [1, d].
 template <class S>
-Qwen2MoE<S> load_qwen2_moe(const SafetensorsFile& file, std::string_view prefix, const Qwen2MoeConfig& config = {}) {
+Qwen2MoE<S> load_qwen2_moe(const Checkpoint& file, std::string_view prefix, const Qwen2MoeConfig& config = {}) {
   const std::string loader = "moe::io::load_qwen2_moe";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
@@ -142,7 +143,7 @@ Qwen2MoE<S> load_qwen2_moe(const SafetensorsFile& file, std::string_view prefix,
 /// DeepSeek-V3: {prefix}gate.weight [E, d], {prefix}gate.e_score_correction_bias [E],
 /// {prefix}experts.{e}.*_proj.weight, {prefix}shared_experts.*_proj.weight (ungated).
 template <class S>
-DeepSeekV3MoE<S> load_deepseek_v3(const SafetensorsFile& file, std::string_view prefix,
+DeepSeekV3MoE<S> load_deepseek_v3(const Checkpoint& file, std::string_view prefix,
                                   const DeepSeekV3Config& config = {}) {
   const std::string loader = "moe::io::load_deepseek_v3";
   detail::LayerTensors t(file, prefix, loader);
@@ -167,7 +168,7 @@ DeepSeekV3MoE<S> load_deepseek_v3(const SafetensorsFile& file, std::string_view 
 /// GPT-OSS: {prefix}router.weight [E, d], router.bias [E]; experts.gate_up_proj [E, d, 2ff]
 /// (gate and up interleaved), gate_up_proj_bias [E, 2ff], down_proj [E, ff, d], down_proj_bias [E, d].
 template <class S>
-GptOssMoE<S> load_gpt_oss(const SafetensorsFile& file, std::string_view prefix, const GptOssConfig& config = {}) {
+GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const GptOssConfig& config = {}) {
   const std::string loader = "moe::io::load_gpt_oss";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> weight = detail::read_router_weight<S>(t, "router.weight");
@@ -177,7 +178,7 @@ GptOssMoE<S> load_gpt_oss(const SafetensorsFile& file, std::string_view prefix, 
   t.template read_into<S>("router.bias", {E}, bias);
   const auto gu = t.shape("experts.gate_up_proj", 3);
   if (gu[2] % 2 != 0)
-    throw TensorMismatchError(file.display_name(), t.name("experts.gate_up_proj"),
+    throw TensorMismatchError(file.file_name(t.name("experts.gate_up_proj")), t.name("experts.gate_up_proj"),
                               loader + "(): expected an even last dimension (2 * d_ff), got " + std::to_string(gu[2]));
   const Index ff = gu[2] / 2;
   // Shapes before the allocation, which they bound.

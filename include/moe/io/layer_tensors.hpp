@@ -6,6 +6,7 @@
 
 #include <moe/core/error.hpp>
 #include <moe/core/types.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/safetensors.hpp>
 
@@ -34,18 +35,22 @@ inline std::string expert_name(std::string_view pattern, Index e) {
 }
 
 /// Reads tensors under one layer prefix, with errors that name the loader, the tensor, what
-/// was expected and what the file holds.
+/// was expected and what the file holds. Messages about a present tensor name the file holding
+/// it (a shard of a sharded checkpoint); a missing one names the checkpoint (file or index).
 class LayerTensors {
  public:
-  LayerTensors(const SafetensorsFile& file, std::string_view prefix, std::string_view loader)
-      : file_(file), prefix_(prefix), loader_(loader) {}
+  /// The checkpoint is held by value (a pointer and a shared state), so one built from a
+  /// SafetensorsFile in the call does not dangle.
+  LayerTensors(Checkpoint file, std::string_view prefix, std::string_view loader)
+      : file_(std::move(file)), prefix_(prefix), loader_(loader) {}
 
   [[nodiscard]] std::string name(std::string_view suffix) const { return prefix_ + std::string(suffix); }
 
   /// A missing name: the message quotes close names present in the file, since a typo or a
   /// wrong layer prefix is the usual cause.
   [[noreturn]] void throw_missing(const std::string& full_name, std::string_view what = "expected this tensor",
-                                  std::string_view got = "the file has no such name") const {
+                                  std::string_view got = {}) const {
+    if (got.empty()) got = file_.is_sharded() ? "the index lists no such name" : "the file has no such name";
     throw MissingTensorError(file_.display_name(), full_name,
                              loader_ + "(): " + std::string(what) + " (prefix '" + prefix_ + "'), but " +
                                  std::string(got) + close_names_clause(file_.close_names(full_name)));
@@ -56,7 +61,7 @@ class LayerTensors {
     if (!file_.contains(n)) throw_missing(n);
     const TensorInfo& t = file_.info(n);
     if (t.dtype != DType::F32 && t.dtype != DType::F64 && t.dtype != DType::F16 && t.dtype != DType::BF16)
-      throw TensorMismatchError(file_.display_name(), n,
+      throw TensorMismatchError(file_.file_name(n), n,
                                 loader_ + "(): expected a floating dtype (F32, F64, F16, BF16), got " +
                                     std::string(dtype_name(t.dtype)));
     return t;
@@ -66,7 +71,7 @@ class LayerTensors {
   [[nodiscard]] std::vector<std::int64_t> shape(std::string_view suffix, std::size_t rank) const {
     const TensorInfo& t = info(suffix);
     if (t.shape.size() != rank)
-      throw TensorMismatchError(file_.display_name(), name(suffix),
+      throw TensorMismatchError(file_.file_name(name(suffix)), name(suffix),
                                 loader_ + "(): expected a " + std::to_string(rank) + "-D tensor, got shape " +
                                     shape_string(t.shape));
     return t.shape;
@@ -76,7 +81,7 @@ class LayerTensors {
   void check(std::string_view suffix, const std::vector<std::int64_t>& expected) const {
     const TensorInfo& t = info(suffix);
     if (t.shape != expected)
-      throw TensorMismatchError(file_.display_name(), name(suffix),
+      throw TensorMismatchError(file_.file_name(name(suffix)), name(suffix),
                                 loader_ + "(): expected shape " + shape_string(expected) + ", got " +
                                     shape_string(t.shape));
   }
@@ -99,10 +104,10 @@ class LayerTensors {
 
   [[nodiscard]] const std::string& loader() const noexcept { return loader_; }
   [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
-  [[nodiscard]] const SafetensorsFile& file() const noexcept { return file_; }
+  [[nodiscard]] const Checkpoint& file() const noexcept { return file_; }
 
  private:
-  const SafetensorsFile& file_;
+  Checkpoint file_;
   std::string prefix_;
   std::string loader_;
 };

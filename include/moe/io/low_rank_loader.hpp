@@ -4,6 +4,7 @@
 #ifndef MOE_IO_LOW_RANK_LOADER_HPP
 #define MOE_IO_LOW_RANK_LOADER_HPP
 
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
@@ -30,7 +31,7 @@ struct LowRankConfig {
 /// Low-rank experts over a shared base (../shared/golden-variety, low_rank). E is the gate's
 /// rows; r and d_out come from expert 0's factors, and every expert must match them.
 template <class S>
-LowRankMoE<S> load_low_rank(const SafetensorsFile& file, std::string_view prefix = "moe.", const LowRankConfig& config = {}) {
+LowRankMoE<S> load_low_rank(const Checkpoint& file, std::string_view prefix = "moe.", const LowRankConfig& config = {}) {
   const std::string loader = "moe::io::load_low_rank";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");

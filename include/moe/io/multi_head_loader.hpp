@@ -6,6 +6,7 @@
 #define MOE_IO_MULTI_HEAD_LOADER_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
@@ -32,7 +33,7 @@ struct MultiHeadConfig {
 /// d is head_proj's rows, E the gate's rows, ff expert 0's w1 rows; every shape is checked
 /// before anything is allocated.
 template <class S>
-MultiHeadMoE<S> load_multi_head(const SafetensorsFile& file, std::string_view prefix = "moe.",
+MultiHeadMoE<S> load_multi_head(const Checkpoint& file, std::string_view prefix = "moe.",
                                 const MultiHeadConfig& config = {}) {
   const std::string loader = "moe::io::load_multi_head";
   moe::detail::require(config.num_heads >= 0, loader + "()",
@@ -46,13 +47,13 @@ MultiHeadMoE<S> load_multi_head(const SafetensorsFile& file, std::string_view pr
   if (h == 0) {
     const Index columns = gate_shape[1];
     if (columns < 1 || d % columns != 0)
-      throw TensorMismatchError(file.display_name(), t.name("gate.weight"),
+      throw TensorMismatchError(file.file_name(t.name("gate.weight")), t.name("gate.weight"),
                                 loader + "(): expected a number of columns that divides d_model = " +
                                     std::to_string(d) + " (head_proj.weight's rows; num_heads 0 infers h = d / "
                                     "columns), got " + std::to_string(columns));
     h = d / columns;
   } else if (d % h != 0) {
-    throw TensorMismatchError(file.display_name(), t.name("head_proj.weight"),
+    throw TensorMismatchError(file.file_name(t.name("head_proj.weight")), t.name("head_proj.weight"),
                               loader + "(): expected d_model (its rows) divisible by num_heads = " + std::to_string(h) +
                                   ", got " + std::to_string(d));
   }

@@ -4,6 +4,7 @@
 #ifndef MOE_IO_RECURRENT_LOADER_HPP
 #define MOE_IO_RECURRENT_LOADER_HPP
 
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
@@ -29,7 +30,7 @@ struct RecurrentConfig {
 /// gate's rows, d its columns; H is a third of expert 0's weight_ih rows, and every expert's
 /// tensors must have exactly the shapes that E, d and H give.
 template <class S>
-RecurrentMoE<S> load_recurrent(const SafetensorsFile& file, std::string_view prefix = "moe.",
+RecurrentMoE<S> load_recurrent(const Checkpoint& file, std::string_view prefix = "moe.",
                                const RecurrentConfig& config = {}) {
   const std::string loader = "moe::io::load_recurrent";
   detail::LayerTensors t(file, prefix, loader);
@@ -39,7 +40,7 @@ RecurrentMoE<S> load_recurrent(const SafetensorsFile& file, std::string_view pre
   const std::string pattern = "experts.{e}.";
   const std::int64_t rows = t.shape("experts.0.weight_ih", 2)[0];
   if (rows < 3 || rows % 3 != 0)
-    throw TensorMismatchError(file.display_name(), t.name("experts.0.weight_ih"),
+    throw TensorMismatchError(file.file_name(t.name("experts.0.weight_ih")), t.name("experts.0.weight_ih"),
                               loader + "(): expected rows a positive multiple of 3 (3 * hidden_size: gates r, z, n), got " +
                                   std::to_string(rows));
   const Index H = rows / 3;

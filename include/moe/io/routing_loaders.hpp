@@ -8,6 +8,7 @@
 #ifndef MOE_IO_ROUTING_LOADERS_HPP
 #define MOE_IO_ROUTING_LOADERS_HPP
 
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/safetensors.hpp>
@@ -87,22 +88,22 @@ inline Index count_experts(const LayerTensors& t, std::string_view experts_prefi
 inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_view suffix, Index bound,
                                            Index lowest = 0, std::string_view note = {}) {
   const std::string name = t.name(suffix);
-  const SafetensorsFile& file = t.file();
+  const Checkpoint& file = t.file();
   if (!file.contains(name)) t.throw_missing(name);
   const TensorInfo& info = file.info(name);
   if (info.dtype != DType::I64 && info.dtype != DType::I32 && info.dtype != DType::I16 && info.dtype != DType::I8 &&
       info.dtype != DType::U8)
-    throw TensorMismatchError(file.display_name(), name,
+    throw TensorMismatchError(file.file_name(name), name,
                               t.loader() + "(): expected an integer dtype (I64, I32, I16, I8, U8), got " +
                                   std::string(dtype_name(info.dtype)));
   if (info.shape.size() != 1 || info.shape[0] < 1)
-    throw TensorMismatchError(file.display_name(), name,
+    throw TensorMismatchError(file.file_name(name), name,
                               t.loader() + "(): expected a non-empty 1-D tensor, got shape " + shape_string(info.shape));
   const std::vector<std::int64_t> raw = file.read<std::int64_t>(name);
   std::vector<Index> table(raw.size());
   for (std::size_t i = 0; i < raw.size(); ++i) {
     if (raw[i] < lowest || raw[i] >= bound)
-      throw TensorMismatchError(file.display_name(), name,
+      throw TensorMismatchError(file.file_name(name), name,
                                 t.loader() + "(): expected entries in [" + std::to_string(lowest) + ", " +
                                     std::to_string(bound) + "), got " + std::to_string(raw[i]) + " at index " +
                                     std::to_string(i) + std::string(note));
@@ -116,7 +117,7 @@ inline std::vector<Index> read_index_table(const LayerTensors& t, std::string_vi
 /// Noisy top-k (Shazeer et al. 2017): {prefix}gate.weight [E, d], {prefix}noise.weight [E, d],
 /// {prefix}experts.{e}.w1|w3.weight [ff, d], w2.weight [d, ff].
 template <class S>
-NoisyTopKMoE<S> load_noisy_top_k(const SafetensorsFile& file, std::string_view prefix = "moe.",
+NoisyTopKMoE<S> load_noisy_top_k(const Checkpoint& file, std::string_view prefix = "moe.",
                                  const NoisyTopKConfig& config = {}) {
   const std::string loader = "moe::io::load_noisy_top_k";
   detail::LayerTensors t(file, prefix, loader);
@@ -134,7 +135,7 @@ NoisyTopKMoE<S> load_noisy_top_k(const SafetensorsFile& file, std::string_view p
 
 /// Expert choice (Zhou et al. 2022): {prefix}gate.weight [E, d], SwiGLU experts as above.
 template <class S>
-ExpertChoiceMoE<S> load_expert_choice(const SafetensorsFile& file, std::string_view prefix = "moe.",
+ExpertChoiceMoE<S> load_expert_choice(const Checkpoint& file, std::string_view prefix = "moe.",
                                       const ExpertChoiceConfig& config = {}) {
   const std::string loader = "moe::io::load_expert_choice";
   detail::LayerTensors t(file, prefix, loader);
@@ -149,7 +150,7 @@ ExpertChoiceMoE<S> load_expert_choice(const SafetensorsFile& file, std::string_v
 /// Hash routing (Roller et al. 2021): {prefix}hash_table [vocab] (integer expert indices),
 /// SwiGLU experts as above; E is the number of experts in the file.
 template <class S>
-HashMoE<S> load_hash(const SafetensorsFile& file, std::string_view prefix = "moe.") {
+HashMoE<S> load_hash(const Checkpoint& file, std::string_view prefix = "moe.") {
   const std::string loader = "moe::io::load_hash";
   detail::LayerTensors t(file, prefix, loader);
   const Index E = detail::count_experts(t, "experts.", "w1.weight");
@@ -165,7 +166,7 @@ HashMoE<S> load_hash(const SafetensorsFile& file, std::string_view prefix = "moe
 /// {prefix}gate.weight [E, d], {prefix}expert_modality [E] (integer; -1 = cross-modal), SwiGLU
 /// experts as above. The modality ids of the tokens come with each call (ForwardContext).
 template <class S>
-ModalityMoE<S> load_modality_experts(const SafetensorsFile& file, std::string_view prefix = "moe.",
+ModalityMoE<S> load_modality_experts(const Checkpoint& file, std::string_view prefix = "moe.",
                                      const ModalityConfig& config = {}) {
   const std::string loader = "moe::io::load_modality_experts";
   detail::LayerTensors t(file, prefix, loader);
@@ -183,7 +184,7 @@ ModalityMoE<S> load_modality_experts(const SafetensorsFile& file, std::string_vi
                      "; give ModalityConfig::num_modalities for more modalities)"
                : std::string());
   if (static_cast<Index>(table.size()) != E)
-    throw TensorMismatchError(file.display_name(), t.name("expert_modality"),
+    throw TensorMismatchError(file.file_name(t.name("expert_modality")), t.name("expert_modality"),
                               loader + "(): expected one entry per expert (" + std::to_string(E) + "), got " +
                                   std::to_string(table.size()));
   const Index M = inferred ? std::max<Index>(1, 1 + *std::max_element(table.begin(), table.end()))
@@ -200,7 +201,7 @@ ModalityMoE<S> load_modality_experts(const SafetensorsFile& file, std::string_vi
 /// {prefix}domain_classifier.weight [D, d], {prefix}domain_affinity [D, E], SwiGLU experts as
 /// above; D is the classifier's rows.
 template <class S>
-DomainAwareMoE<S> load_domain_aware(const SafetensorsFile& file, std::string_view prefix = "moe.",
+DomainAwareMoE<S> load_domain_aware(const Checkpoint& file, std::string_view prefix = "moe.",
                                     const DomainAwareConfig& config = {}) {
   const std::string loader = "moe::io::load_domain_aware";
   detail::LayerTensors t(file, prefix, loader);
@@ -230,7 +231,7 @@ DomainAwareMoE<S> load_domain_aware(const SafetensorsFile& file, std::string_vie
 /// base router), {prefix}task_gates.{j}.weight [E, d] for j = 0, 1, ... (N = how many, numbered
 /// from 0 without a gap), {prefix}task_sensitivity [N], SwiGLU experts as above.
 template <class S>
-TaskAwareMoE<S> load_task_aware(const SafetensorsFile& file, std::string_view prefix = "moe.",
+TaskAwareMoE<S> load_task_aware(const Checkpoint& file, std::string_view prefix = "moe.",
                                 const TaskAwareConfig& config = {}) {
   const std::string loader = "moe::io::load_task_aware";
   detail::LayerTensors t(file, prefix, loader);
@@ -244,7 +245,7 @@ TaskAwareMoE<S> load_task_aware(const SafetensorsFile& file, std::string_view pr
     t.throw_missing(t.name(task_gate(0)), "expected at least one task router under this name", "the file has none");
   const Index sensitivities = t.shape("task_sensitivity", 1)[0];
   if (sensitivities != N)
-    throw TensorMismatchError(file.display_name(), t.name("task_sensitivity"),
+    throw TensorMismatchError(file.file_name(t.name("task_sensitivity")), t.name("task_sensitivity"),
                               loader + "(): expected one entry per task router (" + std::to_string(N) +
                                   ": task_gates.0.weight to task_gates." + std::to_string(N - 1) +
                                   ".weight), got " + std::to_string(sensitivities));
@@ -268,7 +269,7 @@ TaskAwareMoE<S> load_task_aware(const SafetensorsFile& file, std::string_view pr
 /// Top-p routing (../shared/golden-variety, top_p): {prefix}gate.weight [E, d], SwiGLU experts
 /// as above; the threshold and the cap come from config.
 template <class S>
-TopPMoE<S> load_top_p(const SafetensorsFile& file, std::string_view prefix = "moe.", const TopPConfig& config = {}) {
+TopPMoE<S> load_top_p(const Checkpoint& file, std::string_view prefix = "moe.", const TopPConfig& config = {}) {
   const std::string loader = "moe::io::load_top_p";
   detail::LayerTensors t(file, prefix, loader);
   RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
@@ -283,7 +284,7 @@ TopPMoE<S> load_top_p(const SafetensorsFile& file, std::string_view prefix = "mo
 /// Dynamic expert skipping (../shared/golden-variety, threshold_skip): {prefix}gate.weight
 /// [E, d], SwiGLU experts as above; beta and k come from config.
 template <class S>
-ThresholdSkipMoE<S> load_threshold_skip(const SafetensorsFile& file, std::string_view prefix = "moe.",
+ThresholdSkipMoE<S> load_threshold_skip(const Checkpoint& file, std::string_view prefix = "moe.",
                                         const ThresholdSkipConfig& config = {}) {
   const std::string loader = "moe::io::load_threshold_skip";
   detail::LayerTensors t(file, prefix, loader);
@@ -301,7 +302,7 @@ ThresholdSkipMoE<S> load_threshold_skip(const SafetensorsFile& file, std::string
 /// groups (b from group 0), SwiGLU experts as above, a * b of them: expert (i, j) is
 /// experts.{i * b + j}.
 template <class S>
-HierarchicalMoE<S> load_hierarchical(const SafetensorsFile& file, std::string_view prefix = "moe.",
+HierarchicalMoE<S> load_hierarchical(const Checkpoint& file, std::string_view prefix = "moe.",
                                      const HierarchicalConfig& config = {}) {
   const std::string loader = "moe::io::load_hierarchical";
   detail::LayerTensors t(file, prefix, loader);

@@ -140,6 +140,16 @@ class SafetensorsWriter {
   /// Writes to_bytes() to path; throws Error when the file cannot be written.
   void save(const std::filesystem::path& path) const;
 
+  /// The names of the tensors added so far, sorted.
+  [[nodiscard]] std::vector<std::string> names() const;
+  /// The sum of the tensors' byte sizes: the data section of to_bytes(), and what a sharded
+  /// checkpoint's index calls total_size.
+  [[nodiscard]] std::uint64_t data_size() const noexcept;
+  /// Moves the tensor `name` (its bytes, not a copy) into `into`, leaving the metadata; how
+  /// save_layer_sharded splits one layer into shard files. Throws std::invalid_argument when
+  /// this writer has no such tensor or `into` already has one.
+  SafetensorsWriter& move_tensor(std::string_view name, SafetensorsWriter& into);
+
  private:
   struct Entry {
     DType dtype;

@@ -715,6 +715,31 @@ inline void SafetensorsWriter::save(const std::filesystem::path& path) const {
   if (!out) throw Error(path.string(), "cannot write " + std::to_string(bytes.size()) + " bytes");
 }
 
+inline std::vector<std::string> SafetensorsWriter::names() const {
+  std::vector<std::string> out;
+  out.reserve(tensors_.size());
+  for (const auto& [name, e] : tensors_) out.push_back(name);
+  return out;
+}
+
+inline std::uint64_t SafetensorsWriter::data_size() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& [name, e] : tensors_) n += e.bytes.size();
+  return n;
+}
+
+inline SafetensorsWriter& SafetensorsWriter::move_tensor(std::string_view name, SafetensorsWriter& into) {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end())
+    moe::detail::throw_invalid("SafetensorsWriter::move_tensor()", "tensor name", "a name added before",
+                               "'" + std::string(name) + "'");
+  if (into.tensors_.find(name) != into.tensors_.end())
+    moe::detail::throw_invalid("SafetensorsWriter::move_tensor()", "tensor name", "a name the target lacks",
+                               "'" + std::string(name) + "' in both");
+  into.tensors_.insert(tensors_.extract(it));  // the node moves: no copy of the bytes
+  return *this;
+}
+
 }  // namespace moe::io
 
 #endif  // MOE_IO_SAFETENSORS_IMPL_HPP

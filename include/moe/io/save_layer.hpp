@@ -10,6 +10,7 @@
 #define MOE_IO_SAVE_LAYER_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/conv_loader.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/low_rank_loader.hpp>
@@ -19,11 +20,20 @@
 #include <moe/io/switch_loader.hpp>
 #include <moe/layer/moe_layer.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace moe::io {
@@ -459,6 +469,108 @@ MOE_IO_SAVE_LAYER_ONE_FAMILY(LowRankLayer, Family::low_rank, save_low_rank, "Low
 MOE_IO_SAVE_LAYER_ONE_FAMILY(HierarchicalLayer, Family::hierarchical, save_hierarchical, "HierarchicalMoE")
 MOE_IO_SAVE_LAYER_ONE_FAMILY(ConvLayer, Family::conv_expert, save_conv_experts, "ConvMoE")
 #undef MOE_IO_SAVE_LAYER_ONE_FAMILY
+
+namespace detail {
+
+/// The expert a saved tensor belongs to, from its name under the prefix:
+/// "experts.{e}.<...>" and Switch's "experts.expert_{e}.<...>" give e; anything else (the
+/// router, shared parts, GPT-OSS's fused "experts.gate_up_proj") gives nullopt.
+inline std::optional<std::uint64_t> expert_of(std::string_view rest) {
+  constexpr std::string_view experts = "experts.";
+  if (rest.substr(0, experts.size()) != experts) return std::nullopt;
+  rest.remove_prefix(experts.size());
+  const std::size_t dot = rest.find('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  std::string_view id = rest.substr(0, dot);
+  if (id.substr(0, 7) == "expert_") id.remove_prefix(7);
+  if (id.empty() || id.size() > 18) return std::nullopt;
+  std::uint64_t e = 0;
+  for (const char c : id) {
+    if (c < '0' || c > '9') return std::nullopt;
+    e = e * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return e;
+}
+
+/// "model-00002-of-00005.safetensors", Hugging Face's shard names.
+inline std::string shard_file_name(std::size_t i, std::size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i, n);
+  return buf;
+}
+
+/// Splits one layer's writer into shards (router and shared parts; GPT-OSS's fused experts;
+/// one per expert), writes them, then the index. Returns the index's path.
+inline std::filesystem::path write_layer_shards(const std::filesystem::path& folder, SafetensorsWriter& all,
+                                                std::string_view prefix) {
+  std::vector<std::string> rest_of_layer, fused;
+  std::map<std::uint64_t, std::vector<std::string>> per_expert;
+  for (std::string& name : all.names()) {
+    const std::string_view rest = std::string_view(name).substr(name.rfind(prefix, 0) == 0 ? prefix.size() : 0);
+    if (const auto e = expert_of(rest))
+      per_expert[*e].push_back(std::move(name));
+    else if (rest.substr(0, 8) == "experts.")
+      fused.push_back(std::move(name));
+    else
+      rest_of_layer.push_back(std::move(name));
+  }
+  std::vector<std::vector<std::string>> groups;
+  if (!rest_of_layer.empty()) groups.push_back(std::move(rest_of_layer));
+  if (!fused.empty()) groups.push_back(std::move(fused));
+  for (auto& [e, names] : per_expert) groups.push_back(std::move(names));
+
+  std::error_code ec;
+  std::filesystem::create_directories(folder, ec);
+  if (ec) throw Error(folder.string(), "cannot create the folder: " + ec.message());
+  const std::uint64_t total = all.data_size();
+  nlohmann::json weight_map = nlohmann::json::object();  // keys sorted, as Hugging Face writes them
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const std::string shard = shard_file_name(g + 1, groups.size());
+    SafetensorsWriter w;
+    for (const std::string& name : groups[g]) {
+      all.move_tensor(name, w);
+      weight_map[name] = shard;
+    }
+    w.save(folder / shard);
+  }
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
+  std::filesystem::path path = folder / sharded_index_name;  // not const: returned by move
+  const std::string text = index.dump(2) + "\n";
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw Error(path.string(), "cannot open for writing");
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  out.flush();
+  if (!out) throw Error(path.string(), "cannot write " + std::to_string(text.size()) + " bytes");
+  return path;
+}
+
+}  // namespace detail
+
+/// Writes the layer as a Hugging Face sharded checkpoint in `folder` (created if needed): one
+/// shard file per expert ("experts.{e}.*", Switch's "experts.expert_{e}.*"), one before them
+/// for the router and the shared parts (and, for GPT-OSS, whose experts are fused into four
+/// tensors, one for those), named model-00001-of-0000N.safetensors ..., then
+/// model.safetensors.index.json with the weight_map and metadata.total_size. Tensors and names
+/// are save_layer's, so `load_X<S>(Checkpoint::open(folder), prefix, config)` gives the layer
+/// back bit for bit. Refusals are save_layer's, made before any file is written. Files of the
+/// same names are overwritten; other files in the folder are left alone. Returns the index's path.
+template <class Layer>
+  requires requires(SafetensorsWriter& w, const Layer& layer) { save_layer(w, layer, std::string_view(), Family{}); }
+std::filesystem::path save_layer_sharded(const std::filesystem::path& folder, const Layer& layer,
+                                         std::string_view prefix, Family family) {
+  SafetensorsWriter all;
+  save_layer(all, layer, prefix, family);
+  return detail::write_layer_shards(folder, all, prefix);
+}
+/// As above with the family implied by the layer type (MixtralMoE / OlmoeMoE need one).
+template <class Layer>
+  requires requires(SafetensorsWriter& w, const Layer& layer) { save_layer(w, layer, std::string_view()); }
+std::filesystem::path save_layer_sharded(const std::filesystem::path& folder, const Layer& layer,
+                                         std::string_view prefix) {
+  SafetensorsWriter all;
+  save_layer(all, layer, prefix);
+  return detail::write_layer_shards(folder, all, prefix);
+}
 
 }  // namespace moe::io
 

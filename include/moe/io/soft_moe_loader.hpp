@@ -3,6 +3,7 @@
 #define MOE_IO_SOFT_MOE_LOADER_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
@@ -27,7 +28,7 @@ struct SoftMoeConfig {
 /// Soft MoE: {prefix}phi [d, E*p]; {prefix}experts.{e}.wi.weight [ff, d] and wo.weight [d, ff]
 /// (GELU (erf) FFN experts, no biases). E = columns of phi / slots_per_expert.
 template <class S>
-SoftMoE<S> load_soft_moe(const SafetensorsFile& file, std::string_view prefix, const SoftMoeConfig& config = {}) {
+SoftMoE<S> load_soft_moe(const Checkpoint& file, std::string_view prefix, const SoftMoeConfig& config = {}) {
   const std::string loader = "moe::io::load_soft_moe";
   moe::detail::require(config.slots_per_expert >= 1, loader + "()", "slots_per_expert", ">= 1",
                        config.slots_per_expert);
@@ -36,7 +37,7 @@ SoftMoE<S> load_soft_moe(const SafetensorsFile& file, std::string_view prefix, c
   const Index d = pshape[0];
   const Index slots = pshape[1];
   if (slots % config.slots_per_expert != 0)
-    throw TensorMismatchError(file.display_name(), t.name("phi"),
+    throw TensorMismatchError(file.file_name(t.name("phi")), t.name("phi"),
                               loader + "(): expected " + std::to_string(slots) +
                                   " columns to be num_experts * slots_per_expert with slots_per_expert = " +
                                   std::to_string(config.slots_per_expert));

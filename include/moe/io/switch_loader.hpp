@@ -3,6 +3,7 @@
 #define MOE_IO_SWITCH_LOADER_HPP
 
 #include <moe/dispatch/dispatch_plan.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/safetensors.hpp>
@@ -28,7 +29,7 @@ struct SwitchConfig {
 /// Top-1 softmax routing, gate = the top-1 probability (not renormalised).
 /// prefix is e.g. "encoder.block.1.layer.1.mlp." in a full checkpoint, "mlp." for one layer.
 template <class S>
-SwitchMoE<S> load_switch_transformers(const SafetensorsFile& file, std::string_view prefix,
+SwitchMoE<S> load_switch_transformers(const Checkpoint& file, std::string_view prefix,
                                       const SwitchConfig& config = {}) {
   const std::string loader = "moe::io::load_switch_transformers";
   detail::LayerTensors t(file, prefix, loader);
