@@ -71,6 +71,7 @@ CROSS_CUTTING = {
 # Folders of tests/ that hold no test programs of this rule.
 NOT_STAGES = {"support", "compile_fail", "fuzz", "packaging", "tidy"}
 
+TEST_NAME = re.compile(r'\b(?:TEMPLATE_(?:LIST_)?)?TEST_CASE\(\s*"((?:[^"\\]|\\.)*)"')
 REFERENCE = re.compile(r"\breference::\w+\s*[(<]")
 
 
@@ -138,6 +139,13 @@ def main() -> int:
                           f"or list it in CROSS_CUTTING with the reason")
         elif h not in NO_BEHAVIOUR:  # a _backward_test.cpp without its _test.cpp, reported above
             errors.append(f"tests/{t}: include/moe/{h} has no tests/{h[:-4]}_test.cpp beside it")
+    # catch_discover_tests registers one ctest test per Catch test name, and CMake lists split on
+    # ';': a name with one becomes two tests that match nothing and fail. Caught here, at once.
+    for t in test_files:
+        for lineno, line in enumerate((tests / t).read_text().splitlines(), 1):
+            m = TEST_NAME.search(line)
+            if m and ";" in m.group(1):
+                errors.append(f"tests/{t}:{lineno}: test name {m.group(1)!r} contains ';' (ctest would split it)")
     for e in errors:
         print(e)
     if errors:
