@@ -72,5 +72,8 @@
 #include <moe/layer/workspace.hpp>
 
 #include <moe/deploy/prune.hpp>  // expert pruning (docs/pruning.md)
+#include <moe/store/expert_cache.hpp>          // experts on disk: the cache and the executor (docs/store.md);
+#include <moe/store/on_demand_executor.hpp>    // the sources that read them are moe::io's
+#include <moe/store/on_demand_swiglu.hpp>      // (io/expert_source.hpp)
 
 #endif  // MOE_MOE_HPP

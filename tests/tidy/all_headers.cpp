@@ -45,11 +45,14 @@
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
 #include <moe/gather/gather_slots.hpp>
+#include <moe/io/checkpoint.hpp>
 #include <moe/io/conv_loader.hpp>
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
+#include <moe/io/expert_source.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
+#include <moe/io/lazy_safetensors.hpp>
 #include <moe/io/low_rank_loader.hpp>
 #include <moe/io/multi_head_loader.hpp>
 #include <moe/io/recurrent_loader.hpp>
@@ -110,6 +113,9 @@
 #include <moe/router/soft_router.hpp>
 #include <moe/router/task_aware_router.hpp>
 #include <moe/router/top_k_router.hpp>
+#include <moe/store/expert_cache.hpp>
+#include <moe/store/on_demand_executor.hpp>
+#include <moe/store/on_demand_swiglu.hpp>
 #include <moe/train/expert_dropout.hpp>
 #include <moe/train/gradient_utils.hpp>
 #include <moe/train/optimizer.hpp>
@@ -225,6 +231,27 @@ S deployment_tools() {
   return sum + static_cast<S>(parameter_count(layer));
 }
 
+/// Experts on disk: a sharded save, an on-demand layer over it (LRU and frequency-weighted
+/// LRU), forward and backward. Analysed, never run: the path is a placeholder.
+template <class S, class Policy>
+S on_demand(const MixtralMoE<S>& memory, const std::string& folder) {
+  (void)io::save_layer_sharded(folder, memory, "mlp.", io::Family::mixtral);
+  auto source = std::make_shared<const io::SwiGLUExpertSource<S>>(io::LazyCheckpoint::open(folder), "mlp.",
+                                                                  memory.num_experts(), io::SwiGLUExpertNames::mixtral());
+  store::OnDemandSwiGLU<S> bank(source->num_experts(), source->d_model(), source->d_ff(), source->bank_names());
+  using Executor = store::OnDemandExecutor<io::SwiGLUExpertSource<S>, Policy>;
+  const MoELayer<store::OnDemandSwiGLU<S>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>, xsimd::default_arch, Executor>
+      layer(std::move(bank), memory.router(), {}, {}, Executor(source, 2 * source->expert_bytes()));
+  const RowMatrix<S> x = RowMatrix<S>::Random(8, memory.input_dim());
+  Workspace<S> ws;
+  ForwardContext ctx;
+  ctx.mode = Mode::training;
+  const RowMatrix<S> y = layer.forward(x, ws, ctx);
+  auto grads = layer.make_gradients();
+  const RowMatrix<S> dx = layer.backward(y, ws, grads, LossWeights<S>{});
+  return y.sum() + dx.sum() + static_cast<S>(ws.expert_loads.bytes_read + layer.executor().cache().totals().hits);
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -293,6 +320,11 @@ double all_layers() {
   sum += static_cast<double>(exercise(RecurrentMoE<S>(GRUExperts<S>(E, d, d), SequenceSoftmaxTopKRouter<S>(E, d, 2)), 16, 8));
   sum += static_cast<double>(routing_losses<S>());
   sum += static_cast<double>(deployment_tools<S>());
+  {
+    const MixtralMoE<S> memory(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2));
+    sum += static_cast<double>(on_demand<S, store::LruPolicy>(memory, "on_demand_layer"));
+    sum += static_cast<double>(on_demand<S, store::FrequencyLruPolicy>(memory, "on_demand_layer"));
+  }
   return sum;
 }
 

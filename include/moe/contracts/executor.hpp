@@ -4,6 +4,7 @@
 #define MOE_CONTRACTS_EXECUTOR_HPP
 
 #include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/statistics.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/types.hpp>
 
@@ -19,6 +20,9 @@ struct ExpertStep {
   MatrixRef<S> y_perm;        ///< [N, d_out]
   ConstMatrixRef<S> input;    ///< the layer's x [T, d] (for experts with context)
   const ForwardContext& context;
+  /// Where an executor that loads experts records this call's loads (Workspace::expert_loads);
+  /// nullptr when the caller keeps none.
+  ExpertLoadStatistics* loads = nullptr;
 };
 
 /// Backward of step 4: dx_perm[slab e] = dL/dx of expert e's rows, gradients of expert e's
@@ -36,6 +40,8 @@ struct ExpertStepBackward {
   /// The layer's dL/dx [T, d] (the combiner's part already in), for banks whose experts read
   /// other tokens' inputs (expert_traits<E>::reads_other_tokens); nullptr where none can.
   MatrixRef<S>* input_grad = nullptr;
+  /// As ExpertStep::loads, for the backward call.
+  ExpertLoadStatistics* loads = nullptr;
 };
 
 }  // namespace moe

@@ -4,9 +4,25 @@
 
 #include <moe/core/types.hpp>
 
+#include <cstdint>
 #include <vector>
 
 namespace moe {
+
+/// What an executor that brings experts in from storage (store::OnDemandExecutor) did in one
+/// call, forward or backward: Workspace::expert_loads holds the last call's. Zeros for an
+/// executor that loads nothing (LocalExecutor).
+struct ExpertLoadStatistics {
+  std::uint64_t hits = 0;        ///< needed experts found resident (or being loaded by another call)
+  std::uint64_t misses = 0;      ///< needed experts this call loaded
+  std::uint64_t bytes_read = 0;  ///< bytes read from the files by this call's loads
+  std::uint64_t evictions = 0;   ///< experts this call evicted to make room
+  ExpertLoadStatistics& operator+=(const ExpertLoadStatistics& o) noexcept {
+    hits += o.hits, misses += o.misses, bytes_read += o.bytes_read, evictions += o.evictions;
+    return *this;
+  }
+  friend bool operator==(const ExpertLoadStatistics&, const ExpertLoadStatistics&) = default;
+};
 
 /// What one forward call saw: per-expert load after capacity, drops, and how many experts
 /// each token ran through.

@@ -183,6 +183,7 @@ class MoELayer {
     ws.pool = ctx.pool;
     ws.last_context = ctx;
     ws.has_forward = false;  // until this call completes
+    ws.expert_loads = {};
     CombineContext<scalar_type> cc{ws.routing, ws.last_context, ws.combine};
     if constexpr (router_traits<RouterType>::is_dense) {
       if (ctx.routing_tape != nullptr)

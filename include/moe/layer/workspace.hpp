@@ -32,6 +32,9 @@ struct Workspace {
   /// activations, Soft MoE's combine weights).
   CombineScratch<S> combine;
   LayerStatistics stats;
+  /// What the executor loaded in its last call, forward or backward (an on-demand executor,
+  /// docs/store.md); zeros for LocalExecutor. Forward resets it.
+  ExpertLoadStatistics expert_loads;
   /// Whether a forward ran on this workspace, and in which mode (backward needs training).
   bool has_forward = false;
   Mode last_mode = Mode::inference;
@@ -59,11 +62,11 @@ struct Workspace {
   /// Step 4's view of this workspace, forward (x is the layer's input) and backward (after a
   /// training forward; dy_perm, dx_perm and dhidden sized): what the layer hands its executor.
   [[nodiscard]] ExpertStep<S> expert_step(const ConstMatrixRef<S>& x) noexcept {
-    return {plan, x_perm, hidden, y_perm, x, last_context};
+    return {plan, x_perm, hidden, y_perm, x, last_context, &expert_loads};
   }
   /// input_grad is the layer's dL/dx, for experts that read other tokens' inputs.
   [[nodiscard]] ExpertStepBackward<S> expert_step_backward(MatrixRef<S>* input_grad = nullptr) noexcept {
-    return {plan, x_perm, hidden, dy_perm, dx_perm, dhidden, x_saved, last_context, input_grad};
+    return {plan, x_perm, hidden, dy_perm, dx_perm, dhidden, x_saved, last_context, input_grad, &expert_loads};
   }
 };
 
