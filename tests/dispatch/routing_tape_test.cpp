@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/random.hpp"
+#include "support/routing_tape.hpp"
 
 namespace {
 
@@ -19,20 +20,6 @@ using moe::Index;
 using moe::RoutingRecord;
 using moe::RoutingTape;
 
-/// 3 tokens, top-2 over 4 experts, capacity 2, one drop.
-RoutingRecord small_record() {
-  RoutingRecord r;
-  r.layer_index = 5;
-  r.num_tokens = 3;
-  r.num_experts = 4;
-  r.k = 2;
-  r.capacity = 2;
-  r.token = {0, 0, 1, 1, 2, 2};
-  r.expert = {1, 3, 1, 0, 1, 2};
-  r.gate = {0.75, 0.25, 0.5, 0.5, 0.125, 0.875};
-  r.kept = {1, 1, 1, 1, 0, 1};
-  return r;
-}
 
 std::string append_error(RoutingRecord r) {
   RoutingTape tape;
@@ -91,9 +78,9 @@ TEST_CASE("routing tape: record() keeps routing and kept flags, replay rebuilds 
 }
 
 TEST_CASE("routing tape: append() refuses every inconsistent record with its rule", "[dispatch][replay][errors]") {
-  CHECK(append_error(small_record()) == "no error");
+  CHECK(append_error(moe::test::small_routing_record()) == "no error");
   const auto damaged = [](auto change) {
-    RoutingRecord r = small_record();
+    RoutingRecord r = moe::test::small_routing_record();
     change(r);
     return append_error(std::move(r));
   };
@@ -126,8 +113,8 @@ TEST_CASE("routing tape: append() refuses every inconsistent record with its rul
 
 TEST_CASE("routing tape: next() walks the records in order and names what does not match", "[dispatch][replay][errors]") {
   RoutingTape tape;
-  tape.append(small_record());
-  RoutingRecord second = small_record();
+  tape.append(moe::test::small_routing_record());
+  RoutingRecord second = moe::test::small_routing_record();
   second.layer_index = 6;
   tape.append(second);
   tape.set_mode(moe::TapeMode::replay);

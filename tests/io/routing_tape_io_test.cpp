@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "support/random.hpp"
+#include "support/routing_tape.hpp"
 #include "support/safetensors_file.hpp"
 
 namespace {
@@ -20,20 +21,6 @@ using moe::RoutingRecord;
 using moe::RoutingTape;
 using moe::RowMatrix;
 
-/// A hand-made record: 3 tokens, top-2 over 4 experts, capacity 2, one drop.
-RoutingRecord small_record() {
-  RoutingRecord r;
-  r.layer_index = 5;
-  r.num_tokens = 3;
-  r.num_experts = 4;
-  r.k = 2;
-  r.capacity = 2;
-  r.token = {0, 0, 1, 1, 2, 2};
-  r.expert = {1, 3, 1, 0, 1, 2};
-  r.gate = {0.75, 0.25, 0.5, 0.5, 0.125, 0.875};
-  r.kept = {1, 1, 1, 1, 0, 1};
-  return r;
-}
 
 moe::io::SafetensorsWriter writer_with(const RoutingRecord& r) {
   // Bypass RoutingTape::append's validation: write the record's tensors directly.
@@ -106,7 +93,7 @@ TEST_CASE("routing tape files: save, load and replay give the recorded bits", "[
 }
 
 TEST_CASE("routing tape files: damage is a moe::io error naming the file and the record", "[io][replay][errors]") {
-  CHECK(read_error(writer_with(small_record())) == "no error");
+  CHECK(read_error(writer_with(moe::test::small_routing_record())) == "no error");
 
   moe::io::SafetensorsWriter no_format;
   CHECK(read_error(no_format) ==
@@ -114,11 +101,11 @@ TEST_CASE("routing tape files: damage is a moe::io error naming the file and the
   moe::io::SafetensorsWriter other_format;
   other_format.metadata("format", "pt");
   CHECK(read_error(other_format) == "moe::io: file 'tape.safetensors': __metadata__.format: expected moe-routing-tape, got pt");
-  moe::io::SafetensorsWriter future = writer_with(small_record());
+  moe::io::SafetensorsWriter future = writer_with(moe::test::small_routing_record());
   future.metadata("version", "2");
   CHECK(read_error(future) == "moe::io: file 'tape.safetensors': __metadata__.version: expected 1, got 2");
   for (const char* count : {"7", "-1", "x", "1x", "99999999999999999999999"}) {
-    moe::io::SafetensorsWriter lying = writer_with(small_record());
+    moe::io::SafetensorsWriter lying = writer_with(moe::test::small_routing_record());
     lying.metadata("records", count);
     INFO(count);
     CHECK(read_error(lying) == std::string("moe::io: file 'tape.safetensors': __metadata__.records: expected a record "
@@ -126,7 +113,7 @@ TEST_CASE("routing tape files: damage is a moe::io error naming the file and the
   }
 
   const auto damaged = [](auto change) {
-    RoutingRecord r = small_record();
+    RoutingRecord r = moe::test::small_routing_record();
     change(r);
     return read_error(writer_with(r));
   };

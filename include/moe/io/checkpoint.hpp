@@ -180,6 +180,19 @@ class Checkpoint {
 
 namespace detail {
 
+/// What Checkpoint::open and LazyCheckpoint::open read for `path`: a folder's
+/// model.safetensors.index.json, else its model.safetensors; any other path as given.
+inline std::filesystem::path checkpoint_target(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return path;
+  const std::filesystem::path index = path / sharded_index_name;
+  const std::filesystem::path single = path / single_file_name;
+  if (std::filesystem::exists(index, ec)) return index;
+  if (std::filesystem::exists(single, ec)) return single;
+  throw Error(path.string(), "cannot open: expected " + std::string(sharded_index_name) + " or " +
+                                 std::string(single_file_name) + " in this folder, got neither");
+}
+
 /// Whether an index's shard name stays in the index's folder: relative, no root, no '..'.
 inline bool shard_path_is_local(const std::string& s) {
   if (s.empty()) return false;
@@ -326,19 +339,7 @@ inline const SafetensorsFile& ShardedIndex::shard(std::size_t i) const {
 }  // namespace detail
 
 inline Checkpoint Checkpoint::open(const std::filesystem::path& path) {
-  std::error_code ec;
-  std::filesystem::path target = path;
-  if (std::filesystem::is_directory(path, ec)) {
-    const std::filesystem::path index = path / sharded_index_name;
-    const std::filesystem::path single = path / single_file_name;
-    if (std::filesystem::exists(index, ec))
-      target = index;
-    else if (std::filesystem::exists(single, ec))
-      target = single;
-    else
-      throw Error(path.string(), "cannot open: expected " + std::string(sharded_index_name) + " or " +
-                                     std::string(single_file_name) + " in this folder, got neither");
-  }
+  const std::filesystem::path target = detail::checkpoint_target(path);
   Checkpoint c;
   if (target.extension() == ".json") {
     c.sharded_ = detail::ShardedIndex::open(target);

@@ -363,19 +363,7 @@ std::size_t LazySafetensorsFile::read_into(std::string_view name, std::span<cons
 }
 
 inline LazyCheckpoint LazyCheckpoint::open(const std::filesystem::path& path) {
-  std::error_code ec;
-  std::filesystem::path target = path;
-  if (std::filesystem::is_directory(path, ec)) {
-    const std::filesystem::path index = path / sharded_index_name;
-    const std::filesystem::path single = path / single_file_name;
-    if (std::filesystem::exists(index, ec))
-      target = index;
-    else if (std::filesystem::exists(single, ec))
-      target = single;
-    else
-      throw Error(path.string(), "cannot open: expected a folder holding " + std::string(sharded_index_name) + " or " +
-                                     std::string(single_file_name) + ", got neither");
-  }
+  const std::filesystem::path target = detail::checkpoint_target(path);
   LazyCheckpoint c;
   if (target.extension() == ".json") {
     c.index_ = detail::ShardedIndex::open(target);
