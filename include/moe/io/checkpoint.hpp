@@ -185,8 +185,8 @@ namespace detail {
 inline std::filesystem::path checkpoint_target(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_directory(path, ec)) return path;
-  const std::filesystem::path index = path / sharded_index_name;
-  const std::filesystem::path single = path / single_file_name;
+  std::filesystem::path index = path / sharded_index_name;  // not const: returned by move
+  std::filesystem::path single = path / single_file_name;
   if (std::filesystem::exists(index, ec)) return index;
   if (std::filesystem::exists(single, ec)) return single;
   throw Error(path.string(), "cannot open: expected " + std::string(sharded_index_name) + " or " +
