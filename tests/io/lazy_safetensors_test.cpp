@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -65,4 +66,64 @@ TEST_CASE("a malformed header is refused when the file is opened", "[io][lazy][e
     out << header << std::string(12, '\0');
   }
   CHECK_THROWS_WITH(moe::io::LazySafetensorsFile::open(p), Catch::Contains("expected end - begin = 8"));
+}
+
+TEST_CASE("a file rewritten, renamed, removed or replaced after opening is an error naming file and tensor",
+          "[io][lazy][errors]") {
+  std::array<float, 6> a{};
+  const std::array<std::int64_t, 2> shape{2, 3};
+  SECTION("rewritten in place, same size") {
+    const fs::path p = write_file("moe_lazy_rewrite.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    const auto when = fs::last_write_time(p);
+    {
+      std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(lazy.data_offset()));
+      const float v = 42.0F;
+      f.write(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+    // The file system's clock may not have ticked since the open: move the time on explicitly.
+    fs::last_write_time(p, when + std::chrono::seconds(1));
+    CHECK(fs::file_size(p) == lazy.required_size());
+    CHECK_THROWS_WITH(lazy.read_into<float>("a", shape, a.data()),
+                      Catch::Contains("moe_lazy_rewrite.safetensors") && Catch::Contains("tensor 'a'") &&
+                          Catch::Contains("file rewritten since it was opened"));
+  }
+  SECTION("grown") {
+    const fs::path p = write_file("moe_lazy_grow.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    fs::resize_file(p, fs::file_size(p) + 4);
+    CHECK_THROWS_WITH(lazy.read_into<float>("a", shape, a.data()),
+                      Catch::Contains("file rewritten since it was opened: expected size " +
+                                      std::to_string(lazy.required_size())));
+  }
+  SECTION("renamed") {
+    const fs::path p = write_file("moe_lazy_rename.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    fs::rename(p, fs::temp_directory_path() / "moe_lazy_renamed.safetensors");
+    CHECK_THROWS_WITH(lazy.read_into<float>("a", shape, a.data()),
+                      Catch::Contains("moe_lazy_rename.safetensors") && Catch::Contains("tensor 'a'") &&
+                          Catch::Contains("file renamed or removed since it was opened"));
+  }
+  SECTION("removed") {
+    const fs::path p = write_file("moe_lazy_remove.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    fs::remove(p);
+    CHECK_THROWS_WITH(lazy.read_into<float>("a", shape, a.data()),
+                      Catch::Contains("file renamed or removed since it was opened"));
+  }
+  SECTION("replaced by another file of the same name") {
+    const fs::path p = write_file("moe_lazy_replace.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    const fs::path other = write_file("moe_lazy_replacement.safetensors");
+    fs::rename(other, p);  // the usual way to update a file: write a new one, rename it over
+    CHECK_THROWS_WITH(lazy.read_into<float>("a", shape, a.data()),
+                      Catch::Contains("tensor 'a'") && Catch::Contains("file replaced since it was opened"));
+  }
+  SECTION("unchanged: still reads") {
+    const fs::path p = write_file("moe_lazy_same.safetensors");
+    const auto lazy = moe::io::LazySafetensorsFile::open(p);
+    CHECK_NOTHROW(lazy.read_into<float>("a", shape, a.data()));
+    CHECK(a[5] == 6.0F);
+  }
 }

@@ -11,7 +11,9 @@
 #include <catch2/catch.hpp>
 #include <support/random.hpp>
 
+#include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -261,6 +263,70 @@ TEST_CASE("a shard truncated after opening fails the call with the file and tens
     CHECK_THAT(what, Catch::Contains(prefix + "experts."));
   }
   CHECK(layer.executor().cache().resident().empty());  // the failed load left nothing behind
+}
+
+TEST_CASE("a shard missing, renamed or rewritten after opening fails with the file and tensor named",
+          "[store][executor][errors]") {
+  const Index E = 3, d = 8, ff = 4;
+  const fs::path dir = save_test_layer<float>("faults", E, d, ff, 3);  // top-3 of 3: every expert runs
+  const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = 3});
+  const std::string tensor = prefix + "experts.1.w1.weight";
+  const fs::path shard = moe::io::LazyCheckpoint::open(dir / "sharded").file(tensor).display_name();
+  const moe::RowMatrix<float> x = moe::test::random_matrix(4, d, 5).cast<float>();
+  moe::Workspace<float> ws;
+  const auto expect_error = [&](auto& layer, const std::string& why) {
+    try {
+      (void)layer.forward(x, ws);
+      FAIL("expected an error");
+    } catch (const moe::io::TensorError& e) {
+      const std::string what = e.what();
+      CHECK_THAT(what, Catch::Contains(shard.filename().string()));
+      CHECK_THAT(what, Catch::Contains(why));
+      CHECK_THAT(what, Catch::Contains(prefix + "experts.1."));
+    }
+  };
+  SECTION("missing when the checkpoint is opened") {
+    fs::remove(shard);
+    CHECK_THROWS_WITH(moe::io::LazyCheckpoint::open(dir / "sharded"),
+                      Catch::Contains("weight_map['" + tensor + "']") && Catch::Contains(shard.filename().string()) &&
+                          Catch::Contains("expected a file at"));
+  }
+  SECTION("missing after the index was read, before the shard's first use") {
+    auto checkpoint = moe::io::LazyCheckpoint::open(dir / "sharded");
+    fs::remove(shard);
+    try {
+      (void)moe::io::SwiGLUExpertSource<float>(checkpoint, prefix, E, moe::io::SwiGLUExpertNames::mixtral());
+      FAIL("expected an error");
+    } catch (const moe::io::TensorError& e) {
+      CHECK(e.tensor() == tensor);
+      CHECK_THAT(std::string(e.what()), Catch::Contains("expected the shard the index lists it in to open") &&
+                                            Catch::Contains(shard.filename().string()));
+    }
+  }
+  SECTION("renamed after opening") {
+    auto layer = make_on_demand<float>(memory, dir / "sharded", 1, moe::store::LruPolicy{});
+    fs::rename(shard, shard.string() + ".old");
+    expect_error(layer, "file renamed or removed since it was opened");
+  }
+  SECTION("rewritten after opening (a new file renamed over it)") {
+    auto layer = make_on_demand<float>(memory, dir / "sharded", 1, moe::store::LruPolicy{});
+    fs::copy_file(shard, shard.string() + ".new");
+    fs::rename(shard.string() + ".new", shard);
+    expect_error(layer, "file replaced since it was opened");
+  }
+  SECTION("rewritten in place after opening") {
+    auto layer = make_on_demand<float>(memory, dir / "sharded", 1, moe::store::LruPolicy{});
+    const auto when = fs::last_write_time(shard);
+    {
+      std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(-4, std::ios::end);
+      const float v = 7.0F;
+      f.write(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+    fs::last_write_time(shard, when + std::chrono::seconds(1));  // the clock may not have ticked
+    expect_error(layer, "file rewritten since it was opened");
+  }
+  CHECK(true);
 }
 
 TEST_CASE("a missing expert tensor is a clear error when the source is built", "[store][executor][errors]") {

@@ -4,10 +4,11 @@
 //
 // SafetensorsFile reads a whole file into memory; a shard of a large model is gigabytes of
 // which one call needs a few experts. LazySafetensorsFile keeps the file descriptor and the
-// parsed header only. Before every read it checks the file is still as long as the header
-// says (fstat), so a file truncated after it was opened is a moe::io::Error naming the file
-// and the tensor, never a short read or garbage (and, since nothing is memory-mapped, never
-// SIGBUS).
+// parsed header only. Before every read it checks the file is still the one it opened: as long
+// as the header says, and with the size and modification time it had (fstat), and still at its
+// path (stat: same device and inode). So a file truncated, rewritten, renamed, removed or
+// replaced after it was opened is a moe::io::Error naming the file and the tensor, never a
+// short read or stale bytes (and, since nothing is memory-mapped, never SIGBUS).
 #ifndef MOE_IO_LAZY_SAFETENSORS_HPP
 #define MOE_IO_LAZY_SAFETENSORS_HPP
 
@@ -65,8 +66,16 @@ class LazySafetensorsFile {
   [[nodiscard]] std::uint64_t required_size() const noexcept { return state_->data_offset + state_->data_end; }
 
   /// Reads the tensor's stored bytes into out (out.size() must be info(name).nbytes()).
-  /// Throws Error naming the file and tensor if the file is now shorter than the header needs.
+  /// Throws TensorError naming the file and tensor if the file is no longer the one opened
+  /// (check_unchanged).
   void read_raw(const TensorInfo& t, std::span<std::byte> out) const;
+
+  /// Throws TensorError naming the file and `tensor` unless the file is as it was opened: at
+  /// least required_size() bytes ("file truncated"), the same size and modification and status
+  /// change times ("file rewritten"), and its path still naming the same file ("file renamed or
+  /// removed", "file replaced"). A rewrite within one tick of the file system's clock that keeps
+  /// the size is the one change it cannot see (docs/store.md#faults).
+  void check_unchanged(std::string_view tensor) const;
 
   /// Reads the tensor, converted to S as SafetensorsFile::read converts (F32/F64/F16/BF16 to
   /// float or double), after checking its shape is exactly `shape`, into out (row-major,
@@ -82,6 +91,10 @@ class LazySafetensorsFile {
     std::uint64_t data_offset = 0;
     std::uint64_t data_end = 0;
     std::map<std::string, TensorInfo, std::less<>> tensors;
+    // What fstat said at open: the identity check_unchanged compares against.
+    std::filesystem::path path;
+    std::uint64_t size = 0, device = 0, inode = 0;
+    std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
     State() = default;
     State(const State&) = delete;
     State& operator=(const State&) = delete;
@@ -150,6 +163,14 @@ inline LazySafetensorsFile LazySafetensorsFile::open(const std::filesystem::path
   struct stat st {};
   if (::fstat(s.fd, &st) != 0) throw Error(s.display, std::string("cannot stat: ") + std::strerror(errno));
   const auto size = static_cast<std::uint64_t>(st.st_size);
+  s.path = std::filesystem::absolute(path);  // still right if the working directory changes
+  s.size = size;
+  s.device = static_cast<std::uint64_t>(st.st_dev);
+  s.inode = static_cast<std::uint64_t>(st.st_ino);
+  s.mtime_s = st.st_mtim.tv_sec;
+  s.mtime_ns = st.st_mtim.tv_nsec;
+  s.ctime_s = st.st_ctim.tv_sec;
+  s.ctime_ns = st.st_ctim.tv_nsec;
   if (size < 8)
     f.throw_format("header length: expected a file of at least 8 bytes (the length field), got " +
                    std::to_string(size) + " bytes");
@@ -302,20 +323,44 @@ inline std::vector<std::string> LazySafetensorsFile::names() const {
   return out;
 }
 
+inline void LazySafetensorsFile::check_unchanged(std::string_view tensor) const {
+  const State& s = *state_;
+  const std::string name(tensor);
+  // The whole data section the header describes, not only this tensor's end: a file that lost
+  // its tail was rewritten or truncated, and what is left cannot be trusted either.
+  struct stat st {};
+  if (::fstat(s.fd, &st) != 0) throw TensorError(s.display, name, std::string("cannot stat: ") + std::strerror(errno));
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size < required_size())
+    throw TensorError(s.display, name,
+                      "file truncated: expected at least " + std::to_string(required_size()) +
+                          " bytes (the header's data section), got " + std::to_string(size));
+  // The path first: a rename or an unlink changes the status change time as well.
+  struct stat at_path {};
+  if (::stat(s.path.c_str(), &at_path) != 0)
+    throw TensorError(s.display, name,
+                      std::string("file renamed or removed since it was opened: expected the path to name it, got ") +
+                          std::strerror(errno));
+  if (static_cast<std::uint64_t>(at_path.st_dev) != s.device || static_cast<std::uint64_t>(at_path.st_ino) != s.inode)
+    throw TensorError(s.display, name,
+                      "file replaced since it was opened: expected the path to name inode " + std::to_string(s.inode) +
+                          ", got inode " + std::to_string(at_path.st_ino) + " (reopen the checkpoint)");
+  if (size != s.size || st.st_mtim.tv_sec != s.mtime_s || st.st_mtim.tv_nsec != s.mtime_ns ||
+      st.st_ctim.tv_sec != s.ctime_s || st.st_ctim.tv_nsec != s.ctime_ns)
+    throw TensorError(s.display, name,
+                      "file rewritten since it was opened: expected size " + std::to_string(s.size) +
+                          " and modification time " + std::to_string(s.mtime_s) + "." + std::to_string(s.mtime_ns) +
+                          " (and the status change time it had), got size " + std::to_string(size) + " and " +
+                          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) +
+                          " (reopen the checkpoint)");
+}
+
 inline void LazySafetensorsFile::read_raw(const TensorInfo& t, std::span<std::byte> out) const {
   const State& s = *state_;
   if (out.size() != t.nbytes())
     throw TensorError(s.display, t.name, "internal error: read_raw() into " + std::to_string(out.size()) +
                                              " bytes, the tensor has " + std::to_string(t.nbytes()));
-  // The whole data section the header describes, not only this tensor's end: a file that lost
-  // its tail was rewritten or truncated, and what is left cannot be trusted either.
-  struct stat st {};
-  if (::fstat(s.fd, &st) != 0) throw TensorError(s.display, t.name, std::string("cannot stat: ") + std::strerror(errno));
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size < required_size())
-    throw TensorError(s.display, t.name,
-                      "file truncated: expected at least " + std::to_string(required_size()) +
-                          " bytes (the header's data section), got " + std::to_string(size));
+  check_unchanged(t.name);
   std::size_t got = 0;
   const std::uint64_t at = s.data_offset + t.begin;
   while (got < out.size()) {
@@ -328,6 +373,7 @@ inline void LazySafetensorsFile::read_raw(const TensorInfo& t, std::span<std::by
                             (r < 0 ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
     got += static_cast<std::size_t>(r);
   }
+  check_unchanged(t.name);  // and after: a change during the read leaves bytes of two versions
 }
 
 template <class S>
@@ -389,7 +435,18 @@ inline const LazySafetensorsFile& LazyCheckpoint::file(std::string_view name) co
   auto& slot = shards_->files[i];
   if (!slot) {
     const auto& shard = index_->shards()[i];
-    auto f = std::make_unique<LazySafetensorsFile>(LazySafetensorsFile::open(std::filesystem::path(shard.display)));
+    std::unique_ptr<LazySafetensorsFile> f;
+    try {
+      f = std::make_unique<LazySafetensorsFile>(LazySafetensorsFile::open(std::filesystem::path(shard.display)));
+    } catch (const FormatError&) {
+      throw;
+    } catch (const Error& e) {  // gone since the index was read (removed, renamed): name the tensor too
+      std::string why = e.what();
+      const std::string lead = "moe::io: file '" + e.file() + "': ";
+      if (why.rfind(lead, 0) == 0) why.erase(0, lead.size());
+      throw TensorError(shard.display, std::string(name),
+                        "expected the shard the index lists it in to open, got: " + why);
+    }
     for (const std::string* listed : shard.listed)
       if (!f->contains(*listed))
         throw FormatError(index_->display_name(), "weight_map[" + detail::in_quotes(*listed) +
