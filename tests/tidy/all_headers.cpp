@@ -84,6 +84,7 @@
 #include <moe/kernels/weighted_gather.hpp>
 #include <moe/kernels/weighted_scatter_add.hpp>
 #include <moe/layer/backward.hpp>
+#include <moe/layer/layer_stack.hpp>
 #include <moe/layer/dense_backward.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/layer/multi_head_layer.hpp>
@@ -114,8 +115,10 @@
 #include <moe/router/task_aware_router.hpp>
 #include <moe/router/top_k_router.hpp>
 #include <moe/store/expert_cache.hpp>
+#include <moe/store/expert_store.hpp>
 #include <moe/store/on_demand_executor.hpp>
 #include <moe/store/on_demand_swiglu.hpp>
+#include <moe/store/prefetcher.hpp>
 #include <moe/train/expert_dropout.hpp>
 #include <moe/train/gradient_utils.hpp>
 #include <moe/train/optimizer.hpp>
@@ -252,6 +255,34 @@ S on_demand(const MixtralMoE<S>& memory, const std::string& folder) {
   return y.sum() + dx.sum() + static_cast<S>(ws.expert_loads.bytes_read + layer.executor().cache().totals().hits);
 }
 
+/// Two on-demand layers sharing one budget, with the prefetch thread fed by the next layer's
+/// router, in a LayerStack. Analysed, never run.
+template <class S, class Policy>
+S on_demand_stack(const MixtralMoE<S>& memory, const std::string& file) {
+  using Source = io::SwiGLUExpertSource<S>;
+  std::vector<std::shared_ptr<const Source>> sources;
+  for (int l = 0; l < 2; ++l)
+    sources.push_back(std::make_shared<const Source>(io::LazyCheckpoint::open(file), "mlp.", memory.num_experts(),
+                                                     io::SwiGLUExpertNames::mixtral()));
+  const store::ExpertStore<Source, Policy> store(sources, 4 * sources[0]->expert_bytes(), {},
+                                                 store::PrefetchOptions{true, true});
+  using Layer = MoELayer<store::OnDemandSwiGLU<S>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>, xsimd::default_arch,
+                         store::OnDemandExecutor<Source, Policy>>;
+  std::vector<Layer> layers;
+  for (Index l = 0; l < 2; ++l)
+    layers.emplace_back(store::OnDemandSwiGLU<S>(memory.num_experts(), memory.input_dim(), sources[0]->d_ff(),
+                                                 sources[0]->bank_names()),
+                        memory.router(), WeightedSumCombiner<S>{}, Capacity{}, store.executor(l));
+  const LayerStack<Layer> stack(std::move(layers));
+  std::vector<Workspace<S>> ws;
+  const RowMatrix<S> x = RowMatrix<S>::Random(4, memory.input_dim());
+  const RowMatrix<S> y = stack.forward(x, ws, {}, [&](Index l, const ConstMatrixRef<S>& h) {
+    if (l + 1 < stack.num_layers()) store.prefetch(l + 1, store::predict_experts(stack.layer(l + 1).router(), h));
+  });
+  store.wait_prefetch_idle();
+  return y.sum() + static_cast<S>(store.cache().prefetch_totals().used);
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -324,6 +355,7 @@ double all_layers() {
     const MixtralMoE<S> memory(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2));
     sum += static_cast<double>(on_demand<S, store::LruPolicy>(memory, "on_demand_layer"));
     sum += static_cast<double>(on_demand<S, store::FrequencyLruPolicy>(memory, "on_demand_layer"));
+    sum += static_cast<double>(on_demand_stack<S, store::LruPolicy>(memory, "on_demand_layer.safetensors"));
   }
   return sum;
 }

@@ -23,6 +23,18 @@ namespace moe::store {
 /// What one call (a forward or a backward of one layer) did to the cache.
 using CallStats = ExpertLoadStatistics;
 
+/// What a Prefetcher did to a cache, added up over its life (ExpertCache::prefetch_totals()).
+struct PrefetchStatistics {
+  std::uint64_t requested = 0;   ///< experts asked for (after dropping those resident or in flight)
+  std::uint64_t loaded = 0;      ///< loads the prefetch thread ran to the end
+  std::uint64_t bytes_read = 0;  ///< file bytes those loads read
+  std::uint64_t placed = 0;      ///< loaded and put in the cache
+  std::uint64_t not_placed = 0;  ///< loaded, but every slot was pinned or the expert resident by then
+  std::uint64_t used = 0;        ///< placed, then hit by a call before being evicted
+  std::uint64_t evictions = 0;   ///< residents evicted to place a prefetch
+  std::uint64_t failed = 0;      ///< loads that threw (the call that needs the expert loads it and sees the error)
+};
+
 /// Where a call's statistics go: the thread that calls layer.forward / backward opens a scope,
 /// and every on-demand executor that runs on that thread inside it adds its call's CallStats
 /// into the scope's struct. Scopes nest (the inner one receives). Without a scope, only the
@@ -109,13 +121,22 @@ struct FrequencyLruPolicy {
 };
 
 /// Materialised experts under a byte budget. Resident is the compute-layout type of one expert
-/// (a one-expert bank); every expert costs expert_bytes.
+/// (a one-expert bank); every expert costs expert_bytes. Entries are numbered 0 ..
+/// num_experts() - 1: one layer's experts, or, shared by several layers' executors, layer l's
+/// expert e at l * E + e (OnDemandExecutor's `first`), so the layers share one budget.
 ///
 /// Locking: one mutex guards the table, the policy and the totals; loads run outside it (the
 /// slot is reserved and marked loading first), so a hit never waits on another expert's I/O.
 /// A caller pins what it runs; a pinned or loading expert is never evicted. acquire() waits
 /// (condition variable) only when the caller holds no pins and every byte of the budget is
 /// pinned by other callers, which then finish and unpin: no cycle, no deadlock.
+///
+/// Prefetch (Prefetcher): reserve_prefetch_slots() takes slots out of the capacity for the
+/// prefetch thread's loads in flight, so those never hold a slot a call could use; a prefetch
+/// is placed when it finishes only if a slot is free or an unpinned expert can be evicted
+/// (else dropped), and a call that needs an expert being prefetched waits for that load (one
+/// it needed) instead of reading the expert twice. A call never waits on a prefetch it does
+/// not need.
 template <class Resident, class Policy>
 class ExpertCache {
  public:
@@ -135,8 +156,24 @@ class ExpertCache {
   [[nodiscard]] Index num_experts() const noexcept { return static_cast<Index>(entries_.size()); }
   [[nodiscard]] std::size_t expert_bytes() const noexcept { return expert_bytes_; }
   [[nodiscard]] std::size_t budget_bytes() const noexcept { return budget_bytes_; }
-  /// How many experts fit at once.
-  [[nodiscard]] Index capacity() const noexcept { return static_cast<Index>(budget_bytes_ / expert_bytes_); }
+  /// How many experts can be resident at once: the budget's experts less the prefetch slots.
+  [[nodiscard]] Index capacity() const noexcept {
+    return static_cast<Index>(budget_bytes_ / expert_bytes_) - prefetch_slots_;
+  }
+  /// Takes n slots of the budget for a prefetcher's loads in flight (a Prefetcher takes one).
+  /// The budget must still hold one resident expert besides: std::invalid_argument otherwise.
+  void reserve_prefetch_slots(Index n) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto fit = static_cast<Index>(budget_bytes_ / expert_bytes_);
+    detail::require(n >= 0 && fit - prefetch_slots_ - n >= 1,
+                    "ExpertCache::reserve_prefetch_slots()", "budget_bytes",
+                    detail::concat(">= ", (prefetch_slots_ + n + 1) * static_cast<Index>(expert_bytes_),
+                                   " (one resident expert and ", prefetch_slots_ + n, " in flight for prefetch)"),
+                    budget_bytes_);
+    detail::require(resident_ + loading_ == 0, "ExpertCache::reserve_prefetch_slots()", "resident experts",
+                    "0 (reserve before the first call)", resident_ + loading_);
+    prefetch_slots_ += n;
+  }
   [[nodiscard]] std::size_t resident_bytes() const {
     const std::lock_guard<std::mutex> lock(mutex_);
     return static_cast<std::size_t>(resident_) * expert_bytes_;
@@ -157,6 +194,11 @@ class ExpertCache {
   [[nodiscard]] CallStats totals() const {
     const std::lock_guard<std::mutex> lock(mutex_);
     return totals_;
+  }
+  /// The prefetch thread's work (zero without a Prefetcher).
+  [[nodiscard]] PrefetchStatistics prefetch_totals() const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return prefetch_;
   }
   /// Read access to the policy (tests, diagnostics); hold no reference across calls.
   template <class F>
@@ -183,6 +225,7 @@ class ExpertCache {
       ++x.pins;
       policy_.touch(needed[i], call, ++seq_);
       ++stats.hits;
+      count_prefetch_use_locked(x);
     }
     return hit;
   }
@@ -207,10 +250,15 @@ class ExpertCache {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       for (;;) {
-        if (x.state != State::absent) {  // another caller got to it first
+        if (x.prefetching) {  // the prefetch thread is reading e, which this call needs: wait for it
+          changed_.wait(lock);
+          continue;
+        }
+        if (x.state != State::absent) {  // another caller (or a prefetch) got to it first
           ++x.pins;
-              policy_.touch(e, call, ++seq_);
+          policy_.touch(e, call, ++seq_);
           ++stats.hits;
+          count_prefetch_use_locked(x);
           return true;
         }
         if (can_place_locked()) break;
@@ -280,13 +328,70 @@ class ExpertCache {
     totals_.hits += stats.hits;
   }
 
+  // The prefetch thread's side (Prefetcher).
+
+  /// Claims entry e for a prefetch: true when it is neither resident, being loaded nor being
+  /// prefetched; the caller then loads it outside the cache and calls finish_prefetch (or
+  /// abort_prefetch). Counts a request.
+  bool begin_prefetch(Index e) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    Entry& x = entries_[static_cast<std::size_t>(e)];
+    if (x.state != State::absent || x.prefetching) return false;
+    x.prefetching = true;
+    ++prefetch_.requested;
+    return true;
+  }
+  /// Places a finished prefetch of e if a slot is free or an unpinned expert can be evicted
+  /// (the policy's choice, as for a call's miss; the new expert counts as used now), else
+  /// drops it. Wakes calls waiting for e. Returns whether it was placed.
+  bool finish_prefetch(Index e, std::shared_ptr<Resident> weights, std::size_t bytes) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    Entry& x = entries_[static_cast<std::size_t>(e)];
+    x.prefetching = false;
+    ++prefetch_.loaded;
+    prefetch_.bytes_read += bytes;
+    bool placed = false;
+    if (x.state == State::absent && can_place_locked()) {
+      if (resident_ + loading_ >= capacity()) {
+        evict_locked(pick_victim_locked());
+        ++prefetch_.evictions;
+      }
+      x.weights = std::move(weights);
+      x.state = State::ready;
+      x.prefetched_unused = true;
+      ++resident_;
+      policy_.touch(e, calls_, ++seq_);
+      ++prefetch_.placed;
+      placed = true;
+    } else {
+      ++prefetch_.not_placed;
+    }
+    changed_.notify_all();
+    return placed;
+  }
+  /// A prefetch of e that threw: e is free for a call to load (which then sees the error).
+  void abort_prefetch(Index e) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    entries_[static_cast<std::size_t>(e)].prefetching = false;
+    ++prefetch_.failed;
+    changed_.notify_all();
+  }
+
  private:
   enum class State : std::uint8_t { absent, loading, ready };
   struct Entry {
     State state = State::absent;
+    bool prefetching = false;       // the prefetch thread is reading it (state stays absent)
+    bool prefetched_unused = false;  // placed by a prefetch, no call has hit it yet
     std::int64_t pins = 0;
     std::shared_ptr<Resident> weights;
   };
+
+  void count_prefetch_use_locked(Entry& x) {
+    if (!x.prefetched_unused) return;
+    x.prefetched_unused = false;
+    ++prefetch_.used;
+  }
 
   [[nodiscard]] bool can_place_locked() const {
     if (resident_ + loading_ < capacity()) return true;
@@ -304,6 +409,7 @@ class ExpertCache {
   void evict_locked(Index e) {
     Entry& x = entries_[static_cast<std::size_t>(e)];
     x.state = State::absent;
+    x.prefetched_unused = false;
     x.weights.reset();
     --resident_;
     policy_.erase(e);
@@ -313,9 +419,10 @@ class ExpertCache {
   Policy policy_;
   std::size_t expert_bytes_, budget_bytes_;
   std::vector<Entry> entries_;
-  Index resident_ = 0, loading_ = 0;
+  Index resident_ = 0, loading_ = 0, prefetch_slots_ = 0;
   std::uint64_t calls_ = 0, seq_ = 0;
   CallStats totals_;
+  PrefetchStatistics prefetch_;
 };
 
 }  // namespace moe::store

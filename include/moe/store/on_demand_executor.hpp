@@ -12,10 +12,13 @@
 #include <moe/core/types.hpp>
 #include <moe/expert/local_executor.hpp>
 #include <moe/store/expert_cache.hpp>
+#include <moe/store/prefetcher.hpp>
 
 #include <algorithm>
 #include <cstddef>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -51,21 +54,50 @@ concept ExpertSource = requires(const T& s, typename T::resident_type& r, Index 
 ///
 /// Copies share the source and the cache, as the layers built from one executor do. The cache
 /// is thread-safe, so one layer may serve several threads, each with its own Workspace.
+///
+/// Several layers share one budget through one cache (store::ExpertStore builds them): this
+/// layer's expert e is the cache's entry first() + e. With a Prefetcher, the executor can
+/// predict its next call from frequency (ExpertStore's option): after each forward it asks for
+/// the experts its past calls needed most, as many as this call needed.
 template <ExpertSource Source, class Policy = LruPolicy>
 class OnDemandExecutor {
  public:
   using resident_type = typename Source::resident_type;
   using cache_type = ExpertCache<resident_type, Policy>;
+  using prefetcher_type = Prefetcher<resident_type, Policy>;
 
-  /// budget_bytes must hold at least one expert (source.expert_bytes()); throws
-  /// std::invalid_argument otherwise.
+  /// A cache of its own. budget_bytes must hold at least one expert (source.expert_bytes());
+  /// throws std::invalid_argument otherwise.
   OnDemandExecutor(std::shared_ptr<const Source> source, std::size_t budget_bytes, Policy policy = {})
       : source_(checked(std::move(source))),
         cache_(std::make_shared<cache_type>(source_->num_experts(), source_->expert_bytes(), budget_bytes,
                                             std::move(policy))) {}
 
+  /// A shared cache, whose entries [first, first + E) are this layer's experts; an optional
+  /// prefetcher on that cache, and whether to prefetch by frequency after each forward.
+  OnDemandExecutor(std::shared_ptr<const Source> source, std::shared_ptr<cache_type> cache, Index first,
+                   std::shared_ptr<prefetcher_type> prefetcher = nullptr, bool frequency_prefetch = false)
+      : source_(checked(std::move(source))), cache_(std::move(cache)), prefetcher_(std::move(prefetcher)),
+        first_(first), frequency_prefetch_(frequency_prefetch) {
+    constexpr const char* where = "OnDemandExecutor::OnDemandExecutor()";
+    if (!cache_) throw std::invalid_argument(std::string(where) + ": cache expected a cache, got nullptr");
+    detail::require(first_ >= 0 && first_ + source_->num_experts() <= cache_->num_experts(), where,
+                    "the layer's entries [first, first + E)",
+                    detail::concat("inside the cache's ", cache_->num_experts(), " entries"),
+                    detail::concat("[", first_, ", ", first_ + source_->num_experts(), ")"));
+    detail::require(source_->expert_bytes() == cache_->expert_bytes(), where, "the source's expert_bytes (= the cache's)",
+                    cache_->expert_bytes(), source_->expert_bytes());
+    if (frequency_prefetch_ && !prefetcher_)
+      throw std::invalid_argument(std::string(where) + ": frequency_prefetch expected a prefetcher, got nullptr");
+    if (frequency_prefetch_) uses_ = std::make_shared<Uses>(source_->num_experts());
+  }
+
   [[nodiscard]] const Source& source() const noexcept { return *source_; }
   [[nodiscard]] cache_type& cache() const noexcept { return *cache_; }
+  /// This layer's first entry in the cache (0 with a cache of its own).
+  [[nodiscard]] Index first() const noexcept { return first_; }
+  /// The prefetcher, or nullptr.
+  [[nodiscard]] prefetcher_type* prefetcher() const noexcept { return prefetcher_.get(); }
 
   template <class Arch = xsimd::default_arch, class ExpertType, class S>
   void forward(const ExpertType& experts, const ExpertStep<S>& step) const {
@@ -76,6 +108,7 @@ class OnDemandExecutor {
     run_waves(step.plan, step.loads, [&](const std::vector<Index>& wave, const std::vector<const resident_type*>& weights) {
       forward_wave<Arch>(step, wave, weights, hidden, y_perm);
     });
+    if (frequency_prefetch_) predict_by_frequency(step.plan);
   }
 
   template <class Arch = xsimd::default_arch, class ExpertType, class S>
@@ -125,6 +158,36 @@ class OnDemandExecutor {
                     source_->num_experts(), experts.num_experts());
   }
 
+  /// Calls per expert that needed it, for the frequency prediction; shared by copies.
+  struct Uses {
+    explicit Uses(Index n) : count(static_cast<std::size_t>(n), 0) {}
+    std::mutex mutex;
+    std::vector<std::uint64_t> count;
+  };
+
+  /// After a forward: asks the prefetcher for the experts past calls needed most (ties to the
+  /// lower index), as many as this call needed; resident ones are skipped by the prefetcher.
+  template <class S>
+  void predict_by_frequency(const DispatchPlan<S>& plan) const {
+    std::vector<Index> wanted;
+    {
+      const std::lock_guard<std::mutex> lock(uses_->mutex);
+      Index used = 0;
+      for (Index e = 0; e < plan.num_experts; ++e)
+        if (plan.count(e) > 0) {
+          ++uses_->count[static_cast<std::size_t>(e)];
+          ++used;
+        }
+      std::vector<Index> order(uses_->count.size());
+      for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<Index>(i);
+      std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) {
+        return uses_->count[static_cast<std::size_t>(a)] > uses_->count[static_cast<std::size_t>(b)];
+      });
+      for (Index i = 0; i < used; ++i) wanted.push_back(first_ + order[static_cast<std::size_t>(i)]);
+    }
+    prefetcher_->request(wanted);
+  }
+
   /// Unpins what a call pinned, on every exit.
   struct Pins {
     cache_type& cache;
@@ -141,9 +204,9 @@ class OnDemandExecutor {
   template <class S, class Run>
   void run_waves(const DispatchPlan<S>& plan, ExpertLoadStatistics* loads, Run&& run) const {
     cache_type& cache = *cache_;
-    std::vector<Index> needed;
+    std::vector<Index> needed;  // cache entries: this layer's expert e is first_ + e
     for (Index e = 0; e < plan.num_experts; ++e)
-      if (plan.count(e) > 0) needed.push_back(e);
+      if (plan.count(e) > 0) needed.push_back(first_ + e);
     CallStats stats;
     const std::uint64_t call = cache.begin_call();
     Pins pins{cache, {}};
@@ -152,7 +215,10 @@ class OnDemandExecutor {
       std::vector<Index> wave = pins.held;
       std::sort(wave.begin(), wave.end());
       std::vector<const resident_type*> weights(wave.size());
-      for (std::size_t i = 0; i < wave.size(); ++i) weights[i] = &cache.get(wave[i]);
+      for (std::size_t i = 0; i < wave.size(); ++i) {
+        weights[i] = &cache.get(wave[i]);
+        wave[i] -= first_;  // the layer's expert index
+      }
       run(wave, weights);
       pins.clear();
     };
@@ -163,14 +229,14 @@ class OnDemandExecutor {
       const Source& source = *source_;
       for (std::size_t i = 0; i < needed.size(); ++i) {
         if (hit[i]) continue;
-        const Index e = needed[i];
+        const Index id = needed[i], e = id - first_;
         const auto make = [&] { return source.make_resident(); };
         const auto load = [&](resident_type& r) { return source.load(e, r); };
-        if (!cache.acquire_miss(e, call, stats, make, load, /*may_wait=*/pins.held.empty())) {
+        if (!cache.acquire_miss(id, call, stats, make, load, /*may_wait=*/pins.held.empty())) {
           flush();  // the budget is full of this call's experts: run them, then go on loading
-          cache.acquire_miss(e, call, stats, make, load, /*may_wait=*/true);
+          cache.acquire_miss(id, call, stats, make, load, /*may_wait=*/true);
         }
-        pins.held.push_back(e);
+        pins.held.push_back(id);
       }
       flush();
     } catch (...) {
@@ -220,6 +286,10 @@ class OnDemandExecutor {
 
   std::shared_ptr<const Source> source_;
   std::shared_ptr<cache_type> cache_;
+  std::shared_ptr<prefetcher_type> prefetcher_;
+  Index first_ = 0;
+  bool frequency_prefetch_ = false;
+  std::shared_ptr<Uses> uses_;
 };
 
 }  // namespace moe::store
