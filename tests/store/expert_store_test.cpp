@@ -172,3 +172,14 @@ TEST_CASE("an expert store refuses what cannot work", "[store][stack][errors]") 
   CHECK_NOTHROW(store.prefetch(1, {3}));  // no thread: nothing to do
   CHECK(store.first(1) == 4);
 }
+
+TEST_CASE("layers whose experts have the same bytes but another shape cannot share a store", "[store][stack][errors]") {
+  const Model a = save_model("shape_a", 1, 4, 8, 4, 1);   // d 8, ff 4
+  const Model b = save_model("shape_b", 1, 4, 4, 8, 1);   // d 4, ff 8: the same 96 floats
+  auto mixed = sources(a);
+  mixed.push_back(sources(b)[0]);
+  REQUIRE(mixed[0]->expert_bytes() == mixed[1]->expert_bytes());
+  CHECK_THROWS_WITH(moe::store::ExpertStore<Source>(mixed, 4 * mixed[0]->expert_bytes()),
+                    "ExpertStore::ExpertStore(): layers[1] expert shape (input_dim, output_dim, hidden_cols) expected "
+                    "layer 0's (8, 8, 12), got (4, 4, 24)");
+}

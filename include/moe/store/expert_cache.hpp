@@ -240,13 +240,16 @@ class ExpertCache {
   /// Loads expert e (a miss) and pins it: evicts by the policy until one expert fits (waiting
   /// while every slot is pinned by other callers, which this caller must not be among: call it
   /// with no pins held, or after checking can_place()). load(Resident&) reads the weights and
-  /// returns the bytes read; it runs outside the lock. If another caller is loading or has
+  /// returns the bytes read; it runs outside the lock. It loads into the evicted expert's
+  /// memory where there was an eviction (no allocation, no page faults, no zeroing), else into
+  /// make()'s: so every entry must have one shape, and load must overwrite every weight. If another caller is loading or has
   /// loaded e meanwhile, this joins it and counts a hit.
   /// With may_wait false (the caller holds pins), returns false instead of waiting when no
   /// slot can be freed now; the caller then runs and releases what it holds and retries.
   template <class Make, class Load>
   bool acquire_miss(Index e, std::uint64_t call, CallStats& stats, Make&& make, Load&& load, bool may_wait = true) {
     Entry& x = entries_[static_cast<std::size_t>(e)];
+    std::shared_ptr<Resident> recycled;  // the evicted expert's memory, reused for this load
     {
       std::unique_lock<std::mutex> lock(mutex_);
       for (;;) {
@@ -266,8 +269,7 @@ class ExpertCache {
         changed_.wait(lock);
       }
       if (resident_ + loading_ >= capacity()) {
-        const Index victim = pick_victim_locked();
-        evict_locked(victim);
+        recycled = evict_locked(pick_victim_locked());
         ++stats.evictions;
         ++totals_.evictions;
       }
@@ -281,7 +283,7 @@ class ExpertCache {
     std::shared_ptr<Resident> weights;
     std::size_t bytes = 0;
     try {
-      weights = std::make_shared<Resident>(make());
+      weights = recycled ? std::move(recycled) : std::make_shared<Resident>(make());
       bytes = load(*weights);
     } catch (...) {
       const std::lock_guard<std::mutex> lock(mutex_);
@@ -343,17 +345,19 @@ class ExpertCache {
   }
   /// Places a finished prefetch of e if a slot is free or an unpinned expert can be evicted
   /// (the policy's choice, as for a call's miss; the new expert counts as used now), else
-  /// drops it. Wakes calls waiting for e. Returns whether it was placed.
-  bool finish_prefetch(Index e, std::shared_ptr<Resident> weights, std::size_t bytes) {
+  /// drops it. Wakes calls waiting for e. Returns memory the prefetcher may load its next
+  /// expert into (the evicted expert's, or its own dropped load), or nullptr: the prefetch
+  /// slot's memory, inside the budget.
+  std::shared_ptr<Resident> finish_prefetch(Index e, std::shared_ptr<Resident> weights, std::size_t bytes) {
     const std::lock_guard<std::mutex> lock(mutex_);
     Entry& x = entries_[static_cast<std::size_t>(e)];
     x.prefetching = false;
     ++prefetch_.loaded;
     prefetch_.bytes_read += bytes;
-    bool placed = false;
+    std::shared_ptr<Resident> spare;
     if (x.state == State::absent && can_place_locked()) {
       if (resident_ + loading_ >= capacity()) {
-        evict_locked(pick_victim_locked());
+        spare = evict_locked(pick_victim_locked());
         ++prefetch_.evictions;
       }
       x.weights = std::move(weights);
@@ -362,12 +366,12 @@ class ExpertCache {
       ++resident_;
       policy_.touch(e, calls_, ++seq_);
       ++prefetch_.placed;
-      placed = true;
     } else {
       ++prefetch_.not_placed;
+      spare = std::move(weights);
     }
     changed_.notify_all();
-    return placed;
+    return spare;
   }
   /// A prefetch of e that threw: e is free for a call to load (which then sees the error).
   void abort_prefetch(Index e) {
@@ -406,13 +410,14 @@ class ExpertCache {
     }
     return best;
   }
-  void evict_locked(Index e) {
+  /// Evicts e and returns its memory (unpinned, so no caller holds a reference into it).
+  std::shared_ptr<Resident> evict_locked(Index e) {
     Entry& x = entries_[static_cast<std::size_t>(e)];
     x.state = State::absent;
     x.prefetched_unused = false;
-    x.weights.reset();
     --resident_;
     policy_.erase(e);
+    return std::move(x.weights);
   }
   mutable std::mutex mutex_;
   std::condition_variable changed_;

@@ -38,7 +38,8 @@ struct PrefetchOptions {
 /// prefetch(l, experts) queues layer l's experts, and prefetch_next (below) predicts them from
 /// a router, for LayerStack's hook.
 ///
-/// The sources must have the same expert_bytes() (one shape; the number of experts may differ).
+/// The sources must have the same expert_bytes() and resident shape (the number of experts may
+/// differ): an evicted expert's memory takes the next load, whatever its layer.
 /// Copies share everything.
 template <ExpertSource Source, class Policy = LruPolicy>
 class ExpertStore {
@@ -64,6 +65,15 @@ class ExpertStore {
       detail::require(layers[l]->expert_bytes() == layers[0]->expert_bytes(), where,
                       detail::concat("layers[", l, "] expert_bytes (= layer 0's)"), layers[0]->expert_bytes(),
                       layers[l]->expert_bytes());
+      if (l > 0) {  // the cache loads one layer's expert into another's evicted memory
+        const resident_type a = layers[0]->make_resident(), b = layers[l]->make_resident();
+        if (a.input_dim() != b.input_dim() || a.output_dim() != b.output_dim() || a.hidden_cols() != b.hidden_cols())
+          throw std::invalid_argument(std::string(where) + ": layers[" + std::to_string(l) +
+                                      "] expert shape (input_dim, output_dim, hidden_cols) expected layer 0's (" +
+                                      std::to_string(a.input_dim()) + ", " + std::to_string(a.output_dim()) + ", " +
+                                      std::to_string(a.hidden_cols()) + "), got (" + std::to_string(b.input_dim()) +
+                                      ", " + std::to_string(b.output_dim()) + ", " + std::to_string(b.hidden_cols()) + ")");
+      }
       state_->first.push_back(total);
       total += layers[l]->num_experts();
     }

@@ -27,6 +27,9 @@
 namespace moe::store {
 
 /// What OnDemandExecutor needs of a source of experts (io::SwiGLUExpertSource is one).
+/// make_resident() gives a one-expert bank of the compute layout; load(e, r) reads expert e
+/// into r, overwriting every weight (r may hold another expert's, its memory recycled from an
+/// eviction), and returns the file bytes read.
 template <class T>
 concept ExpertSource = requires(const T& s, typename T::resident_type& r, Index e) {
   typename T::resident_type;

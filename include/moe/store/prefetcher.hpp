@@ -32,7 +32,8 @@ namespace moe::store {
 /// request() queues entries behind those already waiting (entries queued twice keep their first
 /// place); at most max_pending wait, the oldest dropped first, since a late prediction is
 /// worth less than a fresh one. A load that throws is counted (prefetch_totals().failed) and
-/// forgotten: the call that needs the expert loads it and gets the error. The destructor lets
+/// forgotten: the call that needs the expert loads it and gets the error. Like the cache, it
+/// loads into recycled memory (an evicted expert's) where it can: entries share one shape. The destructor lets
 /// the load in flight finish, drops the queue and joins the thread.
 template <class Resident, class Policy>
 class Prefetcher {
@@ -106,9 +107,10 @@ class Prefetcher {
       }
       if (!cache_->begin_prefetch(e)) continue;  // resident, loading or prefetched already
       try {
-        auto weights = std::make_shared<Resident>(make_(e));
+        // The memory of the last eviction or dropped load if there is one (the prefetch slot's).
+        auto weights = spare_ ? std::move(spare_) : std::make_shared<Resident>(make_(e));
         const std::size_t bytes = load_(e, *weights);
-        cache_->finish_prefetch(e, std::move(weights), bytes);
+        spare_ = cache_->finish_prefetch(e, std::move(weights), bytes);
       } catch (...) {
         cache_->abort_prefetch(e);
       }
@@ -122,6 +124,7 @@ class Prefetcher {
   std::mutex mutex_;
   std::condition_variable wake_, idle_;
   std::deque<Index> pending_;
+  std::shared_ptr<Resident> spare_;  // the prefetch thread's only
   bool busy_ = false, stop_ = false;
   std::thread thread_;  // last: starts after every member above exists
 };
