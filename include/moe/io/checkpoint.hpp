@@ -23,7 +23,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -232,38 +231,8 @@ inline std::shared_ptr<const ShardedIndex> ShardedIndex::open(const std::filesys
     x.throw_format("index: expected JSON nested at most " + std::to_string(max_index_depth) +
                    " deep, got deeper nesting at byte " + std::to_string(*at));
 
-  // nlohmann keeps the last of two equal keys; a tensor listed twice (perhaps under two shards)
-  // must be refused, so keys are watched as they are parsed, as in the safetensors header.
-  std::vector<std::pair<std::set<std::string, std::less<>>, std::string>> open_objects;  // (keys, owner)
-  std::string last_key;
-  std::optional<std::string> duplicate;
-  const json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back(std::set<std::string, std::less<>>{}, open_objects.empty() ? std::string() : last_key);
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        last_key = parsed.get<std::string>();
-        if (!duplicate && !open_objects.empty() && !open_objects.back().first.insert(last_key).second)
-          duplicate = "index: expected each key once per object, got " + in_quotes(last_key) + " twice" +
-                      (open_objects.size() == 1 ? std::string(" at the top level")
-                                                : " in " + in_quotes(open_objects.back().second));
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json doc;
-  try {
-    doc = json::parse(text.begin(), text.end(), callback);
-  } catch (const json::exception& e) {
-    x.throw_format(std::string("index: expected JSON, got a parse error: ") + e.what());
-  }
-  if (duplicate) x.throw_format(*duplicate);
+  // A tensor listed twice (perhaps under two shards) is refused as it is parsed.
+  const json doc = parse_json_unique_keys(text, x.display_name(), "index");
   if (!doc.is_object())
     x.throw_format(std::string("index: expected a JSON object, got ") + doc.type_name() + " " + json_brief(doc));
   const auto wm = doc.find("weight_map");

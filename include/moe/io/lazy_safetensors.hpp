@@ -28,15 +28,12 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <span>
 #include <string>
 #include <string_view>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -197,115 +194,9 @@ inline LazySafetensorsFile LazySafetensorsFile::open(const std::filesystem::path
 }
 
 inline void LazySafetensorsFile::parse_header(std::string_view text, std::uint64_t data_size) {
-  using nlohmann::json;
-  using detail::in_quotes;
-  using detail::json_brief;
-  if (auto bad = detail::find_invalid_utf8(text))
-    throw_format("header: expected UTF-8 text, got an invalid byte at header byte " + std::to_string(*bad));
-  if (auto at = detail::find_too_deep(text, detail::max_json_depth))
-    throw_format("header: expected JSON nested at most " + std::to_string(detail::max_json_depth) +
-                 " deep, got deeper nesting at header byte " + std::to_string(*at));
-  std::vector<std::pair<std::set<std::string, std::less<>>, std::string>> open_objects;
-  std::string last_key;
-  std::optional<std::string> duplicate;
-  const json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) {
-      open_objects.emplace_back(std::set<std::string, std::less<>>{}, open_objects.empty() ? std::string() : last_key);
-    } else if (event == json::parse_event_t::object_end) {
-      if (!open_objects.empty()) open_objects.pop_back();
-    } else if (event == json::parse_event_t::key) {
-      last_key = parsed.get<std::string>();
-      if (!duplicate && !open_objects.empty() && !open_objects.back().first.insert(last_key).second)
-        duplicate = "header: expected each key once per object, got " + in_quotes(last_key) + " twice";
-    }
-    return true;
-  };
-  json header;
-  try {
-    header = json::parse(text.begin(), text.end(), callback);
-  } catch (const json::exception& e) {
-    throw_format(std::string("header: expected JSON, got a parse error: ") + e.what());
-  }
-  if (duplicate) throw_format(*duplicate);
-  if (!header.is_object())
-    throw_format(std::string("header: expected a JSON object, got ") + header.type_name() + " " + json_brief(header));
-  const auto as_count = [](const json& j) -> std::optional<std::uint64_t> {
-    if (j.is_number_unsigned()) return j.get<std::uint64_t>();
-    if (j.is_number_integer() && j.get<std::int64_t>() == 0) return 0;
-    return std::nullopt;
-  };
-  for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object())
-        throw_format("__metadata__: expected an object mapping strings to strings, got " + json_brief(value));
-      continue;
-    }
-    const std::string where = "tensor " + in_quotes(key) + ": ";
-    if (!value.is_object())
-      throw_format(where + "expected an object with dtype, shape and data_offsets, got " + json_brief(value));
-    for (const char* field : {"dtype", "shape", "data_offsets"})
-      if (!value.contains(field)) throw_format(where + "expected a field '" + field + "', got none");
-    TensorInfo t;
-    t.name = key;
-    const json& dtype = value.at("dtype");
-    const auto parsed = dtype.is_string() ? parse_dtype(dtype.get_ref<const std::string&>()) : std::nullopt;
-    if (!parsed) throw_format(where + "dtype: expected one of " + detail::dtype_list() + ", got " + json_brief(dtype));
-    t.dtype = *parsed;
-    const json& shape = value.at("shape");
-    if (!shape.is_array())
-      throw_format(where + "shape: expected an array of non-negative integers, got " + json_brief(shape));
-    std::uint64_t numel = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-      const auto dim = as_count(shape[i]);
-      if (!dim || *dim > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-        throw_format(where + "shape[" + std::to_string(i) + "]: expected a non-negative integer, got " +
-                     json_brief(shape[i]));
-      t.shape.push_back(static_cast<std::int64_t>(*dim));
-      if (!detail::checked_mul(numel, *dim, numel) ||
-          numel > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-        throw_format(where + "shape: expected an element count below 2^63, got " + json_brief(shape) +
-                     ", which overflows");
-    }
-    const std::size_t esize = dtype_size(t.dtype);
-    std::uint64_t nbytes = 0;
-    if (!detail::checked_mul(numel, esize != 0 ? esize : dtype_bits(t.dtype), nbytes))
-      throw_format(where + "shape: expected a byte count below 2^64, got an overflow");
-    if (esize == 0) {
-      if (nbytes % 8 != 0) throw_format(where + "shape: expected a whole number of bytes");
-      nbytes /= 8;
-    }
-    const json& offsets = value.at("data_offsets");
-    const std::string expected = "data_offsets: expected two non-negative integers [begin, end], got ";
-    if (!offsets.is_array() || offsets.size() != 2) throw_format(where + expected + json_brief(offsets));
-    const auto begin = as_count(offsets[0]);
-    const auto end = as_count(offsets[1]);
-    if (!begin || !end) throw_format(where + expected + json_brief(offsets));
-    if (*begin > *end) throw_format(where + "data_offsets: expected begin <= end, got " + json_brief(offsets));
-    if (*end > data_size)
-      throw_format(where + "data_offsets: expected end <= " + std::to_string(data_size) +
-                   " (the size of the data section), got " + json_brief(offsets));
-    if (*end - *begin != nbytes)
-      throw_format(where + "data_offsets: expected end - begin = " + std::to_string(nbytes) + " (shape " +
-                   detail::format_shape(t.shape) + " of " + std::string(dtype_name(t.dtype)) + "), got " +
-                   std::to_string(*end - *begin));
-    t.begin = static_cast<std::size_t>(*begin);
-    t.end = static_cast<std::size_t>(*end);
-    state_->data_end = std::max<std::uint64_t>(state_->data_end, *end);
-    state_->tensors.emplace(key, std::move(t));
-  }
-  std::vector<const TensorInfo*> ranges;
-  for (const auto& [name, t] : state_->tensors)
-    if (t.end > t.begin) ranges.push_back(&t);
-  std::sort(ranges.begin(), ranges.end(), [](const TensorInfo* a, const TensorInfo* b) {
-    return std::tie(a->begin, a->end, a->name) < std::tie(b->begin, b->end, b->name);
-  });
-  const TensorInfo* reach = nullptr;
-  for (const TensorInfo* t : ranges) {
-    if (reach && t->begin < reach->end)
-      throw_format("tensor " + in_quotes(t->name) + ": data_offsets: expected a byte range disjoint from every " +
-                   "other tensor, got one overlapping tensor " + in_quotes(reach->name));
-    if (!reach || t->end > reach->end) reach = t;
-  }
+  detail::ParsedHeader h = detail::parse_safetensors_header(text, data_size, state_->display);
+  state_->tensors = std::move(h.tensors);
+  state_->data_end = h.data_end;
 }
 
 inline const TensorInfo& LazySafetensorsFile::info(std::string_view name) const {

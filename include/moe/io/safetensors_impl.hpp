@@ -10,11 +10,14 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <system_error>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 namespace moe::io {
 
@@ -237,6 +240,196 @@ void convert_elements(const std::byte* src, Out* out, std::size_t n, Convert con
 
 }  // namespace detail
 
+namespace detail {
+
+/// Parses JSON text as nlohmann does, but refuses a key that appears twice in one object (nlohmann
+/// keeps the last without a word; a tensor listed twice, with two dtypes or under two shards,
+/// must be an error). `what` names the document in messages ("header", "index"). Throws
+/// FormatError(file, ...).
+inline nlohmann::json parse_json_unique_keys(std::string_view text, const std::string& file, const std::string& what) {
+  using nlohmann::json;
+  struct OpenObject {
+    std::set<std::string, std::less<>> keys;
+    std::string owner;  // the key this object is the value of ("" for the top level)
+  };
+  std::vector<OpenObject> open_objects;
+  std::string last_key;
+  std::optional<std::string> duplicate;
+  const json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+        open_objects.push_back({{}, open_objects.empty() ? std::string() : last_key});
+        break;
+      case json::parse_event_t::object_end:
+        if (!open_objects.empty()) open_objects.pop_back();
+        break;
+      case json::parse_event_t::key:
+        last_key = parsed.get<std::string>();
+        if (!duplicate && !open_objects.empty() && !open_objects.back().keys.insert(last_key).second) {
+          const std::string& owner = open_objects.back().owner;
+          duplicate = what + ": expected each key once per object, got " + in_quotes(last_key) + " twice" +
+                      (open_objects.size() == 1 ? std::string(" at the top level") : " in " + in_quotes(owner));
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  json doc;
+  try {
+    doc = json::parse(text.begin(), text.end(), callback);
+  } catch (const json::exception& e) {
+    throw FormatError(file, what + ": expected JSON, got a parse error: " + e.what());
+  }
+  if (duplicate) throw FormatError(file, *duplicate);
+  return doc;
+}
+
+[[noreturn]] inline void throw_format_error(const std::string& file, const std::string& message) {
+  throw FormatError(file, message);
+}
+
+/// A validated safetensors header: its tensors, its __metadata__, and where the furthest
+/// tensor ends in the data section.
+struct ParsedHeader {
+  std::map<std::string, TensorInfo, std::less<>> tensors;
+  std::map<std::string, std::string, std::less<>> metadata;
+  std::uint64_t data_end = 0;
+};
+
+/// Validates a safetensors header (its JSON text, without the length field) against a data
+/// section of data_size bytes: UTF-8, nesting depth, duplicate keys, dtypes, shapes, byte
+/// counts, ranges inside the data section and disjoint. The one validation SafetensorsFile
+/// and LazySafetensorsFile share. Throws FormatError(file, ...).
+inline ParsedHeader parse_safetensors_header(std::string_view text, std::uint64_t data_size, const std::string& file) {
+  using nlohmann::json;
+  ParsedHeader out;
+  if (auto bad = detail::find_invalid_utf8(text)) {
+    std::ostringstream os;
+    os << "header: expected UTF-8 text, got the invalid byte 0x" << std::hex
+       << static_cast<unsigned>(static_cast<unsigned char>(text[*bad])) << std::dec << " at header byte " << *bad;
+    throw_format_error(file, os.str());
+  }
+  if (auto at = detail::find_too_deep(text, detail::max_json_depth))
+    throw_format_error(file, "header: expected JSON nested at most " + std::to_string(detail::max_json_depth) +
+                 " deep, got deeper nesting at header byte " + std::to_string(*at));
+
+  const json header = parse_json_unique_keys(text, file, "header");
+  if (!header.is_object())
+    throw_format_error(file, std::string("header: expected a JSON object, got ") + header.type_name() + " " + json_brief(header));
+
+  for (const auto& [key, value] : header.items()) {
+    if (key == "__metadata__") {
+      if (!value.is_object())
+        throw_format_error(file, "__metadata__: expected an object mapping strings to strings, got " + json_brief(value));
+      for (const auto& [mk, mv] : value.items()) {
+        if (!mv.is_string())
+          throw_format_error(file, "__metadata__[" + in_quotes(mk) + "]: expected a string, got " + json_brief(mv));
+        out.metadata.emplace(mk, mv.get<std::string>());
+      }
+      continue;
+    }
+
+    const std::string where = "tensor " + in_quotes(key) + ": ";
+    if (!value.is_object())
+      throw_format_error(file, where + "expected an object with dtype, shape and data_offsets, got " + json_brief(value));
+    for (const char* field : {"dtype", "shape", "data_offsets"})
+      if (!value.contains(field)) throw_format_error(file, where + "expected a field '" + field + "', got none");
+
+    TensorInfo t;
+    t.name = key;
+
+    const json& dtype = value.at("dtype");
+    if (!dtype.is_string()) throw_format_error(file, where + "dtype: expected a string, got " + json_brief(dtype));
+    const auto parsed_dtype = parse_dtype(dtype.get_ref<const std::string&>());
+    if (!parsed_dtype)
+      throw_format_error(file, where + "dtype: expected one of " + detail::dtype_list() + ", got " + json_brief(dtype));
+    t.dtype = *parsed_dtype;
+
+    // A non-negative integer no larger than limit, or nullopt (negative, fractional, not a number).
+    const auto as_count = [](const json& j, std::uint64_t limit) -> std::optional<std::uint64_t> {
+      if (j.is_number_unsigned()) {
+        const auto v = j.get<std::uint64_t>();
+        if (v <= limit) return v;
+      } else if (j.is_number_integer()) {
+        if (j.get<std::int64_t>() == 0) return 0;  // "-0"
+      }
+      return std::nullopt;
+    };
+
+    const json& shape = value.at("shape");
+    if (!shape.is_array())
+      throw_format_error(file, where + "shape: expected an array of non-negative integers, got " + json_brief(shape));
+    std::uint64_t numel = 1;
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+      const auto dim = as_count(shape[i], static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
+      if (!dim)
+        throw_format_error(file, where + "shape[" + std::to_string(i) + "]: expected a non-negative integer, got " +
+                     json_brief(shape[i]));
+      t.shape.push_back(static_cast<std::int64_t>(*dim));
+      // Checked in order so that every prefix product, not only the whole, fits in an int64.
+      if (!detail::checked_mul(numel, *dim, numel) ||
+          numel > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        throw_format_error(file, where + "shape: expected an element count below 2^63, got " + json_brief(shape) +
+                     ", which overflows");
+    }
+    // Whole-byte dtypes multiply by the byte size so the overflow bound is the byte count's own;
+    // the packed ones count bits and must land on a byte boundary.
+    const std::size_t size = dtype_size(t.dtype);
+    std::uint64_t nbytes = 0;
+    if (!detail::checked_mul(numel, size != 0 ? size : dtype_bits(t.dtype), nbytes))
+      throw_format_error(file, where + "shape: expected a byte count below 2^64, got " + std::to_string(numel) +
+                   " elements of " + std::string(dtype_name(t.dtype)) + ", which overflows");
+    if (size == 0) {
+      if (nbytes % 8 != 0)
+        throw_format_error(file, where + "shape: expected a whole number of bytes, got " + std::to_string(numel) +
+                     " elements of " + std::string(dtype_name(t.dtype)) + " (" + std::to_string(nbytes) +
+                     " bits)");
+      nbytes /= 8;
+    }
+
+    const json& offsets = value.at("data_offsets");
+    const std::string offsets_expected = "data_offsets: expected two non-negative integers [begin, end], got ";
+    if (!offsets.is_array() || offsets.size() != 2) throw_format_error(file, where + offsets_expected + json_brief(offsets));
+    const auto begin = as_count(offsets[0], std::numeric_limits<std::uint64_t>::max());
+    const auto end = as_count(offsets[1], std::numeric_limits<std::uint64_t>::max());
+    if (!begin || !end) throw_format_error(file, where + offsets_expected + json_brief(offsets));
+    if (*begin > *end) throw_format_error(file, where + "data_offsets: expected begin <= end, got " + json_brief(offsets));
+    if (*end > data_size)
+      throw_format_error(file, where + "data_offsets: expected end <= " + std::to_string(data_size) +
+                   " (the size of the data section), got " + json_brief(offsets));
+    if (*end - *begin != nbytes)
+      throw_format_error(file, where + "data_offsets: expected end - begin = " + std::to_string(nbytes) + " (shape " +
+                   detail::format_shape(t.shape) + " of " + std::string(dtype_name(t.dtype)) + "), got " +
+                   std::to_string(*end - *begin));
+    t.begin = static_cast<std::size_t>(*begin);
+    t.end = static_cast<std::size_t>(*end);
+    out.data_end = std::max<std::uint64_t>(out.data_end, *end);
+    out.tensors.emplace(key, std::move(t));
+  }
+
+  // Overlap: sort the non-empty ranges; each must start at or after the furthest end so far.
+  std::vector<const TensorInfo*> ranges;
+  for (const auto& [name, t] : out.tensors)
+    if (t.end > t.begin) ranges.push_back(&t);
+  std::sort(ranges.begin(), ranges.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return std::tie(a->begin, a->end, a->name) < std::tie(b->begin, b->end, b->name);
+  });
+  const TensorInfo* reach = nullptr;  // the tensor reaching furthest so far
+  for (const TensorInfo* t : ranges) {
+    if (reach && t->begin < reach->end)
+      throw_format_error(file, "tensor " + in_quotes(t->name) + ": data_offsets: expected a byte range disjoint from every " +
+                   "other tensor, got [" + std::to_string(t->begin) + ", " + std::to_string(t->end) +
+                   ") overlapping tensor " + in_quotes(reach->name) + " [" + std::to_string(reach->begin) + ", " +
+                   std::to_string(reach->end) + ")");
+    if (!reach || t->end > reach->end) reach = t;
+  }
+  return out;
+}
+
+}  // namespace detail
+
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
@@ -295,161 +488,9 @@ inline void SafetensorsFile::parse_header() {
 
   const std::string_view text(reinterpret_cast<const char*>(bytes_.data()) + 8,
                               static_cast<std::size_t>(header_len));
-  if (auto bad = detail::find_invalid_utf8(text)) {
-    std::ostringstream os;
-    os << "header: expected UTF-8 text, got the invalid byte 0x" << std::hex
-       << static_cast<unsigned>(static_cast<unsigned char>(text[*bad])) << std::dec << " at header byte " << *bad;
-    throw_format(os.str());
-  }
-  if (auto at = detail::find_too_deep(text, detail::max_json_depth))
-    throw_format("header: expected JSON nested at most " + std::to_string(detail::max_json_depth) +
-                 " deep, got deeper nesting at header byte " + std::to_string(*at));
-
-  // nlohmann keeps the last of two equal keys without a word; a parser callback sees every key
-  // as it is read, so a duplicate (two entries for one tensor, two dtypes) is caught here.
-  struct OpenObject {
-    std::set<std::string, std::less<>> keys;
-    std::string owner;  // the key this object is the value of ("" for the top level)
-  };
-  std::vector<OpenObject> open_objects;
-  std::string last_key;
-  std::optional<std::string> duplicate;
-  const json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.push_back({{}, open_objects.empty() ? std::string() : last_key});
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        last_key = parsed.get<std::string>();
-        if (!duplicate && !open_objects.empty() && !open_objects.back().keys.insert(last_key).second) {
-          const std::string& owner = open_objects.back().owner;
-          duplicate = "header: expected each key once per object, got " + in_quotes(last_key) + " twice" +
-                      (open_objects.size() == 1 ? std::string(" at the top level") : " in " + in_quotes(owner));
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json header;
-  try {
-    header = json::parse(text.begin(), text.end(), callback);
-  } catch (const json::exception& e) {
-    throw_format(std::string("header: expected JSON, got a parse error: ") + e.what());
-  }
-  if (duplicate) throw_format(*duplicate);
-  if (!header.is_object())
-    throw_format(std::string("header: expected a JSON object, got ") + header.type_name() + " " + json_brief(header));
-
-  for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object())
-        throw_format("__metadata__: expected an object mapping strings to strings, got " + json_brief(value));
-      for (const auto& [mk, mv] : value.items()) {
-        if (!mv.is_string())
-          throw_format("__metadata__[" + in_quotes(mk) + "]: expected a string, got " + json_brief(mv));
-        metadata_.emplace(mk, mv.get<std::string>());
-      }
-      continue;
-    }
-
-    const std::string where = "tensor " + in_quotes(key) + ": ";
-    if (!value.is_object())
-      throw_format(where + "expected an object with dtype, shape and data_offsets, got " + json_brief(value));
-    for (const char* field : {"dtype", "shape", "data_offsets"})
-      if (!value.contains(field)) throw_format(where + "expected a field '" + field + "', got none");
-
-    TensorInfo t;
-    t.name = key;
-
-    const json& dtype = value.at("dtype");
-    if (!dtype.is_string()) throw_format(where + "dtype: expected a string, got " + json_brief(dtype));
-    const auto parsed_dtype = parse_dtype(dtype.get_ref<const std::string&>());
-    if (!parsed_dtype)
-      throw_format(where + "dtype: expected one of " + detail::dtype_list() + ", got " + json_brief(dtype));
-    t.dtype = *parsed_dtype;
-
-    // A non-negative integer no larger than limit, or nullopt (negative, fractional, not a number).
-    const auto as_count = [](const json& j, std::uint64_t limit) -> std::optional<std::uint64_t> {
-      if (j.is_number_unsigned()) {
-        const auto v = j.get<std::uint64_t>();
-        if (v <= limit) return v;
-      } else if (j.is_number_integer()) {
-        if (j.get<std::int64_t>() == 0) return 0;  // "-0"
-      }
-      return std::nullopt;
-    };
-
-    const json& shape = value.at("shape");
-    if (!shape.is_array())
-      throw_format(where + "shape: expected an array of non-negative integers, got " + json_brief(shape));
-    std::uint64_t numel = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-      const auto dim = as_count(shape[i], static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
-      if (!dim)
-        throw_format(where + "shape[" + std::to_string(i) + "]: expected a non-negative integer, got " +
-                     json_brief(shape[i]));
-      t.shape.push_back(static_cast<std::int64_t>(*dim));
-      // Checked in order so that every prefix product, not only the whole, fits in an int64.
-      if (!detail::checked_mul(numel, *dim, numel) ||
-          numel > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-        throw_format(where + "shape: expected an element count below 2^63, got " + json_brief(shape) +
-                     ", which overflows");
-    }
-    // Whole-byte dtypes multiply by the byte size so the overflow bound is the byte count's own;
-    // the packed ones count bits and must land on a byte boundary.
-    const std::size_t size = dtype_size(t.dtype);
-    std::uint64_t nbytes = 0;
-    if (!detail::checked_mul(numel, size != 0 ? size : dtype_bits(t.dtype), nbytes))
-      throw_format(where + "shape: expected a byte count below 2^64, got " + std::to_string(numel) +
-                   " elements of " + std::string(dtype_name(t.dtype)) + ", which overflows");
-    if (size == 0) {
-      if (nbytes % 8 != 0)
-        throw_format(where + "shape: expected a whole number of bytes, got " + std::to_string(numel) +
-                     " elements of " + std::string(dtype_name(t.dtype)) + " (" + std::to_string(nbytes) +
-                     " bits)");
-      nbytes /= 8;
-    }
-
-    const json& offsets = value.at("data_offsets");
-    const std::string offsets_expected = "data_offsets: expected two non-negative integers [begin, end], got ";
-    if (!offsets.is_array() || offsets.size() != 2) throw_format(where + offsets_expected + json_brief(offsets));
-    const auto begin = as_count(offsets[0], std::numeric_limits<std::uint64_t>::max());
-    const auto end = as_count(offsets[1], std::numeric_limits<std::uint64_t>::max());
-    if (!begin || !end) throw_format(where + offsets_expected + json_brief(offsets));
-    if (*begin > *end) throw_format(where + "data_offsets: expected begin <= end, got " + json_brief(offsets));
-    if (*end > data_size)
-      throw_format(where + "data_offsets: expected end <= " + std::to_string(data_size) +
-                   " (the size of the data section), got " + json_brief(offsets));
-    if (*end - *begin != nbytes)
-      throw_format(where + "data_offsets: expected end - begin = " + std::to_string(nbytes) + " (shape " +
-                   detail::format_shape(t.shape) + " of " + std::string(dtype_name(t.dtype)) + "), got " +
-                   std::to_string(*end - *begin));
-    t.begin = static_cast<std::size_t>(*begin);
-    t.end = static_cast<std::size_t>(*end);
-    tensors_.emplace(key, std::move(t));
-  }
-
-  // Overlap: sort the non-empty ranges; each must start at or after the furthest end so far.
-  std::vector<const TensorInfo*> ranges;
-  for (const auto& [name, t] : tensors_)
-    if (t.end > t.begin) ranges.push_back(&t);
-  std::sort(ranges.begin(), ranges.end(), [](const TensorInfo* a, const TensorInfo* b) {
-    return std::tie(a->begin, a->end, a->name) < std::tie(b->begin, b->end, b->name);
-  });
-  const TensorInfo* reach = nullptr;  // the tensor reaching furthest so far
-  for (const TensorInfo* t : ranges) {
-    if (reach && t->begin < reach->end)
-      throw_format("tensor " + in_quotes(t->name) + ": data_offsets: expected a byte range disjoint from every " +
-                   "other tensor, got [" + std::to_string(t->begin) + ", " + std::to_string(t->end) +
-                   ") overlapping tensor " + in_quotes(reach->name) + " [" + std::to_string(reach->begin) + ", " +
-                   std::to_string(reach->end) + ")");
-    if (!reach || t->end > reach->end) reach = t;
-  }
+  detail::ParsedHeader h = detail::parse_safetensors_header(text, data_size, display_name_);
+  tensors_ = std::move(h.tensors);
+  metadata_ = std::move(h.metadata);
 }
 
 inline bool SafetensorsFile::contains(std::string_view name) const { return tensors_.find(name) != tensors_.end(); }
