@@ -41,6 +41,10 @@ void build_plan_rerouted(RoutingResult<S>& routing, DispatchPlan<S>& plan, const
   const auto En = static_cast<std::size_t>(E);
   Capacity base = capacity;
   base.reroute = 0;
+  if (capacity.slots(n, E) < 0 || capacity.reroute == 0) {  // nothing to reroute: build_plan sizes the plan
+    build_plan(routing, plan, base);
+    return;
+  }
   plan.num_tokens = T;
   plan.num_experts = E;
   plan.capacity = capacity.slots(n, E);
@@ -49,10 +53,6 @@ void build_plan_rerouted(RoutingResult<S>& routing, DispatchPlan<S>& plan, const
   plan.dropped.clear();
   plan.rerouted.clear();
   plan.rerouted_from.clear();
-  if (plan.capacity < 0 || capacity.reroute == 0) {
-    build_plan(routing, plan, base);
-    return;
-  }
   if (routing.scores.rows() != T || routing.scores.cols() != E)
     detail::throw_invalid(where, "routing.scores shape", detail::concat("[", T, ", ", E, "] (the router's order)"),
                           detail::concat("[", routing.scores.rows(), ", ", routing.scores.cols(), "]"));
