@@ -9,6 +9,7 @@
 #include "support/random.hpp"
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 
 #include <algorithm>
 #include <array>
@@ -26,12 +27,6 @@ namespace {
 using moe::Index;
 using moe::RowMatrix;
 using moe::test::require_invalid;
-
-template <class M>
-bool same_bits(const M& a, const M& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(typename M::Scalar)) == 0;
-}
 
 template <class S>
 RowMatrix<S> random(Index rows, Index cols, unsigned seed, double scale = 1.0) {
@@ -135,7 +130,7 @@ TEMPLATE_TEST_CASE("pruning experts no token selects leaves a GPT-OSS layer's ou
     moe::Workspace<S> ws2;
     const RowMatrix<S> y2 = pruned.forward(x, ws2);
     require_same_selection(ws.routing, ws2.routing, kept);
-    REQUIRE(same_bits(y, y2));
+    REQUIRE(moe::test::same_bits(y, y2));
   }
   SECTION("a large batch under GemmKernel::batch_invariant") {
     // Past 32 tokens Eigen's blocked GEMM computes the logits, and with 64 experts pruned to
@@ -158,7 +153,7 @@ TEMPLATE_TEST_CASE("pruning experts no token selects leaves a GPT-OSS layer's ou
     moe::Workspace<S> ws2;
     const RowMatrix<S> y2 = pruned.forward(x, ws2, ctx);
     require_same_selection(ws.routing, ws2.routing, kept);
-    REQUIRE(same_bits(y, y2));
+    REQUIRE(moe::test::same_bits(y, y2));
   }
 }
 
@@ -196,11 +191,11 @@ TEST_CASE("pruning experts no token selects leaves a DeepSeek-V3 layer's output 
   for (std::size_t i = 0; i < kept.size(); ++i)
     REQUIRE(pruned.router().gating().correction_bias[static_cast<Index>(i)] == gating.correction_bias[kept[i]]);
   // Shared experts untouched.
-  REQUIRE(same_bits(pruned.combiner().shared_expert().gate_up(), layer.combiner().shared_expert().gate_up()));
+  REQUIRE(moe::test::same_bits(pruned.combiner().shared_expert().gate_up(), layer.combiner().shared_expert().gate_up()));
   moe::Workspace<S> ws2;
   const RowMatrix<S> y2 = pruned.forward(x, ws2);
   require_same_selection(ws.routing, ws2.routing, kept);
-  REQUIRE(same_bits(y, y2));
+  REQUIRE(moe::test::same_bits(y, y2));
 }
 
 TEMPLATE_TEST_CASE("pruning experts no token selects keeps a Mixtral layer's selection, outputs within rounding",
@@ -549,11 +544,11 @@ void require_same_parameters_and_output(const Layer& a, const Layer& b, const Ro
   a.for_each_parameter([&](const std::string&, const auto& block) { pa.emplace_back(block); });
   b.for_each_parameter([&](const std::string&, const auto& block) { pb.emplace_back(block); });
   REQUIRE(pa.size() == pb.size());
-  for (std::size_t i = 0; i < pa.size(); ++i) REQUIRE(same_bits(pa[i], pb[i]));
+  for (std::size_t i = 0; i < pa.size(); ++i) REQUIRE(moe::test::same_bits(pa[i], pb[i]));
   moe::Workspace<S> ws;
   const RowMatrix<S> ya = a.forward(x, ws);
   const RowMatrix<S> yb = b.forward(x, ws);
-  REQUIRE(same_bits(ya, yb));
+  REQUIRE(moe::test::same_bits(ya, yb));
 }
 
 }  // namespace

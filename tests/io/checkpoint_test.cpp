@@ -11,6 +11,7 @@
 #include "support/safetensors_file.hpp"
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 
 #include <atomic>
 #include <cstdint>
@@ -111,12 +112,6 @@ std::vector<std::pair<std::pair<Index, Index>, std::vector<unsigned char>>> para
   return out;
 }
 
-template <class M>
-bool same_bits(const M& a, const M& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(typename M::Scalar)) == 0;
-}
-
 /// Every parameter equal bit for bit, and the forward too.
 template <class Layer>
 void require_same_layer(const Layer& original, const Layer& loaded) {
@@ -125,7 +120,7 @@ void require_same_layer(const Layer& original, const Layer& loaded) {
   REQUIRE(parameter_bits(loaded) == parameter_bits(original));
   const RowMatrix<S> x = random<S>(T, original.input_dim(), 99);
   typename Layer::workspace_type ws_a, ws_b;
-  REQUIRE(same_bits(original.forward(x, ws_a), loaded.forward(x, ws_b)));
+  REQUIRE(moe::test::same_bits(original.forward(x, ws_a), loaded.forward(x, ws_b)));
 }
 
 std::set<std::string> set_of(const std::vector<std::string>& v) { return {v.begin(), v.end()}; }
@@ -253,7 +248,7 @@ TEMPLATE_TEST_CASE("Qwen2-MoE saved sharded keeps the shared expert and its gate
                         {"gate_proj.weight", "up_proj.weight", "down_proj.weight"});
   const auto loaded = moe::io::load_qwen2_moe<S>(Checkpoint::open(dir.path()), p, {2, false});
   require_same_layer(layer, loaded);
-  REQUIRE(same_bits(loaded.combiner().gate_weight(), layer.combiner().gate_weight()));
+  REQUIRE(moe::test::same_bits(loaded.combiner().gate_weight(), layer.combiner().gate_weight()));
 }
 
 TEMPLATE_TEST_CASE("DeepSeek-V3 saved sharded keeps its correction bias and shared experts", "[io][checkpoint]", float,
@@ -282,7 +277,7 @@ TEMPLATE_TEST_CASE("DeepSeek-V3 saved sharded keeps its correction bias and shar
   c.routed_scaling_factor = 2.5;
   const auto loaded = moe::io::load_deepseek_v3<S>(Checkpoint::open(dir.path()), p, c);
   require_same_layer(layer, loaded);
-  REQUIRE(same_bits(loaded.router().gating().correction_bias, gating.correction_bias));
+  REQUIRE(moe::test::same_bits(loaded.router().gating().correction_bias, gating.correction_bias));
 }
 
 TEMPLATE_TEST_CASE("GPT-OSS saved sharded: its fused experts cannot split by expert, so they share one shard",

@@ -7,6 +7,7 @@
 #include "support/random.hpp"
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -65,12 +66,6 @@ std::vector<std::vector<typename Layer::scalar_type>> parameter_values(const Lay
   return out;
 }
 
-template <class M>
-bool same_bits(const M& a, const M& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(typename M::Scalar)) == 0;
-}
-
 /// Parameters equal and forward outputs bit-identical, in inference and in training mode.
 template <class Layer>
 void require_same_layer(const Layer& original, const Layer& loaded, moe::ForwardContext ctx = {}) {
@@ -86,7 +81,7 @@ void require_same_layer(const Layer& original, const Layer& loaded, moe::Forward
     const RowMatrix<S> ya = original.forward(x, ws_a, ctx);
     const RowMatrix<S> yb = loaded.forward(x, ws_b, ctx);
     REQUIRE(ya.allFinite());
-    REQUIRE(same_bits(ya, yb));
+    REQUIRE(moe::test::same_bits(ya, yb));
   }
 }
 
@@ -230,7 +225,7 @@ TEMPLATE_TEST_CASE("GPT-OSS round-trips its fused experts and router bias", "[io
     REQUIRE(loaded.router().weight() == layer.router().weight());
     const RowMatrix<S> x = random<S>(T, D, 99);
     typename moe::GptOssMoE<S>::workspace_type ws_a, ws_b;
-    REQUIRE(same_bits(layer.forward(x, ws_a), loaded.forward(x, ws_b)));
+    REQUIRE(moe::test::same_bits(layer.forward(x, ws_a), loaded.forward(x, ws_b)));
   }
 }
 

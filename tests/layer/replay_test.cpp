@@ -5,6 +5,7 @@
 #include <moe/moe.hpp>
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 
 #include <cmath>
 #include <string>
@@ -26,11 +27,6 @@ RowMatrix<S> matrix(Index r, Index c, unsigned seed, double scale = 1.0) {
 }
 
 /// True when a and b hold the same bits (NaN-free data: == on every element).
-template <class A, class B>
-bool same_bits(const A& a, const B& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() && (a.array() == b.array()).all();
-}
-
 template <class S>
 using Mixtral = moe::MoELayer<moe::SwiGLUExperts<S>, moe::SoftmaxTopKRouter<S>, moe::WeightedSumCombiner<S>>;
 
@@ -73,26 +69,26 @@ TEMPLATE_TEST_CASE("replay: a replayed forward equals the recorded one bit for b
   layer.router().weight() = matrix<S>(E, d, 99);
   moe::Workspace<S> fresh_ws;
   const RowMatrix<S> fresh = layer.forward(x, fresh_ws);
-  REQUIRE_FALSE(same_bits(fresh, recorded));
+  REQUIRE_FALSE(moe::test::same_bits(fresh, recorded));
 
   SECTION("replay: decisions from the tape, the router skipped") {
     tape.set_mode(TapeMode::replay);
     moe::Workspace<S> replay_ws;
     const RowMatrix<S> replayed = layer.forward(x, replay_ws, ctx);
-    CHECK(same_bits(replayed, recorded));
+    CHECK(moe::test::same_bits(replayed, recorded));
     CHECK(replay_ws.stats.expert_load == load);
     CHECK(replay_ws.stats.dropped == ws.stats.dropped);
     CHECK(replay_ws.routing.logits.rows() == 0);  // no router call
     CHECK(tape.cursor() == 1);
     // Twice, after rewind, on a used workspace: the same bits again.
     tape.rewind();
-    CHECK(same_bits(layer.forward(x, replay_ws, ctx), recorded));
+    CHECK(moe::test::same_bits(layer.forward(x, replay_ws, ctx), recorded));
   }
   SECTION("replay_experts with the original router: the same bits (regate reproduces select)") {
     layer.router().weight() = matrix<S>(E, d, 3 + 7);
     tape.set_mode(TapeMode::replay_experts);
     moe::Workspace<S> replay_ws;
-    CHECK(same_bits(layer.forward(x, replay_ws, ctx), recorded));
+    CHECK(moe::test::same_bits(layer.forward(x, replay_ws, ctx), recorded));
   }
   SECTION("replay_experts with the new router: recorded experts and drops, gates by the rule on the new scores") {
     tape.set_mode(TapeMode::replay_experts);
@@ -142,15 +138,15 @@ TEST_CASE("replay: top-p's variable expert counts and a stack of two layers repl
   CHECK(tape.records()[1].layer_index == 1);
   first.router().weight() = matrix<S>(E, d, 15);
   second.router().weight() = matrix<S>(E, d, 16);
-  REQUIRE_FALSE(same_bits(run(), recorded));  // still recording: two more records
+  REQUIRE_FALSE(moe::test::same_bits(run(), recorded));  // still recording: two more records
   REQUIRE(tape.size() == 4);
   tape.set_mode(TapeMode::replay);
-  CHECK(same_bits(run(), recorded));
+  CHECK(moe::test::same_bits(run(), recorded));
   // The next call pair reads records 2 and 3: the second run with the new routers.
   const RowMatrix<S> second_run = run();
   tape.set_mode(TapeMode::record);
   tape.clear();
-  CHECK(same_bits(run(), second_run));
+  CHECK(moe::test::same_bits(run(), second_run));
 }
 
 TEST_CASE("replay_experts trains through a fixed routing: gradients match finite differences",

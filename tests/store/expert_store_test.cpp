@@ -10,6 +10,7 @@
 #include <moe/store/on_demand_swiglu.hpp>
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 #include <support/random.hpp>
 
 #include <cstring>
@@ -74,11 +75,6 @@ moe::LayerStack<StackLayer<Policy>> on_demand_stack(const Model& m, const moe::s
   return moe::LayerStack<StackLayer<Policy>>(std::move(layers));
 }
 
-bool bit_equal(const moe::RowMatrix<float>& a, const moe::RowMatrix<float>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
-}
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("layers sharing one budget give the in-memory stack's bits for every budget, policy and prefetch",
@@ -116,7 +112,7 @@ TEMPLATE_TEST_CASE("layers sharing one budget give the in-memory stack's bits fo
           store.prefetch(l + 1, moe::store::predict_experts(stack.layer(l + 1).router(), h));
       });
     }
-    CHECK(bit_equal(y, expected[i]));
+    CHECK(moe::test::same_bits(y, expected[i]));
     CHECK(store.cache().resident_bytes() <= budget * store.source(0).expert_bytes());
   }
   store.wait_prefetch_idle();

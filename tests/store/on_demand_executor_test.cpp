@@ -9,6 +9,7 @@
 #include <moe/store/on_demand_swiglu.hpp>
 
 #include <catch2/catch.hpp>
+#include <support/bits.hpp>
 #include <support/random.hpp>
 
 #include <chrono>
@@ -59,12 +60,6 @@ OnDemandMixtral<S, Policy> make_on_demand(const moe::MixtralMoE<S>& memory, cons
                                         source, budget, policy));
 }
 
-template <class M>
-bool bit_equal(const M& a, const M& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(typename M::Scalar) * static_cast<std::size_t>(a.size())) == 0;
-}
-
 /// Batches with different routing: sizes across the 512-row task boundary, one token, a batch
 /// routed to few experts (rows scaled so one expert's logit dominates).
 template <class S>
@@ -108,7 +103,7 @@ TEMPLATE_TEST_CASE("on-demand forward equals the in-memory layer bit for bit for
         moe::store::StatsScope scope(stats);
         y = layer.forward(inputs[i], ws, ctx);
       }
-      CHECK(bit_equal(y, expected[i]));
+      CHECK(moe::test::same_bits(y, expected[i]));
       CHECK(stats.hits + stats.misses == static_cast<std::uint64_t>(
                                              std::count_if(ws.plan.offsets.begin(), ws.plan.offsets.end() - 1,
                                                            [&, e = Index{0}](auto) mutable {
@@ -213,12 +208,12 @@ TEMPLATE_TEST_CASE("on-demand backward gives the in-memory gradients of every ex
     const moe::RowMatrix<S> dy = moe::test::random_matrix(600 + seed, d, seed + 100).template cast<S>();
     const moe::RowMatrix<S> y_ref = memory.forward(x, ref_ws, ctx);
     const moe::RowMatrix<S> y = layer.forward(x, ws, ctx);
-    REQUIRE(bit_equal(y, y_ref));
+    REQUIRE(moe::test::same_bits(y, y_ref));
     const moe::RowMatrix<S> dx_ref = memory.backward(dy, ref_ws, ref_grads);
     const moe::RowMatrix<S> dx = layer.backward(dy, ws, grads);
-    CHECK(bit_equal(dx, dx_ref));
+    CHECK(moe::test::same_bits(dx, dx_ref));
   }
-  CHECK(bit_equal(grads.router.weight(), ref_grads.router.weight()));
+  CHECK(moe::test::same_bits(grads.router.weight(), ref_grads.router.weight()));
   Index ran = 0;
   for (Index e = 0; e < E; ++e) {
     const auto* slice = grads.experts.find_slice(e);
@@ -227,9 +222,9 @@ TEMPLATE_TEST_CASE("on-demand backward gives the in-memory gradients of every ex
       continue;
     }
     ++ran;
-    CHECK(bit_equal(moe::RowMatrix<S>(slice->gate_proj(0)), moe::RowMatrix<S>(ref_grads.experts.gate_proj(e))));
-    CHECK(bit_equal(moe::RowMatrix<S>(slice->up_proj(0)), moe::RowMatrix<S>(ref_grads.experts.up_proj(e))));
-    CHECK(bit_equal(moe::RowMatrix<S>(slice->down_proj(0)), moe::RowMatrix<S>(ref_grads.experts.down_proj(e))));
+    CHECK(moe::test::same_bits(moe::RowMatrix<S>(slice->gate_proj(0)), moe::RowMatrix<S>(ref_grads.experts.gate_proj(e))));
+    CHECK(moe::test::same_bits(moe::RowMatrix<S>(slice->up_proj(0)), moe::RowMatrix<S>(ref_grads.experts.up_proj(e))));
+    CHECK(moe::test::same_bits(moe::RowMatrix<S>(slice->down_proj(0)), moe::RowMatrix<S>(ref_grads.experts.down_proj(e))));
   }
   CHECK(ran >= 2);
 }
@@ -362,7 +357,7 @@ TEST_CASE("threads sharing one on-demand layer each get the in-memory bits", "[s
       for (int rep = 0; rep < 3; ++rep)
         for (std::size_t i = 0; i < inputs.size(); ++i) {
           const std::size_t j = (i + static_cast<std::size_t>(t)) % inputs.size();
-          good += bit_equal(layer.forward(inputs[j], ws, ctx), expected[j]) ? 1 : 0;
+          good += moe::test::same_bits(layer.forward(inputs[j], ws, ctx), expected[j]) ? 1 : 0;
         }
       ok[static_cast<std::size_t>(t)] = good;
     });
