@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 build=build/fuzz
-targets=(fuzz_safetensors fuzz_loaders)
+targets=(fuzz_safetensors fuzz_loaders fuzz_gguf)
 cxx=${CXX:-clang++}
 if [[ $("$cxx" --version 2>/dev/null || true) != *clang* ]]; then
   cxx=clang++  # libFuzzer is clang's; a g++ in CXX would fail the configure anyway

@@ -2,14 +2,18 @@
 // scripts/fuzz.sh --regen-corpus after changing a layout). Seeds are small valid files of every
 // loader family and every dtype, plus hand-made malformed variants, one per validation rule, so
 // the fuzzer starts next to each branch of the reader instead of having to find it.
+#include <moe/io/gguf.hpp>
 #include <moe/io/routing_tape_io.hpp>
 #include <moe/io/safetensors.hpp>
+
+#include "../support/gguf_file.hpp"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -239,6 +243,202 @@ void save(const std::filesystem::path& path, const Bytes& b) {
   out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
+// ---------------------------------------------------------------------------------------------
+// GGUF seeds (fuzz_gguf): valid files of every metadata type, tensor type and layout option,
+// and one hand-corrupted file per validation rule (docs/gguf.md#validation).
+
+using moe::io::GgmlType;
+using moe::io::GgufWriter;
+using moe::test::GgufBytes;
+
+std::vector<float> ramp(std::size_t n, float scale) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(static_cast<int>((i * 7) % 23) - 11);
+  return v;
+}
+
+/// Every metadata type (scalar and array) and every tensor type the reader converts, plus a
+/// raw Q6_K and I32 tensor.
+GgufWriter gguf_all_types() {
+  GgufWriter w;
+  w.set("general.architecture", "qwen2moe").set("general.name", "caf\xc3\xa9");
+  w.set("t.u8", std::uint8_t{7}).set("t.i8", std::int8_t{-7}).set("t.u16", std::uint16_t{700});
+  w.set("t.i16", std::int16_t{-700}).set("t.u32", std::uint32_t{70000}).set("t.i32", std::int32_t{-70000});
+  w.set("t.f32", 0.5f).set("t.bool", true).set("t.u64", std::uint64_t{1} << 63).set("t.i64", std::int64_t{-1});
+  w.set("t.f64", 1e-300);
+  w.set_array("a.u8", std::vector<std::uint8_t>{1, 2}).set_array("a.i8", std::vector<std::int8_t>{-1});
+  w.set_array("a.u16", std::vector<std::uint16_t>{3}).set_array("a.i16", std::vector<std::int16_t>{-3});
+  w.set_array("a.u32", std::vector<std::uint32_t>{4, 5}).set_array("a.i32", std::vector<std::int32_t>{-4});
+  w.set_array("a.f32", std::vector<float>{0.25f}).set_array("a.bool", std::vector<bool>{true, false});
+  w.set_array("a.string", std::vector<std::string>{"a", "", "bc"}).set_array("a.u64", std::vector<std::uint64_t>{9});
+  w.set_array("a.i64", std::vector<std::int64_t>{-9}).set_array("a.f64", std::vector<double>{2.5});
+  w.set_array("a.empty", std::vector<float>{});
+  const std::vector<float> v = ramp(256 * 2, 0.125f);
+  const std::span<const float> s(v);
+  w.add_tensor("f32", GgmlType::F32, {32, 2}, s.first(64));
+  w.add_tensor("f16", GgmlType::F16, {32, 1, 2}, s.first(64));
+  w.add_tensor("bf16", GgmlType::BF16, {16, 2, 1, 2}, s.first(64));
+  w.add_tensor("q8_0", GgmlType::Q8_0, {64, 2}, s.first(128));
+  w.add_tensor("q4_0", GgmlType::Q4_0, {32, 4}, s.first(128));
+  w.add_tensor("q4_k", GgmlType::Q4_K, {256, 2}, s);
+  w.add_tensor("q6_k", GgmlType::Q6_K, {256}, Bytes(210, std::byte{0x11}));
+  w.add_tensor("i32", GgmlType::I32, {3}, Bytes(12, std::byte{0x01}));
+  return w;
+}
+
+/// The MoE tensors and keys of one block of a llama.cpp qwen2moe file, small.
+GgufWriter gguf_moe_block() {
+  GgufWriter w;
+  w.set("general.architecture", "qwen2moe").set("qwen2moe.expert_count", std::uint32_t{4});
+  w.set("qwen2moe.expert_used_count", std::uint32_t{2}).set("qwen2moe.embedding_length", std::uint32_t{32});
+  w.set("general.alignment", std::uint32_t{64});
+  const std::vector<float> v = ramp(32 * 64 * 4, 0.01f);
+  const std::span<const float> s(v);
+  w.add_tensor("blk.0.ffn_gate_inp.weight", GgmlType::F32, {32, 4}, s.first(128));
+  w.add_tensor("blk.0.ffn_gate_exps.weight", GgmlType::Q8_0, {32, 64, 4}, s);
+  w.add_tensor("blk.0.ffn_up_exps.weight", GgmlType::Q4_0, {32, 64, 4}, s);
+  w.add_tensor("blk.0.ffn_down_exps.weight", GgmlType::Q4_K, {256, 8, 4}, s.first(256 * 32));
+  w.add_tensor("blk.0.ffn_gate_shexp.weight", GgmlType::BF16, {32, 8}, s.first(256));
+  return w;
+}
+
+/// One F32 tensor "w" ne [4, 2] at offset 0 and general.architecture = "test", by hand: the
+/// base the malformed seeds change one field of.
+GgufBytes gguf_base() {
+  GgufBytes b;
+  b.header(1, 1).kv_str("general.architecture", "test").tensor("w", {4, 2}, 0, 0).pad();
+  for (int i = 0; i < 8; ++i) b.put(static_cast<float>(i));
+  return b;
+}
+
+Bytes gguf_with_u32(std::size_t at, std::uint32_t v) {
+  Bytes b = gguf_base().bytes();
+  std::memcpy(b.data() + at, &v, 4);
+  return b;
+}
+
+Bytes gguf_with_u64(std::size_t at, std::uint64_t v) {
+  Bytes b = gguf_base().bytes();
+  std::memcpy(b.data() + at, &v, 8);
+  return b;
+}
+
+/// A file with one tensor info "w" of the given dimensions and type, then 256 data bytes.
+Bytes gguf_tensor(const std::vector<std::uint64_t>& ne, std::uint32_t type, std::uint64_t offset = 0) {
+  GgufBytes b;
+  b.header(1, 0).tensor("w", ne, type, offset).pad().fill(256, 0x3c);
+  return b.bytes();
+}
+
+std::size_t gguf_seeds(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  std::size_t n = 0;
+  const auto seed = [&](const std::string& name, const Bytes& b) {
+    save(dir / name, b);
+    ++n;
+  };
+  const Bytes all = gguf_all_types().to_bytes();
+  seed("valid_all_types", all);
+  seed("valid_moe_block", gguf_moe_block().to_bytes());
+  seed("valid_hand_built", gguf_base().bytes());
+  seed("valid_version_2", gguf_with_u32(4, 2));
+  {
+    GgufWriter w = gguf_all_types();
+    w.set("general.alignment", std::uint32_t{1});
+    seed("valid_alignment_1", w.to_bytes());
+    w.set("general.alignment", std::uint32_t{256});
+    seed("valid_alignment_256", w.to_bytes());
+  }
+  {
+    GgufBytes b;
+    b.header(0, 0);
+    seed("valid_empty", b.bytes());
+    GgufBytes g;  // gaps and offsets out of file order
+    g.header(2, 0).tensor("a", {8}, 0, 96).tensor("b", {8}, 1, 0).pad().fill(128, 0x3c);
+    seed("valid_gaps", g.bytes());
+  }
+
+  // Truncations: inside the header, the metadata, the tensor infos, the padding, the data.
+  for (const std::size_t cut : {std::size_t{0}, std::size_t{3}, std::size_t{6}, std::size_t{20}, std::size_t{50},
+                                std::size_t{200}, std::size_t{700}, all.size() / 2, all.size() - 25})
+    seed("truncated_" + std::to_string(cut), Bytes(all.begin(), all.begin() + static_cast<long>(std::min(cut, all.size()))));
+  // Short of the last tensor's padding only: read (llama.cpp would want the padding too).
+  seed("valid_without_final_padding", Bytes(all.begin(), all.end() - 1));
+
+  seed("bad_magic", gguf_with_u32(0, 0x46554746));  // "FGUF"
+  seed("version_1", gguf_with_u32(4, 1));
+  seed("version_4", gguf_with_u32(4, 4));
+  seed("version_big_endian", gguf_with_u32(4, 0x03000000));
+  seed("tensor_count_huge", gguf_with_u64(8, std::uint64_t{1} << 62));
+  seed("kv_count_huge", gguf_with_u64(16, ~std::uint64_t{0}));
+  seed("key_length_huge", gguf_with_u64(24, std::uint64_t{1} << 40));
+  seed("key_length_past_end", gguf_with_u64(24, 200));
+  seed("value_type_13", gguf_with_u32(52, 13));
+  seed("value_length_past_end", gguf_with_u64(56, 1000));
+  seed("name_length_past_end", gguf_with_u64(68, 500));
+  seed("n_dims_0", gguf_with_u32(77, 0));
+  seed("n_dims_5", gguf_with_u32(77, 5));
+  seed("ne_zero", gguf_with_u64(81, 0));
+  seed("ne_negative", gguf_with_u64(89, ~std::uint64_t{0}));
+  seed("type_99", gguf_with_u32(97, 99));
+  seed("type_removed_4", gguf_with_u32(97, 4));
+  seed("type_q4_k_short_row", gguf_with_u32(97, 12));
+  seed("offset_misaligned", gguf_with_u64(101, 8));
+  seed("offset_past_end", gguf_with_u64(101, 64));
+  seed("offset_huge", gguf_with_u64(101, ~std::uint64_t{31}));
+  {
+    Bytes b = gguf_base().bytes();
+    b.resize(150);
+    seed("data_short", b);
+    b.resize(120);
+    seed("data_start_past_end", b);
+  }
+  const auto kv = [&](const std::string& name, const std::function<void(GgufBytes&)>& body, std::uint64_t n_kv = 1) {
+    GgufBytes b;
+    b.header(0, n_kv);
+    body(b);
+    seed(name, b.bytes());
+  };
+  kv("key_empty", [](GgufBytes& b) { b.str("").u32(0).u8(1); });
+  kv("key_not_utf8", [](GgufBytes& b) { b.str("k\xff").u32(0).u8(1); });
+  kv("key_duplicate", [](GgufBytes& b) { b.kv_u32("a", 1).kv_u32("a", 2); }, 2);
+  kv("bool_2", [](GgufBytes& b) { b.str("k").u32(7).u8(2); });
+  kv("bool_array_255", [](GgufBytes& b) { b.str("k").u32(9).u32(7).u64(2).u8(1).u8(255); });
+  kv("array_nested", [](GgufBytes& b) { b.str("k").u32(9).u32(9).u64(1).u32(0).u64(0); });
+  kv("array_element_type_13", [](GgufBytes& b) { b.str("k").u32(9).u32(13).u64(0).fill(8); });
+  kv("array_length_huge", [](GgufBytes& b) { b.str("k").u32(9).u32(4).u64(std::uint64_t{1} << 61).fill(40); });
+  kv("array_strings_huge", [](GgufBytes& b) { b.str("k").u32(9).u32(8).u64(std::uint64_t{1} << 60).fill(40); });
+  kv("array_string_past_end", [](GgufBytes& b) { b.str("k").u32(9).u32(8).u64(2).str("x").u64(99).fill(8); });
+  kv("alignment_0", [](GgufBytes& b) { b.kv_u32("general.alignment", 0); });
+  kv("alignment_3", [](GgufBytes& b) { b.kv_u32("general.alignment", 3); });
+  kv("alignment_i32", [](GgufBytes& b) { b.str("general.alignment").u32(5).u32(32); });
+  kv("alignment_array", [](GgufBytes& b) { b.str("general.alignment").u32(9).u32(4).u64(1).u32(32); });
+  {
+    GgufBytes b;
+    b.header(1, 1).kv_u32("general.alignment", 1u << 30).tensor("w", {8}, 0, 0).fill(64);
+    seed("alignment_past_end", b.bytes());
+  }
+  seed("ne_overflow", gguf_tensor({std::uint64_t{1} << 32, std::uint64_t{1} << 31, 2}, 0));
+  seed("bytes_overflow", gguf_tensor({std::uint64_t{1} << 62}, 28));
+  seed("ne0_not_block", gguf_tensor({33}, 8));
+  seed("tensor_huge", gguf_tensor({std::uint64_t{1} << 40}, 0));
+  {
+    GgufBytes o;
+    o.header(2, 0).tensor("a", {16}, 0, 0).tensor("b", {8}, 0, 32).pad().fill(128);
+    seed("tensors_overlap", o.bytes());
+    GgufBytes d;
+    d.header(2, 0).tensor("w", {8}, 0, 0).tensor("w", {8}, 0, 32).pad().fill(64);
+    seed("tensor_name_duplicate", d.bytes());
+    GgufBytes e;
+    e.header(1, 0).tensor("", {8}, 0, 0).pad().fill(64);
+    seed("tensor_name_empty", e.bytes());
+    GgufBytes l;
+    l.header(1, 0).tensor(std::string(65, 'x'), {8}, 0, 0).pad().fill(64);
+    seed("tensor_name_65", l.bytes());
+  }
+  return n;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -356,6 +556,7 @@ int main(int argc, char** argv) {
       {"big_numbers", file(R"({"__metadata__":{"a":"1"},"x":1e999,"y":-1e999})")},
   };
   for (const auto& [name, b] : bad) save(reader / name, b);
-  std::cout << "wrote " << families.size() * 3 + 3 + 5 + bad.size() << " seeds under " << root << "\n";
+  const std::size_t gguf = gguf_seeds(root / "fuzz_gguf");
+  std::cout << "wrote " << families.size() * 3 + 3 + 5 + bad.size() + gguf << " seeds under " << root << "\n";
   return 0;
 }

@@ -1,7 +1,9 @@
 // Replays the fuzz targets' inputs in the ordinary suite (no clang or libFuzzer needed): every
 // checked-in seed of tests/fuzz/corpus/ and every input a fuzzer once crashed on
 // (tests/fuzz/regressions/<target>/), through the same harness the targets run
-// (tests/fuzz/fuzz_harness.hpp). The hand-made malformed seeds must also each be refused.
+// (tests/fuzz/fuzz_harness.hpp, tests/fuzz/fuzz_gguf_harness.hpp). The hand-made malformed seeds
+// must also each be refused.
+#include "fuzz/fuzz_gguf_harness.hpp"
 #include "fuzz/fuzz_harness.hpp"
 
 #include <catch2/catch.hpp>
@@ -49,11 +51,14 @@ TEST_CASE("every seed of the fuzz corpus runs through the harness without a find
   REQUIRE(files_in(fuzz_dir / "corpus" / "fuzz_loaders").size() == 40);  // 20 families, each also "_as_next"
   replay(fuzz_dir / "corpus" / "fuzz_safetensors", moe::fuzz::exercise_reader);
   replay(fuzz_dir / "corpus" / "fuzz_loaders", moe::fuzz::exercise_loaders);
+  REQUIRE(files_in(fuzz_dir / "corpus" / "fuzz_gguf").size() >= 60);
+  replay(fuzz_dir / "corpus" / "fuzz_gguf", moe::fuzz::exercise_gguf);
 }
 
 TEST_CASE("every input a fuzzer found stays fixed", "[io][fuzz]") {
   replay(fuzz_dir / "regressions" / "fuzz_safetensors", moe::fuzz::exercise_reader);
   replay(fuzz_dir / "regressions" / "fuzz_loaders", moe::fuzz::exercise_loaders);
+  replay(fuzz_dir / "regressions" / "fuzz_gguf", moe::fuzz::exercise_gguf);
 }
 
 TEST_CASE("the seeds named valid_ parse, and every other reader seed is refused with a FormatError", "[io][fuzz]") {
@@ -92,4 +97,23 @@ TEST_CASE("each family's seed loads with its own loader", "[io][fuzz]") {
     ++loaded;
   }
   REQUIRE(loaded == 20);
+}
+
+TEST_CASE("the GGUF seeds named valid_ parse, and every other one is refused with a FormatError", "[io][fuzz]") {
+  int valid = 0, refused = 0;
+  for (const fs::path& p : files_in(fuzz_dir / "corpus" / "fuzz_gguf")) {
+    INFO(p.filename().string());
+    const auto raw = slurp(p);
+    std::vector<std::byte> bytes(raw.size());
+    std::transform(raw.begin(), raw.end(), bytes.begin(), [](std::uint8_t b) { return std::byte{b}; });
+    if (p.filename().string().starts_with("valid_")) {
+      REQUIRE_NOTHROW(moe::io::GgufFile::from_bytes(bytes, p.filename().string()));
+      ++valid;
+    } else {
+      REQUIRE_THROWS_AS(moe::io::GgufFile::from_bytes(bytes, p.filename().string()), moe::io::FormatError);
+      ++refused;
+    }
+  }
+  REQUIRE(valid >= 8);
+  REQUIRE(refused >= 50);
 }

@@ -50,6 +50,8 @@
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/expert_source.hpp>
+#include <moe/io/file_identity.hpp>
+#include <moe/io/gguf.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/lazy_safetensors.hpp>
@@ -69,10 +71,12 @@
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/kernels.hpp>
 #include <moe/kernels/op.hpp>
+#include <moe/kernels/quant_blocks.hpp>
 #include <moe/kernels/reference/activations.hpp>
 #include <moe/kernels/reference/gather_rows.hpp>
 #include <moe/kernels/reference/gemm.hpp>
 #include <moe/kernels/reference/kernels.hpp>
+#include <moe/kernels/reference/quant_blocks.hpp>
 #include <moe/kernels/reference/softmax.hpp>
 #include <moe/kernels/reference/top_k.hpp>
 #include <moe/kernels/reference/weighted_gather.hpp>
@@ -283,6 +287,25 @@ S on_demand_stack(const MixtralMoE<S>& memory, const std::string& file) {
   return y.sum() + static_cast<S>(store.cache().prefetch_totals().used);
 }
 
+/// GGUF and the block formats: a file written with every quantized type, read back and
+/// dequantized; the integer dot products' reference twins. Analysed, never run.
+inline double gguf_and_blocks(const std::string& path) {
+  std::vector<float> v(256, 0.5F);
+  io::GgufWriter w;
+  w.set("general.name", std::string("tidy"));
+  w.add_tensor("q8", io::GgmlType::Q8_0, {256}, std::span<const float>(v));
+  w.add_tensor("q4", io::GgmlType::Q4_0, {256}, std::span<const float>(v));
+  w.add_tensor("q4k", io::GgmlType::Q4_K, {256}, std::span<const float>(v));
+  w.save(path);
+  const io::GgufFile f = io::GgufFile::open(path);
+  double sum = f.to_matrix("q4k").sum() + static_cast<double>(f.to_float("q4")[0]) + static_cast<double>(f.raw("q8").size());
+  std::vector<kernels::BlockQ8_0> a(8), b(8);
+  kernels::quantize_row_q8_0(v.data(), a.data(), 256);
+  kernels::quantize_row_q8_0(v.data(), b.data(), 256);
+  sum += static_cast<double>(kernels::reference::vec_dot_q8_0_q8_0(256, a.data(), b.data()));
+  return sum + static_cast<double>(f.get_or<std::uint32_t>("general.alignment", 32));
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -351,6 +374,7 @@ double all_layers() {
   sum += static_cast<double>(exercise(RecurrentMoE<S>(GRUExperts<S>(E, d, d), SequenceSoftmaxTopKRouter<S>(E, d, 2)), 16, 8));
   sum += static_cast<double>(routing_losses<S>());
   sum += static_cast<double>(deployment_tools<S>());
+  sum += gguf_and_blocks("tidy.gguf");
   {
     const MixtralMoE<S> memory(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2));
     sum += static_cast<double>(on_demand<S, store::LruPolicy>(memory, "on_demand_layer"));

@@ -16,6 +16,7 @@
 #include <moe/io/checkpoint.hpp>
 #include <moe/io/dtype.hpp>
 #include <moe/io/error.hpp>
+#include <moe/io/file_identity.hpp>
 #include <moe/io/safetensors.hpp>
 
 #include <fcntl.h>
@@ -88,10 +89,7 @@ class LazySafetensorsFile {
     std::uint64_t data_offset = 0;
     std::uint64_t data_end = 0;
     std::map<std::string, TensorInfo, std::less<>> tensors;
-    // What fstat said at open: the identity check_unchanged compares against.
-    std::filesystem::path path;
-    std::uint64_t size = 0, device = 0, inode = 0;
-    std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
+    detail::FileIdentity identity;  // what fstat said at open: check_unchanged compares against it
     State() = default;
     State(const State&) = delete;
     State& operator=(const State&) = delete;
@@ -160,14 +158,7 @@ inline LazySafetensorsFile LazySafetensorsFile::open(const std::filesystem::path
   struct stat st {};
   if (::fstat(s.fd, &st) != 0) throw Error(s.display, std::string("cannot stat: ") + std::strerror(errno));
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  s.path = std::filesystem::absolute(path);  // still right if the working directory changes
-  s.size = size;
-  s.device = static_cast<std::uint64_t>(st.st_dev);
-  s.inode = static_cast<std::uint64_t>(st.st_ino);
-  s.mtime_s = st.st_mtim.tv_sec;
-  s.mtime_ns = st.st_mtim.tv_nsec;
-  s.ctime_s = st.st_ctim.tv_sec;
-  s.ctime_ns = st.st_ctim.tv_nsec;
+  s.identity = detail::FileIdentity::of(s.fd, path, s.display);
   if (size < 8)
     f.throw_format("header length: expected a file of at least 8 bytes (the length field), got " +
                    std::to_string(size) + " bytes");
@@ -215,35 +206,9 @@ inline std::vector<std::string> LazySafetensorsFile::names() const {
 }
 
 inline void LazySafetensorsFile::check_unchanged(std::string_view tensor) const {
-  const State& s = *state_;
-  const std::string name(tensor);
   // The whole data section the header describes, not only this tensor's end: a file that lost
   // its tail was rewritten or truncated, and what is left cannot be trusted either.
-  struct stat st {};
-  if (::fstat(s.fd, &st) != 0) throw TensorError(s.display, name, std::string("cannot stat: ") + std::strerror(errno));
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size < required_size())
-    throw TensorError(s.display, name,
-                      "file truncated: expected at least " + std::to_string(required_size()) +
-                          " bytes (the header's data section), got " + std::to_string(size));
-  // The path first: a rename or an unlink changes the status change time as well.
-  struct stat at_path {};
-  if (::stat(s.path.c_str(), &at_path) != 0)
-    throw TensorError(s.display, name,
-                      std::string("file renamed or removed since it was opened: expected the path to name it, got ") +
-                          std::strerror(errno));
-  if (static_cast<std::uint64_t>(at_path.st_dev) != s.device || static_cast<std::uint64_t>(at_path.st_ino) != s.inode)
-    throw TensorError(s.display, name,
-                      "file replaced since it was opened: expected the path to name inode " + std::to_string(s.inode) +
-                          ", got inode " + std::to_string(at_path.st_ino) + " (reopen the checkpoint)");
-  if (size != s.size || st.st_mtim.tv_sec != s.mtime_s || st.st_mtim.tv_nsec != s.mtime_ns ||
-      st.st_ctim.tv_sec != s.ctime_s || st.st_ctim.tv_nsec != s.ctime_ns)
-    throw TensorError(s.display, name,
-                      "file rewritten since it was opened: expected size " + std::to_string(s.size) +
-                          " and modification time " + std::to_string(s.mtime_s) + "." + std::to_string(s.mtime_ns) +
-                          " (and the status change time it had), got size " + std::to_string(size) + " and " +
-                          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) +
-                          " (reopen the checkpoint)");
+  state_->identity.check(state_->fd, state_->display, tensor, required_size());
 }
 
 inline void LazySafetensorsFile::read_raw(const TensorInfo& t, std::span<std::byte> out) const {
