@@ -23,8 +23,8 @@ struct Expert {
 using Cache = moe::store::ExpertCache<Expert, moe::store::LruPolicy>;
 using Prefetch = moe::store::Prefetcher<Expert, moe::store::LruPolicy>;
 
-Expert make(Index) { return {}; }
-std::size_t load(Index e, Expert& x) {
+Expert make_expert(Index) { return {}; }
+std::size_t load_expert(Index e, Expert& x) {
   x.e = static_cast<int>(e);
   return 100;
 }
@@ -52,7 +52,7 @@ struct Gate {
 
 TEST_CASE("prefetched experts become resident and the next call hits them", "[store][prefetch][threads]") {
   auto cache = std::make_shared<Cache>(8, 10, 40);  // 4 experts, one of them the prefetch slot
-  Prefetch p(cache, make, load);
+  Prefetch p(cache, make_expert, load_expert);
   CHECK(cache->capacity() == 3);
   p.request({5, 2, 5});  // 5 queued once
   p.wait_idle();
@@ -77,11 +77,11 @@ TEST_CASE("prefetched experts become resident and the next call hits them", "[st
 
 TEST_CASE("a prefetch is placed only where a slot is free or evictable, else dropped", "[store][prefetch][threads]") {
   auto cache = std::make_shared<Cache>(6, 10, 30);  // 2 resident + 1 in flight
-  Prefetch p(cache, make, load);
+  Prefetch p(cache, make_expert, load_expert);
   CallStats s;
   const auto call = cache->begin_call();
   for (Index e : {0, 1})
-    REQUIRE(cache->acquire_miss(e, call, s, [] { return Expert{}; }, [e](Expert& x) { return load(e, x); }));
+    REQUIRE(cache->acquire_miss(e, call, s, [] { return Expert{}; }, [e](Expert& x) { return load_expert(e, x); }));
   // Both pinned by the call: the prefetch of 4 loads, finds no slot and is dropped.
   p.request({4});
   p.wait_idle();
@@ -103,10 +103,10 @@ TEST_CASE("a call that needs an expert being prefetched waits for that read and 
   auto cache = std::make_shared<Cache>(4, 10, 30);
   Gate gate;
   std::atomic<int> loads{0};
-  Prefetch p(cache, make, [&](Index e, Expert& x) {
+  Prefetch p(cache, make_expert, [&](Index e, Expert& x) {
     ++loads;
     gate.wait();
-    return load(e, x);
+    return load_expert(e, x);
   });
   p.request({3});
   while (gate.entered.load() == 0) std::this_thread::yield();  // the prefetch of 3 is in flight
@@ -117,7 +117,7 @@ TEST_CASE("a call that needs an expert being prefetched waits for that read and 
     gate.release();
   });
   // A different expert is not held up by the prefetch in flight: its slot is the reserved one.
-  REQUIRE(cache->acquire_miss(1, call, s, [] { return Expert{}; }, [](Expert& x) { return load(1, x); }));
+  REQUIRE(cache->acquire_miss(1, call, s, [] { return Expert{}; }, [](Expert& x) { return load_expert(1, x); }));
   REQUIRE(cache->acquire_miss(3, call, s, [] { return Expert{}; },
                               [](Expert&) -> std::size_t { FAIL("3 read twice"); return 0; }));
   opener.join();
@@ -129,7 +129,7 @@ TEST_CASE("a call that needs an expert being prefetched waits for that read and 
 
 TEST_CASE("a failed prefetch leaves the expert for the call, which sees the error", "[store][prefetch][threads][errors]") {
   auto cache = std::make_shared<Cache>(4, 10, 20);
-  Prefetch p(cache, make, [](Index, Expert&) -> std::size_t { throw std::runtime_error("disk gone"); });
+  Prefetch p(cache, make_expert, [](Index, Expert&) -> std::size_t { throw std::runtime_error("disk gone"); });
   p.request({2});
   p.wait_idle();
   CHECK(cache->prefetch_totals().failed == 1);
@@ -142,22 +142,22 @@ TEST_CASE("a failed prefetch leaves the expert for the call, which sees the erro
 
 TEST_CASE("the prefetch slot comes out of the budget, which must hold two experts", "[store][prefetch][errors]") {
   auto small = std::make_shared<Cache>(4, 10, 19);
-  CHECK_THROWS_WITH(Prefetch(small, make, load),
+  CHECK_THROWS_WITH(Prefetch(small, make_expert, load_expert),
                     "ExpertCache::reserve_prefetch_slots(): budget_bytes expected >= 20 (one resident expert and 1 in "
                     "flight for prefetch), got 19");
   CHECK(small->capacity() == 1);  // unchanged by the refusal
-  CHECK_THROWS_WITH(Prefetch(nullptr, make, load), "Prefetcher::Prefetcher(): cache expected a cache, got nullptr");
+  CHECK_THROWS_WITH(Prefetch(nullptr, make_expert, load_expert), "Prefetcher::Prefetcher(): cache expected a cache, got nullptr");
   auto cache = std::make_shared<Cache>(4, 10, 20);
-  Prefetch p(cache, make, load);
+  Prefetch p(cache, make_expert, load_expert);
   CHECK_THROWS_WITH(p.request({4}), "Prefetcher::request(): entry expected in [0, 4), got 4");
 }
 
 TEST_CASE("destroying a prefetcher with work queued finishes the load in flight and stops", "[store][prefetch][threads]") {
   auto cache = std::make_shared<Cache>(64, 10, 100);
   {
-    Prefetch p(cache, make, [](Index e, Expert& x) {
+    Prefetch p(cache, make_expert, [](Index e, Expert& x) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      return load(e, x);
+      return load_expert(e, x);
     });
     std::vector<Index> all(64);
     for (Index e = 0; e < 64; ++e) all[static_cast<std::size_t>(e)] = e;
