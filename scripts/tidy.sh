@@ -31,9 +31,10 @@ fi
 # tests/tidy/all_headers.cpp: every header, every layer alias forward and backward, in float;
 # its copy build/tidy/tests/tidy/all_headers_double.cpp (tests/CMakeLists.txt) the same in
 # double, a second unit so the halves run side by side; load_hf_layer: the safetensors reader
-# and the loaders; train_mixture: the optimisers.
+# and the loaders; train_mixture: the optimisers; expert_parallel: include/moe/parallel/ (the
+# MPI component, which all_headers.cpp cannot include: the tidy preset turns MOE_WITH_MPI on).
 units=(tests/tidy/all_headers.cpp build/tidy/tests/tidy/all_headers_double.cpp examples/load_hf_layer.cpp
-  examples/train_mixture.cpp)
+  examples/train_mixture.cpp examples/expert_parallel.cpp)
 [[ $# -gt 0 ]] && units=("$@")
 
 cmake --preset tidy >/dev/null

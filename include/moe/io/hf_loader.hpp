@@ -46,12 +46,13 @@ struct GptOssConfig {
 namespace detail {
 
 /// Reads E SwiGLU experts named {prefix}{experts_prefix}{e}.{gate}|{up}|{down} into a bank;
-/// d_ff and d_model come from expert 0's gate.
+/// d_ff and d_model come from expert `first`'s gate. With first > 0 the bank's expert e is
+/// the checkpoint's expert first + e (an expert range, docs/parallel.md#loading).
 template <class S>
 SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view experts_prefix, Index num_experts,
-                                  std::string_view gate, std::string_view up, std::string_view down) {
+                                  std::string_view gate, std::string_view up, std::string_view down, Index first = 0) {
   const std::string pattern = std::string(experts_prefix) + "{e}.";
-  const auto gshape = t.shape(expert_name(pattern, 0) + std::string(gate), 2);
+  const auto gshape = t.shape(expert_name(pattern, first) + std::string(gate), 2);
   const Index ff = gshape[0];
   const Index d = gshape[1];
   SwiGLUExperts<S> bank = read_experts<S>(
@@ -60,7 +61,8 @@ SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view expert
       [&] { return SwiGLUExperts<S>(num_experts, d, ff); },
       [](SwiGLUExperts<S>& b, Index e, std::size_t i) {
         return i == 0 ? b.gate_proj(e) : i == 1 ? b.up_proj(e) : b.down_proj(e);
-      });
+      },
+      first);
   bank.names() = {pattern + std::string(gate), pattern + std::string(up), pattern + std::string(down)};
   return bank;
 }
@@ -198,6 +200,118 @@ GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const
     router.names() = {"router.weight", "router.bias"};
     return GptOssMoE<S>(std::move(experts), std::move(router));
   });
+}
+
+// Expert ranges --------------------------------------------------------------------------
+
+/// Experts [first, first + count) of a layer; count -1: every expert from first on. What one
+/// rank of an expert-parallel layer loads (docs/parallel.md#loading).
+struct ExpertRange {
+  Index first = 0;
+  Index count = -1;
+};
+
+/// A layer's policies, loaded apart: the experts of one range (the bank's expert i is the
+/// checkpoint's expert first + i), the whole router and combiner (replicated). An
+/// expert-parallel rank builds its layer from them (moe::parallel::ExpertSlice); with the
+/// default range the three build the ordinary layer.
+template <class Layer>
+struct LayerParts {
+  typename Layer::expert_type experts;
+  typename Layer::router_type router;
+  typename Layer::combiner_type combiner;
+  Index num_experts = 0;  ///< the layer's E (the router's)
+  Index first = 0;        ///< the first expert in `experts`
+};
+
+namespace detail {
+/// The range's [first, first + count) checked against E; throws std::invalid_argument naming the loader.
+inline std::pair<Index, Index> resolve_range(const ExpertRange& range, Index num_experts, const std::string& loader) {
+  const Index count = range.count < 0 ? num_experts - range.first : range.count;
+  ::moe::detail::require(range.first >= 0 && count >= 1 && range.first + count <= num_experts, loader + "()",
+                         "expert range [first, first + count)",
+                         ::moe::detail::concat("a non-empty range inside [0, ", num_experts, ")"),
+                         ::moe::detail::concat("[", range.first, ", ", range.first + count, ")"));
+  return {range.first, count};
+}
+}  // namespace detail
+
+/// load_mixtral's policies with the experts of `range` only: no other expert's tensors are
+/// read (a checkpoint may lack them).
+template <class S>
+LayerParts<MixtralMoE<S>> load_mixtral_parts(const Checkpoint& file, std::string_view prefix,
+                                             const MixtralConfig& config = {}, const ExpertRange& range = {}) {
+  const std::string loader = "moe::io::load_mixtral_parts";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const auto [first, count] = detail::resolve_range(range, E, loader);
+  auto experts = detail::read_swiglu_bank<S>(t, "experts.", count, "w1.weight", "w3.weight", "w2.weight", first);
+  auto router = detail::with_loader_name(
+      loader, [&] { return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{true}); });
+  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+}
+
+/// load_olmoe's policies with the experts of `range` only.
+template <class S>
+LayerParts<OlmoeMoE<S>> load_olmoe_parts(const Checkpoint& file, std::string_view prefix,
+                                         const OlmoeConfig& config = {}, const ExpertRange& range = {}) {
+  const std::string loader = "moe::io::load_olmoe_parts";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const auto [first, count] = detail::resolve_range(range, E, loader);
+  auto experts =
+      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  auto router = detail::with_loader_name(loader, [&] {
+    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
+  });
+  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+}
+
+/// load_qwen2_moe's policies with the experts of `range` only (the shared expert is replicated).
+template <class S>
+LayerParts<Qwen2MoE<S>> load_qwen2_moe_parts(const Checkpoint& file, std::string_view prefix,
+                                             const Qwen2MoeConfig& config = {}, const ExpertRange& range = {}) {
+  const std::string loader = "moe::io::load_qwen2_moe_parts";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const Index d = gate.cols();
+  const auto [first, count] = detail::resolve_range(range, E, loader);
+  auto experts =
+      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid> combiner(detail::read_shared_expert<S>(t, "shared_expert.", d));
+  t.template read_into<S>("shared_expert_gate.weight", {1, d}, combiner.gate_weight().transpose());
+  auto router = detail::with_loader_name(loader, [&] {
+    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
+  });
+  return {std::move(experts), std::move(router), std::move(combiner), E, first};
+}
+
+/// load_deepseek_v3's policies with the experts of `range` only (shared experts replicated).
+template <class S>
+LayerParts<DeepSeekV3MoE<S>> load_deepseek_v3_parts(const Checkpoint& file, std::string_view prefix,
+                                                    const DeepSeekV3Config& config = {}, const ExpertRange& range = {}) {
+  const std::string loader = "moe::io::load_deepseek_v3_parts";
+  detail::LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const Index d = gate.cols();
+  const auto [first, count] = detail::resolve_range(range, E, loader);
+  SigmoidGroupLimited<S> gating;
+  gating.n_group = config.n_group;
+  gating.topk_group = config.topk_group;
+  gating.routed_scaling_factor = static_cast<S>(config.routed_scaling_factor);
+  gating.renormalize = config.norm_topk_prob;
+  gating.correction_bias.resize(E);
+  t.template read_into<S>("gate.e_score_correction_bias", {E}, gating.correction_bias);
+  auto experts =
+      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none> combiner(detail::read_shared_expert<S>(t, "shared_experts.", d));
+  auto router = detail::with_loader_name(
+      loader, [&] { return GroupLimitedRouter<S>(std::move(gate), config.top_k, std::move(gating)); });
+  return {std::move(experts), std::move(router), std::move(combiner), E, first};
 }
 
 }  // namespace moe::io

@@ -135,15 +135,19 @@ struct ExpertTensor {
 /// into dst(bank, e, i). A small malformed file (a router claiming 2^20 experts, one expert
 /// present) is refused naming the first missing tensor instead of allocating E times the
 /// expert size first.
+///
+/// With `first` > 0 the bank's expert e is the checkpoint's expert first + e: a rank of an
+/// expert-parallel layer reads its block only (docs/parallel.md#loading); no other expert's
+/// tensors are looked at.
 template <class S, class Make, class Dst>
 auto read_experts(const LayerTensors& t, Index num_experts, const std::vector<ExpertTensor>& tensors, Make&& make,
-                  Dst&& dst) {
+                  Dst&& dst, Index first = 0) {
   for (Index e = 0; e < num_experts; ++e)
-    for (const ExpertTensor& x : tensors) t.check(expert_name(x.pattern, e), x.shape);
+    for (const ExpertTensor& x : tensors) t.check(expert_name(x.pattern, first + e), x.shape);
   auto bank = with_loader_name(t.loader(), make);
   for (Index e = 0; e < num_experts; ++e)
     for (std::size_t i = 0; i < tensors.size(); ++i)
-      t.template read_into<S>(expert_name(tensors[i].pattern, e), tensors[i].shape, dst(bank, e, i));
+      t.template read_into<S>(expert_name(tensors[i].pattern, first + e), tensors[i].shape, dst(bank, e, i));
   return bank;
 }
 

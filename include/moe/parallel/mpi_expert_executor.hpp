@@ -1,0 +1,585 @@
+// Step 4 across MPI ranks: each rank owns a contiguous block of the experts, routes its own
+// tokens, and ships rows to the experts' owners and back (docs/parallel.md). Needs <mpi.h>:
+// the optional component moe::mpi (CMake option MOE_WITH_MPI); the core never includes it.
+#ifndef MOE_PARALLEL_MPI_EXPERT_EXECUTOR_HPP
+#define MOE_PARALLEL_MPI_EXPERT_EXECUTOR_HPP
+
+#include <moe/contracts/dispatch_plan.hpp>
+#include <moe/contracts/executor.hpp>
+#include <moe/core/context.hpp>
+#include <moe/core/error.hpp>
+#include <moe/core/traits.hpp>
+#include <moe/core/types.hpp>
+#include <moe/expert/local_executor.hpp>
+#include <moe/parallel/expert_partition.hpp>
+#include <moe/parallel/expert_slice.hpp>
+
+// The C bindings only: Open MPI's and MPICH's deprecated C++ bindings (MPI::) are skipped, as
+// they do not compile warning-free; define these before any <mpi.h> to keep them.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+namespace moe::parallel {
+
+/// Rows and bytes one rank moved in its exchanges with the other ranks (its own rows, which
+/// stay on the rank, are not counted). The counts exchange is counted in count_bytes.
+struct ExchangeStatistics {
+  std::uint64_t rows_sent = 0;      ///< rows sent to other ranks (both directions of a call)
+  std::uint64_t rows_received = 0;  ///< rows received from other ranks
+  std::uint64_t bytes_sent = 0;     ///< row bytes sent to other ranks
+  std::uint64_t bytes_received = 0;
+  std::uint64_t count_bytes = 0;    ///< bytes of the per-(rank, expert) counts this rank sent
+  std::uint64_t calls = 0;          ///< forward and backward calls
+  ExchangeStatistics& operator+=(const ExchangeStatistics& o) noexcept {
+    rows_sent += o.rows_sent, rows_received += o.rows_received, bytes_sent += o.bytes_sent;
+    bytes_received += o.bytes_received, count_bytes += o.count_bytes, calls += o.calls;
+    return *this;
+  }
+  friend bool operator==(const ExchangeStatistics&, const ExchangeStatistics&) = default;
+};
+
+namespace impl {
+
+template <class S>
+MPI_Datatype mpi_scalar() {
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>, "moe::parallel: S must be float or double");
+  if constexpr (std::is_same_v<S, float>) return MPI_FLOAT;
+  else return MPI_DOUBLE;
+}
+
+/// Throws std::runtime_error naming the call when an MPI call fails (the executor's
+/// communicator returns errors instead of aborting). An MPI error is not recoverable here: the
+/// ranks may now disagree on where they are.
+inline void check_mpi(int rc, const char* where, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw std::runtime_error(detail::concat(where, ": ", call, " expected MPI_SUCCESS, got ", std::string(text, static_cast<std::size_t>(len))));
+}
+
+/// A contiguous row of `cols` scalars, committed for the call and freed after it.
+class RowType {
+ public:
+  RowType(Index cols, MPI_Datatype scalar, const char* where) {
+    check_mpi(MPI_Type_contiguous(static_cast<int>(cols), scalar, &type_), where, "MPI_Type_contiguous");
+    check_mpi(MPI_Type_commit(&type_), where, "MPI_Type_commit");
+  }
+  RowType(const RowType&) = delete;
+  RowType& operator=(const RowType&) = delete;
+  ~RowType() { MPI_Type_free(&type_); }
+  [[nodiscard]] MPI_Datatype get() const noexcept { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
+template <class T>
+struct is_expert_slice : std::false_type {};
+template <class Bank>
+struct is_expert_slice<ExpertSlice<Bank>> : std::true_type {};
+
+/// What the owner keeps from a training forward for its backward: the rows it ran, their
+/// hidden rows and the exchange's counts. One per workspace (keyed by the workspace's plan).
+template <class S>
+struct Saved {
+  std::vector<std::int64_t> sent;      ///< this rank's rows per expert of the forward [E]
+  std::vector<std::int64_t> received;  ///< rows per (source rank, owned expert) [P * local]
+  DispatchPlan<S> plan;                ///< the owned experts' slabs, expert-major, sources in rank order
+  RowMatrix<S> x;
+  RowMatrix<S> hidden;
+};
+
+}  // namespace impl
+
+/// The expert-parallel executor: MoELayer's Executor when the bank is an ExpertSlice.
+///
+/// Every rank of the communicator holds an ExpertSlice of the experts ExpertPartition gives
+/// it (contiguous blocks) and a replica of the router and the combiner; each routes, plans,
+/// gathers and combines its own batch. Step 4 (forward):
+///
+/// 1. counts: one MPI_Alltoall of, per destination rank q, an error flag and the number of
+///    this rank's rows for each expert q owns (plan.count(e)); a flag set by any rank (a rank
+///    whose call failed before the exchange: MoELayer's checks, signal_failure()) makes every
+///    rank throw here, so no rank waits in a later collective;
+/// 2. rows: one MPI_Alltoallv of x_perm (a contiguous derived datatype of d scalars per row):
+///    the rows for rank q are one contiguous range of x_perm, expert-major;
+/// 3. the owner orders what it received expert-major with the sources in rank order inside an
+///    expert (the rows the single-process layer's slab holds for the concatenation of the
+///    ranks' batches in rank order), and runs its experts with LocalExecutor on those slabs,
+///    the same tasks the single process runs: bit for bit the same rows, any thread count;
+/// 4. one MPI_Allgather of a flag per rank: an exception while the experts ran (on any rank)
+///    becomes an exception on every rank;
+/// 5. one MPI_Alltoallv of the output rows back into y_perm, in the order they left.
+///
+/// backward: the same counts exchange (the forward's counts, checked), dy_perm rows to the
+/// owners, the bank's backward on the owner (gradients of owned experts accumulate in the
+/// gradient's ExpertSlice, one task per expert as LocalExecutor), the flag, dx_perm rows back.
+/// Every rank makes every collective call of a step, also with zero tokens.
+///
+/// The owner keeps the rows of its experts from each workspace's last forward (keyed by the
+/// workspace) until the next forward on that workspace: backward reads them. The executor
+/// runs on its own duplicate of the caller's communicator (MPI_Comm_dup), with errors
+/// returned rather than fatal, so its collectives never match the caller's.
+///
+/// Calls are serialised by a mutex, and must be made in the same order on every rank (a
+/// layer shared by threads that run forward in different orders on different ranks would
+/// pair the wrong calls). Copies share the state, as the layers built from one executor do.
+/// Construction and destruction are collective (MPI_Comm_dup, MPI_Comm_free).
+class MpiExpertExecutor {
+ public:
+  /// E experts over the ranks of comm (contiguous blocks). Collective over comm.
+  MpiExpertExecutor(MPI_Comm comm, Index num_experts) : state_(std::make_shared<State>(comm, num_experts)) {}
+
+  [[nodiscard]] const ExpertPartition& partition() const noexcept { return state_->partition; }
+  [[nodiscard]] Index rank() const noexcept { return state_->rank; }
+  [[nodiscard]] Index num_ranks() const noexcept { return state_->size; }
+  /// The executor's own communicator (a duplicate of the caller's).
+  [[nodiscard]] MPI_Comm communicator() const noexcept { return state_->comm; }
+  /// This rank's exchanges in the last call (forward or backward) and since construction.
+  [[nodiscard]] ExchangeStatistics last_call() const {
+    const std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->last;
+  }
+  [[nodiscard]] ExchangeStatistics totals() const {
+    const std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->totals;
+  }
+  /// Counts exchanges completed (successful or not): moe::parallel::forward / backward read
+  /// it to tell whether a failed call reached the exchange.
+  [[nodiscard]] std::uint64_t exchanges() const {
+    const std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->exchanges;
+  }
+
+  /// The failing rank's side of a call that threw before its counts exchange: joins the
+  /// exchange the other ranks are in with the error flag set, so that they throw instead of
+  /// waiting. moe::parallel::forward and backward call it for you.
+  void signal_failure() const {
+    State& st = *state_;
+    const std::lock_guard<std::mutex> lock(st.mutex);
+    std::vector<std::int64_t> send(static_cast<std::size_t>(st.size * st.block), 0), recv(send.size());
+    for (Index q = 0; q < st.size; ++q) send[static_cast<std::size_t>(q * st.block)] = 1;
+    st.alltoall_counts(send, recv, "MpiExpertExecutor::signal_failure()");
+  }
+
+  template <class Arch = xsimd::default_arch, class ExpertType, class S>
+  void forward(const ExpertType& experts, const ExpertStep<S>& step) const {
+    static_assert(impl::is_expert_slice<ExpertType>::value,
+                  "MpiExpertExecutor: the layer's ExpertType must be moe::parallel::ExpertSlice<Bank> (a rank holds "
+                  "its block of the experts; docs/parallel.md)");
+    constexpr const char* where = "MpiExpertExecutor::forward()";
+    State& st = *state_;
+    const std::lock_guard<std::mutex> lock(st.mutex);
+    const DispatchPlan<S>& plan = step.plan;
+    std::string error = st.check_bank(experts, plan.num_experts, where);
+    impl::Saved<S>& saved = st.template saved<S>(&plan);
+    const Index d = experts.input_dim(), d_out = experts.output_dim(), hc = experts.hidden_cols();
+    State::check_rows(error, step.x_perm, plan.rows(), d, where, "x_perm");
+    State::check_rows(error, step.y_perm, plan.rows(), d_out, where, "y_perm");
+
+    ExchangeStatistics stats{};
+    stats.calls = 1;
+    std::vector<std::int64_t> send, recv;
+    st.pack_counts(plan, error.empty(), send);
+    st.alltoall_counts(send, recv, where);
+    stats.count_bytes = st.count_bytes();
+    st.throw_on_flags(recv, error, where, "before the exchange");
+
+    // The exchange's layout: this rank's rows per destination, the rows per (source, owned expert).
+    saved.sent.assign(static_cast<std::size_t>(plan.num_experts), 0);
+    for (Index e = 0; e < plan.num_experts; ++e) saved.sent[static_cast<std::size_t>(e)] = plan.count(e);
+    st.unpack_counts(recv, saved.received);
+    Layout layout = st.layout(plan, saved.received, where);
+    st.local_plan(saved.received, saved.plan);
+    const Index rows = saved.plan.rows();
+
+    // Rows to the owners, ordered expert-major with sources in rank order.
+    detail::ensure_shape(st.template buffer<S>(0), layout.recv_total, d);
+    {
+      const impl::RowType row(d, impl::mpi_scalar<S>(), where);
+      st.alltoallv(step.x_perm.data(), layout.send_rows, layout.send_displ, st.template buffer<S>(0).data(),
+                   layout.recv_rows, layout.recv_displ, row.get(), where);
+    }
+    detail::ensure_shape(saved.x, rows, d);
+    st.reorder(st.template buffer<S>(0), saved.x, saved.received, layout, saved.plan, /*to_expert_major=*/true);
+    stats += st.row_statistics(layout, d * static_cast<Index>(sizeof(S)), /*back=*/false);
+
+    // The owned experts, as LocalExecutor runs them in one process.
+    detail::ensure_shape(saved.hidden, rows, hc);
+    RowMatrix<S>& y_local = st.template buffer<S>(1);
+    detail::ensure_shape(y_local, rows, d_out);
+    try {
+      LocalExecutor{}.template forward<Arch>(
+          experts.local(), ExpertStep<S>{saved.plan, saved.x, saved.hidden, y_local, saved.x, step.context, nullptr});
+    } catch (const std::exception& e) {
+      error = e.what();
+    } catch (...) {
+      error = detail::concat(where, ": the experts expected to run, got an exception that is not a std::exception");
+    }
+    st.agree(error, where, "while the experts ran");
+
+    // Outputs back, into the rows they came from.
+    RowMatrix<S>& y_send = st.template buffer<S>(0);
+    detail::ensure_shape(y_send, layout.recv_total, d_out);
+    st.reorder(y_send, y_local, saved.received, layout, saved.plan, /*to_expert_major=*/false);
+    {
+      const impl::RowType row(d_out, impl::mpi_scalar<S>(), where);
+      MatrixRef<S> y_perm = step.y_perm;
+      st.alltoallv(y_send.data(), layout.recv_rows, layout.recv_displ, y_perm.data(), layout.send_rows,
+                   layout.send_displ, row.get(), where);
+    }
+    stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/true);
+    st.last = stats;
+    st.totals += stats;
+  }
+
+  template <class Arch = xsimd::default_arch, class ExpertType, class S>
+  void backward(const ExpertType& experts, const ExpertStepBackward<S>& step, ExpertType& grad) const {
+    static_assert(impl::is_expert_slice<ExpertType>::value,
+                  "MpiExpertExecutor: the layer's ExpertType must be moe::parallel::ExpertSlice<Bank> (a rank holds "
+                  "its block of the experts; docs/parallel.md)");
+    constexpr const char* where = "MpiExpertExecutor::backward()";
+    State& st = *state_;
+    const std::lock_guard<std::mutex> lock(st.mutex);
+    const DispatchPlan<S>& plan = step.plan;
+    std::string error = st.check_bank(experts, plan.num_experts, where);
+    impl::Saved<S>* saved = st.template find_saved<S>(&plan);
+    if (error.empty() && saved == nullptr)
+      error = detail::concat(where, ": this workspace's forward on this executor expected, got none (run forward "
+                                    "in Mode::training on the same workspace first)");
+    if (error.empty()) {
+      for (Index e = 0; e < plan.num_experts && error.empty(); ++e)
+        if (saved->sent[static_cast<std::size_t>(e)] != plan.count(e))
+          error = detail::concat(where, ": rows of expert ", e, " (as in the forward) expected ",
+                                 saved->sent[static_cast<std::size_t>(e)], ", got ", plan.count(e));
+    }
+    if (error.empty() && grad.local_count() != experts.local_count())
+      error = detail::concat(where, ": the gradient's local experts expected ", experts.local_count(), ", got ",
+                             grad.local_count());
+    const Index d = experts.input_dim(), d_out = experts.output_dim();
+    State::check_rows(error, step.dy_perm, plan.rows(), d_out, where, "dy_perm");
+    State::check_rows(error, step.dx_perm, plan.rows(), d, where, "dx_perm");
+
+    ExchangeStatistics stats{};
+    stats.calls = 1;
+    std::vector<std::int64_t> send, recv;
+    st.pack_counts(plan, error.empty(), send);
+    st.alltoall_counts(send, recv, where);
+    stats.count_bytes = st.count_bytes();
+    st.throw_on_flags(recv, error, where, "before the exchange");
+    std::vector<std::int64_t> received;
+    st.unpack_counts(recv, received);
+    if (received != saved->received)  // cannot happen when every sender checked its own counts
+      error = detail::concat(where, ": the rows received (as in the forward) expected the forward's counts, got others");
+    Layout layout = st.layout(plan, saved->received, where);
+    const Index rows = saved->plan.rows();
+
+    detail::ensure_shape(st.template buffer<S>(0), layout.recv_total, d_out);
+    {
+      const impl::RowType row(d_out, impl::mpi_scalar<S>(), where);
+      st.alltoallv(step.dy_perm.data(), layout.send_rows, layout.send_displ, st.template buffer<S>(0).data(),
+                   layout.recv_rows, layout.recv_displ, row.get(), where);
+    }
+    RowMatrix<S>& dy_local = st.template buffer<S>(1);
+    detail::ensure_shape(dy_local, rows, d_out);
+    st.reorder(st.template buffer<S>(0), dy_local, saved->received, layout, saved->plan, /*to_expert_major=*/true);
+    stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/false);
+
+    RowMatrix<S>& dx_local = st.template buffer<S>(2);
+    RowMatrix<S>& dhidden = st.template buffer<S>(3);
+    detail::ensure_shape(dx_local, rows, d);
+    detail::ensure_shape(dhidden, rows, experts.hidden_cols());
+    if (error.empty()) {
+      try {
+        LocalExecutor{}.template backward<Arch>(
+            experts.local(),
+            ExpertStepBackward<S>{saved->plan, saved->x, saved->hidden, dy_local, dx_local, dhidden, saved->x,
+                                  step.context, nullptr, nullptr},
+            grad.local());
+      } catch (const std::exception& e) {
+        error = e.what();
+      } catch (...) {
+        error = detail::concat(where, ": the experts expected to run, got an exception that is not a std::exception");
+      }
+    }
+    st.agree(error, where, "while the experts ran");
+
+    RowMatrix<S>& dx_send = st.template buffer<S>(0);
+    detail::ensure_shape(dx_send, layout.recv_total, d);
+    st.reorder(dx_send, dx_local, saved->received, layout, saved->plan, /*to_expert_major=*/false);
+    {
+      const impl::RowType row(d, impl::mpi_scalar<S>(), where);
+      MatrixRef<S> dx_perm = step.dx_perm;
+      st.alltoallv(dx_send.data(), layout.recv_rows, layout.recv_displ, dx_perm.data(), layout.send_rows,
+                   layout.send_displ, row.get(), where);
+    }
+    stats += st.row_statistics(layout, d * static_cast<Index>(sizeof(S)), /*back=*/true);
+    st.last = stats;
+    st.totals += stats;
+  }
+
+ private:
+  /// Per-rank row counts and displacements of one call's row exchanges (MPI's int counts).
+  struct Layout {
+    std::vector<int> send_rows, send_displ, recv_rows, recv_displ;
+    Index recv_total = 0;
+    Index self = 0;  // this rank's index, for the statistics
+  };
+
+  struct State {
+    State(MPI_Comm parent, Index num_experts) : partition(num_experts, comm_size(parent)) {
+      constexpr const char* where = "MpiExpertExecutor::MpiExpertExecutor()";
+      impl::check_mpi(MPI_Comm_dup(parent, &comm), where, "MPI_Comm_dup");
+      MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+      int r = 0, p = 0;
+      MPI_Comm_rank(comm, &r);
+      MPI_Comm_size(comm, &p);
+      rank = r;
+      size = p;
+      first = partition.first(rank);
+      count = partition.count(rank);
+      block = 1 + partition.max_count();
+    }
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() {
+      int finalized = 0;
+      MPI_Finalized(&finalized);
+      if (!finalized && comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+    }
+
+    static Index comm_size(MPI_Comm c) {
+      int p = 0;
+      impl::check_mpi(MPI_Comm_size(c, &p), "MpiExpertExecutor::MpiExpertExecutor()", "MPI_Comm_size");
+      return p;
+    }
+
+    template <class ExpertType>
+    std::string check_bank(const ExpertType& experts, Index plan_experts, const char* where) const {
+      if (experts.num_experts() != partition.num_experts())
+        return detail::concat(where, ": the bank's num_experts (= the partition's) expected ", partition.num_experts(),
+                              ", got ", experts.num_experts());
+      if (experts.first() != first || experts.local_count() != count)
+        return detail::concat(where, ": the bank's expert block (rank ", rank, "'s) expected [", first, ", ",
+                              first + count, "), got [", experts.first(), ", ", experts.first() + experts.local_count(),
+                              ")");
+      if (plan_experts != partition.num_experts())
+        return detail::concat(where, ": the plan's num_experts expected ", partition.num_experts(), ", got ", plan_experts);
+      return {};
+    }
+
+    /// The row exchanges send a buffer as rows of one contiguous datatype: no gaps between rows.
+    template <class M>
+    static void check_rows(std::string& error, const M& m, Index rows, Index cols, const char* where, const char* what) {
+      if (!error.empty()) return;
+      if (m.rows() != rows || m.cols() != cols)
+        error = detail::concat(where, ": ", what, " expected shape [", rows, ", ", cols, "], got [", m.rows(), ", ",
+                               m.cols(), "]");
+      else if (m.rows() > 1 && m.outerStride() != m.cols())
+        error = detail::concat(where, ": ", what, " expected contiguous rows (outer stride ", m.cols(), "), got outer stride ",
+                               m.outerStride());
+    }
+
+    template <class S>
+    void pack_counts(const DispatchPlan<S>& plan, bool ok, std::vector<std::int64_t>& send) const {
+      send.assign(static_cast<std::size_t>(size * block), 0);
+      for (Index q = 0; q < size; ++q) {
+        std::int64_t* b = send.data() + q * block;
+        b[0] = ok ? 0 : 1;
+        if (!ok) continue;
+        for (Index j = 0; j < partition.count(q); ++j) b[1 + j] = plan.count(partition.first(q) + j);
+      }
+    }
+
+    void alltoall_counts(std::vector<std::int64_t>& send, std::vector<std::int64_t>& recv, const char* where) {
+      recv.assign(static_cast<std::size_t>(size * block), 0);
+      const int rc = MPI_Alltoall(send.data(), static_cast<int>(block), MPI_INT64_T, recv.data(),
+                                  static_cast<int>(block), MPI_INT64_T, comm);
+      ++exchanges;
+      impl::check_mpi(rc, where, "MPI_Alltoall (counts)");
+    }
+    [[nodiscard]] std::uint64_t count_bytes() const {
+      return static_cast<std::uint64_t>((size - 1) * block) * sizeof(std::int64_t);
+    }
+
+    /// Throws on every rank when any rank's flag is set: this rank's own message when it is
+    /// one of them, else one naming the first failing rank.
+    void throw_on_flags(const std::vector<std::int64_t>& recv, const std::string& own, const char* where,
+                        const char* when) const {
+      Index failed = -1;
+      for (Index s = 0; s < size && failed < 0; ++s)
+        if (recv[static_cast<std::size_t>(s * block)] != 0) failed = s;
+      if (failed < 0) return;
+      if (!own.empty()) throw std::runtime_error(own);
+      throw std::runtime_error(detail::concat(where, ": every rank's call expected to reach the exchange, got rank ",
+                                              failed, " failed ", when, " (its own exception says why)"));
+    }
+
+    /// An MPI_Allgather of one flag per rank: every rank throws when any rank's error is set.
+    void agree(const std::string& error, const char* where, const char* when) {
+      int mine = error.empty() ? 0 : 1;
+      std::vector<int> all(static_cast<std::size_t>(size), 0);
+      impl::check_mpi(MPI_Allgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, comm), where, "MPI_Allgather (flags)");
+      if (!error.empty()) throw std::runtime_error(error);
+      for (Index s = 0; s < size; ++s)
+        if (all[static_cast<std::size_t>(s)] != 0)
+          throw std::runtime_error(detail::concat(where, ": every rank's experts expected to run, got rank ", s,
+                                                  " failed ", when, " (its own exception says why)"));
+    }
+
+    void unpack_counts(const std::vector<std::int64_t>& recv, std::vector<std::int64_t>& received) const {
+      received.assign(static_cast<std::size_t>(size * count), 0);
+      for (Index s = 0; s < size; ++s)
+        for (Index j = 0; j < count; ++j)
+          received[static_cast<std::size_t>(s * count + j)] = recv[static_cast<std::size_t>(s * block + 1 + j)];
+    }
+
+    template <class S>
+    Layout layout(const DispatchPlan<S>& plan, const std::vector<std::int64_t>& received, const char* where) const {
+      Layout l;
+      l.self = rank;
+      const auto P = static_cast<std::size_t>(size);
+      l.send_rows.resize(P), l.send_displ.resize(P), l.recv_rows.resize(P), l.recv_displ.resize(P);
+      const auto as_int = [&](Index v, const char* what) {
+        detail::require(v >= 0 && v <= INT_MAX, where, what, "at most INT_MAX rows", v);
+        return static_cast<int>(v);
+      };
+      for (Index q = 0; q < size; ++q) {
+        // offsets has E + 1 entries: begin(E) is the end of the last expert's rows.
+        const Index b = plan.begin(partition.first(q)), e = plan.begin(partition.first(q + 1));
+        l.send_displ[static_cast<std::size_t>(q)] = as_int(b, "rows sent (displacement)");
+        l.send_rows[static_cast<std::size_t>(q)] = as_int(e - b, "rows sent");
+      }
+      Index total = 0;
+      for (Index s = 0; s < size; ++s) {
+        Index n = 0;
+        for (Index j = 0; j < count; ++j) n += received[static_cast<std::size_t>(s * count + j)];
+        l.recv_displ[static_cast<std::size_t>(s)] = as_int(total, "rows received (displacement)");
+        l.recv_rows[static_cast<std::size_t>(s)] = as_int(n, "rows received");
+        total += n;
+      }
+      l.recv_total = total;
+      return l;
+    }
+
+    /// The owned experts' slabs: expert j's rows from every source, sources in rank order.
+    template <class S>
+    void local_plan(const std::vector<std::int64_t>& received, DispatchPlan<S>& plan) const {
+      plan.num_experts = count;
+      plan.capacity = -1;
+      plan.offsets.assign(static_cast<std::size_t>(count) + 1, 0);
+      for (Index j = 0; j < count; ++j) {
+        Index n = 0;
+        for (Index s = 0; s < size; ++s) n += received[static_cast<std::size_t>(s * count + j)];
+        plan.offsets[static_cast<std::size_t>(j) + 1] = plan.offsets[static_cast<std::size_t>(j)] + n;
+      }
+      plan.num_tokens = plan.rows();
+    }
+
+    /// Copies between the source-major layout of the exchange (per source, its rows expert by
+    /// expert) and the expert-major slabs (per expert, its rows source by source).
+    template <class S>
+    void reorder(RowMatrix<S>& source_major, RowMatrix<S>& expert_major, const std::vector<std::int64_t>& received,
+                 const Layout& l, const DispatchPlan<S>& plan, bool to_expert_major) const {
+      std::vector<Index> into(static_cast<std::size_t>(count));
+      for (Index j = 0; j < count; ++j) into[static_cast<std::size_t>(j)] = plan.begin(j);
+      for (Index s = 0; s < size; ++s) {
+        Index from = l.recv_displ[static_cast<std::size_t>(s)];
+        for (Index j = 0; j < count; ++j) {
+          const Index n = received[static_cast<std::size_t>(s * count + j)];
+          if (n > 0) {
+            if (to_expert_major) expert_major.middleRows(into[static_cast<std::size_t>(j)], n) = source_major.middleRows(from, n);
+            else source_major.middleRows(from, n) = expert_major.middleRows(into[static_cast<std::size_t>(j)], n);
+          }
+          from += n;
+          into[static_cast<std::size_t>(j)] += n;
+        }
+      }
+    }
+
+    template <class T>
+    void alltoallv(const T* send, const std::vector<int>& send_rows, const std::vector<int>& send_displ, T* recv,
+                   const std::vector<int>& recv_rows, const std::vector<int>& recv_displ, MPI_Datatype row,
+                   const char* where) {
+      // An empty buffer's data() may be null; MPI reads nothing there, but some builds check.
+      static T dummy{};
+      impl::check_mpi(MPI_Alltoallv(send != nullptr ? send : &dummy, send_rows.data(), send_displ.data(), row,
+                                    recv != nullptr ? recv : &dummy, recv_rows.data(), recv_displ.data(), row, comm),
+                      where, "MPI_Alltoallv (rows)");
+    }
+
+    /// Rows to other ranks in one row exchange: out to the owners, or (back) from them.
+    [[nodiscard]] ExchangeStatistics row_statistics(const Layout& l, Index row_bytes, bool back) const {
+      ExchangeStatistics s{};
+      for (Index q = 0; q < size; ++q) {
+        if (q == rank) continue;
+        const auto out = static_cast<std::uint64_t>(l.send_rows[static_cast<std::size_t>(q)]);
+        const auto in = static_cast<std::uint64_t>(l.recv_rows[static_cast<std::size_t>(q)]);
+        s.rows_sent += back ? in : out;
+        s.rows_received += back ? out : in;
+      }
+      s.bytes_sent = s.rows_sent * static_cast<std::uint64_t>(row_bytes);
+      s.bytes_received = s.rows_received * static_cast<std::uint64_t>(row_bytes);
+      return s;
+    }
+
+    template <class S>
+    impl::Saved<S>& saved(const void* key) {
+      if constexpr (std::is_same_v<S, float>) return saved_f[key];
+      else return saved_d[key];
+    }
+    template <class S>
+    impl::Saved<S>* find_saved(const void* key) {
+      auto& m = [&]() -> auto& {
+        if constexpr (std::is_same_v<S, float>) return saved_f;
+        else return saved_d;
+      }();
+      const auto it = m.find(key);
+      return it == m.end() ? nullptr : &it->second;
+    }
+    /// Scratch matrices of the calls (exchange buffers, outputs, gradients).
+    template <class S>
+    RowMatrix<S>& buffer(std::size_t i) {
+      if constexpr (std::is_same_v<S, float>) return buffers_f[i];
+      else return buffers_d[i];
+    }
+
+    ExpertPartition partition;
+    MPI_Comm comm = MPI_COMM_NULL;
+    Index rank = 0, size = 1, first = 0, count = 0, block = 1;
+    std::mutex mutex;
+    std::uint64_t exchanges = 0;
+    ExchangeStatistics last{}, totals{};
+    std::map<const void*, impl::Saved<float>> saved_f;
+    std::map<const void*, impl::Saved<double>> saved_d;
+    RowMatrix<float> buffers_f[4];
+    RowMatrix<double> buffers_d[4];
+  };
+
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace moe::parallel
+
+#endif  // MOE_PARALLEL_MPI_EXPERT_EXECUTOR_HPP

@@ -1,0 +1,208 @@
+// What the MPI tests share: the rank, per-rank batches every rank can rebuild, and the
+// comparison of an expert-parallel run with the single-process layer (tests/parallel/).
+#ifndef MOE_TESTS_PARALLEL_EP_HARNESS_HPP
+#define MOE_TESTS_PARALLEL_EP_HARNESS_HPP
+
+#include <moe/core/thread_pool.hpp>
+#include <moe/dispatch/routing_tape.hpp>
+#include <moe/layer/moe_layer.hpp>
+#include <moe/parallel/expert_parallel.hpp>
+
+#include <catch2/catch.hpp>
+#include <support/bits.hpp>
+#include <support/random.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe::test::ep {
+
+inline Index world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+inline Index world_size() {
+  int p = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  return p;
+}
+
+/// Every parameter of a policy (or a gradient) as matrices, in for_each_parameter order.
+template <class S, class Policy>
+std::vector<RowMatrix<S>> tensors(const Policy& p) {
+  std::vector<RowMatrix<S>> out;
+  p.for_each_parameter([&](const std::string&, const auto& block) { out.emplace_back(block); });
+  return out;
+}
+
+/// Tokens per rank: uneven sizes; with zero_rank, rank 1 (rank 0 when alone) has none. Small
+/// batches total at most 32 rows for 4 ranks (the row-wise product kernel everywhere, so dx
+/// is exact against the concatenation too); the others exceed it from 3 ranks on.
+inline std::vector<Index> token_counts(Index P, bool zero_rank, bool small = false) {
+  std::vector<Index> T(static_cast<std::size_t>(P));
+  for (Index q = 0; q < P; ++q) T[static_cast<std::size_t>(q)] = small ? 2 + (3 * q) % 5 : 9 + (5 * q) % 11;
+  if (zero_rank) T[static_cast<std::size_t>(P > 1 ? 1 : 0)] = 0;
+  return T;
+}
+
+/// A forward context of the comparisons: training, the batch-invariant product kernel (a
+/// token's router and combiner rows then have the same bits in a rank's batch as in the
+/// concatenation; the experts' slabs are the same rows either way), a pool of `threads`.
+struct Context {
+  explicit Context(int threads) : pool(threads > 1 ? std::make_unique<ThreadPool>(threads) : nullptr) {
+    ctx.mode = Mode::training;
+    ctx.gemm = GemmKernel::batch_invariant;
+    ctx.pool = pool.get();
+  }
+  std::unique_ptr<ThreadPool> pool;
+  ForwardContext ctx;
+};
+
+/// One expert-parallel forward and backward of `full`'s weights (rank r holds its block),
+/// against (a) the single-process layer on the concatenation of the ranks' batches in rank
+/// order (with capacity: the per-rank groups' decisions replayed on it through a routing tape)
+/// for the output, dx, the experts' gradients and the statistics, bit for bit; and (b) the
+/// single-process layer on each rank's batch, run apart, for the replicated parameters'
+/// gradients summed in rank order, bit for bit (and the concatenation's within a tolerance).
+template <class Full, class MakeBank>
+void check_against_single_process(const Full& full, MakeBank make_bank, const std::vector<Index>& T,
+                                  const Capacity& capacity, int threads, unsigned seed, bool dead_expert_col = false) {
+  using S = typename Full::scalar_type;
+  using Bank = typename Full::expert_type;
+  const Index P = world_size(), r = world_rank(), E = full.num_experts(), d = full.input_dim(),
+              d_out = full.output_dim();
+  std::vector<RowMatrix<S>> xs, dys;
+  std::vector<Index> offset{0};
+  for (Index q = 0; q < P; ++q) {
+    const auto n = T[static_cast<std::size_t>(q)];
+    xs.push_back(random_matrix(n, d, seed + 100 + static_cast<unsigned>(q)).template cast<S>());
+    if (dead_expert_col && n > 0) xs.back().col(0).setConstant(S(1));
+    dys.push_back(random_matrix(n, d_out, seed + 200 + static_cast<unsigned>(q)).template cast<S>());
+    offset.push_back(offset.back() + n);
+  }
+  const Index total = offset.back();
+  RowMatrix<S> X(total, d), dY(total, d_out);
+  for (Index q = 0; q < P; ++q) {
+    X.middleRows(offset[static_cast<std::size_t>(q)], xs[static_cast<std::size_t>(q)].rows()) = xs[static_cast<std::size_t>(q)];
+    dY.middleRows(offset[static_cast<std::size_t>(q)], dys[static_cast<std::size_t>(q)].rows()) = dys[static_cast<std::size_t>(q)];
+  }
+  Context c(threads);
+
+  // The expert-parallel run.
+  parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E);
+  const parallel::ExpertPartition& part = executor.partition();
+  const Index first = part.first(r), count = part.count(r);
+  auto layer = parallel::expert_parallel_layer<typename Full::arch_type>(
+      parallel::ExpertSlice<Bank>(parallel::copy_experts(full.experts(), first, count, make_bank), part, r),
+      full.router(), full.combiner(), capacity, executor);
+  Workspace<S> ws;
+  const RowMatrix<S> y = parallel::forward(layer, xs[static_cast<std::size_t>(r)], ws, c.ctx);
+  const LayerStatistics stats = parallel::global_statistics(ws.stats, layer.executor());
+  auto grads = layer.make_gradients();
+  const RowMatrix<S> dx = parallel::backward(layer, dys[static_cast<std::size_t>(r)], ws, grads);
+  (void)parallel::sum_replicated_gradients(grads, layer.executor());
+
+  // (b) each rank's batch apart, in one process; the per-rank routing records.
+  std::vector<RoutingRecord> records;
+  std::vector<RowMatrix<S>> rep_router, rep_combiner;
+  RowMatrix<S> y_apart, dx_apart;
+  for (Index q = 0; q < P; ++q) {
+    Full single = full;
+    single.set_capacity(capacity);
+    RoutingTape tape(TapeMode::record);
+    ForwardContext qc = c.ctx;
+    qc.routing_tape = &tape;
+    Workspace<S> qws;
+    const RowMatrix<S> yq = single.forward(xs[static_cast<std::size_t>(q)], qws, qc);
+    auto gq = single.make_gradients();
+    const RowMatrix<S> dxq = single.backward(dys[static_cast<std::size_t>(q)], qws, gq);
+    records.push_back(tape.records().front());
+    const auto router_q = tensors<S>(gq.router), combiner_q = tensors<S>(gq.combiner);
+    if (q == 0) {
+      rep_router = router_q, rep_combiner = combiner_q;
+    } else {
+      for (std::size_t i = 0; i < router_q.size(); ++i) rep_router[i] += router_q[i];
+      for (std::size_t i = 0; i < combiner_q.size(); ++i) rep_combiner[i] += combiner_q[i];
+    }
+    if (q == r) y_apart = yq, dx_apart = dxq;
+  }
+
+  // (a) the concatenation; with capacity, the groups' decisions replayed on it.
+  Full whole = full;
+  RoutingTape replay(TapeMode::record);
+  ForwardContext wc = c.ctx;
+  if (capacity.kind != Capacity::Kind::none) {
+    RoutingRecord all;
+    all.num_tokens = total;
+    all.num_experts = E;
+    all.k = records.front().k;
+    all.capacity = -1;
+    for (Index q = 0; q < P; ++q) {
+      const RoutingRecord& rec = records[static_cast<std::size_t>(q)];
+      for (Index i = 0; i < rec.size(); ++i) {
+        const auto iu = static_cast<std::size_t>(i);
+        all.token.push_back(static_cast<std::int32_t>(rec.token[iu] + offset[static_cast<std::size_t>(q)]));
+        all.expert.push_back(rec.expert[iu]);
+        all.gate.push_back(rec.gate[iu]);
+        all.kept.push_back(rec.kept[iu]);
+      }
+    }
+    replay.append(std::move(all));
+    replay.set_mode(TapeMode::replay_experts);
+    wc.routing_tape = &replay;
+  }
+  Workspace<S> wws;
+  const RowMatrix<S> Y = whole.forward(X, wws, wc);
+  auto wgrads = whole.make_gradients();
+  const RowMatrix<S> dX = whole.backward(dY, wws, wgrads);
+
+  const Index T_r = T[static_cast<std::size_t>(r)], off = offset[static_cast<std::size_t>(r)];
+  CHECK(same_bits(y, RowMatrix<S>(Y.middleRows(off, T_r))));
+  // dx also flows through products over the rank's batch outside step 4 (the router's
+  // dlogits W, a shared expert's backward), which the layer's backward runs with the default
+  // kernel whatever ForwardContext::gemm says: the row-wise kernel up to 32 rows, Eigen's GEMM
+  // above (FMA under -march=native). So dx is bit for bit the rank's batch apart always, and
+  // the concatenation's when that too stays within 32 rows; to rounding otherwise.
+  if (total <= kernels::rowwise_max_rows) {
+    CHECK(same_bits(dx, RowMatrix<S>(dX.middleRows(off, T_r))));
+  } else {
+    const double dx_tol = sizeof(S) == 4 ? 1e-5 : 1e-13;
+    CHECK((dx - dX.middleRows(off, T_r)).norm() <= dx_tol * (1 + dx.norm()));
+  }
+  CHECK(same_bits(y, y_apart));
+  CHECK(same_bits(dx, dx_apart));
+  CHECK(stats.tokens == wws.stats.tokens);
+  CHECK(stats.assignments == wws.stats.assignments);
+  CHECK(stats.dropped == wws.stats.dropped);
+  CHECK(stats.rerouted == wws.stats.rerouted);
+  CHECK(stats.expert_load == wws.stats.expert_load);
+  CHECK(stats.experts_per_token == wws.stats.experts_per_token);
+  // The owned experts' gradients against the concatenation's, bit for bit.
+  const auto mine = tensors<S>(grads.experts.local());
+  const auto expected = tensors<S>(parallel::copy_experts(wgrads.experts, first, count, make_bank));
+  REQUIRE(mine.size() == expected.size());
+  for (std::size_t i = 0; i < mine.size(); ++i) CHECK(same_bits(mine[i], expected[i]));
+  // Replicated parameters: the ranks' separate gradients added in rank order, bit for bit; the
+  // concatenation's to rounding (one GEMM over all tokens against a sum of per-rank GEMMs).
+  const auto router_ep = tensors<S>(grads.router), combiner_ep = tensors<S>(grads.combiner);
+  const auto router_whole = tensors<S>(wgrads.router), combiner_whole = tensors<S>(wgrads.combiner);
+  REQUIRE(router_ep.size() == rep_router.size());
+  REQUIRE(combiner_ep.size() == rep_combiner.size());
+  const double tol = sizeof(S) == 4 ? 1e-4 : 1e-12;
+  for (std::size_t i = 0; i < router_ep.size(); ++i) {
+    CHECK(same_bits(router_ep[i], rep_router[i]));
+    CHECK((router_ep[i] - router_whole[i]).norm() <= tol * (1 + router_whole[i].norm()));
+  }
+  for (std::size_t i = 0; i < combiner_ep.size(); ++i) {
+    CHECK(same_bits(combiner_ep[i], rep_combiner[i]));
+    CHECK((combiner_ep[i] - combiner_whole[i]).norm() <= tol * (1 + combiner_whole[i].norm()));
+  }
+}
+
+}  // namespace moe::test::ep
+
+#endif  // MOE_TESTS_PARALLEL_EP_HARNESS_HPP

@@ -1,0 +1,136 @@
+// ExpertSlice and copy_experts: a slice holding every expert is the bank it wraps; a block's
+// tensors are the whole bank's; a rank loads its block only (io's expert ranges); errors.
+#include <moe/io/hf_loader.hpp>
+#include <moe/io/save_layer.hpp>
+#include <moe/layer/moe_layer.hpp>
+#include <moe/parallel/expert_slice.hpp>
+
+#include <catch2/catch.hpp>
+#include <support/bits.hpp>
+#include <support/random.hpp>
+#include <support/safetensors_file.hpp>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using moe::Index;
+template <class S>
+using SliceMixtral = moe::MoELayer<moe::parallel::ExpertSlice<moe::SwiGLUExperts<S>>, moe::SoftmaxTopKRouter<S>,
+                                   moe::WeightedSumCombiner<S>>;
+
+template <class S>
+moe::SwiGLUExperts<S> block_of(const moe::SwiGLUExperts<S>& whole, Index first, Index count) {
+  return moe::parallel::copy_experts(whole, first, count, [&](Index n) {
+    return moe::SwiGLUExperts<S>(n, whole.input_dim(), whole.d_ff());
+  });
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a slice of every expert runs as the bank it wraps in forward and backward", "[parallel][slice]", float,
+                   double) {
+  using S = TestType;
+  const Index E = 5, d = 8, ff = 12;
+  moe::MixtralMoE<S> plain(moe::test::swiglu<S>(E, d, ff, 7),
+                           moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 8).template cast<S>(), 2,
+                                                     moe::SoftmaxTopK<S>{true}));
+  SliceMixtral<S> sliced(moe::parallel::ExpertSlice<moe::SwiGLUExperts<S>>(plain.experts(), E, 0), plain.router(),
+                         moe::WeightedSumCombiner<S>{});
+  const moe::RowMatrix<S> x = moe::test::random_matrix(30, d, 9).template cast<S>();
+  const moe::RowMatrix<S> dy = moe::test::random_matrix(30, d, 10).template cast<S>();
+  moe::ForwardContext ctx;
+  ctx.mode = moe::Mode::training;
+  moe::Workspace<S> ws_a, ws_b;
+  CHECK(moe::test::same_bits(plain.forward(x, ws_a, ctx), sliced.forward(x, ws_b, ctx)));
+  auto ga = plain.make_gradients();
+  auto gb = sliced.make_gradients();
+  CHECK(moe::test::same_bits(plain.backward(dy, ws_a, ga), sliced.backward(dy, ws_b, gb)));
+  CHECK(moe::test::same_bits(ga.experts.gate_up(), gb.experts.local().gate_up()));
+  CHECK(moe::test::same_bits(ga.experts.down(), gb.experts.local().down()));
+  CHECK(moe::test::same_bits(ga.router.weight(), gb.router.weight()));
+}
+
+TEST_CASE("copy_experts takes a block's tensors from the whole bank", "[parallel][slice]") {
+  const moe::SwiGLUExperts<double> whole = moe::test::swiglu<double>(6, 4, 5, 11);
+  const auto part = block_of(whole, 3, 2);
+  REQUIRE(part.num_experts() == 2);
+  for (Index i = 0; i < 2; ++i) {
+    CHECK(moe::RowMatrix<double>(part.gate_proj(i)) == moe::RowMatrix<double>(whole.gate_proj(3 + i)));
+    CHECK(moe::RowMatrix<double>(part.up_proj(i)) == moe::RowMatrix<double>(whole.up_proj(3 + i)));
+    CHECK(moe::RowMatrix<double>(part.down_proj(i)) == moe::RowMatrix<double>(whole.down_proj(3 + i)));
+  }
+  moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>> slice(part, 6, 3);
+  CHECK(slice.num_experts() == 6);
+  CHECK(slice.owns(3));
+  CHECK(slice.owns(4));
+  CHECK_FALSE(slice.owns(2));
+  CHECK_FALSE(slice.owns(5));
+  // Expert 4 of the layer is local expert 1.
+  const moe::RowMatrix<double> x = moe::test::random_matrix(3, 4, 12);
+  moe::RowMatrix<double> h(3, slice.hidden_cols()), y(3, 4), h2 = h, y2 = y;
+  slice.forward(4, x, h, y);
+  whole.forward(4, x, h2, y2);
+  CHECK(y == y2);
+}
+
+TEST_CASE("expert slices refuse experts they do not own and blocks outside the layer", "[parallel][slice][errors]") {
+  const moe::SwiGLUExperts<double> whole = moe::test::swiglu<double>(6, 4, 5, 11);
+  moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>> slice(block_of(whole, 3, 2), 6, 3);
+  moe::RowMatrix<double> x(1, 4), h(1, slice.hidden_cols()), y(1, 4);
+  x.setZero();
+  REQUIRE_THROWS_WITH(slice.forward(2, x, h, y),
+                      "ExpertSlice::forward(): expert index (an owned expert) expected in [3, 5), got 2");
+  REQUIRE_THROWS_WITH((moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>>(block_of(whole, 3, 2), 4, 3)),
+                      "ExpertSlice::ExpertSlice(): the block [first, first + local experts) expected inside [0, 4), "
+                      "got [3, 5)");
+  REQUIRE_THROWS_WITH((moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>>(block_of(whole, 3, 2),
+                                                                               moe::parallel::ExpertPartition(6, 4), 2)),
+                      "ExpertSlice::ExpertSlice(): local experts (rank 2's block) expected 1, got 2");
+  REQUIRE_THROWS_WITH(block_of(whole, 5, 2),
+                      "moe::parallel::copy_experts(): the block [first, first + count) expected inside [0, 6) and not "
+                      "empty, got [5, 7)");
+}
+
+TEST_CASE("a rank loads its expert range only so a checkpoint without the other experts loads", "[parallel][slice][io]") {
+  const Index E = 6, d = 8, ff = 10;
+  const std::string prefix = "model.layers.0.block_sparse_moe.";
+  moe::MixtralMoE<float> layer(moe::test::swiglu<float>(E, d, ff, 21),
+                               moe::SoftmaxTopKRouter<float>(moe::test::random_matrix(E, d, 22).cast<float>(), 2,
+                                                             moe::SoftmaxTopK<float>{true}));
+  moe::io::SafetensorsWriter full;
+  moe::io::save_layer(full, layer, prefix, moe::io::Family::mixtral);
+  // The same checkpoint without experts 0, 1, 4 and 5: what a rank owning [2, 4) may be given.
+  moe::io::SafetensorsWriter part;
+  const moe::io::SafetensorsFile full_file = moe::test::in_memory(full);
+  for (const std::string& name : full_file.names()) {
+    bool other = false;
+    for (Index e : {0, 1, 4, 5}) other = other || name.find("experts." + std::to_string(e) + ".") != std::string::npos;
+    if (other) continue;
+    const std::vector<float> v = full_file.read<float>(name);
+    part.add<float>(name, full_file.info(name).shape, v);
+  }
+  const moe::io::SafetensorsFile part_file = moe::test::in_memory(part, "part.safetensors");
+  auto parts = moe::io::load_mixtral_parts<float>(part_file, prefix, {.top_k = 2}, {.first = 2, .count = 2});
+  CHECK(parts.num_experts == E);
+  CHECK(parts.first == 2);
+  REQUIRE(parts.experts.num_experts() == 2);
+  for (Index i = 0; i < 2; ++i) {
+    CHECK(moe::RowMatrix<float>(parts.experts.gate_proj(i)) == moe::RowMatrix<float>(layer.experts().gate_proj(2 + i)));
+    CHECK(moe::RowMatrix<float>(parts.experts.down_proj(i)) == moe::RowMatrix<float>(layer.experts().down_proj(2 + i)));
+  }
+  CHECK(parts.router.weight() == layer.router().weight());
+  // The whole layer cannot load from it (expert 0 is missing), and a range that needs a missing expert names it.
+  CHECK_THROWS_AS(moe::io::load_mixtral<float>(part_file, prefix), moe::io::MissingTensorError);
+  CHECK_THROWS_AS(moe::io::load_mixtral_parts<float>(part_file, prefix, {}, {.first = 3, .count = 2}),
+                  moe::io::MissingTensorError);
+  REQUIRE_THROWS_WITH(moe::io::load_mixtral_parts<float>(full_file, prefix, {}, {.first = 5, .count = 2}),
+                      "moe::io::load_mixtral_parts(): expert range [first, first + count) expected a non-empty range "
+                      "inside [0, 6), got [5, 7)");
+  // The default range is the whole layer.
+  auto all = moe::io::load_mixtral_parts<float>(full_file, prefix);
+  CHECK(all.experts.gate_up() == layer.experts().gate_up());
+  CHECK(all.experts.down() == layer.experts().down());
+}

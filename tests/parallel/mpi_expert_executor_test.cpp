@@ -1,0 +1,179 @@
+// MpiExpertExecutor under mpirun (1 to 4 ranks): outputs, dx, the owned experts' gradients
+// and the statistics bit for bit those of the single-process layer on the concatenation of
+// the ranks' batches; replicated gradients bit for bit the ranks' separate gradients added in
+// rank order. Every router family, dropless and with per-rank capacity, float and double,
+// a rank with no tokens, an expert with no tokens, 1 and 2 threads per rank; failures inside
+// the step end on every rank.
+#include <moe/parallel/mpi_expert_executor.hpp>
+
+#include <catch2/catch.hpp>
+#include <parallel/ep_harness.hpp>
+#include <support/random.hpp>
+
+#include <string>
+
+namespace {
+
+using moe::Index;
+namespace ep = moe::test::ep;
+
+/// E experts, d = 8: E = 6 splits unevenly over 4 ranks (1, 2, 1, 2).
+constexpr Index E = 6, d = 8, ff = 12;
+
+template <class S>
+moe::MixtralMoE<S> mixtral(Index k, unsigned seed) {
+  return {moe::test::swiglu<S>(E, d, ff, seed),
+          moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, seed + 1).template cast<S>(), k,
+                                    moe::SoftmaxTopK<S>{true})};
+}
+
+template <class S>
+auto swiglu_maker() {
+  return [](Index n) { return moe::SwiGLUExperts<S>(n, d, ff); };
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("expert parallel Mixtral (softmax top-2) dropless equals one process bit for bit",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  using S = TestType;
+  const int threads = GENERATE(1, 2);
+  const bool zero_rank = GENERATE(false, true);
+  const bool small = GENERATE(false, true);
+  CAPTURE(threads, zero_rank, small, ep::world_size());
+  auto full = mixtral<S>(2, 31);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank, small),
+                                   moe::Capacity{}, threads, 40);
+}
+
+TEMPLATE_TEST_CASE("expert parallel with an expert that receives no tokens", "[parallel][mpi][bit_identity]", float,
+                   double) {
+  using S = TestType;
+  auto full = mixtral<S>(2, 33);
+  // Column 0 of every token is 1 and expert 4's router row weighs it by -40: nobody picks it.
+  full.router().weight()(4, 0) = S(-40);
+  const int threads = GENERATE(1, 2);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), false),
+                                   moe::Capacity{}, threads, 41, /*dead_expert_col=*/true);
+  // The premise: expert 4 ran no rows in the concatenation.
+  moe::Workspace<S> ws;
+  moe::RowMatrix<S> x = moe::test::random_matrix(60, d, 5).template cast<S>();
+  x.col(0).setConstant(S(1));
+  (void)full.forward(x, ws);
+  CHECK(ws.stats.expert_load[4] == 0);
+}
+
+TEMPLATE_TEST_CASE("expert parallel Mixtral with per-rank capacity equals one process with capacity groups",
+                   "[parallel][mpi][bit_identity][capacity]", float, double) {
+  using S = TestType;
+  const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
+  const int threads = GENERATE(1, 2);
+  const bool zero_rank = GENERATE(false, true);
+  CAPTURE(threads, zero_rank, static_cast<int>(priority));
+  auto full = mixtral<S>(2, 35);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank),
+                                   moe::Capacity::from_factor(0.75, 0, priority), threads, 42);
+}
+
+TEMPLATE_TEST_CASE("expert parallel Switch (top-1, ReLU FFN) with capacity equals one process",
+                   "[parallel][mpi][bit_identity][capacity]", float, double) {
+  using S = TestType;
+  using Bank = moe::FFNExperts<S, moe::Activation::relu>;
+  Bank bank(E, d, ff);
+  unsigned seed = 50;
+  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.4); });
+  moe::SwitchMoE<S> full(std::move(bank),
+                         moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 57).template cast<S>(), 1,
+                                                   moe::SoftmaxTopK<S>{false}));
+  const int threads = GENERATE(1, 2);
+  ep::check_against_single_process(full, [](Index n) { return Bank(n, d, ff); },
+                                   ep::token_counts(ep::world_size(), false), moe::Capacity::from_factor(1.0), threads, 43);
+}
+
+TEMPLATE_TEST_CASE("expert parallel DeepSeek-V3 (group-limited sigmoid, shared expert) equals one process",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  using S = TestType;
+  moe::SigmoidGroupLimited<S> gating;
+  gating.n_group = 3;
+  gating.topk_group = 2;
+  gating.routed_scaling_factor = S(2.5);
+  gating.correction_bias = moe::test::random_matrix(E, 1, 61).template cast<S>().col(0) * S(0.1);
+  moe::DeepSeekV3MoE<S> full(
+      moe::test::swiglu<S>(E, d, ff, 62),
+      moe::GroupLimitedRouter<S>(moe::test::random_matrix(E, d, 63).template cast<S>(), 2, gating),
+      moe::SharedExpertCombiner<moe::SwiGLUExperts<S>, moe::SharedGate::none>(moe::test::swiglu<S>(1, d, ff, 64)));
+  const int threads = GENERATE(1, 2);
+  const bool zero_rank = GENERATE(false, true);
+  CAPTURE(threads, zero_rank);
+  const bool small = GENERATE(false, true);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank, small),
+                                   moe::Capacity{}, threads, 44);
+}
+
+TEST_CASE("the exchange moves each row to its owner and back: bytes per call", "[parallel][mpi][statistics]") {
+  const Index P = ep::world_size(), r = ep::world_rank();
+  auto full = mixtral<float>(2, 37);
+  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E);
+  const auto& part = executor.partition();
+  auto layer = moe::parallel::expert_parallel_layer(
+      moe::parallel::ExpertSlice<moe::SwiGLUExperts<float>>(
+          moe::parallel::copy_experts(full.experts(), part.first(r), part.count(r), swiglu_maker<float>()), part, r),
+      full.router(), full.combiner(), {}, executor);
+  const moe::RowMatrix<float> x = moe::test::random_matrix(20, d, 70 + static_cast<unsigned>(r)).cast<float>();
+  moe::Workspace<float> ws;
+  (void)moe::parallel::forward(layer, x, ws);
+  // Rows this rank routed to other ranks' experts, counted from its own plan.
+  std::uint64_t away = 0;
+  for (Index e = 0; e < E; ++e)
+    if (part.owner(e) != r) away += static_cast<std::uint64_t>(ws.plan.count(e));
+  const auto s = layer.executor().last_call();
+  CHECK(s.calls == 1);
+  // A rank sends its x rows away and the outputs of the rows it received back; it receives
+  // the same numbers of rows: as many as it sends.
+  CHECK(s.rows_sent == s.rows_received);
+  CHECK(s.rows_sent >= away);
+  CHECK(s.bytes_sent == s.rows_sent * d * sizeof(float));
+  CHECK(s.count_bytes == static_cast<std::uint64_t>((P - 1) * (1 + part.max_count())) * sizeof(std::int64_t));
+  // Over all ranks: every routed-away row travels twice (x there, y back).
+  std::uint64_t sent = s.rows_sent, all_sent = 0, all_away = 0;
+  MPI_Allreduce(&sent, &all_sent, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&away, &all_away, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  CHECK(all_sent == 2 * all_away);
+}
+
+TEMPLATE_TEST_CASE("expert choice under expert parallelism chooses within each rank's batch",
+                   "[parallel][mpi][expert_choice]", float, double) {
+  // Each expert picks its top tokens among the rank's own: the output is the single-process
+  // layer's on the rank's batch apart (with the batch-invariant kernel), and the statistics the
+  // ranks' own, summed. Not the concatenation's: there an expert picks among all tokens.
+  using S = TestType;
+  const Index P = ep::world_size(), r = ep::world_rank();
+  moe::ExpertChoiceMoE<S> full(moe::test::swiglu<S>(E, d, ff, 91),
+                               moe::ExpertChoiceRouter<S>(moe::test::random_matrix(E, d, 92).template cast<S>(), 1.0));
+  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E);
+  const auto& part = executor.partition();
+  auto layer = moe::parallel::expert_parallel_layer(
+      moe::parallel::ExpertSlice<moe::SwiGLUExperts<S>>(
+          moe::parallel::copy_experts(full.experts(), part.first(r), part.count(r), swiglu_maker<S>()), part, r),
+      full.router(), full.combiner(), {}, executor);
+  const std::vector<Index> T = ep::token_counts(P, false);
+  moe::ForwardContext ctx;
+  ctx.gemm = moe::GemmKernel::batch_invariant;
+  std::vector<moe::LayerStatistics> apart;
+  moe::RowMatrix<S> y_apart;
+  for (Index q = 0; q < P; ++q) {
+    const moe::RowMatrix<S> xq = moe::test::random_matrix(T[static_cast<std::size_t>(q)], d, 93 + static_cast<unsigned>(q)).template cast<S>();
+    moe::Workspace<S> qws;
+    const moe::RowMatrix<S> yq = full.forward(xq, qws, ctx);
+    apart.push_back(qws.stats);
+    if (q == r) y_apart = yq;
+  }
+  const moe::RowMatrix<S> x = moe::test::random_matrix(T[static_cast<std::size_t>(r)], d, 93 + static_cast<unsigned>(r)).template cast<S>();
+  moe::Workspace<S> ws;
+  CHECK(moe::test::same_bits(moe::parallel::forward(layer, x, ws, ctx), y_apart));
+  const moe::LayerStatistics global = moe::parallel::global_statistics(ws.stats, layer.executor());
+  const moe::LayerStatistics expected = moe::parallel::merge_statistics(apart);
+  CHECK(global.expert_load == expected.expert_load);
+  CHECK(global.experts_per_token == expected.experts_per_token);
+  CHECK(global.assignments == expected.assignments);
+}
