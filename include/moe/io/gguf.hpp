@@ -1247,11 +1247,7 @@ inline std::vector<std::byte> GgufWriter::to_bytes() const {
 
 inline void GgufWriter::save(const std::filesystem::path& path) const {
   const std::vector<std::byte> bytes = to_bytes();
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error(path.string(), "cannot open for writing");
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.flush();
-  if (!out) throw Error(path.string(), "cannot write " + std::to_string(bytes.size()) + " bytes");
+  detail::write_file(path, bytes.data(), bytes.size());
 }
 
 }  // namespace moe::io

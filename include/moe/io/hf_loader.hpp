@@ -95,63 +95,104 @@ SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view pref
 
 }  // namespace detail
 
-/// Mixtral: {prefix}gate.weight [E, d]; {prefix}experts.{e}.w1|w3.weight [ff, d], w2.weight [d, ff].
-/// prefix is e.g. "model.layers.3.block_sparse_moe.".
-template <class S>
-MixtralMoE<S> load_mixtral(const Checkpoint& file, std::string_view prefix, const MixtralConfig& config = {}) {
-  const std::string loader = "moe::io::load_mixtral";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
-  const Index E = gate.rows();
-  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "w1.weight", "w3.weight", "w2.weight");
-  return detail::with_loader_name(loader, [&] {
-    return MixtralMoE<S>(std::move(experts), SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{true}));
-  });
+// Expert ranges --------------------------------------------------------------------------
+
+/// Experts [first, first + count) of a layer; count -1: every expert from first on. What one
+/// rank of an expert-parallel layer loads (docs/parallel.md#loading).
+struct ExpertRange {
+  Index first = 0;
+  Index count = -1;
+};
+
+/// A layer's policies, loaded apart: the experts of one range (the bank's expert i is the
+/// checkpoint's expert first + i), the whole router and combiner (replicated). An
+/// expert-parallel rank builds its layer from them (moe::parallel::ExpertSlice); with the
+/// default range the three build the ordinary layer.
+template <class Layer>
+struct LayerParts {
+  typename Layer::expert_type experts;
+  typename Layer::router_type router;
+  typename Layer::combiner_type combiner;
+  Index num_experts = 0;  ///< the layer's E (the router's)
+  Index first = 0;        ///< the first expert in `experts`
+};
+
+namespace detail {
+/// The range's [first, first + count) checked against E; throws std::invalid_argument naming the loader.
+inline std::pair<Index, Index> resolve_range(const ExpertRange& range, Index num_experts, const std::string& loader) {
+  const Index count = range.count < 0 ? num_experts - range.first : range.count;
+  ::moe::detail::require(range.first >= 0 && count >= 1 && range.first + count <= num_experts, loader + "()",
+                         "expert range [first, first + count)",
+                         ::moe::detail::concat("a non-empty range inside [0, ", num_experts, ")"),
+                         ::moe::detail::concat("[", range.first, ", ", range.first + count, ")"));
+  return {range.first, count};
+}
+}  // namespace detail
+
+// The four SwiGLU families, each loaded by one function: whole (load_X, the layer) or an
+// expert range (load_X_parts, the policies apart, for an expert-parallel rank). `range` null
+// means every expert, unchecked: a whole load refuses a bad file exactly as before ranges.
+namespace detail {
+
+/// {first, count} of the range, or of all E experts without one.
+inline std::pair<Index, Index> experts_to_read(const ExpertRange* range, Index num_experts, const std::string& loader) {
+  return range != nullptr ? resolve_range(*range, num_experts, loader) : std::pair<Index, Index>{0, num_experts};
 }
 
-/// OLMoE: {prefix}gate.weight, {prefix}experts.{e}.gate_proj|up_proj|down_proj.weight.
 template <class S>
-OlmoeMoE<S> load_olmoe(const Checkpoint& file, std::string_view prefix, const OlmoeConfig& config = {}) {
-  const std::string loader = "moe::io::load_olmoe";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+LayerParts<MixtralMoE<S>> mixtral_parts(const Checkpoint& file, std::string_view prefix, const MixtralConfig& config,
+                                        const ExpertRange* range, const std::string& loader) {
+  LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = read_router_weight<S>(t, "gate.weight");
   const Index E = gate.rows();
-  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "gate_proj.weight", "up_proj.weight", "down_proj.weight");
-  return detail::with_loader_name(loader, [&] {
-    return OlmoeMoE<S>(std::move(experts),
-                       SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob}));
+  const auto [first, count] = experts_to_read(range, E, loader);
+  auto experts = read_swiglu_bank<S>(t, "experts.", count, "w1.weight", "w3.weight", "w2.weight", first);
+  auto router = with_loader_name(loader, [&] {
+    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{true});
   });
+  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
 }
 
-/// Qwen2-MoE: as OLMoE, plus {prefix}shared_expert.{gate,up,down}_proj.weight and
-/// {prefix}shared_expert_gate.weight [1, d].
 template <class S>
-Qwen2MoE<S> load_qwen2_moe(const Checkpoint& file, std::string_view prefix, const Qwen2MoeConfig& config = {}) {
-  const std::string loader = "moe::io::load_qwen2_moe";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+LayerParts<OlmoeMoE<S>> olmoe_parts(const Checkpoint& file, std::string_view prefix, const OlmoeConfig& config,
+                                    const ExpertRange* range, const std::string& loader) {
+  LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = read_router_weight<S>(t, "gate.weight");
+  const Index E = gate.rows();
+  const auto [first, count] = experts_to_read(range, E, loader);
+  auto experts = read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  auto router = with_loader_name(loader, [&] {
+    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
+  });
+  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+}
+
+template <class S>
+LayerParts<Qwen2MoE<S>> qwen2_moe_parts(const Checkpoint& file, std::string_view prefix, const Qwen2MoeConfig& config,
+                                        const ExpertRange* range, const std::string& loader) {
+  LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = read_router_weight<S>(t, "gate.weight");
   const Index E = gate.rows();
   const Index d = gate.cols();
-  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "gate_proj.weight", "up_proj.weight", "down_proj.weight");
-  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid> combiner(detail::read_shared_expert<S>(t, "shared_expert.", d));
+  const auto [first, count] = experts_to_read(range, E, loader);
+  auto experts = read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid> combiner(read_shared_expert<S>(t, "shared_expert.", d));
   t.template read_into<S>("shared_expert_gate.weight", {1, d}, combiner.gate_weight().transpose());
-  return detail::with_loader_name(loader, [&] {
-    return Qwen2MoE<S>(std::move(experts),
-                       SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob}),
-                       std::move(combiner));
+  auto router = with_loader_name(loader, [&] {
+    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
   });
+  return {std::move(experts), std::move(router), std::move(combiner), E, first};
 }
 
-/// DeepSeek-V3: {prefix}gate.weight [E, d], {prefix}gate.e_score_correction_bias [E],
-/// {prefix}experts.{e}.*_proj.weight, {prefix}shared_experts.*_proj.weight (ungated).
 template <class S>
-DeepSeekV3MoE<S> load_deepseek_v3(const Checkpoint& file, std::string_view prefix,
-                                  const DeepSeekV3Config& config = {}) {
-  const std::string loader = "moe::io::load_deepseek_v3";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
+LayerParts<DeepSeekV3MoE<S>> deepseek_v3_parts(const Checkpoint& file, std::string_view prefix,
+                                               const DeepSeekV3Config& config, const ExpertRange* range,
+                                               const std::string& loader) {
+  LayerTensors t(file, prefix, loader);
+  RowMatrix<S> gate = read_router_weight<S>(t, "gate.weight");
   const Index E = gate.rows();
   const Index d = gate.cols();
+  const auto [first, count] = experts_to_read(range, E, loader);
   SigmoidGroupLimited<S> gating;
   gating.n_group = config.n_group;
   gating.topk_group = config.topk_group;
@@ -159,12 +200,54 @@ DeepSeekV3MoE<S> load_deepseek_v3(const Checkpoint& file, std::string_view prefi
   gating.renormalize = config.norm_topk_prob;
   gating.correction_bias.resize(E);
   t.template read_into<S>("gate.e_score_correction_bias", {E}, gating.correction_bias);
-  auto experts = detail::read_swiglu_bank<S>(t, "experts.", E, "gate_proj.weight", "up_proj.weight", "down_proj.weight");
-  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none> combiner(detail::read_shared_expert<S>(t, "shared_experts.", d));
-  return detail::with_loader_name(loader, [&] {
-    return DeepSeekV3MoE<S>(std::move(experts), GroupLimitedRouter<S>(std::move(gate), config.top_k, std::move(gating)),
-                            std::move(combiner));
+  auto experts = read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
+  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none> combiner(read_shared_expert<S>(t, "shared_experts.", d));
+  auto router = with_loader_name(loader, [&] {
+    return GroupLimitedRouter<S>(std::move(gate), config.top_k, std::move(gating));
   });
+  return {std::move(experts), std::move(router), std::move(combiner), E, first};
+}
+
+/// The layer from parts holding every expert.
+template <class Layer>
+Layer assemble(LayerParts<Layer>&& p, const std::string& loader) {
+  return with_loader_name(loader, [&] {
+    return Layer(std::move(p.experts), std::move(p.router), std::move(p.combiner));
+  });
+}
+
+}  // namespace detail
+
+/// Mixtral: {prefix}gate.weight [E, d]; {prefix}experts.{e}.w1|w3.weight [ff, d], w2.weight [d, ff].
+/// prefix is e.g. "model.layers.3.block_sparse_moe.".
+template <class S>
+MixtralMoE<S> load_mixtral(const Checkpoint& file, std::string_view prefix, const MixtralConfig& config = {}) {
+  return detail::assemble(detail::mixtral_parts<S>(file, prefix, config, nullptr, "moe::io::load_mixtral"),
+                          "moe::io::load_mixtral");
+}
+
+/// OLMoE: {prefix}gate.weight, {prefix}experts.{e}.gate_proj|up_proj|down_proj.weight.
+template <class S>
+OlmoeMoE<S> load_olmoe(const Checkpoint& file, std::string_view prefix, const OlmoeConfig& config = {}) {
+  return detail::assemble(detail::olmoe_parts<S>(file, prefix, config, nullptr, "moe::io::load_olmoe"),
+                          "moe::io::load_olmoe");
+}
+
+/// Qwen2-MoE: as OLMoE, plus {prefix}shared_expert.{gate,up,down}_proj.weight and
+/// {prefix}shared_expert_gate.weight [1, d].
+template <class S>
+Qwen2MoE<S> load_qwen2_moe(const Checkpoint& file, std::string_view prefix, const Qwen2MoeConfig& config = {}) {
+  return detail::assemble(detail::qwen2_moe_parts<S>(file, prefix, config, nullptr, "moe::io::load_qwen2_moe"),
+                          "moe::io::load_qwen2_moe");
+}
+
+/// DeepSeek-V3: {prefix}gate.weight [E, d], {prefix}gate.e_score_correction_bias [E],
+/// {prefix}experts.{e}.*_proj.weight, {prefix}shared_experts.*_proj.weight (ungated).
+template <class S>
+DeepSeekV3MoE<S> load_deepseek_v3(const Checkpoint& file, std::string_view prefix,
+                                  const DeepSeekV3Config& config = {}) {
+  return detail::assemble(detail::deepseek_v3_parts<S>(file, prefix, config, nullptr, "moe::io::load_deepseek_v3"),
+                          "moe::io::load_deepseek_v3");
 }
 
 /// GPT-OSS: {prefix}router.weight [E, d], router.bias [E]; experts.gate_up_proj [E, d, 2ff]
@@ -202,116 +285,33 @@ GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const
   });
 }
 
-// Expert ranges --------------------------------------------------------------------------
-
-/// Experts [first, first + count) of a layer; count -1: every expert from first on. What one
-/// rank of an expert-parallel layer loads (docs/parallel.md#loading).
-struct ExpertRange {
-  Index first = 0;
-  Index count = -1;
-};
-
-/// A layer's policies, loaded apart: the experts of one range (the bank's expert i is the
-/// checkpoint's expert first + i), the whole router and combiner (replicated). An
-/// expert-parallel rank builds its layer from them (moe::parallel::ExpertSlice); with the
-/// default range the three build the ordinary layer.
-template <class Layer>
-struct LayerParts {
-  typename Layer::expert_type experts;
-  typename Layer::router_type router;
-  typename Layer::combiner_type combiner;
-  Index num_experts = 0;  ///< the layer's E (the router's)
-  Index first = 0;        ///< the first expert in `experts`
-};
-
-namespace detail {
-/// The range's [first, first + count) checked against E; throws std::invalid_argument naming the loader.
-inline std::pair<Index, Index> resolve_range(const ExpertRange& range, Index num_experts, const std::string& loader) {
-  const Index count = range.count < 0 ? num_experts - range.first : range.count;
-  ::moe::detail::require(range.first >= 0 && count >= 1 && range.first + count <= num_experts, loader + "()",
-                         "expert range [first, first + count)",
-                         ::moe::detail::concat("a non-empty range inside [0, ", num_experts, ")"),
-                         ::moe::detail::concat("[", range.first, ", ", range.first + count, ")"));
-  return {range.first, count};
-}
-}  // namespace detail
-
 /// load_mixtral's policies with the experts of `range` only: no other expert's tensors are
 /// read (a checkpoint may lack them).
 template <class S>
 LayerParts<MixtralMoE<S>> load_mixtral_parts(const Checkpoint& file, std::string_view prefix,
                                              const MixtralConfig& config = {}, const ExpertRange& range = {}) {
-  const std::string loader = "moe::io::load_mixtral_parts";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
-  const Index E = gate.rows();
-  const auto [first, count] = detail::resolve_range(range, E, loader);
-  auto experts = detail::read_swiglu_bank<S>(t, "experts.", count, "w1.weight", "w3.weight", "w2.weight", first);
-  auto router = detail::with_loader_name(
-      loader, [&] { return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{true}); });
-  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+  return detail::mixtral_parts<S>(file, prefix, config, &range, "moe::io::load_mixtral_parts");
 }
 
 /// load_olmoe's policies with the experts of `range` only.
 template <class S>
 LayerParts<OlmoeMoE<S>> load_olmoe_parts(const Checkpoint& file, std::string_view prefix,
                                          const OlmoeConfig& config = {}, const ExpertRange& range = {}) {
-  const std::string loader = "moe::io::load_olmoe_parts";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
-  const Index E = gate.rows();
-  const auto [first, count] = detail::resolve_range(range, E, loader);
-  auto experts =
-      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
-  auto router = detail::with_loader_name(loader, [&] {
-    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
-  });
-  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+  return detail::olmoe_parts<S>(file, prefix, config, &range, "moe::io::load_olmoe_parts");
 }
 
 /// load_qwen2_moe's policies with the experts of `range` only (the shared expert is replicated).
 template <class S>
 LayerParts<Qwen2MoE<S>> load_qwen2_moe_parts(const Checkpoint& file, std::string_view prefix,
                                              const Qwen2MoeConfig& config = {}, const ExpertRange& range = {}) {
-  const std::string loader = "moe::io::load_qwen2_moe_parts";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
-  const Index E = gate.rows();
-  const Index d = gate.cols();
-  const auto [first, count] = detail::resolve_range(range, E, loader);
-  auto experts =
-      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
-  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::sigmoid> combiner(detail::read_shared_expert<S>(t, "shared_expert.", d));
-  t.template read_into<S>("shared_expert_gate.weight", {1, d}, combiner.gate_weight().transpose());
-  auto router = detail::with_loader_name(loader, [&] {
-    return SoftmaxTopKRouter<S>(std::move(gate), config.top_k, SoftmaxTopK<S>{config.norm_topk_prob});
-  });
-  return {std::move(experts), std::move(router), std::move(combiner), E, first};
+  return detail::qwen2_moe_parts<S>(file, prefix, config, &range, "moe::io::load_qwen2_moe_parts");
 }
 
 /// load_deepseek_v3's policies with the experts of `range` only (shared experts replicated).
 template <class S>
 LayerParts<DeepSeekV3MoE<S>> load_deepseek_v3_parts(const Checkpoint& file, std::string_view prefix,
                                                     const DeepSeekV3Config& config = {}, const ExpertRange& range = {}) {
-  const std::string loader = "moe::io::load_deepseek_v3_parts";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> gate = detail::read_router_weight<S>(t, "gate.weight");
-  const Index E = gate.rows();
-  const Index d = gate.cols();
-  const auto [first, count] = detail::resolve_range(range, E, loader);
-  SigmoidGroupLimited<S> gating;
-  gating.n_group = config.n_group;
-  gating.topk_group = config.topk_group;
-  gating.routed_scaling_factor = static_cast<S>(config.routed_scaling_factor);
-  gating.renormalize = config.norm_topk_prob;
-  gating.correction_bias.resize(E);
-  t.template read_into<S>("gate.e_score_correction_bias", {E}, gating.correction_bias);
-  auto experts =
-      detail::read_swiglu_bank<S>(t, "experts.", count, "gate_proj.weight", "up_proj.weight", "down_proj.weight", first);
-  SharedExpertCombiner<SwiGLUExperts<S>, SharedGate::none> combiner(detail::read_shared_expert<S>(t, "shared_experts.", d));
-  auto router = detail::with_loader_name(
-      loader, [&] { return GroupLimitedRouter<S>(std::move(gate), config.top_k, std::move(gating)); });
-  return {std::move(experts), std::move(router), std::move(combiner), E, first};
+  return detail::deepseek_v3_parts<S>(file, prefix, config, &range, "moe::io::load_deepseek_v3_parts");
 }
 
 }  // namespace moe::io

@@ -747,13 +747,21 @@ inline std::vector<std::byte> SafetensorsWriter::to_bytes() const {
   return out;
 }
 
-inline void SafetensorsWriter::save(const std::filesystem::path& path) const {
-  const std::vector<std::byte> bytes = to_bytes();
+namespace detail {
+/// Writes bytes to path, replacing the file; throws Error naming it if it cannot be opened or
+/// fully written. Every writer of the library (safetensors, GGUF, the sharded index) ends here.
+inline void write_file(const std::filesystem::path& path, const void* data, std::size_t size) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) throw Error(path.string(), "cannot open for writing");
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
   out.flush();
-  if (!out) throw Error(path.string(), "cannot write " + std::to_string(bytes.size()) + " bytes");
+  if (!out) throw Error(path.string(), "cannot write " + std::to_string(size) + " bytes");
+}
+}  // namespace detail
+
+inline void SafetensorsWriter::save(const std::filesystem::path& path) const {
+  const std::vector<std::byte> bytes = to_bytes();
+  detail::write_file(path, bytes.data(), bytes.size());
 }
 
 inline std::vector<std::string> SafetensorsWriter::names() const {

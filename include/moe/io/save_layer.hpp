@@ -25,7 +25,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <span>
@@ -536,11 +535,7 @@ inline std::filesystem::path write_layer_shards(const std::filesystem::path& fol
   const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
   std::filesystem::path path = folder / sharded_index_name;  // not const: returned by move
   const std::string text = index.dump(2) + "\n";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error(path.string(), "cannot open for writing");
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  out.flush();
-  if (!out) throw Error(path.string(), "cannot write " + std::to_string(text.size()) + " bytes");
+  write_file(path, text.data(), text.size());
   return path;
 }
 
