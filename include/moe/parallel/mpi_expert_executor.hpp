@@ -199,12 +199,8 @@ class MpiExpertExecutor {
     State::check_rows(error, step.y_perm, plan.rows(), d_out, where, "y_perm");
 
     ExchangeStatistics stats{};
-    stats.calls = 1;
-    std::vector<std::int64_t> send, recv;
-    st.pack_counts(plan, error.empty(), send);
-    st.alltoall_counts(send, recv, where);
-    stats.count_bytes = st.count_bytes();
-    st.throw_on_flags(recv, error, where, "before the exchange");
+    std::vector<std::int64_t> recv;
+    st.exchange_counts(plan, error, where, stats, recv);
 
     // The exchange's layout: this rank's rows per destination, the rows per (source, owned expert).
     saved.sent.assign(static_cast<std::size_t>(plan.num_experts), 0);
@@ -282,12 +278,8 @@ class MpiExpertExecutor {
     State::check_rows(error, step.dx_perm, plan.rows(), d, where, "dx_perm");
 
     ExchangeStatistics stats{};
-    stats.calls = 1;
-    std::vector<std::int64_t> send, recv;
-    st.pack_counts(plan, error.empty(), send);
-    st.alltoall_counts(send, recv, where);
-    stats.count_bytes = st.count_bytes();
-    st.throw_on_flags(recv, error, where, "before the exchange");
+    std::vector<std::int64_t> recv;
+    st.exchange_counts(plan, error, where, stats, recv);
     std::vector<std::int64_t> received;
     st.unpack_counts(recv, received);
     if (received != saved->received)  // cannot happen when every sender checked its own counts
@@ -419,6 +411,20 @@ class MpiExpertExecutor {
       ++exchanges;
       impl::check_mpi(rc, where, "MPI_Alltoall (counts)");
     }
+    /// The first step of a forward or a backward: every rank's counts per (rank, expert) and
+    /// error flag, exchanged; throws on every rank, with the same message, if any rank's
+    /// `error` is set. Counts the call and its count bytes into stats.
+    template <class S>
+    void exchange_counts(const DispatchPlan<S>& plan, const std::string& error, const char* where,
+                         ExchangeStatistics& stats, std::vector<std::int64_t>& recv) {
+      std::vector<std::int64_t> send;
+      stats.calls = 1;
+      pack_counts(plan, error.empty(), send);
+      alltoall_counts(send, recv, where);
+      stats.count_bytes = count_bytes();
+      throw_on_flags(recv, error, where, "before the exchange");
+    }
+
     [[nodiscard]] std::uint64_t count_bytes() const {
       return static_cast<std::uint64_t>((size - 1) * block) * sizeof(std::int64_t);
     }
