@@ -12,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 #include <support/bits.hpp>
+#include <support/temp_dir.hpp>
 
 #include <atomic>
 #include <cstdint>
@@ -47,31 +48,7 @@ using moe::io::TensorMismatchError;
 
 constexpr Index E = 4, D = 6, FF = 5, T = 9;
 
-/// A fresh folder under the system's temporary directory, removed with everything in it.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    static std::atomic<unsigned> counter{0};
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("moe_checkpoint_test_" + tag + "_" + std::to_string(rd()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  [[nodiscard]] const fs::path& path() const { return path_; }
-  [[nodiscard]] fs::path operator/(const std::string& name) const { return path_ / name; }
-  /// The path as messages quote it.
-  [[nodiscard]] std::string str(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using moe::test::TempDir;
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -12,11 +12,13 @@
 #include <catch2/catch.hpp>
 #include <support/bits.hpp>
 #include <support/random.hpp>
+#include <support/temp_dir.hpp>
 
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -34,14 +36,14 @@ using StackLayer = moe::MoELayer<moe::store::OnDemandSwiGLU<float>, moe::Softmax
 
 /// L Mixtral layers with random weights in one file; the in-memory stack read back from it.
 struct Model {
+  moe::test::TempDir dir;
   fs::path file;
   std::vector<moe::MixtralMoE<float>> layers;
 };
 Model save_model(const std::string& tag, Index L, Index E, Index d, Index ff, Index k) {
-  const fs::path dir = fs::temp_directory_path() / ("moe_expert_store_test_" + tag);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  Model m{dir / "model.safetensors", {}};
+  moe::test::TempDir dir("expert_store_" + tag);
+  const fs::path path = dir / "model.safetensors";
+  Model m{std::move(dir), path, {}};
   moe::io::SafetensorsWriter w;
   for (Index l = 0; l < L; ++l) {
     moe::RowMatrix<float> gate = moe::test::random_matrix(E, d, 100 + static_cast<unsigned>(l)).cast<float>();

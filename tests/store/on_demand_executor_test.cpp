@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <support/bits.hpp>
 #include <support/random.hpp>
+#include <support/temp_dir.hpp>
 
 #include <chrono>
 #include <filesystem>
@@ -34,9 +35,8 @@ using OnDemandMixtral =
 /// A Mixtral layer with random weights, saved once as one file and once sharded (one file per
 /// expert); returns the folder.
 template <class S>
-fs::path save_test_layer(const std::string& tag, Index E, Index d, Index ff, Index k) {
-  const fs::path dir = fs::temp_directory_path() / ("moe_store_test_" + tag);
-  fs::remove_all(dir);
+moe::test::TempDir save_test_layer(const std::string& tag, Index E, Index d, Index ff, Index k) {
+  moe::test::TempDir dir("store_" + tag);
   fs::create_directories(dir / "sharded");
   moe::RowMatrix<S> gate = moe::test::random_matrix(E, d, 11).template cast<S>();
   moe::MixtralMoE<S> layer(moe::test::swiglu<S>(E, d, ff, 12),
@@ -79,7 +79,7 @@ TEMPLATE_TEST_CASE("on-demand forward equals the in-memory layer bit for bit for
                    "[store][executor]", float, double) {
   using S = TestType;
   const Index E = 6, d = 12, ff = 20, k = 2;
-  const fs::path dir = save_test_layer<S>(std::string("fwd_") + (sizeof(S) == 4 ? "f" : "d"), E, d, ff, k);
+  const auto dir = save_test_layer<S>(std::string("fwd_") + (sizeof(S) == 4 ? "f" : "d"), E, d, ff, k);
   const auto memory = moe::io::load_mixtral<S>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = k});
   const auto inputs = batches<S>(d);
   moe::Workspace<S> ref_ws;
@@ -119,7 +119,7 @@ TEMPLATE_TEST_CASE("on-demand forward equals the in-memory layer bit for bit for
 TEST_CASE("per-call statistics follow a hand-computed LRU sequence", "[store][executor][stats]") {
   // E = 4, budget 2 experts, LRU. One expert's weights in the file: 3 * d * ff floats.
   const Index E = 4, d = 8, ff = 4;
-  const fs::path dir = save_test_layer<float>("stats", E, d, ff, 1);
+  const auto dir = save_test_layer<float>("stats", E, d, ff, 1);
   const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = 1});
   auto layer = make_on_demand<float>(memory, dir / "layer.safetensors", 2, moe::store::LruPolicy{});
   const std::uint64_t B = 3 * d * ff * sizeof(float);
@@ -163,7 +163,7 @@ TEST_CASE("per-call statistics follow a hand-computed LRU sequence", "[store][ex
 
 TEST_CASE("frequency-weighted LRU keeps a popular expert that LRU evicts", "[store][executor][stats]") {
   const Index E = 4, d = 8, ff = 4;
-  const fs::path dir = save_test_layer<float>("freq", E, d, ff, 1);
+  const auto dir = save_test_layer<float>("freq", E, d, ff, 1);
   const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = 1});
   moe::RowMatrix<float> sel = moe::RowMatrix<float>::Zero(E, d);
   for (Index e = 0; e < E; ++e) sel(e, e) = 1;
@@ -189,7 +189,7 @@ TEMPLATE_TEST_CASE("on-demand backward gives the in-memory gradients of every ex
                    float, double) {
   using S = TestType;
   const Index E = 5, d = 10, ff = 16, k = 2;
-  const fs::path dir = save_test_layer<S>(std::string("bwd_") + (sizeof(S) == 4 ? "f" : "d"), E, d, ff, k);
+  const auto dir = save_test_layer<S>(std::string("bwd_") + (sizeof(S) == 4 ? "f" : "d"), E, d, ff, k);
   const auto memory = moe::io::load_mixtral<S>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = k});
   const std::size_t budget = GENERATE(std::size_t{1}, std::size_t{2}, std::size_t{5});
   const int threads = GENERATE(0, 3);
@@ -230,7 +230,7 @@ TEMPLATE_TEST_CASE("on-demand backward gives the in-memory gradients of every ex
 }
 
 TEST_CASE("a budget smaller than one expert is refused at construction", "[store][executor][errors]") {
-  const fs::path dir = save_test_layer<float>("budget", 3, 8, 4, 1);
+  const auto dir = save_test_layer<float>("budget", 3, 8, 4, 1);
   auto source = std::make_shared<const moe::io::SwiGLUExpertSource<float>>(
       moe::io::LazyCheckpoint::open(dir / "layer.safetensors"), prefix, 3, moe::io::SwiGLUExpertNames::mixtral());
   REQUIRE(source->expert_bytes() == 384);
@@ -242,7 +242,7 @@ TEST_CASE("a budget smaller than one expert is refused at construction", "[store
 
 TEST_CASE("a shard truncated after opening fails the call with the file and tensor named", "[store][executor][errors]") {
   const Index E = 3, d = 8, ff = 4;
-  const fs::path dir = save_test_layer<float>("trunc", E, d, ff, 1);
+  const auto dir = save_test_layer<float>("trunc", E, d, ff, 1);
   const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = 1});
   auto layer = make_on_demand<float>(memory, dir / "layer.safetensors", 1, moe::store::LruPolicy{});
   fs::resize_file(dir / "layer.safetensors", fs::file_size(dir / "layer.safetensors") - 4);
@@ -263,7 +263,7 @@ TEST_CASE("a shard truncated after opening fails the call with the file and tens
 TEST_CASE("a shard missing, renamed or rewritten after opening fails with the file and tensor named",
           "[store][executor][errors]") {
   const Index E = 3, d = 8, ff = 4;
-  const fs::path dir = save_test_layer<float>("faults", E, d, ff, 3);  // top-3 of 3: every expert runs
+  const auto dir = save_test_layer<float>("faults", E, d, ff, 3);  // top-3 of 3: every expert runs
   const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = 3});
   const std::string tensor = prefix + "experts.1.w1.weight";
   const fs::path shard = moe::io::LazyCheckpoint::open(dir / "sharded").file(tensor).display_name();
@@ -325,7 +325,7 @@ TEST_CASE("a shard missing, renamed or rewritten after opening fails with the fi
 }
 
 TEST_CASE("a missing expert tensor is a clear error when the source is built", "[store][executor][errors]") {
-  const fs::path dir = save_test_layer<float>("missing", 3, 8, 4, 1);
+  const auto dir = save_test_layer<float>("missing", 3, 8, 4, 1);
   REQUIRE_THROWS_AS(moe::io::SwiGLUExpertSource<float>(moe::io::LazyCheckpoint::open(dir / "layer.safetensors"), prefix, 4,
                                                        moe::io::SwiGLUExpertNames::mixtral()),
                     moe::io::MissingTensorError);
@@ -336,7 +336,7 @@ TEST_CASE("a missing expert tensor is a clear error when the source is built", "
 
 TEST_CASE("threads sharing one on-demand layer each get the in-memory bits", "[store][executor][threads]") {
   const Index E = 6, d = 12, ff = 20, k = 2;
-  const fs::path dir = save_test_layer<float>("threads", E, d, ff, k);
+  const auto dir = save_test_layer<float>("threads", E, d, ff, k);
   const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = k});
   const auto layer = make_on_demand<float>(memory, dir / "sharded", 2, moe::store::FrequencyLruPolicy{});
   const auto inputs = batches<float>(d);
