@@ -265,6 +265,7 @@ template <class S, class Policy>
 S on_demand_stack(const MixtralMoE<S>& memory, const std::string& file) {
   using Source = io::SwiGLUExpertSource<S>;
   std::vector<std::shared_ptr<const Source>> sources;
+  sources.reserve(2);
   for (int l = 0; l < 2; ++l)
     sources.push_back(std::make_shared<const Source>(io::LazyCheckpoint::open(file), "mlp.", memory.num_experts(),
                                                      io::SwiGLUExpertNames::mixtral()));
@@ -273,6 +274,7 @@ S on_demand_stack(const MixtralMoE<S>& memory, const std::string& file) {
   using Layer = MoELayer<store::OnDemandSwiGLU<S>, SoftmaxTopKRouter<S>, WeightedSumCombiner<S>, xsimd::default_arch,
                          store::OnDemandExecutor<Source, Policy>>;
   std::vector<Layer> layers;
+  layers.reserve(2);
   for (Index l = 0; l < 2; ++l)
     layers.emplace_back(store::OnDemandSwiGLU<S>(memory.num_experts(), memory.input_dim(), sources[0]->d_ff(),
                                                  sources[0]->bank_names()),
