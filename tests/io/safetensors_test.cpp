@@ -172,6 +172,30 @@ TEST_CASE("save and open through the file system", "[io][safetensors]") {
   REQUIRE_THROWS_WITH((void)SafetensorsFile::open(std::filesystem::temp_directory_path()), Contains("not a regular file"));
 }
 
+TEST_CASE("read_leading converts entries of the leading dimension only, from any dtype", "[io][safetensors]") {
+  SafetensorsWriter w;
+  std::vector<double> v(4 * 2 * 3);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = 0.5 * static_cast<double>(i) - 3;
+  w.add<double>("d", {4, 2, 3}, v);
+  // BF16 [4, 2]: entry e holds 1 + e and -(1 + e), exactly representable.
+  w.add_raw("b", DType::BF16, {4, 2}, u16_bytes({0x3F80, 0xBF80, 0x4000, 0xC000, 0x4040, 0xC040, 0x4080, 0xC080}));
+  const auto f = SafetensorsFile::from_bytes(w.to_bytes());
+  const std::int64_t dshape[3] = {4, 2, 3}, bshape[2] = {4, 2};
+  // Entries [1, 3) of d are elements [6, 18) by the row-major definition.
+  CHECK(f.read_leading<double>("d", dshape, 1, 2) == std::vector<double>(v.begin() + 6, v.begin() + 18));
+  CHECK(f.read_leading<float>("d", dshape, 3, 1) == std::vector<float>{6, 6.5, 7, 7.5, 8, 8.5});
+  CHECK(f.read_leading<double>("d", dshape, 2, 0).empty());
+  CHECK(f.read_leading<float>("b", bshape, 2, 2) == std::vector<float>{3, -3, 4, -4});
+  CHECK(f.read_leading<double>("b", bshape, 0, 1) == std::vector<double>{1, -1});
+  REQUIRE_THROWS_WITH(f.read_leading<double>("d", dshape, 3, 2),
+                      "SafetensorsFile::read_leading(): entries [first, first + count) of the leading dimension "
+                      "expected inside [0, 4) of 'd', got [3, 5)");
+  CHECK_THROWS_AS(f.read_leading<double>("d", dshape, -1, 1), std::invalid_argument);
+  const std::int64_t wrong[3] = {4, 3, 2};
+  REQUIRE_THROWS_AS(f.read_leading<double>("d", wrong, 0, 1), TensorMismatchError);
+  CHECK_THROWS_WITH(f.read_leading<double>("d", wrong, 0, 1), Contains("expected shape [4, 3, 2], got [4, 2, 3]"));
+}
+
 TEST_CASE("F16 and BF16 payloads convert exactly, subnormals, inf and nan included", "[io][safetensors]") {
   SafetensorsWriter w;
   w.add_raw("h", DType::F16, {2, 4}, u16_bytes({0x3C00, 0xC000, 0x0001, 0x03FF, 0x8000, 0x7C00, 0xFC00, 0x7E00}));

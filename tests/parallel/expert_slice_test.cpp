@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -133,4 +134,40 @@ TEST_CASE("a rank loads its expert range only so a checkpoint without the other 
   auto all = moe::io::load_mixtral_parts<float>(full_file, prefix);
   CHECK(all.experts.gate_up() == layer.experts().gate_up());
   CHECK(all.experts.down() == layer.experts().down());
+}
+
+TEMPLATE_TEST_CASE("a rank loads its range of GPT-OSS's fused expert tensors", "[parallel][slice][io]", float, double) {
+  using S = TestType;
+  const Index E = 5, d = 4, ff = 3;
+  moe::GptOssExperts<S> experts(E, d, ff, S(1.702), S(7));
+  experts.gate_up() = moe::test::random_matrix(E * d, 2 * ff, 31).template cast<S>();
+  experts.gate_up_bias() = moe::test::random_matrix(E, 2 * ff, 32).template cast<S>();
+  experts.down() = moe::test::random_matrix(E * ff, d, 33).template cast<S>();
+  experts.down_bias() = moe::test::random_matrix(E, d, 34).template cast<S>();
+  const moe::GptOssMoE<S> layer(experts, moe::TopKSoftmaxRouter<S>(moe::test::random_matrix(E, d, 35).template cast<S>(), 2, {},
+                                                                   moe::test::random_matrix(E, 1, 36).template cast<S>().col(0)));
+  moe::io::SafetensorsWriter w;
+  moe::io::save_layer(w, layer, "mlp.");
+  const moe::io::SafetensorsFile file = moe::test::in_memory(w);
+  for (const auto& [first, count] : {std::pair<Index, Index>{0, 5}, {1, 3}, {4, 1}, {0, 1}}) {
+    auto parts = moe::io::load_gpt_oss_parts<S>(file, "mlp.", {2}, {.first = first, .count = count});
+    CHECK(parts.num_experts == E);
+    CHECK(parts.first == first);
+    REQUIRE(parts.experts.num_experts() == count);
+    // Expert first + i of the layer is expert i of the range: its rows of each fused tensor.
+    CHECK(parts.experts.gate_up() == layer.experts().gate_up().middleRows(first * d, count * d));
+    CHECK(parts.experts.gate_up_bias() == layer.experts().gate_up_bias().middleRows(first, count));
+    CHECK(parts.experts.down() == layer.experts().down().middleRows(first * ff, count * ff));
+    CHECK(parts.experts.down_bias() == layer.experts().down_bias().middleRows(first, count));
+    CHECK(parts.router.weight() == layer.router().weight());
+  }
+  REQUIRE_THROWS_WITH(moe::io::load_gpt_oss_parts<S>(file, "mlp.", {2}, {.first = 4, .count = 2}),
+                      "moe::io::load_gpt_oss_parts(): expert range [first, first + count) expected a non-empty range "
+                      "inside [0, 5), got [4, 6)");
+  // The default range is the whole layer, and the whole loader still reads it bit for bit.
+  const auto all = moe::io::load_gpt_oss_parts<S>(file, "mlp.", {2});
+  CHECK(all.experts.gate_up() == layer.experts().gate_up());
+  const auto whole = moe::io::load_gpt_oss<S>(file, "mlp.", {2});
+  CHECK(whole.experts().down() == layer.experts().down());
+  CHECK(whole.router().bias() == layer.router().bias());
 }

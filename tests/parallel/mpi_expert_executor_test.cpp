@@ -139,6 +139,16 @@ TEST_CASE("the exchange moves each row to its owner and back: bytes per call", "
   MPI_Allreduce(&sent, &all_sent, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(&away, &all_away, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
   CHECK(all_sent == 2 * all_away);
+  // The call's wall times: finite, non-negative, and summed into the totals.
+  CHECK(s.mpi_seconds >= 0.0);
+  CHECK(s.expert_seconds >= 0.0);
+  CHECK(s.mpi_seconds < 60.0);
+  CHECK(layer.executor().totals().mpi_seconds == s.mpi_seconds);
+  CHECK(layer.executor().totals().expert_seconds == s.expert_seconds);
+  // Equality compares what was exchanged, never the wall times.
+  auto timed = s;
+  timed.mpi_seconds += 1.0;
+  CHECK(timed == s);
 }
 
 TEMPLATE_TEST_CASE("expert choice under expert parallelism chooses within each rank's batch",

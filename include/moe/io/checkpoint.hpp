@@ -150,6 +150,11 @@ class Checkpoint {
     return file(name).template read<S>(name, expected_shape);
   }
   template <ReadableScalar S>
+  [[nodiscard]] std::vector<S> read_leading(std::string_view name, std::span<const std::int64_t> expected_shape,
+                                            Index first, Index count) const {
+    return file(name).template read_leading<S>(name, expected_shape, first, count);
+  }
+  template <ReadableScalar S>
   [[nodiscard]] RowMatrix<S> read_matrix(std::string_view name, Index rows, Index cols) const {
     return file(name).template read_matrix<S>(name, rows, cols);
   }

@@ -47,7 +47,7 @@ namespace detail {
 
 /// Reads E SwiGLU experts named {prefix}{experts_prefix}{e}.{gate}|{up}|{down} into a bank;
 /// d_ff and d_model come from expert `first`'s gate. With first > 0 the bank's expert e is
-/// the checkpoint's expert first + e (an expert range, docs/parallel.md#loading).
+/// the checkpoint's expert first + e (an expert range, docs/expert_parallel.md#loading).
 template <class S>
 SwiGLUExperts<S> read_swiglu_bank(const LayerTensors& t, std::string_view experts_prefix, Index num_experts,
                                   std::string_view gate, std::string_view up, std::string_view down, Index first = 0) {
@@ -98,7 +98,7 @@ SwiGLUExperts<S> read_shared_expert(const LayerTensors& t, std::string_view pref
 // Expert ranges --------------------------------------------------------------------------
 
 /// Experts [first, first + count) of a layer; count -1: every expert from first on. What one
-/// rank of an expert-parallel layer loads (docs/parallel.md#loading).
+/// rank of an expert-parallel layer loads (docs/expert_parallel.md#loading).
 struct ExpertRange {
   Index first = 0;
   Index count = -1;
@@ -250,13 +250,12 @@ DeepSeekV3MoE<S> load_deepseek_v3(const Checkpoint& file, std::string_view prefi
                           "moe::io::load_deepseek_v3");
 }
 
-/// GPT-OSS: {prefix}router.weight [E, d], router.bias [E]; experts.gate_up_proj [E, d, 2ff]
-/// (gate and up interleaved), gate_up_proj_bias [E, 2ff], down_proj [E, ff, d], down_proj_bias [E, d].
+namespace detail {
 template <class S>
-GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const GptOssConfig& config = {}) {
-  const std::string loader = "moe::io::load_gpt_oss";
-  detail::LayerTensors t(file, prefix, loader);
-  RowMatrix<S> weight = detail::read_router_weight<S>(t, "router.weight");
+LayerParts<GptOssMoE<S>> gpt_oss_parts(const Checkpoint& file, std::string_view prefix, const GptOssConfig& config,
+                                       const ExpertRange* range, const std::string& loader) {
+  LayerTensors t(file, prefix, loader);
+  RowMatrix<S> weight = read_router_weight<S>(t, "router.weight");
   const Index E = weight.rows();
   const Index d = weight.cols();
   Vector<S> bias(E);
@@ -271,18 +270,30 @@ GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const
   t.check("experts.gate_up_proj_bias", {E, 2 * ff});
   t.check("experts.down_proj", {E, ff, d});
   t.check("experts.down_proj_bias", {E, d});
-  GptOssExperts<S> experts = detail::with_loader_name(loader, [&] {
-    return GptOssExperts<S>(E, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
+  const auto [first, count] = experts_to_read(range, E, loader);
+  GptOssExperts<S> experts = with_loader_name(loader, [&] {
+    return GptOssExperts<S>(count, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
   });
-  t.template read_into<S>("experts.gate_up_proj", {E, d, 2 * ff}, experts.gate_up());
-  t.template read_into<S>("experts.gate_up_proj_bias", {E, 2 * ff}, experts.gate_up_bias());
-  t.template read_into<S>("experts.down_proj", {E, ff, d}, experts.down());
-  t.template read_into<S>("experts.down_proj_bias", {E, d}, experts.down_bias());
-  return detail::with_loader_name(loader, [&] {
-    TopKSoftmaxRouter<S> router(std::move(weight), config.top_k, {}, std::move(bias));
-    router.names() = {"router.weight", "router.bias"};
-    return GptOssMoE<S>(std::move(experts), std::move(router));
+  // The fused [E, ...] tensors: only the range's entries are converted.
+  t.template read_leading_into<S>("experts.gate_up_proj", {E, d, 2 * ff}, first, count, experts.gate_up());
+  t.template read_leading_into<S>("experts.gate_up_proj_bias", {E, 2 * ff}, first, count, experts.gate_up_bias());
+  t.template read_leading_into<S>("experts.down_proj", {E, ff, d}, first, count, experts.down());
+  t.template read_leading_into<S>("experts.down_proj_bias", {E, d}, first, count, experts.down_bias());
+  auto router = with_loader_name(loader, [&] {
+    TopKSoftmaxRouter<S> r(std::move(weight), config.top_k, {}, std::move(bias));
+    r.names() = {"router.weight", "router.bias"};
+    return r;
   });
+  return {std::move(experts), std::move(router), WeightedSumCombiner<S>{}, E, first};
+}
+}  // namespace detail
+
+/// GPT-OSS: {prefix}router.weight [E, d], router.bias [E]; experts.gate_up_proj [E, d, 2ff]
+/// (gate and up interleaved), gate_up_proj_bias [E, 2ff], down_proj [E, ff, d], down_proj_bias [E, d].
+template <class S>
+GptOssMoE<S> load_gpt_oss(const Checkpoint& file, std::string_view prefix, const GptOssConfig& config = {}) {
+  return detail::assemble(detail::gpt_oss_parts<S>(file, prefix, config, nullptr, "moe::io::load_gpt_oss"),
+                          "moe::io::load_gpt_oss");
 }
 
 /// load_mixtral's policies with the experts of `range` only: no other expert's tensors are
@@ -312,6 +323,15 @@ template <class S>
 LayerParts<DeepSeekV3MoE<S>> load_deepseek_v3_parts(const Checkpoint& file, std::string_view prefix,
                                                     const DeepSeekV3Config& config = {}, const ExpertRange& range = {}) {
   return detail::deepseek_v3_parts<S>(file, prefix, config, &range, "moe::io::load_deepseek_v3_parts");
+}
+
+/// load_gpt_oss's policies with the experts of `range` only. GPT-OSS stores each projection of
+/// all experts in one fused [E, ...] tensor: the range's entries along its leading dimension
+/// are converted, the rest of the tensor is not.
+template <class S>
+LayerParts<GptOssMoE<S>> load_gpt_oss_parts(const Checkpoint& file, std::string_view prefix,
+                                            const GptOssConfig& config = {}, const ExpertRange& range = {}) {
+  return detail::gpt_oss_parts<S>(file, prefix, config, &range, "moe::io::load_gpt_oss_parts");
 }
 
 }  // namespace moe::io

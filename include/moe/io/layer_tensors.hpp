@@ -102,6 +102,18 @@ class LayerTensors {
       for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
   }
 
+  /// Entries [first, first + count) along the leading dimension of a tensor of the expected
+  /// shape into dst (as many elements, filled row-major): a range of experts of a fused tensor.
+  template <class S, class Dst>
+  void read_leading_into(std::string_view suffix, const std::vector<std::int64_t>& expected, Index first, Index count,
+                         Dst&& dst) const {
+    check(suffix, expected);
+    const std::vector<S> v = file_.read_leading<S>(name(suffix), expected, first, count);
+    Index i = 0;
+    for (Index r = 0; r < dst.rows(); ++r)
+      for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
+  }
+
   [[nodiscard]] const std::string& loader() const noexcept { return loader_; }
   [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
   [[nodiscard]] const Checkpoint& file() const noexcept { return file_; }
@@ -137,7 +149,7 @@ struct ExpertTensor {
 /// expert size first.
 ///
 /// With `first` > 0 the bank's expert e is the checkpoint's expert first + e: a rank of an
-/// expert-parallel layer reads its block only (docs/parallel.md#loading); no other expert's
+/// expert-parallel layer reads its block only (docs/expert_parallel.md#loading); no other expert's
 /// tensors are looked at.
 template <class S, class Make, class Dst>
 auto read_experts(const LayerTensors& t, Index num_experts, const std::vector<ExpertTensor>& tensors, Make&& make,

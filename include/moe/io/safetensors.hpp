@@ -102,12 +102,21 @@ class SafetensorsFile {
   /// [B, S, d] reads as [B*S, d]).
   template <ReadableScalar S>
   [[nodiscard]] RowMatrix<S> read_rows(std::string_view name, Index rows, Index cols) const;
+  /// Entries [first, first + count) along the leading dimension of a tensor whose shape is
+  /// exactly expected_shape, row-major: experts first .. first + count - 1 of a fused [E, ...]
+  /// tensor. Converts only those bytes.
+  template <ReadableScalar S>
+  [[nodiscard]] std::vector<S> read_leading(std::string_view name, std::span<const std::int64_t> expected_shape,
+                                            Index first, Index count) const;
 
  private:
   SafetensorsFile() = default;
   void parse_header();
   template <ReadableScalar S>
-  void convert_into(const TensorInfo& t, S* out) const;
+  void convert_into(const TensorInfo& t, S* out) const { convert_into(t, out, 0, static_cast<std::size_t>(t.numel())); }
+  /// Elements [first, first + n) of t, converted into out.
+  template <ReadableScalar S>
+  void convert_into(const TensorInfo& t, S* out, std::size_t first, std::size_t n) const;
   [[noreturn]] void throw_format(const std::string& message) const;
   [[noreturn]] void throw_mismatch(const TensorInfo& t, const std::string& message) const;
 

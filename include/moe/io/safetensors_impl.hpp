@@ -527,10 +527,12 @@ inline std::span<const std::byte> SafetensorsFile::raw(std::string_view name) co
 }
 
 template <ReadableScalar S>
-void SafetensorsFile::convert_into(const TensorInfo& t, S* out) const {
-  const std::byte* src = bytes_.data() + data_offset_ + t.begin;
-  const auto n = static_cast<std::size_t>(t.numel());
+void SafetensorsFile::convert_into(const TensorInfo& t, S* out, std::size_t first, std::size_t n) const {
   if (n == 0) return;
+  if (first > static_cast<std::size_t>(t.numel()) || n > static_cast<std::size_t>(t.numel()) - first)
+    throw_mismatch(t, "internal error: elements [" + std::to_string(first) + ", " + std::to_string(first + n) +
+                          ") outside the tensor's " + std::to_string(t.numel()));
+  const std::byte* src = bytes_.data() + data_offset_ + t.begin + first * dtype_size(t.dtype);
   const auto same = [](auto v) { return static_cast<S>(v); };
   if constexpr (std::is_floating_point_v<S>) {
     switch (t.dtype) {
@@ -609,6 +611,25 @@ std::vector<S> SafetensorsFile::read(std::string_view name, std::span<const std:
     throw_mismatch(t, "expected shape " + detail::format_shape(expected_shape) + ", got " +
                           detail::format_shape(t.shape));
   return read<S>(name);
+}
+
+template <ReadableScalar S>
+std::vector<S> SafetensorsFile::read_leading(std::string_view name, std::span<const std::int64_t> expected_shape,
+                                             Index first, Index count) const {
+  const TensorInfo& t = info(name);
+  if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
+    throw_mismatch(t, "expected shape " + detail::format_shape(expected_shape) + ", got " +
+                          detail::format_shape(t.shape));
+  if (t.shape.empty() || first < 0 || count < 0 || first > t.shape[0] || count > t.shape[0] - first)
+    moe::detail::throw_invalid("SafetensorsFile::read_leading()", "entries [first, first + count) of the leading dimension",
+                               moe::detail::concat("inside [0, ", t.shape.empty() ? 0 : t.shape[0], ") of '", t.name, "'"),
+                               moe::detail::concat("[", first, ", ", first + count, ")"));
+  detail::check_dtype_readable<S>(display_name_, t);
+  std::size_t inner = 1;
+  for (std::size_t i = 1; i < t.shape.size(); ++i) inner *= static_cast<std::size_t>(t.shape[i]);
+  std::vector<S> out(static_cast<std::size_t>(count) * inner);
+  convert_into(t, out.data(), static_cast<std::size_t>(first) * inner, out.size());
+  return out;
 }
 
 template <ReadableScalar S>
