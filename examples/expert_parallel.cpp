@@ -1,5 +1,5 @@
 // expert_parallel: train one MoE layer data-parallel and expert-parallel over MPI ranks, then
-// check the result bit for bit against the same training in one process (docs/parallel.md).
+// check the result bit for bit against the same training in one process (docs/expert_parallel.md).
 //
 //   mpirun -np 4 ./expert_parallel          (as root: add --allow-run-as-root, or set
 //                                            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)

@@ -17,7 +17,7 @@ packages=(
   python3 python3-numpy                    # helper scripts
   valgrind                                 # memcheck on the examples (scripts/memcheck.sh, CI phase memcheck)
   clang-tidy-14                            # static analysis with .clang-tidy (scripts/tidy.sh, CI phase tidy)
-  openmpi-bin libopenmpi-dev               # Open MPI 4.1: expert parallelism (MOE_WITH_MPI, docs/parallel.md)
+  openmpi-bin libopenmpi-dev               # Open MPI 4.1: expert parallelism (MOE_WITH_MPI, docs/expert_parallel.md)
 )
 
 # Optional: OpenBLAS for the MOE_USE_BLAS=ON build (EIGEN_USE_BLAS; docs/benchmarks.md#blas).

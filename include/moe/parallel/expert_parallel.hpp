@@ -1,6 +1,6 @@
 // An expert-parallel layer over MPI: built with a configuration check every rank agrees on,
 // called so that a failing rank never leaves the others waiting, and its statistics and
-// replicated gradients combined across ranks in a fixed order (docs/parallel.md).
+// replicated gradients combined across ranks in a fixed order (docs/expert_parallel.md).
 #ifndef MOE_PARALLEL_EXPERT_PARALLEL_HPP
 #define MOE_PARALLEL_EXPERT_PARALLEL_HPP
 

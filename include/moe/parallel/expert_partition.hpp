@@ -1,5 +1,5 @@
 // Which rank owns which experts under expert parallelism: contiguous blocks, E need not divide
-// by the rank count (docs/parallel.md). MPI-free.
+// by the rank count (docs/expert_parallel.md). MPI-free.
 #ifndef MOE_PARALLEL_EXPERT_PARTITION_HPP
 #define MOE_PARALLEL_EXPERT_PARTITION_HPP
 

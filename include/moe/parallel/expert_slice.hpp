@@ -1,5 +1,5 @@
 // A bank that holds a contiguous block of a layer's experts and reports the layer's E: what a
-// rank holds under expert parallelism (docs/parallel.md). MPI-free.
+// rank holds under expert parallelism (docs/expert_parallel.md). MPI-free.
 #ifndef MOE_PARALLEL_EXPERT_SLICE_HPP
 #define MOE_PARALLEL_EXPERT_SLICE_HPP
 
@@ -32,7 +32,7 @@ template <class Bank>
 class ExpertSlice {
   static_assert(!expert_traits<Bank>::needs_context,
                 "ExpertSlice: the bank must not need an ExpertContext (an owner does not hold the other ranks' "
-                "batches; docs/parallel.md)");
+                "batches; docs/expert_parallel.md)");
 
  public:
   using scalar_type = typename Bank::scalar_type;

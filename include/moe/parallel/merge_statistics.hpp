@@ -1,4 +1,4 @@
-// The statistics of one forward over all ranks from each rank's own (docs/parallel.md). MPI-free.
+// The statistics of one forward over all ranks from each rank's own (docs/expert_parallel.md). MPI-free.
 #ifndef MOE_PARALLEL_MERGE_STATISTICS_HPP
 #define MOE_PARALLEL_MERGE_STATISTICS_HPP
 

@@ -1,5 +1,5 @@
 // Step 4 across MPI ranks: each rank owns a contiguous block of the experts, routes its own
-// tokens, and ships rows to the experts' owners and back (docs/parallel.md). Needs <mpi.h>:
+// tokens, and ships rows to the experts' owners and back (docs/expert_parallel.md). Needs <mpi.h>:
 // the optional component moe::mpi (CMake option MOE_WITH_MPI); the core never includes it.
 #ifndef MOE_PARALLEL_MPI_EXPERT_EXECUTOR_HPP
 #define MOE_PARALLEL_MPI_EXPERT_EXECUTOR_HPP
@@ -24,6 +24,7 @@
 #endif
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -50,12 +51,21 @@ struct ExchangeStatistics {
   std::uint64_t bytes_received = 0;
   std::uint64_t count_bytes = 0;    ///< bytes of the per-(rank, expert) counts this rank sent
   std::uint64_t calls = 0;          ///< forward and backward calls
+  /// Wall time inside the executor's MPI calls (counts, rows, flags). It includes waiting for
+  /// the slowest rank to arrive, so on an unbalanced batch it also measures the imbalance.
+  double mpi_seconds = 0;
+  double expert_seconds = 0;  ///< wall time running this rank's experts
   ExchangeStatistics& operator+=(const ExchangeStatistics& o) noexcept {
     rows_sent += o.rows_sent, rows_received += o.rows_received, bytes_sent += o.bytes_sent;
     bytes_received += o.bytes_received, count_bytes += o.count_bytes, calls += o.calls;
+    mpi_seconds += o.mpi_seconds, expert_seconds += o.expert_seconds;
     return *this;
   }
-  friend bool operator==(const ExchangeStatistics&, const ExchangeStatistics&) = default;
+  /// Compares what was exchanged (rows, bytes, calls); the wall times differ between runs.
+  friend bool operator==(const ExchangeStatistics& a, const ExchangeStatistics& b) noexcept {
+    return a.rows_sent == b.rows_sent && a.rows_received == b.rows_received && a.bytes_sent == b.bytes_sent &&
+           a.bytes_received == b.bytes_received && a.count_bytes == b.count_bytes && a.calls == b.calls;
+  }
 };
 
 namespace impl {
@@ -77,6 +87,19 @@ inline void check_mpi(int rc, const char* where, const char* call) {
   MPI_Error_string(rc, text, &len);
   throw std::runtime_error(detail::concat(where, ": ", call, " expected MPI_SUCCESS, got ", std::string(text, static_cast<std::size_t>(len))));
 }
+
+/// Adds the wall time of its scope to a total.
+class ScopeTimer {
+ public:
+  explicit ScopeTimer(double& total) noexcept : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~ScopeTimer() { total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+  ScopeTimer(const ScopeTimer&) = delete;
+  ScopeTimer& operator=(const ScopeTimer&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 /// A contiguous row of `cols` scalars, committed for the call and freed after it.
 class RowType {
@@ -187,7 +210,7 @@ class MpiExpertExecutor {
   void forward(const ExpertType& experts, const ExpertStep<S>& step) const {
     static_assert(impl::is_expert_slice<ExpertType>::value,
                   "MpiExpertExecutor: the layer's ExpertType must be moe::parallel::ExpertSlice<Bank> (a rank holds "
-                  "its block of the experts; docs/parallel.md)");
+                  "its block of the experts; docs/expert_parallel.md)");
     constexpr const char* where = "MpiExpertExecutor::forward()";
     State& st = *state_;
     const std::lock_guard<std::mutex> lock(st.mutex);
@@ -199,6 +222,7 @@ class MpiExpertExecutor {
     State::check_rows(error, step.y_perm, plan.rows(), d_out, where, "y_perm");
 
     ExchangeStatistics stats{};
+    st.mpi_seconds = 0;
     std::vector<std::int64_t> recv;
     st.exchange_counts(plan, error, where, stats, recv);
 
@@ -226,6 +250,7 @@ class MpiExpertExecutor {
     RowMatrix<S>& y_local = st.template buffer<S>(1);
     detail::ensure_shape(y_local, rows, d_out);
     try {
+      const impl::ScopeTimer timer(stats.expert_seconds);
       LocalExecutor{}.template forward<Arch>(
           experts.local(), ExpertStep<S>{saved.plan, saved.x, saved.hidden, y_local, saved.x, step.context, nullptr});
     } catch (const std::exception& e) {
@@ -246,6 +271,7 @@ class MpiExpertExecutor {
                    layout.send_displ, row.get(), where);
     }
     stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/true);
+    stats.mpi_seconds = st.mpi_seconds;
     st.last = stats;
     st.totals += stats;
   }
@@ -254,7 +280,7 @@ class MpiExpertExecutor {
   void backward(const ExpertType& experts, const ExpertStepBackward<S>& step, ExpertType& grad) const {
     static_assert(impl::is_expert_slice<ExpertType>::value,
                   "MpiExpertExecutor: the layer's ExpertType must be moe::parallel::ExpertSlice<Bank> (a rank holds "
-                  "its block of the experts; docs/parallel.md)");
+                  "its block of the experts; docs/expert_parallel.md)");
     constexpr const char* where = "MpiExpertExecutor::backward()";
     State& st = *state_;
     const std::lock_guard<std::mutex> lock(st.mutex);
@@ -278,6 +304,7 @@ class MpiExpertExecutor {
     State::check_rows(error, step.dx_perm, plan.rows(), d, where, "dx_perm");
 
     ExchangeStatistics stats{};
+    st.mpi_seconds = 0;
     std::vector<std::int64_t> recv;
     st.exchange_counts(plan, error, where, stats, recv);
     std::vector<std::int64_t> received;
@@ -304,6 +331,7 @@ class MpiExpertExecutor {
     detail::ensure_shape(dhidden, rows, experts.hidden_cols());
     if (error.empty()) {
       try {
+        const impl::ScopeTimer timer(stats.expert_seconds);
         LocalExecutor{}.template backward<Arch>(
             experts.local(),
             ExpertStepBackward<S>{saved->plan, saved->x, saved->hidden, dy_local, dx_local, dhidden, saved->x,
@@ -327,6 +355,7 @@ class MpiExpertExecutor {
                    layout.send_displ, row.get(), where);
     }
     stats += st.row_statistics(layout, d * static_cast<Index>(sizeof(S)), /*back=*/true);
+    stats.mpi_seconds = st.mpi_seconds;
     st.last = stats;
     st.totals += stats;
   }
@@ -406,6 +435,7 @@ class MpiExpertExecutor {
 
     void alltoall_counts(std::vector<std::int64_t>& send, std::vector<std::int64_t>& recv, const char* where) {
       recv.assign(static_cast<std::size_t>(size * block), 0);
+      const impl::ScopeTimer timer(mpi_seconds);
       const int rc = MPI_Alltoall(send.data(), static_cast<int>(block), MPI_INT64_T, recv.data(),
                                   static_cast<int>(block), MPI_INT64_T, comm);
       ++exchanges;
@@ -446,7 +476,10 @@ class MpiExpertExecutor {
     void agree(const std::string& error, const char* where, const char* when) {
       int mine = error.empty() ? 0 : 1;
       std::vector<int> all(static_cast<std::size_t>(size), 0);
-      impl::check_mpi(MPI_Allgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, comm), where, "MPI_Allgather (flags)");
+      {
+        const impl::ScopeTimer timer(mpi_seconds);
+        impl::check_mpi(MPI_Allgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, comm), where, "MPI_Allgather (flags)");
+      }
       if (!error.empty()) throw std::runtime_error(error);
       for (Index s = 0; s < size; ++s)
         if (all[static_cast<std::size_t>(s)] != 0)
@@ -530,6 +563,7 @@ class MpiExpertExecutor {
                    const char* where) {
       // An empty buffer's data() may be null; MPI reads nothing there, but some builds check.
       static T dummy{};
+      const impl::ScopeTimer timer(mpi_seconds);
       impl::check_mpi(MPI_Alltoallv(send != nullptr ? send : &dummy, send_rows.data(), send_displ.data(), row,
                                     recv != nullptr ? recv : &dummy, recv_rows.data(), recv_displ.data(), row, comm),
                       where, "MPI_Alltoallv (rows)");
@@ -576,6 +610,7 @@ class MpiExpertExecutor {
     Index rank = 0, size = 1, first = 0, count = 0, block = 1;
     std::mutex mutex;
     std::uint64_t exchanges = 0;
+    double mpi_seconds = 0;  // the current call's time in MPI (ExchangeStatistics::mpi_seconds)
     ExchangeStatistics last{}, totals{};
     std::map<const void*, impl::Saved<float>> saved_f;
     std::map<const void*, impl::Saved<double>> saved_d;
