@@ -271,8 +271,9 @@ LayerParts<GptOssMoE<S>> gpt_oss_parts(const Checkpoint& file, std::string_view 
   t.check("experts.down_proj", {E, ff, d});
   t.check("experts.down_proj_bias", {E, d});
   const auto [first, count] = experts_to_read(range, E, loader);
-  GptOssExperts<S> experts = with_loader_name(loader, [&] {
-    return GptOssExperts<S>(count, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
+  // clang 14 does not let a lambda capture a structured binding (allowed since C++20): a copy.
+  GptOssExperts<S> experts = with_loader_name(loader, [&, n = count] {
+    return GptOssExperts<S>(n, d, ff, static_cast<S>(config.alpha), static_cast<S>(config.limit));
   });
   // The fused [E, ...] tensors: only the range's entries are converted.
   t.template read_leading_into<S>("experts.gate_up_proj", {E, d, 2 * ff}, first, count, experts.gate_up());
