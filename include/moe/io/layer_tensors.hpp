@@ -96,10 +96,7 @@ class LayerTensors {
   /// filled row-major).
   template <class S, class Dst>
   void read_into(std::string_view suffix, const std::vector<std::int64_t>& expected, Dst&& dst) const {
-    const std::vector<S> v = read<S>(suffix, expected);
-    Index i = 0;
-    for (Index r = 0; r < dst.rows(); ++r)
-      for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
+    fill_row_major(read<S>(suffix, expected), dst);
   }
 
   /// Entries [first, first + count) along the leading dimension of a tensor of the expected
@@ -108,10 +105,7 @@ class LayerTensors {
   void read_leading_into(std::string_view suffix, const std::vector<std::int64_t>& expected, Index first, Index count,
                          Dst&& dst) const {
     check(suffix, expected);
-    const std::vector<S> v = file_.read_leading<S>(name(suffix), expected, first, count);
-    Index i = 0;
-    for (Index r = 0; r < dst.rows(); ++r)
-      for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
+    fill_row_major(file_.read_leading<S>(name(suffix), expected, first, count), dst);
   }
 
   [[nodiscard]] const std::string& loader() const noexcept { return loader_; }
@@ -119,6 +113,14 @@ class LayerTensors {
   [[nodiscard]] const Checkpoint& file() const noexcept { return file_; }
 
  private:
+  /// Copies v into dst (any Eigen block with as many elements), row-major.
+  template <class S, class Dst>
+  static void fill_row_major(const std::vector<S>& v, Dst&& dst) {
+    Index i = 0;
+    for (Index r = 0; r < dst.rows(); ++r)
+      for (Index c = 0; c < dst.cols(); ++c) dst(r, c) = v[static_cast<std::size_t>(i++)];
+  }
+
   Checkpoint file_;
   std::string prefix_;
   std::string loader_;

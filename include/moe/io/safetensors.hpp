@@ -117,6 +117,8 @@ class SafetensorsFile {
   /// Elements [first, first + n) of t, converted into out.
   template <ReadableScalar S>
   void convert_into(const TensorInfo& t, S* out, std::size_t first, std::size_t n) const;
+  /// The tensor's entry, checked to have exactly expected_shape.
+  const TensorInfo& info_of_shape(std::string_view name, std::span<const std::int64_t> expected_shape) const;
   [[noreturn]] void throw_format(const std::string& message) const;
   [[noreturn]] void throw_mismatch(const TensorInfo& t, const std::string& message) const;
 

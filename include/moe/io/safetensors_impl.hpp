@@ -604,22 +604,25 @@ std::vector<S> SafetensorsFile::read(std::string_view name) const {
   return out;
 }
 
-template <ReadableScalar S>
-std::vector<S> SafetensorsFile::read(std::string_view name, std::span<const std::int64_t> expected_shape) const {
+inline const TensorInfo& SafetensorsFile::info_of_shape(std::string_view name,
+                                                       std::span<const std::int64_t> expected_shape) const {
   const TensorInfo& t = info(name);
   if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
     throw_mismatch(t, "expected shape " + detail::format_shape(expected_shape) + ", got " +
                           detail::format_shape(t.shape));
+  return t;
+}
+
+template <ReadableScalar S>
+std::vector<S> SafetensorsFile::read(std::string_view name, std::span<const std::int64_t> expected_shape) const {
+  (void)info_of_shape(name, expected_shape);
   return read<S>(name);
 }
 
 template <ReadableScalar S>
 std::vector<S> SafetensorsFile::read_leading(std::string_view name, std::span<const std::int64_t> expected_shape,
                                              Index first, Index count) const {
-  const TensorInfo& t = info(name);
-  if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
-    throw_mismatch(t, "expected shape " + detail::format_shape(expected_shape) + ", got " +
-                          detail::format_shape(t.shape));
+  const TensorInfo& t = info_of_shape(name, expected_shape);
   if (t.shape.empty() || first < 0 || count < 0 || first > t.shape[0] || count > t.shape[0] - first)
     moe::detail::throw_invalid("SafetensorsFile::read_leading()", "entries [first, first + count) of the leading dimension",
                                moe::detail::concat("inside [0, ", t.shape.empty() ? 0 : t.shape[0], ") of '", t.name, "'"),
