@@ -62,15 +62,41 @@ struct Context {
   ForwardContext ctx;
 };
 
+/// Splits a routing record of the concatenation into the ranks' records (tokens from offset[q]
+/// to offset[q + 1] renumbered from 0), keeping the kept flags and the capacity.
+inline std::vector<RoutingRecord> split_record(const RoutingRecord& whole, const std::vector<Index>& offset) {
+  const auto P = offset.size() - 1;
+  std::vector<RoutingRecord> parts(P);
+  for (std::size_t q = 0; q < P; ++q) {
+    parts[q].num_tokens = offset[q + 1] - offset[q];
+    parts[q].num_experts = whole.num_experts;
+    parts[q].k = whole.k;
+    parts[q].capacity = whole.capacity;
+  }
+  for (Index i = 0; i < whole.size(); ++i) {
+    const auto iu = static_cast<std::size_t>(i);
+    std::size_t q = 0;
+    while (whole.token[iu] >= offset[q + 1]) ++q;
+    parts[q].token.push_back(static_cast<std::int32_t>(whole.token[iu] - offset[q]));
+    parts[q].expert.push_back(whole.expert[iu]);
+    parts[q].gate.push_back(whole.gate[iu]);
+    parts[q].kept.push_back(whole.kept[iu]);
+  }
+  return parts;
+}
+
 /// One expert-parallel forward and backward of `full`'s weights (rank r holds its block),
 /// against (a) the single-process layer on the concatenation of the ranks' batches in rank
-/// order (with capacity: the per-rank groups' decisions replayed on it through a routing tape)
-/// for the output, dx, the experts' gradients and the statistics, bit for bit; and (b) the
-/// single-process layer on each rank's batch, run apart, for the replicated parameters'
-/// gradients summed in rank order, bit for bit (and the concatenation's within a tolerance).
+/// order for the output, dx, the experts' gradients and the statistics, bit for bit; and (b)
+/// the single-process layer on each rank's batch, run apart, for the output, dx and the
+/// replicated parameters' gradients summed in rank order, bit for bit (and the
+/// concatenation's within a tolerance). With capacity per rank (CapacityScope::per_rank), (b)
+/// runs with the capacity and (a) replays the ranks' decisions through a routing tape; with a
+/// global capacity, (a) runs with the capacity and (b) replays (a)'s decisions, split by rank.
 template <class Full, class MakeBank>
 void check_against_single_process(const Full& full, MakeBank make_bank, const std::vector<Index>& T,
-                                  const Capacity& capacity, int threads, unsigned seed, bool dead_expert_col = false) {
+                                  const Capacity& capacity, int threads, unsigned seed, bool dead_expert_col = false,
+                                  parallel::CapacityScope scope = parallel::CapacityScope::per_rank) {
   using S = typename Full::scalar_type;
   using Bank = typename Full::expert_type;
   const Index P = world_size(), r = world_rank(), E = full.num_experts(), d = full.input_dim(),
@@ -93,7 +119,7 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   Context c(threads);
 
   // The expert-parallel run.
-  parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E);
+  parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E, scope);
   const parallel::ExpertPartition& part = executor.partition();
   const Index first = part.first(r), count = part.count(r);
   auto layer = parallel::expert_parallel_layer<typename Full::arch_type>(
@@ -106,21 +132,43 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   const RowMatrix<S> dx = parallel::backward(layer, dys[static_cast<std::size_t>(r)], ws, grads);
   (void)parallel::sum_replicated_gradients(grads, layer.executor());
 
+  const bool bounded = capacity.kind != Capacity::Kind::none;
+  const bool global = scope == parallel::CapacityScope::global;
+
+  // (a) first under a global capacity: the concatenation with the capacity, its decisions recorded.
+  Full whole = full;
+  Workspace<S> wws;
+  RowMatrix<S> Y;
+  std::vector<RoutingRecord> global_parts;
+  if (global) {
+    whole.set_capacity(capacity);
+    RoutingTape tape(TapeMode::record);
+    ForwardContext wc = c.ctx;
+    wc.routing_tape = &tape;
+    Y = whole.forward(X, wws, wc);
+    global_parts = split_record(tape.records().front(), offset);
+  }
+
   // (b) each rank's batch apart, in one process; the per-rank routing records.
   std::vector<RoutingRecord> records;
   std::vector<RowMatrix<S>> rep_router, rep_combiner;
   RowMatrix<S> y_apart, dx_apart;
   for (Index q = 0; q < P; ++q) {
     Full single = full;
-    single.set_capacity(capacity);
     RoutingTape tape(TapeMode::record);
+    if (global && bounded) {
+      tape.append(RoutingRecord(global_parts[static_cast<std::size_t>(q)]));
+      tape.set_mode(TapeMode::replay_experts);
+    } else {
+      single.set_capacity(capacity);
+    }
     ForwardContext qc = c.ctx;
     qc.routing_tape = &tape;
     Workspace<S> qws;
     const RowMatrix<S> yq = single.forward(xs[static_cast<std::size_t>(q)], qws, qc);
     auto gq = single.make_gradients();
     const RowMatrix<S> dxq = single.backward(dys[static_cast<std::size_t>(q)], qws, gq);
-    records.push_back(tape.records().front());
+    if (!global) records.push_back(tape.records().front());
     const auto router_q = tensors<S>(gq.router), combiner_q = tensors<S>(gq.combiner);
     if (q == 0) {
       rep_router = router_q, rep_combiner = combiner_q;
@@ -131,32 +179,32 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
     if (q == r) y_apart = yq, dx_apart = dxq;
   }
 
-  // (a) the concatenation; with capacity, the groups' decisions replayed on it.
-  Full whole = full;
-  RoutingTape replay(TapeMode::record);
-  ForwardContext wc = c.ctx;
-  if (capacity.kind != Capacity::Kind::none) {
-    RoutingRecord all;
-    all.num_tokens = total;
-    all.num_experts = E;
-    all.k = records.front().k;
-    all.capacity = -1;
-    for (Index q = 0; q < P; ++q) {
-      const RoutingRecord& rec = records[static_cast<std::size_t>(q)];
-      for (Index i = 0; i < rec.size(); ++i) {
-        const auto iu = static_cast<std::size_t>(i);
-        all.token.push_back(static_cast<std::int32_t>(rec.token[iu] + offset[static_cast<std::size_t>(q)]));
-        all.expert.push_back(rec.expert[iu]);
-        all.gate.push_back(rec.gate[iu]);
-        all.kept.push_back(rec.kept[iu]);
+  // (a) per rank: the concatenation; with capacity, the groups' decisions replayed on it.
+  if (!global) {
+    RoutingTape replay(TapeMode::record);
+    ForwardContext wc = c.ctx;
+    if (bounded) {
+      RoutingRecord all;
+      all.num_tokens = total;
+      all.num_experts = E;
+      all.k = records.front().k;
+      all.capacity = -1;
+      for (Index q = 0; q < P; ++q) {
+        const RoutingRecord& rec = records[static_cast<std::size_t>(q)];
+        for (Index i = 0; i < rec.size(); ++i) {
+          const auto iu = static_cast<std::size_t>(i);
+          all.token.push_back(static_cast<std::int32_t>(rec.token[iu] + offset[static_cast<std::size_t>(q)]));
+          all.expert.push_back(rec.expert[iu]);
+          all.gate.push_back(rec.gate[iu]);
+          all.kept.push_back(rec.kept[iu]);
+        }
       }
+      replay.append(std::move(all));
+      replay.set_mode(TapeMode::replay_experts);
+      wc.routing_tape = &replay;
     }
-    replay.append(std::move(all));
-    replay.set_mode(TapeMode::replay_experts);
-    wc.routing_tape = &replay;
+    Y = whole.forward(X, wws, wc);
   }
-  Workspace<S> wws;
-  const RowMatrix<S> Y = whole.forward(X, wws, wc);
   auto wgrads = whole.make_gradients();
   const RowMatrix<S> dX = whole.backward(dY, wws, wgrads);
 

@@ -28,12 +28,13 @@ struct Settings {
   Index experts = E, dim = d, k = 2, block_shift = 0;
   double router_nudge = 0;
   moe::Capacity capacity{};
+  moe::parallel::CapacityScope scope = moe::parallel::CapacityScope::per_rank;
 };
 
 /// Rank r's layer of one model, or of a model with the given settings changed on this rank.
 auto build(const Settings& s) {
   const Index r = ep::world_rank();
-  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, s.experts);
+  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, s.experts, s.scope);
   const auto& part = executor.partition();
   moe::RowMatrix<double> gate = moe::test::random_matrix(s.experts, s.dim, 81);
   gate(0, 0) += s.router_nudge;
@@ -85,6 +86,9 @@ TEST_CASE("ranks that disagree on E, d, k, the partition or the router get one e
                           Contains("(rank 0's), got 0x") && Contains(" on rank " + std::to_string(last)));
   REQUIRE_THROWS_WITH(build(on_rank(1, [](Settings& s) { s.capacity = moe::Capacity::from_factor(1.25); })),
                       where + "capacity kind on every rank expected 0 (rank 0's), got 1 on rank 1");
+  REQUIRE_THROWS_WITH(build(on_rank(last, [](Settings& s) { s.scope = moe::parallel::CapacityScope::global; })),
+                      where + "capacity scope (0 per rank, 1 global) on every rank expected 0 (rank 0's), got 1 on rank " +
+                          std::to_string(last));
   // A rank whose layer cannot be built: its own error there, a pointer to it everywhere else.
   const std::string bad_capacity = "Capacity::validate(): factor expected finite and > 0, got -1";
   REQUIRE_THROWS_WITH(build(on_rank(1, [](Settings& s) { s.capacity = moe::Capacity::from_factor(-1); })),
@@ -122,6 +126,53 @@ TEST_CASE("a rank whose forward fails before the exchange makes every rank fail"
                       r == bad ? std::string("MoELayer::backward(): dy expected shape [7, 8], got [6, 8]")
                                : "MpiExpertExecutor::backward(): every rank's call expected to reach the exchange, got "
                                  "rank " + std::to_string(bad) + " failed before the exchange (its own exception says why)");
+}
+
+TEST_CASE("under a global capacity, a rank that fails before planning or plans differently fails every rank",
+          "[parallel][mpi][errors][capacity]") {
+  const Index P = ep::world_size(), r = ep::world_rank(), bad = P - 1;
+  Settings s;
+  s.scope = moe::parallel::CapacityScope::global;
+  s.capacity = moe::Capacity::from_factor(1.0);
+  auto layer = build(s);
+  moe::RowMatrix<double> x = moe::test::random_matrix(7, d, 86 + static_cast<unsigned>(r));
+  if (r == bad) x(1, 4) = std::numeric_limits<double>::infinity();
+  moe::Workspace<double> ws;
+  REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
+                      r == bad ? std::string("MoELayer::forward(): x expected finite values (ForwardContext::non_finite "
+                                             "= error), got inf at row 1, column 4")
+                               : "MpiExpertExecutor::plan(): every rank's forward expected to reach the planning exchange, "
+                                 "got rank " + std::to_string(bad) + " failed before it (its own exception says why)");
+  x(1, 4) = 0;
+  CHECK(moe::parallel::forward(layer, x, ws).allFinite());
+  // A capacity changed on one rank after construction: the planning exchange tells.
+  if (P > 1) {
+    if (r == bad) layer.set_capacity(moe::Capacity::from_factor(2.0));
+    REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
+                        Contains("MpiExpertExecutor::plan(): capacity (factor bits, or slots) on every rank "
+                                 "(CapacityScope::global) expected ") &&
+                            Contains(" on rank " + std::to_string(bad)));
+    layer.set_capacity(s.capacity);
+  }
+  // Rerouting is per rank: refused at call time too, on every rank.
+  if (r == 0) layer.set_capacity(s.capacity.rerouted(1));
+  REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
+                      r == 0 ? std::string("MpiExpertExecutor::plan(): Capacity::reroute under CapacityScope::global "
+                                           "expected 0 (rerouting is per rank), got 1")
+                             : "MpiExpertExecutor::plan(): every rank's forward expected to reach the planning exchange, "
+                               "got rank 0 failed before it (its own exception says why)");
+  layer.set_capacity(s.capacity);
+  // Still in step: forward and backward run everywhere.
+  moe::ForwardContext ctx;
+  ctx.mode = moe::Mode::training;
+  (void)moe::parallel::forward(layer, x, ws, ctx);
+  auto grads = layer.make_gradients();
+  CHECK(moe::parallel::backward(layer, moe::RowMatrix<double>::Ones(7, d), ws, grads).allFinite());
+  // And rerouting under a global scope is refused when the layer is built.
+  Settings rerouted = s;
+  rerouted.capacity = s.capacity.rerouted(1);
+  REQUIRE_THROWS_WITH(build(rerouted), "moe::parallel::expert_parallel_layer(): Capacity::reroute under "
+                                       "CapacityScope::global expected 0 (rerouting is per rank), got 1");
 }
 
 namespace {

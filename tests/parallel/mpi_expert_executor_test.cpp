@@ -1,7 +1,7 @@
 // MpiExpertExecutor under mpirun (1 to 4 ranks): outputs, dx, the owned experts' gradients
 // and the statistics bit for bit those of the single-process layer on the concatenation of
 // the ranks' batches; replicated gradients bit for bit the ranks' separate gradients added in
-// rank order. Every router family, dropless and with per-rank capacity, float and double,
+// rank order. Every router family, dropless, with per-rank and with global capacity, float and double,
 // a rank with no tokens, an expert with no tokens, 1 and 2 threads per rank; failures inside
 // the step end on every rank.
 #include <moe/parallel/mpi_expert_executor.hpp>
@@ -73,6 +73,103 @@ TEMPLATE_TEST_CASE("expert parallel Mixtral with per-rank capacity equals one pr
   auto full = mixtral<S>(2, 35);
   ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank),
                                    moe::Capacity::from_factor(0.75, 0, priority), threads, 42);
+}
+
+TEMPLATE_TEST_CASE("expert parallel Mixtral with a global capacity equals one process with that capacity",
+                   "[parallel][mpi][bit_identity][capacity]", float, double) {
+  using S = TestType;
+  const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
+  const int threads = GENERATE(1, 2);
+  const bool zero_rank = GENERATE(false, true);
+  CAPTURE(threads, zero_rank, static_cast<int>(priority));
+  auto full = mixtral<S>(2, 38);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank),
+                                   moe::Capacity::from_factor(0.75, 0, priority), threads, 45, false,
+                                   moe::parallel::CapacityScope::global);
+}
+
+TEMPLATE_TEST_CASE("expert parallel Switch with a global capacity equals one process, and dropless is unchanged",
+                   "[parallel][mpi][bit_identity][capacity]", float, double) {
+  using S = TestType;
+  using Bank = moe::FFNExperts<S, moe::Activation::relu>;
+  Bank bank(E, d, ff);
+  unsigned seed = 150;
+  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.4); });
+  moe::SwitchMoE<S> full(std::move(bank),
+                         moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 157).template cast<S>(), 1,
+                                                   moe::SoftmaxTopK<S>{false}));
+  const moe::Capacity capacity = GENERATE(moe::Capacity::from_factor(1.0), moe::Capacity::fixed(3), moe::Capacity{});
+  const int threads = GENERATE(1, 2);
+  CAPTURE(static_cast<int>(capacity.kind), threads);
+  ep::check_against_single_process(full, [](Index n) { return Bank(n, d, ff); },
+                                   ep::token_counts(ep::world_size(), false), capacity, threads, 46, false,
+                                   moe::parallel::CapacityScope::global);
+}
+
+TEST_CASE("a global capacity bounds an expert's rows over all ranks, and the planning exchange is counted",
+          "[parallel][mpi][capacity][statistics]") {
+  const Index P = ep::world_size(), r = ep::world_rank();
+  auto full = mixtral<float>(2, 39);
+  const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
+  constexpr Index slots = 4;
+  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E, moe::parallel::CapacityScope::global);
+  const auto& part = executor.partition();
+  auto layer = moe::parallel::expert_parallel_layer(
+      moe::parallel::ExpertSlice<moe::SwiGLUExperts<float>>(
+          moe::parallel::copy_experts(full.experts(), part.first(r), part.count(r), swiglu_maker<float>()), part, r),
+      full.router(), full.combiner(), moe::Capacity::fixed(slots, priority), executor);
+  constexpr Index T_r = 20;  // 40 assignments per rank over 6 experts: far more than 4 slots
+  const moe::RowMatrix<float> x = moe::test::random_matrix(T_r, d, 90 + static_cast<unsigned>(r)).cast<float>();
+  moe::Workspace<float> ws;
+  (void)moe::parallel::forward(layer, x, ws);
+  const moe::LayerStatistics all = moe::parallel::global_statistics(ws.stats, layer.executor());
+  // At most `slots` rows per expert over every rank's tokens (per rank it would be P * slots).
+  Index kept = 0;
+  for (Index e = 0; e < E; ++e) {
+    CHECK(all.expert_load[static_cast<std::size_t>(e)] <= slots);
+    kept += all.expert_load[static_cast<std::size_t>(e)];
+  }
+  CHECK(all.assignments == 2 * T_r * P);
+  CHECK(all.dropped == all.assignments - kept);
+  // Bytes of counts: the planning header (8 int64), then the counts per (choice, expert)
+  // (position) or every assignment's (token, expert, gate) (batch-prioritized), to P - 1 ranks;
+  // then the counts exchange of every forward.
+  const auto others = static_cast<std::uint64_t>(P - 1);
+  const std::uint64_t planning = priority == moe::Priority::position ? 2 * E : 3 * 2 * T_r;
+  CHECK(layer.executor().last_call().count_bytes ==
+        others * (8 + planning + static_cast<std::uint64_t>(1 + part.max_count())) * sizeof(std::int64_t));
+}
+
+TEST_CASE("a rank that fails between the planning and the counts exchange makes every rank fail",
+          "[parallel][mpi][errors][capacity]") {
+  const Index P = ep::world_size(), r = ep::world_rank(), bad = P - 1;
+  auto full = mixtral<double>(2, 40);
+  moe::parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E, moe::parallel::CapacityScope::global);
+  const auto& part = executor.partition();
+  auto layer = moe::parallel::expert_parallel_layer(
+      moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>>(
+          moe::parallel::copy_experts(full.experts(), part.first(r), part.count(r), swiglu_maker<double>()), part, r),
+      full.router(), full.combiner(), moe::Capacity::from_factor(1.0), executor);
+  // Steps 1 and 2 by hand, as MoELayer runs them; then the bad rank gives up where the layer's
+  // gather would run, as moe::parallel::forward does on an exception there.
+  const moe::RowMatrix<double> x = moe::test::random_matrix(9, d, 95 + static_cast<unsigned>(r));
+  moe::Workspace<double> ws;
+  layer.router().route(x, ws.routing, {});
+  REQUIRE(layer.executor().plan(ws.routing, ws.plan, layer.capacity()));
+  CHECK(layer.executor().exchange_owed());
+  if (r == bad) {
+    layer.executor().signal_failure(true);
+    CHECK_FALSE(layer.executor().exchange_owed());
+  } else {
+    moe::RowMatrix<double> x_perm(ws.plan.rows(), d), hidden(ws.plan.rows(), layer.experts().hidden_cols()),
+        y_perm(ws.plan.rows(), d);
+    REQUIRE_THROWS_WITH(layer.executor().forward(layer.experts(), moe::ExpertStep<double>{ws.plan, x_perm, hidden, y_perm,
+                                                                                          x, moe::ForwardContext{}}),
+                        "MpiExpertExecutor::forward(): every rank's call expected to reach the exchange, got rank " +
+                            std::to_string(bad) + " failed before the exchange (its own exception says why)");
+  }
+  // In step again.
+  CHECK(moe::parallel::forward(layer, x, ws).allFinite());
 }
 
 TEMPLATE_TEST_CASE("expert parallel Switch (top-1, ReLU FFN) with capacity equals one process",

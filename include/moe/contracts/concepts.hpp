@@ -97,6 +97,14 @@ concept HasRegate = HasScalarType<T> && requires(const T& r, RoutingResult<typen
   r.template regate<Arch>(out, i, i, i);
 };
 
+/// An executor that may build step 2's plan itself (the expert-parallel executor under a
+/// capacity counted over all ranks): `plan` returns false to leave planning to the layer.
+template <class X, class S>
+concept PlanningExecutor = requires(const X& x, const RoutingResult<S>& routing, DispatchPlan<S>& plan,
+                                    const Capacity& capacity) {
+  { x.plan(routing, plan, capacity) } -> std::same_as<bool>;
+};
+
 template <class T, class Arch = xsimd::default_arch>
 concept HasRouterBackward = HasScalarType<T> && requires(const T& r, const RouterBackward<typename T::scalar_type>& in,
                                                          T& grad) {

@@ -195,6 +195,41 @@ void build_plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Ca
   detail::layout_plan(routing, plan);
 }
 
+/// Builds the plan from keep/drop decisions made elsewhere (a routing record's replay, a
+/// capacity decided over several processes): kept[i] != 0 keeps routing assignment i, 0 drops
+/// it; `capacity` is recorded as the plan's. The kept ones are laid out as build_plan lays them
+/// out (expert-major, routing order inside an expert).
+template <class S>
+void build_plan_from_kept(const RoutingResult<S>& routing, DispatchPlan<S>& plan, Index capacity,
+                          std::span<const std::uint8_t> kept) {
+  constexpr const char* where = "moe::build_plan_from_kept()";
+  const Index n = routing.size();
+  const Index E = routing.num_experts;
+  detail::require(static_cast<Index>(kept.size()) == n, where, "kept flags (one per assignment)", n, kept.size());
+  plan.num_tokens = routing.num_tokens;
+  plan.num_experts = E;
+  plan.capacity = capacity;
+  plan.offsets.assign(static_cast<std::size_t>(E) + 1, 0);
+  plan.slot_of.assign(static_cast<std::size_t>(n), 0);
+  plan.dropped.clear();
+  plan.rerouted.clear();
+  plan.rerouted_from.clear();
+  plan.dropped.reserve(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) {
+    const auto iu = static_cast<std::size_t>(i);
+    const Index e = routing.expert[iu];
+    if (e < 0 || e >= E)
+      detail::throw_invalid(where, "expert index in [0, num_experts)", detail::concat("[0, ", E, ")"), e);
+    if (kept[iu] != 0) {
+      ++plan.offsets[static_cast<std::size_t>(e) + 1];
+    } else {
+      plan.slot_of[iu] = -1;
+      plan.dropped.push_back(i);
+    }
+  }
+  detail::layout_plan(routing, plan);
+}
+
 }  // namespace moe
 
 #endif  // MOE_DISPATCH_DISPATCH_PLAN_HPP

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -212,26 +213,7 @@ void replay_routing(const RoutingRecord& record, RoutingResult<S>& routing, bool
 /// capacity, as build_plan would have laid them out.
 template <class S>
 void replay_plan(const RoutingRecord& record, const RoutingResult<S>& routing, DispatchPlan<S>& plan) {
-  const Index n = record.size();
-  const Index E = record.num_experts;
-  plan.num_tokens = record.num_tokens;
-  plan.num_experts = E;
-  plan.capacity = record.capacity;
-  plan.offsets.assign(static_cast<std::size_t>(E) + 1, 0);
-  plan.slot_of.assign(static_cast<std::size_t>(n), 0);
-  plan.dropped.clear();
-  plan.rerouted.clear();
-  plan.rerouted_from.clear();
-  for (Index i = 0; i < n; ++i) {
-    const auto iu = static_cast<std::size_t>(i);
-    if (record.kept[iu] != 0) {
-      ++plan.offsets[static_cast<std::size_t>(record.expert[iu]) + 1];
-    } else {
-      plan.slot_of[iu] = -1;
-      plan.dropped.push_back(i);
-    }
-  }
-  detail::layout_plan(routing, plan);
+  build_plan_from_kept(routing, plan, record.capacity, std::span<const std::uint8_t>(record.kept));
 }
 
 }  // namespace moe

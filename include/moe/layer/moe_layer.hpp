@@ -387,6 +387,10 @@ class MoELayer {
 
   /// Step 2 of the sparse path: capacity, with overflow rerouting when capacity_.reroute > 0.
   void plan_step(workspace_type& ws) const {
+    // An executor that plans over several processes (MpiExpertExecutor under a global
+    // capacity) builds the plan itself; any other says no and the layer plans here.
+    if constexpr (detail::PlanningExecutor<Executor, scalar_type>)
+      if (executor_.plan(ws.routing, ws.plan, capacity_)) return;
     if (capacity_.reroute == 0) {
       build_plan(ws.routing, ws.plan, capacity_);
     } else if constexpr (detail::HasRegate<RouterType, Arch>) {

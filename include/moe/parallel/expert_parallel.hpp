@@ -61,10 +61,11 @@ std::uint64_t checksum(const Policy& p) {
 
 /// What every rank must agree on, one int64 each, and their names in messages.
 enum Field : std::size_t { failed, experts, input_dim, output_dim, k, ranks, first, count, capacity_kind, capacity_value,
-                           router_sum, combiner_sum, num_fields };
+                           capacity_scope, router_sum, combiner_sum, num_fields };
 inline constexpr std::array<const char*, num_fields> field_names = {
     "", "num_experts", "input_dim", "output_dim", "k (experts per token)", "communicator size", "", "",
-    "capacity kind", "capacity (factor bits, or slots)", "router weights' checksum", "combiner weights' checksum"};
+    "capacity kind", "capacity (factor bits, or slots)", "capacity scope (0 per rank, 1 global)",
+    "router weights' checksum", "combiner weights' checksum"};
 
 inline std::string hex(std::int64_t v) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -93,6 +94,9 @@ template <class Arch = xsimd::default_arch, class Bank, class RouterType, class 
   std::array<std::int64_t, impl::num_fields> mine{};
   try {
     capacity.validate();
+    if (executor.capacity_scope() == CapacityScope::global && capacity.reroute != 0)
+      throw std::invalid_argument(detail::concat("Capacity::reroute under CapacityScope::global expected 0 (rerouting "
+                                                 "is per rank), got ", capacity.reroute));
     layer.emplace(std::move(experts), std::move(router), std::move(combiner), capacity, executor);
     const Layer& l = *layer;
     mine[impl::experts] = l.num_experts();
@@ -106,6 +110,7 @@ template <class Arch = xsimd::default_arch, class Bank, class RouterType, class 
     mine[impl::capacity_value] = capacity.kind == Capacity::Kind::factor
                                      ? std::bit_cast<std::int64_t>(capacity.factor) ^ capacity.minimum
                                      : capacity.absolute;
+    mine[impl::capacity_scope] = static_cast<std::int64_t>(executor.capacity_scope());
     mine[impl::router_sum] = static_cast<std::int64_t>(impl::checksum(l.router()));
     mine[impl::combiner_sum] = static_cast<std::int64_t>(impl::checksum(l.combiner()));
   } catch (const std::exception& e) {
@@ -155,7 +160,9 @@ decltype(auto) forward(const Layer& layer, Args&&... args) {
   try {
     return layer.forward(std::forward<Args>(args)...);
   } catch (...) {
-    if (layer.executor().exchanges() == before) layer.executor().signal_failure();
+    // Before any exchange, or between the planning exchange (CapacityScope::global) and the
+    // counts exchange: the others wait in the next collective.
+    if (layer.executor().exchanges() == before || layer.executor().exchange_owed()) layer.executor().signal_failure(true);
     throw;
   }
 }
@@ -167,7 +174,7 @@ decltype(auto) backward(const Layer& layer, Args&&... args) {
   try {
     return layer.backward(std::forward<Args>(args)...);
   } catch (...) {
-    if (layer.executor().exchanges() == before) layer.executor().signal_failure();
+    if (layer.executor().exchanges() == before) layer.executor().signal_failure(false);
     throw;
   }
 }

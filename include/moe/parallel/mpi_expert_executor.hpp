@@ -6,10 +6,12 @@
 
 #include <moe/contracts/dispatch_plan.hpp>
 #include <moe/contracts/executor.hpp>
+#include <moe/contracts/routing_result.hpp>
 #include <moe/core/context.hpp>
 #include <moe/core/error.hpp>
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
+#include <moe/dispatch/dispatch_plan.hpp>
 #include <moe/expert/local_executor.hpp>
 #include <moe/parallel/expert_partition.hpp>
 #include <moe/parallel/expert_slice.hpp>
@@ -24,6 +26,9 @@
 #endif
 #include <mpi.h>
 
+#include <algorithm>
+#include <array>
+#include <bit>
 #include <chrono>
 #include <climits>
 #include <cstddef>
@@ -33,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -41,6 +47,21 @@
 #include <xsimd/xsimd.hpp>
 
 namespace moe::parallel {
+
+/// Over which tokens a bounded Capacity counts an expert's slots under expert parallelism
+/// (docs/expert_parallel.md#routing-capacity-losses).
+enum class CapacityScope : std::uint8_t {
+  /// Each rank's batch is a capacity group (GShard's and Megatron's semantics): ceil(cf k T_r /
+  /// E) slots per expert and rank, decided by the rank's own tokens; an expert may run up to P
+  /// times that many rows. No extra communication.
+  per_rank,
+  /// One group over all ranks' tokens: ceil(cf k T / E) slots per expert for the whole batch
+  /// T = sum of T_r, served in the priority order of the concatenation of the ranks' batches in
+  /// rank order, so the keep/drop decisions are the single-process layer's on that
+  /// concatenation. Decided on every rank from exchanged counts (Priority::position) or
+  /// exchanged (expert, gate) pairs (Priority::batch_prioritized) before the rows move.
+  global,
+};
 
 /// Rows and bytes one rank moved in its exchanges with the other ranks (its own rows, which
 /// stay on the rank, are not counted). The counts exchange is counted in count_bytes.
@@ -172,7 +193,12 @@ struct Saved {
 class MpiExpertExecutor {
  public:
   /// E experts over the ranks of comm (contiguous blocks). Collective over comm.
-  MpiExpertExecutor(MPI_Comm comm, Index num_experts) : state_(std::make_shared<State>(comm, num_experts)) {}
+  /// `scope` decides how a bounded Capacity counts (CapacityScope); every rank must pass the
+  /// same (expert_parallel_layer checks).
+  MpiExpertExecutor(MPI_Comm comm, Index num_experts, CapacityScope scope = CapacityScope::per_rank)
+      : state_(std::make_shared<State>(comm, num_experts, scope)) {}
+
+  [[nodiscard]] CapacityScope capacity_scope() const noexcept { return state_->scope; }
 
   [[nodiscard]] const ExpertPartition& partition() const noexcept { return state_->partition; }
   [[nodiscard]] Index rank() const noexcept { return state_->rank; }
@@ -195,15 +221,104 @@ class MpiExpertExecutor {
     return state_->exchanges;
   }
 
-  /// The failing rank's side of a call that threw before its counts exchange: joins the
-  /// exchange the other ranks are in with the error flag set, so that they throw instead of
-  /// waiting. moe::parallel::forward and backward call it for you.
-  void signal_failure() const {
+  /// Whether this rank owes the other ranks a collective of the current call: under
+  /// CapacityScope::global, plan() has run and the forward's counts exchange has not yet.
+  [[nodiscard]] bool exchange_owed() const {
+    const std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->planned;
+  }
+
+  /// The failing rank's side of a call that threw before reaching its next collective: joins
+  /// the collective the other ranks are in (the counts exchange; under CapacityScope::global,
+  /// the planning exchange first when `in_forward` and plan() has not run) with the error flag
+  /// set, so that they throw instead of waiting. moe::parallel::forward and backward call it.
+  void signal_failure(bool in_forward = true) const {
     State& st = *state_;
     const std::lock_guard<std::mutex> lock(st.mutex);
+    if (st.scope == CapacityScope::global && in_forward && !st.planned) {
+      std::array<std::int64_t, State::header_fields> head{};
+      head[State::h_failed] = 1;
+      std::vector<std::int64_t> all;
+      st.allgather_header(head, all, "MpiExpertExecutor::signal_failure()");
+      return;
+    }
+    st.planned = false;
     std::vector<std::int64_t> send(static_cast<std::size_t>(st.size * st.block), 0), recv(send.size());
     for (Index q = 0; q < st.size; ++q) send[static_cast<std::size_t>(q * st.block)] = 1;
     st.alltoall_counts(send, recv, "MpiExpertExecutor::signal_failure()");
+  }
+
+  /// Step 2 when the executor decides it (MoELayer calls it before build_plan): under
+  /// CapacityScope::per_rank returns false and the layer plans as in one process; under
+  /// CapacityScope::global builds `plan` for this rank's routing with the capacity over all
+  /// ranks' tokens and returns true. Collective under global: every rank's forward calls it
+  /// (the ranks' capacities must agree; an error on one rank, or a disagreement, throws on
+  /// every rank). Overflow rerouting is not offered under global scope.
+  template <class S>
+  bool plan(const RoutingResult<S>& routing, DispatchPlan<S>& plan, const Capacity& capacity) const {
+    State& st = *state_;
+    if (st.scope != CapacityScope::global) return false;
+    constexpr const char* where = "MpiExpertExecutor::plan()";
+    const std::lock_guard<std::mutex> lock(st.mutex);
+    st.mpi_seconds = 0;
+    st.plan_bytes = 0;
+    const Index E = st.partition.num_experts(), n = routing.size();
+    std::string error;
+    std::vector<Index> choice;  // each assignment's place among its token's (its "rank" j)
+    Index J = 0;
+    std::array<std::int64_t, State::header_fields> head{};
+    try {
+      capacity.validate();
+      if (capacity.reroute != 0)
+        detail::throw_invalid(where, "Capacity::reroute under CapacityScope::global", "0 (rerouting is per rank)",
+                              capacity.reroute);
+      detail::require(routing.num_experts == E, where, "the routing's num_experts", E, routing.num_experts);
+      choice.resize(static_cast<std::size_t>(n));
+      std::vector<Index> seen(static_cast<std::size_t>(routing.num_tokens), 0);
+      for (Index i = 0; i < n; ++i) {
+        const Index t = routing.token[static_cast<std::size_t>(i)], e = routing.expert[static_cast<std::size_t>(i)];
+        if (t < 0 || t >= routing.num_tokens)
+          detail::throw_invalid(where, "token index in [0, num_tokens)", detail::concat("[0, ", routing.num_tokens, ")"), t);
+        if (e < 0 || e >= E)
+          detail::throw_invalid(where, "expert index in [0, num_experts)", detail::concat("[0, ", E, ")"), e);
+        choice[static_cast<std::size_t>(i)] = seen[static_cast<std::size_t>(t)]++;
+        J = std::max(J, choice[static_cast<std::size_t>(i)] + 1);
+      }
+      head[State::h_kind] = 1;
+      head[State::h_capacity_kind] = static_cast<std::int64_t>(capacity.kind);
+      head[State::h_capacity_value] = capacity.kind == Capacity::Kind::factor
+                                          ? std::bit_cast<std::int64_t>(capacity.factor) ^ capacity.minimum
+                                          : capacity.absolute;
+      head[State::h_priority] = static_cast<std::int64_t>(capacity.priority);
+      head[State::h_assignments] = n;
+      head[State::h_tokens] = routing.num_tokens;
+      head[State::h_choices] = J;
+    } catch (const std::exception& e) {
+      error = e.what();
+      head[State::h_failed] = 1;
+    }
+    std::vector<std::int64_t> all;
+    st.allgather_header(head, all, where);
+    st.check_header(all, error, where);
+
+    // Every rank now holds the same table: the capacity over all ranks' assignments.
+    const auto at = [&](Index q, std::size_t f) { return all[static_cast<std::size_t>(q) * State::header_fields + f]; };
+    Index n_total = 0, T_before = 0, n_before = 0, J_max = 0;
+    for (Index q = 0; q < st.size; ++q) {
+      if (q < st.rank) T_before += at(q, State::h_tokens), n_before += at(q, State::h_assignments);
+      n_total += at(q, State::h_assignments);
+      J_max = std::max<Index>(J_max, at(q, State::h_choices));
+    }
+    const Index C = capacity.slots(n_total, E);
+    std::vector<std::uint8_t> kept(static_cast<std::size_t>(n), 1);
+    if (C >= 0 && capacity.priority == Priority::position) {
+      st.position_kept(routing, choice, J_max, C, kept, where);
+    } else if (C >= 0) {
+      st.prioritized_kept(routing, capacity, all, n_total, T_before, n_before, J_max, kept, where);
+    }
+    build_plan_from_kept(routing, plan, C, std::span<const std::uint8_t>(kept));
+    st.planned = true;
+    return true;
   }
 
   template <class Arch = xsimd::default_arch, class ExpertType, class S>
@@ -222,9 +337,23 @@ class MpiExpertExecutor {
     State::check_rows(error, step.y_perm, plan.rows(), d_out, where, "y_perm");
 
     ExchangeStatistics stats{};
-    st.mpi_seconds = 0;
+    if (!st.planned) {
+      st.mpi_seconds = 0;
+      st.plan_bytes = 0;
+      // Under global scope every forward starts with the planning exchange; a forward whose
+      // plan did not come from plan() (a dense router, a replayed routing tape) joins it with
+      // "no plan", which every rank must then say too.
+      if (st.scope == CapacityScope::global) {
+        std::array<std::int64_t, State::header_fields> head{};
+        std::vector<std::int64_t> all;
+        st.allgather_header(head, all, where);
+        st.check_header(all, {}, where);
+      }
+    }
+    st.planned = false;
     std::vector<std::int64_t> recv;
     st.exchange_counts(plan, error, where, stats, recv);
+    stats.count_bytes += st.plan_bytes;
 
     // The exchange's layout: this rank's rows per destination, the rows per (source, owned expert).
     saved.sent.assign(static_cast<std::size_t>(plan.num_experts), 0);
@@ -305,6 +434,7 @@ class MpiExpertExecutor {
 
     ExchangeStatistics stats{};
     st.mpi_seconds = 0;
+    st.planned = false;
     std::vector<std::int64_t> recv;
     st.exchange_counts(plan, error, where, stats, recv);
     std::vector<std::int64_t> received;
@@ -369,7 +499,7 @@ class MpiExpertExecutor {
   };
 
   struct State {
-    State(MPI_Comm parent, Index num_experts) : partition(num_experts, comm_size(parent)) {
+    State(MPI_Comm parent, Index num_experts, CapacityScope scope_) : partition(num_experts, comm_size(parent)), scope(scope_) {
       constexpr const char* where = "MpiExpertExecutor::MpiExpertExecutor()";
       impl::check_mpi(MPI_Comm_dup(parent, &comm), where, "MPI_Comm_dup");
       MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
@@ -453,6 +583,139 @@ class MpiExpertExecutor {
       alltoall_counts(send, recv, where);
       stats.count_bytes = count_bytes();
       throw_on_flags(recv, error, where, "before the exchange");
+    }
+
+    /// The planning exchange under CapacityScope::global: one record per rank, gathered.
+    enum HeaderField : std::size_t { h_failed, h_kind, h_capacity_kind, h_capacity_value, h_priority, h_assignments,
+                                     h_tokens, h_choices, header_fields };
+
+    void allgather_header(const std::array<std::int64_t, header_fields>& head, std::vector<std::int64_t>& all,
+                          const char* where) {
+      all.assign(static_cast<std::size_t>(size) * header_fields, 0);
+      const impl::ScopeTimer timer(mpi_seconds);
+      const int rc = MPI_Allgather(head.data(), static_cast<int>(header_fields), MPI_INT64_T, all.data(),
+                                   static_cast<int>(header_fields), MPI_INT64_T, comm);
+      ++exchanges;
+      impl::check_mpi(rc, where, "MPI_Allgather (planning)");
+      plan_bytes += static_cast<std::uint64_t>(size - 1) * header_fields * sizeof(std::int64_t);
+    }
+
+    /// Throws on every rank when a rank failed before planning, or when the ranks' records
+    /// disagree on whether this forward plans, on the capacity or on its priority.
+    void check_header(const std::vector<std::int64_t>& all, const std::string& own, const char* where) const {
+      const auto at = [&](Index q, std::size_t f) { return all[static_cast<std::size_t>(q) * header_fields + f]; };
+      for (Index q = 0; q < size; ++q) {
+        if (at(q, h_failed) == 0) continue;
+        if (!own.empty()) throw std::runtime_error(own);
+        throw std::runtime_error(detail::concat(where, ": every rank's forward expected to reach the planning exchange, got "
+                                                "rank ", q, " failed before it (its own exception says why)"));
+      }
+      static constexpr std::array<const char*, 5> names = {"", "a plan from MpiExpertExecutor::plan() (1) or none (0)",
+                                                           "capacity kind", "capacity (factor bits, or slots)",
+                                                           "capacity priority"};
+      for (std::size_t f = h_kind; f <= h_priority; ++f)
+        for (Index q = 1; q < size; ++q)
+          if (at(q, f) != at(0, f))
+            detail::throw_invalid(where, detail::concat(names[f], " on every rank (CapacityScope::global)"),
+                                  detail::concat(at(0, f), " (rank 0's)"), detail::concat(at(q, f), " on rank ", q));
+    }
+
+    /// Priority::position over the concatenation: assignments are served by (choice j, token
+    /// of the concatenation), so rank r's j-th choices of expert e come after every rank's
+    /// earlier choices of e and after lower ranks' j-th choices of e. From the gathered counts
+    /// per (j, e), each rank finds where its own assignments fall and keeps the first C of e.
+    template <class S>
+    void position_kept(const RoutingResult<S>& routing, const std::vector<Index>& choice, Index J, Index C,
+                       std::vector<std::uint8_t>& kept, const char* where) {
+      const Index E = partition.num_experts(), n = routing.size();
+      const auto cells = static_cast<std::size_t>(J * E);
+      detail::require(J * E <= INT_MAX, where, "choices x experts of the planning exchange", "at most INT_MAX", J * E);
+      std::vector<std::int64_t> mine(cells, 0), all(cells * static_cast<std::size_t>(size), 0);
+      for (Index i = 0; i < n; ++i)
+        ++mine[static_cast<std::size_t>(choice[static_cast<std::size_t>(i)] * E + routing.expert[static_cast<std::size_t>(i)])];
+      {
+        const impl::ScopeTimer timer(mpi_seconds);
+        impl::check_mpi(MPI_Allgather(mine.data(), static_cast<int>(cells), MPI_INT64_T, all.data(),
+                                      static_cast<int>(cells), MPI_INT64_T, comm),
+                        where, "MPI_Allgather (counts per choice and expert)");
+      }
+      plan_bytes += static_cast<std::uint64_t>(size - 1) * cells * sizeof(std::int64_t);
+      // base[j E + e]: assignments of e served before this rank's j-th choices.
+      std::vector<std::int64_t> base(cells, 0);
+      for (std::size_t e = 0; e < static_cast<std::size_t>(E); ++e) {
+        std::int64_t before = 0;  // every rank's choices j' < j of e
+        for (std::size_t j = 0; j < static_cast<std::size_t>(J); ++j) {
+          const std::size_t c = j * static_cast<std::size_t>(E) + e;
+          std::int64_t lower = 0, total = 0;
+          for (Index q = 0; q < size; ++q) {
+            const std::int64_t v = all[static_cast<std::size_t>(q) * cells + c];
+            total += v;
+            if (q < rank) lower += v;
+          }
+          base[c] = before + lower;
+          before += total;
+        }
+      }
+      // This rank's own serving order: (choice, token, assignment).
+      std::vector<Index> order(static_cast<std::size_t>(n));
+      for (Index i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
+      std::sort(order.begin(), order.end(), [&](Index a, Index b) {
+        const auto au = static_cast<std::size_t>(a), bu = static_cast<std::size_t>(b);
+        if (choice[au] != choice[bu]) return choice[au] < choice[bu];
+        if (routing.token[au] != routing.token[bu]) return routing.token[au] < routing.token[bu];
+        return a < b;
+      });
+      for (const Index i : order) {
+        const auto iu = static_cast<std::size_t>(i);
+        const std::size_t c = static_cast<std::size_t>(choice[iu] * E + routing.expert[iu]);
+        kept[iu] = base[c]++ < C ? 1 : 0;
+      }
+    }
+
+    /// Priority::batch_prioritized over the concatenation: the order depends on every token's
+    /// score, so every rank gathers every assignment's (token, expert, gate), rebuilds the
+    /// concatenation's routing and serves it as build_plan does in one process.
+    template <class S>
+    void prioritized_kept(const RoutingResult<S>& routing, const Capacity& capacity, const std::vector<std::int64_t>& head,
+                          Index n_total, Index T_before, Index n_before, Index J, std::vector<std::uint8_t>& kept,
+                          const char* where) {
+      const Index E = partition.num_experts(), n = routing.size();
+      detail::require(3 * n_total <= INT_MAX, where, "3 x assignments of all ranks (planning exchange)",
+                      "at most INT_MAX", 3 * n_total);
+      std::vector<std::int64_t> mine(static_cast<std::size_t>(3 * n)), all(static_cast<std::size_t>(3 * n_total));
+      for (Index i = 0; i < n; ++i) {
+        const auto iu = static_cast<std::size_t>(i);
+        mine[3 * iu] = routing.token[iu] + T_before;
+        mine[3 * iu + 1] = routing.expert[iu];
+        mine[3 * iu + 2] = std::bit_cast<std::int64_t>(static_cast<double>(routing.gate[iu]));  // exact for float
+      }
+      std::vector<int> counts(static_cast<std::size_t>(size)), displs(static_cast<std::size_t>(size));
+      Index T_total = 0;
+      for (Index q = 0, off = 0; q < size; ++q) {
+        const std::int64_t nq = head[static_cast<std::size_t>(q) * header_fields + h_assignments];
+        counts[static_cast<std::size_t>(q)] = static_cast<int>(3 * nq);
+        displs[static_cast<std::size_t>(q)] = static_cast<int>(off);
+        off += 3 * nq;
+        T_total += head[static_cast<std::size_t>(q) * header_fields + h_tokens];
+      }
+      {
+        static std::int64_t dummy = 0;
+        const impl::ScopeTimer timer(mpi_seconds);
+        impl::check_mpi(MPI_Allgatherv(mine.empty() ? &dummy : mine.data(), static_cast<int>(3 * n), MPI_INT64_T,
+                                       all.empty() ? &dummy : all.data(), counts.data(), displs.data(), MPI_INT64_T, comm),
+                        where, "MPI_Allgatherv (assignments)");
+      }
+      plan_bytes += static_cast<std::uint64_t>(size - 1) * mine.size() * sizeof(std::int64_t);
+      RoutingResult<S> whole;
+      whole.reset(T_total, E, n_total, J);
+      for (std::size_t i = 0; i < static_cast<std::size_t>(n_total); ++i) {
+        whole.token[i] = all[3 * i];
+        whole.expert[i] = all[3 * i + 1];
+        whole.gate[i] = static_cast<S>(std::bit_cast<double>(all[3 * i + 2]));
+      }
+      DispatchPlan<S> served;
+      build_plan(whole, served, capacity);
+      for (Index i = 0; i < n; ++i) kept[static_cast<std::size_t>(i)] = served.kept(n_before + i) ? 1 : 0;
     }
 
     [[nodiscard]] std::uint64_t count_bytes() const {
@@ -606,6 +869,9 @@ class MpiExpertExecutor {
     }
 
     ExpertPartition partition;
+    CapacityScope scope = CapacityScope::per_rank;
+    bool planned = false;         // plan() ran under global scope; the forward's counts exchange follows
+    std::uint64_t plan_bytes = 0;  // bytes this rank sent in the current forward's planning exchange
     MPI_Comm comm = MPI_COMM_NULL;
     Index rank = 0, size = 1, first = 0, count = 0, block = 1;
     std::mutex mutex;
