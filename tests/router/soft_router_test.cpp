@@ -9,6 +9,7 @@
 #include <cmath>
 #include <random>
 
+#include "support/bits.hpp"
 #include "support/random.hpp"
 #include "support/reference_moe.hpp"
 
@@ -162,6 +163,35 @@ TEST_CASE("Soft MoE sequences do not see each other", "[layer][soft]") {
   // One sequence of ten is a different mixture.
   const RowMatrix<double> joint = layer.forward(x, ws, ctx);
   CHECK((joint - both).cwiseAbs().maxCoeff() > 1e-6);
+}
+
+TEMPLATE_TEST_CASE("a Soft MoE sequence gets the same bits wherever it sits in the batch, forward and backward",
+                   "[layer][soft][determinism]", float, double) {
+  // Sequences at rows 3, 6, 9 of a batch and at rows 0, 3, 6 of another: the dispatch softmax
+  // (exp, column sums) and its backward must not follow the rows' addresses (an Eigen exp and
+  // colwise sum over the block did, in float; found by the expert-parallel tests).
+  using S = TestType;
+  for (const bool normalize : {false, true}) {
+    const auto layer = random_soft_moe<S>(6, 8, 12, 1, normalize);
+    RowMatrix<S> x(12, 8), dy(12, 8);
+    fill(x, 61);
+    fill(dy, 62);
+    moe::ForwardContext ctx;
+    ctx.sequence_length = 3;
+    ctx.mode = moe::Mode::training;
+    ctx.gemm = moe::GemmKernel::batch_invariant;
+    moe::Workspace<S> whole_ws, tail_ws;
+    const RowMatrix<S> y = layer.forward(x, whole_ws, ctx);
+    const RowMatrix<S> x_tail = x.bottomRows(9), dy_tail = dy.bottomRows(9);
+    const RowMatrix<S> y_tail = layer.forward(x_tail, tail_ws, ctx);
+    CHECK(moe::test::same_bits(y_tail, RowMatrix<S>(y.bottomRows(9))));
+    // The router's backward per sequence: the dispatch softmax's gradient of each row.
+    auto g_whole = layer.make_gradients(), g_tail = layer.make_gradients();
+    const RowMatrix<S> dx = layer.backward(dy, whole_ws, g_whole);
+    const RowMatrix<S> dx_tail = layer.backward(dy_tail, tail_ws, g_tail);
+    const RowMatrix<S> expected = dx.bottomRows(9);
+    CHECK((dx_tail - expected).cwiseAbs().maxCoeff() <= (sizeof(S) == 4 ? 1e-5 : 1e-13) * (1 + expected.norm()));
+  }
 }
 
 TEST_CASE("Soft MoE ignores capacity, reuses its workspace and accepts an empty batch", "[layer][soft]") {

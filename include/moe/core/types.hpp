@@ -45,6 +45,16 @@ template <class M>
 void ensure_shape(M& m, Index rows, Index cols) {
   if (m.rows() != rows || m.cols() != cols) m.resize(rows, cols);
 }
+
+/// dst (a row, cols values) += the sum of m's rows, added row by row in order: every column's
+/// sum has the same order, and so the same bits, wherever m sits in memory. Eigen's
+/// m.colwise().sum() on a block of a row-major matrix need not: its vectorised path reduces in
+/// another order than its scalar one, and which columns take which can follow the block's
+/// address (found by the expert-parallel tests: a slab at another offset on its owner rank).
+template <class Row, class M>
+void add_column_sums(Row&& dst, const M& m) {
+  for (Index r = 0; r < m.rows(); ++r) dst += m.row(r);
+}
 }  // namespace detail
 
 }  // namespace moe

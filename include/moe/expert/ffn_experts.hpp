@@ -124,13 +124,13 @@ class FFNExperts {
     const Index ff = d_ff_;
     kernels::gemm<Arch>(grad.wo_.middleRows(e * d_model_, d_model_), dy, Op::transpose, hidden.middleCols(ff, ff), Op::none, S(1),
                        S(1));
-    if (has_biases()) grad.bo_.row(e) += dy.colwise().sum();
+    if (has_biases()) detail::add_column_sums(grad.bo_.row(e), dy);
     auto dpre = scratch.leftCols(ff);
     kernels::gemm<Arch>(dpre, dy, Op::none, wo_.middleRows(e * d_model_, d_model_), Op::none, S(1), S(0));
     for (Index r = 0; r < n; ++r)
       for (Index j = 0; j < ff; ++j) dpre(r, j) *= derivative(hidden(r, j));
     kernels::gemm<Arch>(grad.wi_.middleRows(e * ff, ff), dpre, Op::transpose, x, Op::none, S(1), S(1));
-    if (has_biases()) grad.bi_.row(e) += dpre.colwise().sum();
+    if (has_biases()) detail::add_column_sums(grad.bi_.row(e), dpre);
     kernels::gemm<Arch>(dx, dpre, Op::none, wi_.middleRows(e * ff, ff), Op::none, S(1), S(0));
   }
 

@@ -131,7 +131,7 @@ class GptOssExperts {
     const Index n = x.rows();
     const Index ff = d_ff_;
     kernels::gemm<Arch>(grad.down_.middleRows(e * ff, ff), hidden.middleCols(2 * ff, ff), Op::transpose, dy, Op::none, S(1), S(1));
-    grad.down_bias_.row(e) += dy.colwise().sum();
+    detail::add_column_sums(grad.down_bias_.row(e), dy);
     auto da = scratch.middleCols(2 * ff, ff);
     kernels::gemm<Arch>(da, dy, Op::none, down_.middleRows(e * ff, ff), Op::transpose, S(1), S(0));
     for (Index r = 0; r < n; ++r) {
@@ -153,7 +153,7 @@ class GptOssExperts {
     }
     const auto dh = scratch.leftCols(2 * ff);
     kernels::gemm<Arch>(grad.gate_up_.middleRows(e * d_model_, d_model_), x, Op::transpose, dh, Op::none, S(1), S(1));
-    grad.gate_up_bias_.row(e) += dh.colwise().sum();
+    detail::add_column_sums(grad.gate_up_bias_.row(e), dh);
     kernels::gemm<Arch>(dx, dh, Op::none, gate_up_.middleRows(e * d_model_, d_model_), Op::transpose, S(1), S(0));
   }
 

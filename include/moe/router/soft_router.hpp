@@ -17,6 +17,7 @@
 #include <moe/core/types.hpp>
 #include <moe/contracts/slot_layout.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/softmax.hpp>
 #include <moe/contracts/routing_result.hpp>
 #include <moe/contracts/training.hpp>
 
@@ -113,7 +114,7 @@ class SoftRouter {
     RowVector<S>& col = col_lease.one();
     col.resize(slots);
     if (normalize_) {
-      for (Index t = 0; t < T; ++t) out.logits.row(t) /= std::sqrt(x.row(t).squaredNorm() + epsilon_);
+      for (Index t = 0; t < T; ++t) out.logits.row(t) /= std::sqrt(row_squared_norm(x, t) + epsilon_);
       col = ((phi_.colwise().squaredNorm().array() + epsilon_).rsqrt() * scale_).matrix();
       out.logits.array().rowwise() *= col.array();
     }
@@ -123,8 +124,14 @@ class SoftRouter {
       auto d = out.scores.middleRows(b * n, n);
       col = d.colwise().maxCoeff();
       d.array().rowwise() -= col.array();
-      d = d.array().exp().matrix();
-      col = d.colwise().sum();
+      // exp row by row from each row's start: the split between SIMD lanes and the scalar tail
+      // then depends on E*p only, so a sequence gets the same bits wherever it sits in the
+      // batch (Eigen's exp over the block peels to its first aligned address, which moves with
+      // the sequence's row: found by the expert-parallel tests, a rank's batch against the
+      // concatenation).
+      for (Index t = 0; t < n; ++t) (void)kernels::detail::sum_exp_shifted<true, S, Arch>(d.row(t).data(), slots, S(0));
+      col.setZero();
+      detail::add_column_sums(col, d);
       d.array().rowwise() /= col.array();
     }
   }
@@ -164,7 +171,8 @@ class SoftRouter {
     for (Index b = 0; b < num_sequences; ++b) {
       const auto d = routing.scores.middleRows(b * n, n);
       auto dd = dscores.middleRows(b * n, n);
-      col = d.cwiseProduct(dd).colwise().sum();
+      col.setZero();
+      for (Index t = 0; t < n; ++t) col += d.row(t).cwiseProduct(dd.row(t));
       dlogits.middleRows(b * n, n).array() += d.array() * (dd.array().rowwise() - col.array());
     }
     if (!normalize_) {
@@ -184,7 +192,7 @@ class SoftRouter {
     S dscale = S(0);
     kernels::gemm<Arch>(rr, x, Op::none, phi_, Op::none, S(1), S(0));
     for (Index t = 0; t < T; ++t) {
-      const S a = S(1) / std::sqrt(x.row(t).squaredNorm() + epsilon_);
+      const S a = S(1) / std::sqrt(row_squared_norm(x, t) + epsilon_);
       auto r = rr.row(t);
       const auto g = dlogits.row(t);
       const S grc = (g.array() * r.array() * col.array()).sum();  // sum_i G R c
@@ -202,6 +210,15 @@ class SoftRouter {
   }
 
  private:
+  /// ||x_t||^2 summed in column order, so a token's value does not depend on its row's address
+  /// (Eigen's squaredNorm() on a row peels to the first aligned element).
+  template <class M>
+  static S row_squared_norm(const M& x, Index t) {
+    S sum = 0;
+    for (Index j = 0; j < x.cols(); ++j) sum += x(t, j) * x(t, j);
+    return sum;
+  }
+
   struct ScratchTag {};
 
   static RowMatrix<S> checked_zero_phi(Index num_experts, Index input_dim, Index slots_per_expert) {
