@@ -77,6 +77,28 @@ TEST_CASE("copy_experts takes a block's tensors from the whole bank", "[parallel
   CHECK(y == y2);
 }
 
+TEST_CASE("copy_experts takes a block's rows of a fused bank (GPT-OSS)", "[parallel][slice]") {
+  const Index E = 6, d = 4, ff = 3;
+  moe::GptOssExperts<double> whole(E, d, ff);
+  unsigned seed = 30;
+  whole.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.5); });
+  const auto part = moe::parallel::copy_experts(whole, 2, 3, [&](Index n) { return moe::GptOssExperts<double>(n, d, ff); });
+  REQUIRE(part.num_experts() == 3);
+  // Expert e's rows of each fused tensor: gate_up [E d, 2 ff], down [E ff, d], biases [E, ...].
+  CHECK(part.gate_up() == whole.gate_up().middleRows(2 * d, 3 * d));
+  CHECK(part.down() == whole.down().middleRows(2 * ff, 3 * ff));
+  CHECK(part.gate_up_bias() == whole.gate_up_bias().middleRows(2, 3));
+  CHECK(part.down_bias() == whole.down_bias().middleRows(2, 3));
+  // And the block runs as the whole bank's experts 2, 3, 4.
+  const moe::RowMatrix<double> x = moe::test::random_matrix(2, d, 31);
+  for (Index j = 0; j < 3; ++j) {
+    moe::RowMatrix<double> h(2, part.hidden_cols()), y(2, d), h2 = h, y2 = y;
+    part.forward(j, x, h, y);
+    whole.forward(2 + j, x, h2, y2);
+    CHECK(y == y2);
+  }
+}
+
 TEST_CASE("expert slices refuse experts they do not own and blocks outside the layer", "[parallel][slice][errors]") {
   const moe::SwiGLUExperts<double> whole = moe::test::swiglu<double>(6, 4, 5, 11);
   moe::parallel::ExpertSlice<moe::SwiGLUExperts<double>> slice(block_of(whole, 3, 2), 6, 3);

@@ -116,9 +116,14 @@ class ExpertSlice {
 
 /// Experts [first, first + count) of `whole` as a bank of their own: make(count) builds an
 /// empty bank of count experts of whole's shape; every parameter tensor of the block is then
-/// copied from whole's. Works for banks whose for_each_parameter lists each expert's tensors
-/// expert by expert, the same number for every expert (every per-expert bank of expert/);
-/// throws std::invalid_argument for any other (a fused [E, ...] tensor).
+/// copied from whole's. Two layouts, told apart by the number of tensors:
+/// - per expert: for_each_parameter lists each expert's tensors expert by expert, the same
+///   number for every expert (SwiGLU, FFN, linear, low-rank banks, ...): the block's tensors
+///   are whole's first * per .. (first + count) * per;
+/// - fused: the bank lists as many tensors for count experts as for E, each stacking the
+///   experts' rows (GPT-OSS: gate_up [E d, 2 ff], down [E ff, d], biases [E, ...]): the
+///   block's tensor is rows first * R / E .. (first + count) * R / E of whole's (R rows).
+/// Throws std::invalid_argument for a block outside the bank or tensors of any other shape.
 template <class Bank, class Make>
 [[nodiscard]] Bank copy_experts(const Bank& whole, Index first, Index count, Make&& make) {
   constexpr const char* where = "moe::parallel::copy_experts()";
@@ -131,6 +136,27 @@ template <class Bank, class Make>
   std::vector<RowMatrix<S>> tensors;
   whole.for_each_parameter([&](const std::string&, const auto& block) { tensors.emplace_back(block); });
   const auto n = static_cast<Index>(tensors.size());
+  Index part_n = 0;
+  std::as_const(part).for_each_parameter([&](const std::string&, const auto&) { ++part_n; });
+  if (part_n == n) {
+    // Fused: one tensor per parameter, the experts' rows stacked (or the whole bank, when
+    // count == E, in either layout).
+    Index i = 0;
+    part.for_each_parameter([&](const std::string& name, auto&& block) {
+      const RowMatrix<S>& src = tensors[static_cast<std::size_t>(i++)];
+      if (count == E) {
+        detail::require_shape(block, src.rows(), src.cols(), where, name);
+        block = src;
+        return;
+      }
+      detail::require(src.rows() % E == 0, where, detail::concat("rows of the fused tensor ", name),
+                      detail::concat("a multiple of E = ", E), src.rows());
+      const Index per = src.rows() / E;
+      detail::require_shape(block, count * per, src.cols(), where, name);
+      block = src.middleRows(first * per, count * per);
+    });
+    return part;
+  }
   detail::require(n % E == 0, where, "parameter tensors of the bank (the same number per expert)",
                   detail::concat("a multiple of E = ", E), n);
   const Index per = n / E;
