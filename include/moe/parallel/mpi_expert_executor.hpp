@@ -166,15 +166,16 @@ struct Saved {
 ///    this rank's rows for each expert q owns (plan.count(e)); a flag set by any rank (a rank
 ///    whose call failed before the exchange: MoELayer's checks, signal_failure()) makes every
 ///    rank throw here, so no rank waits in a later collective;
-/// 2. rows: one MPI_Alltoallv of x_perm (a contiguous derived datatype of d scalars per row):
-///    the rows for rank q are one contiguous range of x_perm, expert-major;
-/// 3. the owner orders what it received expert-major with the sources in rank order inside an
-///    expert (the rows the single-process layer's slab holds for the concatenation of the
-///    ranks' batches in rank order), and runs its experts with LocalExecutor on those slabs,
-///    the same tasks the single process runs: bit for bit the same rows, any thread count;
+/// 2. rows: one MPI_Alltoallw of x_perm: the rows for rank q are one contiguous range of
+///    x_perm, expert-major, and the owner's datatype for source s scatters them straight into
+///    its expert-major slabs, the sources in rank order inside an expert (the rows the
+///    single-process layer's slab holds for the concatenation of the ranks' batches in rank
+///    order), with no reorder copy;
+/// 3. the owner runs its experts with LocalExecutor on those slabs, the same tasks the single
+///    process runs: bit for bit the same rows, any thread count;
 /// 4. one MPI_Allgather of a flag per rank: an exception while the experts ran (on any rank)
 ///    becomes an exception on every rank;
-/// 5. one MPI_Alltoallv of the output rows back into y_perm, in the order they left.
+/// 5. one MPI_Alltoallw of the output rows from the slabs back into y_perm, where they left.
 ///
 /// backward: the same counts exchange (the forward's counts, checked), dy_perm rows to the
 /// owners, the bank's backward on the owner (gradients of owned experts accumulate in the
@@ -363,15 +364,10 @@ class MpiExpertExecutor {
     st.local_plan(saved.received, saved.plan);
     const Index rows = saved.plan.rows();
 
-    // Rows to the owners, ordered expert-major with sources in rank order.
-    detail::ensure_shape(st.template buffer<S>(0), layout.recv_total, d);
-    {
-      const impl::RowType row(d, impl::mpi_scalar<S>(), where);
-      st.alltoallv(step.x_perm.data(), layout.send_rows, layout.send_displ, st.template buffer<S>(0).data(),
-                   layout.recv_rows, layout.recv_displ, row.get(), where);
-    }
+    // Rows to the owners, straight into the expert-major slabs (sources in rank order).
     detail::ensure_shape(saved.x, rows, d);
-    st.reorder(st.template buffer<S>(0), saved.x, saved.received, layout, saved.plan, /*to_expert_major=*/true);
+    st.exchange_slabs(/*to_slabs=*/true, const_cast<S*>(step.x_perm.data()), saved.x.data(), d, impl::mpi_scalar<S>(), saved.received,
+                      layout, saved.plan, where);
     stats += st.row_statistics(layout, d * static_cast<Index>(sizeof(S)), /*back=*/false);
 
     // The owned experts, as LocalExecutor runs them in one process.
@@ -389,15 +385,11 @@ class MpiExpertExecutor {
     }
     st.agree(error, where, "while the experts ran");
 
-    // Outputs back, into the rows they came from.
-    RowMatrix<S>& y_send = st.template buffer<S>(0);
-    detail::ensure_shape(y_send, layout.recv_total, d_out);
-    st.reorder(y_send, y_local, saved.received, layout, saved.plan, /*to_expert_major=*/false);
+    // Outputs back from the slabs, into the rows they came from.
     {
-      const impl::RowType row(d_out, impl::mpi_scalar<S>(), where);
       MatrixRef<S> y_perm = step.y_perm;
-      st.alltoallv(y_send.data(), layout.recv_rows, layout.recv_displ, y_perm.data(), layout.send_rows,
-                   layout.send_displ, row.get(), where);
+      st.exchange_slabs(/*to_slabs=*/false, y_perm.data(), y_local.data(), d_out, impl::mpi_scalar<S>(), saved.received,
+                        layout, saved.plan, where);
     }
     stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/true);
     stats.mpi_seconds = st.mpi_seconds;
@@ -444,15 +436,10 @@ class MpiExpertExecutor {
     Layout layout = st.layout(plan, saved->received, where);
     const Index rows = saved->plan.rows();
 
-    detail::ensure_shape(st.template buffer<S>(0), layout.recv_total, d_out);
-    {
-      const impl::RowType row(d_out, impl::mpi_scalar<S>(), where);
-      st.alltoallv(step.dy_perm.data(), layout.send_rows, layout.send_displ, st.template buffer<S>(0).data(),
-                   layout.recv_rows, layout.recv_displ, row.get(), where);
-    }
     RowMatrix<S>& dy_local = st.template buffer<S>(1);
     detail::ensure_shape(dy_local, rows, d_out);
-    st.reorder(st.template buffer<S>(0), dy_local, saved->received, layout, saved->plan, /*to_expert_major=*/true);
+    st.exchange_slabs(/*to_slabs=*/true, const_cast<S*>(step.dy_perm.data()), dy_local.data(), d_out, impl::mpi_scalar<S>(),
+                      saved->received, layout, saved->plan, where);
     stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/false);
 
     RowMatrix<S>& dx_local = st.template buffer<S>(2);
@@ -475,14 +462,10 @@ class MpiExpertExecutor {
     }
     st.agree(error, where, "while the experts ran");
 
-    RowMatrix<S>& dx_send = st.template buffer<S>(0);
-    detail::ensure_shape(dx_send, layout.recv_total, d);
-    st.reorder(dx_send, dx_local, saved->received, layout, saved->plan, /*to_expert_major=*/false);
     {
-      const impl::RowType row(d, impl::mpi_scalar<S>(), where);
       MatrixRef<S> dx_perm = step.dx_perm;
-      st.alltoallv(dx_send.data(), layout.recv_rows, layout.recv_displ, dx_perm.data(), layout.send_rows,
-                   layout.send_displ, row.get(), where);
+      st.exchange_slabs(/*to_slabs=*/false, dx_perm.data(), dx_local.data(), d, impl::mpi_scalar<S>(), saved->received,
+                        layout, saved->plan, where);
     }
     stats += st.row_statistics(layout, d * static_cast<Index>(sizeof(S)), /*back=*/true);
     stats.mpi_seconds = st.mpi_seconds;
@@ -799,37 +782,74 @@ class MpiExpertExecutor {
       plan.num_tokens = plan.rows();
     }
 
-    /// Copies between the source-major layout of the exchange (per source, its rows expert by
-    /// expert) and the expert-major slabs (per expert, its rows source by source).
-    template <class S>
-    void reorder(RowMatrix<S>& source_major, RowMatrix<S>& expert_major, const std::vector<std::int64_t>& received,
-                 const Layout& l, const DispatchPlan<S>& plan, bool to_expert_major) const {
+    /// One row exchange between the senders' flat buffers (x_perm, y_perm, ...: the rows for
+    /// rank q one contiguous range, expert-major) and the owner's expert-major slabs (expert
+    /// j's rows from every source, sources in rank order): an MPI_Alltoallw whose datatype for
+    /// a source scatters its rows into the slabs (one block per owned expert), so the rows
+    /// land where the experts read them, with no reorder copy. to_slabs: flat -> slabs (x, dy);
+    /// else slabs -> flat (y, dx), the same rows back. Byte offsets live in the datatypes
+    /// (MPI_Aint), so buffers past 2 GiB are fine.
+    template <class T>
+    void exchange_slabs(bool to_slabs, T* flat, T* slabs, Index cols, MPI_Datatype scalar,
+                        const std::vector<std::int64_t>& received, const Layout& l, const DispatchPlan<T>& plan,
+                        const char* where) {
+      const impl::RowType row(cols, scalar, where);
+      const auto row_bytes = static_cast<MPI_Aint>(cols) * static_cast<MPI_Aint>(sizeof(T));
+      const auto P = static_cast<std::size_t>(size);
+      std::vector<MPI_Datatype> flat_types(P, MPI_DATATYPE_NULL), slab_types(P, MPI_DATATYPE_NULL);
+      std::vector<int> flat_counts(P, 0), slab_counts(P, 0), zero(P, 0);
+      const auto free_types = [&] {
+        for (auto* types : {&flat_types, &slab_types})
+          for (MPI_Datatype& t : *types)
+            if (t != MPI_DATATYPE_NULL) MPI_Type_free(&t);
+      };
+      const auto commit = [&](MPI_Datatype& t) {
+        const int rc = MPI_Type_commit(&t);
+        if (rc != MPI_SUCCESS) free_types();
+        impl::check_mpi(rc, where, "MPI_Type_commit");
+      };
+      std::vector<int> lengths(static_cast<std::size_t>(count));
+      std::vector<MPI_Aint> displs(static_cast<std::size_t>(count));
       std::vector<Index> into(static_cast<std::size_t>(count));
       for (Index j = 0; j < count; ++j) into[static_cast<std::size_t>(j)] = plan.begin(j);
-      for (Index s = 0; s < size; ++s) {
-        Index from = l.recv_displ[static_cast<std::size_t>(s)];
+      for (std::size_t q = 0; q < P; ++q) {
+        // The flat side: one block of this rank's rows for q (or, back, from q).
+        MPI_Aint at = static_cast<MPI_Aint>(l.send_displ[q]) * row_bytes;
+        int one = l.send_rows[q];
+        int rc = MPI_Type_create_hindexed(1, &one, &at, row.get(), &flat_types[q]);
+        if (rc != MPI_SUCCESS) free_types();
+        impl::check_mpi(rc, where, "MPI_Type_create_hindexed (rows)");
+        commit(flat_types[q]);
+        flat_counts[q] = one > 0 ? 1 : 0;
+        // The slab side: source q's rows of owned expert j at into[j], j = 0 .. count - 1.
+        int total = 0;
         for (Index j = 0; j < count; ++j) {
-          const Index n = received[static_cast<std::size_t>(s * count + j)];
-          if (n > 0) {
-            if (to_expert_major) expert_major.middleRows(into[static_cast<std::size_t>(j)], n) = source_major.middleRows(from, n);
-            else source_major.middleRows(from, n) = expert_major.middleRows(into[static_cast<std::size_t>(j)], n);
-          }
-          from += n;
-          into[static_cast<std::size_t>(j)] += n;
+          const auto ju = static_cast<std::size_t>(j);
+          const Index n = received[q * static_cast<std::size_t>(count) + ju];
+          lengths[ju] = static_cast<int>(n);
+          displs[ju] = static_cast<MPI_Aint>(into[ju]) * row_bytes;
+          into[ju] += n;
+          total += lengths[ju];
         }
+        rc = MPI_Type_create_hindexed(static_cast<int>(count), lengths.data(), displs.data(), row.get(), &slab_types[q]);
+        if (rc != MPI_SUCCESS) free_types();
+        impl::check_mpi(rc, where, "MPI_Type_create_hindexed (slabs)");
+        commit(slab_types[q]);
+        slab_counts[q] = total > 0 ? 1 : 0;
       }
-    }
-
-    template <class T>
-    void alltoallv(const T* send, const std::vector<int>& send_rows, const std::vector<int>& send_displ, T* recv,
-                   const std::vector<int>& recv_rows, const std::vector<int>& recv_displ, MPI_Datatype row,
-                   const char* where) {
-      // An empty buffer's data() may be null; MPI reads nothing there, but some builds check.
       static T dummy{};
-      const impl::ScopeTimer timer(mpi_seconds);
-      impl::check_mpi(MPI_Alltoallv(send != nullptr ? send : &dummy, send_rows.data(), send_displ.data(), row,
-                                    recv != nullptr ? recv : &dummy, recv_rows.data(), recv_displ.data(), row, comm),
-                      where, "MPI_Alltoallv (rows)");
+      int rc = MPI_SUCCESS;
+      {
+        const impl::ScopeTimer timer(mpi_seconds);
+        if (to_slabs)
+          rc = MPI_Alltoallw(flat != nullptr ? flat : &dummy, flat_counts.data(), zero.data(), flat_types.data(),
+                             slabs != nullptr ? slabs : &dummy, slab_counts.data(), zero.data(), slab_types.data(), comm);
+        else
+          rc = MPI_Alltoallw(slabs != nullptr ? slabs : &dummy, slab_counts.data(), zero.data(), slab_types.data(),
+                             flat != nullptr ? flat : &dummy, flat_counts.data(), zero.data(), flat_types.data(), comm);
+      }
+      free_types();
+      impl::check_mpi(rc, where, "MPI_Alltoallw (rows)");
     }
 
     /// Rows to other ranks in one row exchange: out to the owners, or (back) from them.
