@@ -62,6 +62,25 @@ struct Context {
   ForwardContext ctx;
 };
 
+/// What check_against_single_process compares beyond the defaults.
+struct Check {
+  /// Compare with the concatenation (reference A). Off for routers whose decisions are not
+  /// per token alone: noise keyed by the token's row in its batch (noisy top-k), choices over
+  /// the batch (expert choice); then the ranks apart (B) are the reference, and the owned
+  /// experts' gradients are not compared.
+  bool concatenation = true;
+  /// ForwardContext::sequence_length (Soft MoE: sequences must not be split across ranks).
+  Index sequence_length = 0;
+};
+
+/// Token ids for routers that read them (hash routing): rank q's token t gets an id from
+/// (q, t), the concatenation the same ids in rank order.
+inline std::vector<std::int64_t> token_ids(Index q, Index n) {
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
+  for (Index t = 0; t < n; ++t) ids[static_cast<std::size_t>(t)] = (31 * q + 7 * t + 3) % 50;
+  return ids;
+}
+
 /// Splits a routing record of the concatenation into the ranks' records (tokens from offset[q]
 /// to offset[q + 1] renumbered from 0), keeping the kept flags and the capacity.
 inline std::vector<RoutingRecord> split_record(const RoutingRecord& whole, const std::vector<Index>& offset) {
@@ -96,7 +115,8 @@ inline std::vector<RoutingRecord> split_record(const RoutingRecord& whole, const
 template <class Full, class MakeBank>
 void check_against_single_process(const Full& full, MakeBank make_bank, const std::vector<Index>& T,
                                   const Capacity& capacity, int threads, unsigned seed, bool dead_expert_col = false,
-                                  parallel::CapacityScope scope = parallel::CapacityScope::per_rank) {
+                                  parallel::CapacityScope scope = parallel::CapacityScope::per_rank,
+                                  const Check& check = {}) {
   using S = typename Full::scalar_type;
   using Bank = typename Full::expert_type;
   const Index P = world_size(), r = world_rank(), E = full.num_experts(), d = full.input_dim(),
@@ -117,6 +137,19 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
     dY.middleRows(offset[static_cast<std::size_t>(q)], dys[static_cast<std::size_t>(q)].rows()) = dys[static_cast<std::size_t>(q)];
   }
   Context c(threads);
+  c.ctx.sequence_length = check.sequence_length;
+  // Token ids per rank and for the concatenation, read by routers that need them.
+  constexpr bool ids = router_traits<typename Full::router_type>::needs_token_ids;
+  std::vector<std::vector<std::int64_t>> rank_ids;
+  std::vector<std::int64_t> all_ids;
+  for (Index q = 0; q < P; ++q) {
+    rank_ids.push_back(token_ids(q, T[static_cast<std::size_t>(q)]));
+    all_ids.insert(all_ids.end(), rank_ids.back().begin(), rank_ids.back().end());
+  }
+  const auto with_ids = [&](ForwardContext ctx, const std::vector<std::int64_t>& v) {
+    if constexpr (ids) ctx.token_ids = v;
+    return ctx;
+  };
 
   // The expert-parallel run.
   parallel::MpiExpertExecutor executor(MPI_COMM_WORLD, E, scope);
@@ -126,7 +159,8 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
       parallel::ExpertSlice<Bank>(parallel::copy_experts(full.experts(), first, count, make_bank), part, r),
       full.router(), full.combiner(), capacity, executor);
   Workspace<S> ws;
-  const RowMatrix<S> y = parallel::forward(layer, xs[static_cast<std::size_t>(r)], ws, c.ctx);
+  const RowMatrix<S> y = parallel::forward(layer, xs[static_cast<std::size_t>(r)], ws,
+                                           with_ids(c.ctx, rank_ids[static_cast<std::size_t>(r)]));
   const LayerStatistics stats = parallel::global_statistics(ws.stats, layer.executor());
   auto grads = layer.make_gradients();
   const RowMatrix<S> dx = parallel::backward(layer, dys[static_cast<std::size_t>(r)], ws, grads);
@@ -143,15 +177,15 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   if (global) {
     whole.set_capacity(capacity);
     RoutingTape tape(TapeMode::record);
-    ForwardContext wc = c.ctx;
-    wc.routing_tape = &tape;
+    ForwardContext wc = with_ids(c.ctx, all_ids);
+    if (bounded) wc.routing_tape = &tape;
     Y = whole.forward(X, wws, wc);
-    global_parts = split_record(tape.records().front(), offset);
+    if (bounded) global_parts = split_record(tape.records().front(), offset);
   }
 
   // (b) each rank's batch apart, in one process; the per-rank routing records.
   std::vector<RoutingRecord> records;
-  std::vector<RowMatrix<S>> rep_router, rep_combiner;
+  std::vector<RowMatrix<S>> rep_router, rep_combiner, apart_experts;
   RowMatrix<S> y_apart, dx_apart;
   for (Index q = 0; q < P; ++q) {
     Full single = full;
@@ -162,19 +196,21 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
     } else {
       single.set_capacity(capacity);
     }
-    ForwardContext qc = c.ctx;
-    qc.routing_tape = &tape;
+    ForwardContext qc = with_ids(c.ctx, rank_ids[static_cast<std::size_t>(q)]);
+    if (bounded) qc.routing_tape = &tape;
     Workspace<S> qws;
     const RowMatrix<S> yq = single.forward(xs[static_cast<std::size_t>(q)], qws, qc);
     auto gq = single.make_gradients();
     const RowMatrix<S> dxq = single.backward(dys[static_cast<std::size_t>(q)], qws, gq);
-    if (!global) records.push_back(tape.records().front());
+    if (!global && bounded) records.push_back(tape.records().front());
     const auto router_q = tensors<S>(gq.router), combiner_q = tensors<S>(gq.combiner);
+    const auto experts_q = tensors<S>(parallel::copy_experts(gq.experts, first, count, make_bank));
     if (q == 0) {
-      rep_router = router_q, rep_combiner = combiner_q;
+      rep_router = router_q, rep_combiner = combiner_q, apart_experts = experts_q;
     } else {
       for (std::size_t i = 0; i < router_q.size(); ++i) rep_router[i] += router_q[i];
       for (std::size_t i = 0; i < combiner_q.size(); ++i) rep_combiner[i] += combiner_q[i];
+      for (std::size_t i = 0; i < experts_q.size(); ++i) apart_experts[i] += experts_q[i];
     }
     if (q == r) y_apart = yq, dx_apart = dxq;
   }
@@ -182,7 +218,7 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   // (a) per rank: the concatenation; with capacity, the groups' decisions replayed on it.
   if (!global) {
     RoutingTape replay(TapeMode::record);
-    ForwardContext wc = c.ctx;
+    ForwardContext wc = with_ids(c.ctx, all_ids);
     if (bounded) {
       RoutingRecord all;
       all.num_tokens = total;
@@ -209,31 +245,41 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   const RowMatrix<S> dX = whole.backward(dY, wws, wgrads);
 
   const Index T_r = T[static_cast<std::size_t>(r)], off = offset[static_cast<std::size_t>(r)];
-  CHECK(same_bits(y, RowMatrix<S>(Y.middleRows(off, T_r))));
-  // dx also flows through products over the rank's batch outside step 4 (the router's
-  // dlogits W, a shared expert's backward), which the layer's backward runs with the default
-  // kernel whatever ForwardContext::gemm says: the row-wise kernel up to 32 rows, Eigen's GEMM
-  // above (FMA under -march=native). So dx is bit for bit the rank's batch apart always, and
-  // the concatenation's when that too stays within 32 rows; to rounding otherwise.
-  if (total <= kernels::rowwise_max_rows) {
-    CHECK(same_bits(dx, RowMatrix<S>(dX.middleRows(off, T_r))));
-  } else {
-    const double dx_tol = sizeof(S) == 4 ? 1e-5 : 1e-13;
-    CHECK((dx - dX.middleRows(off, T_r)).norm() <= dx_tol * (1 + dx.norm()));
-  }
   CHECK(same_bits(y, y_apart));
   CHECK(same_bits(dx, dx_apart));
-  CHECK(stats.tokens == wws.stats.tokens);
-  CHECK(stats.assignments == wws.stats.assignments);
-  CHECK(stats.dropped == wws.stats.dropped);
-  CHECK(stats.rerouted == wws.stats.rerouted);
-  CHECK(stats.expert_load == wws.stats.expert_load);
-  CHECK(stats.experts_per_token == wws.stats.experts_per_token);
-  // The owned experts' gradients against the concatenation's, bit for bit.
-  const auto mine = tensors<S>(grads.experts.local());
-  const auto expected = tensors<S>(parallel::copy_experts(wgrads.experts, first, count, make_bank));
-  REQUIRE(mine.size() == expected.size());
-  for (std::size_t i = 0; i < mine.size(); ++i) CHECK(same_bits(mine[i], expected[i]));
+  if (check.concatenation) {
+    CHECK(same_bits(y, RowMatrix<S>(Y.middleRows(off, T_r))));
+    // dx also flows through products over the rank's batch outside step 4 (the router's
+    // dlogits W, a shared expert's backward), which the layer's backward runs with the default
+    // kernel whatever ForwardContext::gemm says: the row-wise kernel up to 32 rows, Eigen's GEMM
+    // above (FMA under -march=native). So dx is bit for bit the rank's batch apart always, and
+    // the concatenation's when that too stays within 32 rows; to rounding otherwise.
+    if (total <= kernels::rowwise_max_rows) {
+      CHECK(same_bits(dx, RowMatrix<S>(dX.middleRows(off, T_r))));
+    } else {
+      const double dx_tol = sizeof(S) == 4 ? 1e-5 : 1e-13;
+      CHECK((dx - dX.middleRows(off, T_r)).norm() <= dx_tol * (1 + dx.norm()));
+    }
+    CHECK(stats.tokens == wws.stats.tokens);
+    CHECK(stats.assignments == wws.stats.assignments);
+    CHECK(stats.dropped == wws.stats.dropped);
+    CHECK(stats.rerouted == wws.stats.rerouted);
+    CHECK(stats.expert_load == wws.stats.expert_load);
+    CHECK(stats.experts_per_token == wws.stats.experts_per_token);
+    // The owned experts' gradients against the concatenation's, bit for bit.
+    const auto mine = tensors<S>(grads.experts.local());
+    const auto expected = tensors<S>(parallel::copy_experts(wgrads.experts, first, count, make_bank));
+    REQUIRE(mine.size() == expected.size());
+    for (std::size_t i = 0; i < mine.size(); ++i) CHECK(same_bits(mine[i], expected[i]));
+  } else {
+    // The owned experts' gradients: one product over every source's rows against the ranks'
+    // separate gradients added, to rounding.
+    const auto mine = tensors<S>(grads.experts.local());
+    REQUIRE(mine.size() == apart_experts.size());
+    const double tol = sizeof(S) == 4 ? 1e-4 : 1e-12;
+    for (std::size_t i = 0; i < mine.size(); ++i)
+      CHECK((mine[i] - apart_experts[i]).norm() <= tol * (1 + apart_experts[i].norm()));
+  }
   // Replicated parameters: the ranks' separate gradients added in rank order, bit for bit; the
   // concatenation's to rounding (one GEMM over all tokens against a sum of per-rank GEMMs).
   const auto router_ep = tensors<S>(grads.router), combiner_ep = tensors<S>(grads.combiner);
@@ -243,11 +289,12 @@ void check_against_single_process(const Full& full, MakeBank make_bank, const st
   const double tol = sizeof(S) == 4 ? 1e-4 : 1e-12;
   for (std::size_t i = 0; i < router_ep.size(); ++i) {
     CHECK(same_bits(router_ep[i], rep_router[i]));
-    CHECK((router_ep[i] - router_whole[i]).norm() <= tol * (1 + router_whole[i].norm()));
+    if (check.concatenation) CHECK((router_ep[i] - router_whole[i]).norm() <= tol * (1 + router_whole[i].norm()));
   }
   for (std::size_t i = 0; i < combiner_ep.size(); ++i) {
     CHECK(same_bits(combiner_ep[i], rep_combiner[i]));
-    CHECK((combiner_ep[i] - combiner_whole[i]).norm() <= tol * (1 + combiner_whole[i].norm()));
+    if (check.concatenation)
+      CHECK((combiner_ep[i] - combiner_whole[i]).norm() <= tol * (1 + combiner_whole[i].norm()));
   }
 }
 

@@ -207,6 +207,92 @@ TEMPLATE_TEST_CASE("expert parallel DeepSeek-V3 (group-limited sigmoid, shared e
                                    moe::Capacity{}, threads, 44);
 }
 
+TEMPLATE_TEST_CASE("expert parallel GPT-OSS (top-k softmax with bias, clamped GLU) equals one process",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  using S = TestType;
+  moe::GptOssExperts<S> bank(E, d, ff);
+  unsigned seed = 170;
+  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.3); });
+  moe::Vector<S> bias = moe::test::random_matrix(E, 1, 176).template cast<S>().col(0) * S(0.1);
+  moe::GptOssMoE<S> full(std::move(bank),
+                         moe::TopKSoftmaxRouter<S>(moe::test::random_matrix(E, d, 177).template cast<S>(), 2, {}, bias));
+  const moe::Capacity capacity = GENERATE(moe::Capacity{}, moe::Capacity::from_factor(0.75));
+  const auto scope = GENERATE(moe::parallel::CapacityScope::per_rank, moe::parallel::CapacityScope::global);
+  CAPTURE(static_cast<int>(capacity.kind), static_cast<int>(scope));
+  ep::check_against_single_process(full, [](Index n) { return moe::GptOssExperts<S>(n, d, ff); },
+                                   ep::token_counts(ep::world_size(), true), capacity, 2, 47, false, scope);
+}
+
+TEMPLATE_TEST_CASE("expert parallel Qwen2-MoE (not renormalised, sigmoid-gated shared expert) equals one process",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  using S = TestType;
+  moe::SharedExpertCombiner<moe::SwiGLUExperts<S>, moe::SharedGate::sigmoid> combiner(moe::test::swiglu<S>(1, d, ff, 180));
+  moe::test::fill(combiner.gate_weight(), 181, 0.3);
+  moe::Qwen2MoE<S> full(moe::test::swiglu<S>(E, d, ff, 182),
+                        moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 183).template cast<S>(), 3,
+                                                  moe::SoftmaxTopK<S>{false}),
+                        std::move(combiner));
+  const int threads = GENERATE(1, 2);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), false),
+                                   moe::Capacity{}, threads, 48);
+}
+
+TEMPLATE_TEST_CASE("expert parallel hash routing (token ids per rank) equals one process",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  using S = TestType;
+  // Dropless: the references of a run with capacity replay its decisions through a routing
+  // tape in replay_experts mode, which needs a router that can regate (hash routing cannot).
+  moe::HashMoE<S> full(moe::test::swiglu<S>(E, d, ff, 185), moe::HashRouter<S>::balanced(50, E, d, 186));
+  const int threads = GENERATE(1, 2);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), true), moe::Capacity{},
+                                   threads, 49);
+}
+
+TEMPLATE_TEST_CASE("expert parallel top-p routing (1 to 3 experts per token) equals one process",
+                   "[parallel][mpi][bit_identity][capacity]", float, double) {
+  using S = TestType;
+  // A variable number of choices per token: the global capacity's counts per choice have as
+  // many rows as the most choices any rank's token made.
+  moe::TopPMoE<S> full(moe::test::swiglu<S>(E, d, ff, 188),
+                       moe::TopPRouter<S>(moe::test::random_matrix(E, d, 189).template cast<S>(), 3, moe::TopP<S>{S(0.6)}));
+  const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
+  const auto scope = GENERATE(moe::parallel::CapacityScope::per_rank, moe::parallel::CapacityScope::global);
+  CAPTURE(static_cast<int>(priority), static_cast<int>(scope));
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), true),
+                                   moe::Capacity::from_factor(0.5, 0, priority), 2, 50, false, scope);
+}
+
+TEMPLATE_TEST_CASE("expert parallel noisy top-k draws its noise per rank's batch: equals the ranks apart",
+                   "[parallel][mpi][bit_identity]", float, double) {
+  // Noise is keyed by (seed, step, the token's row in its batch), so a rank's tokens draw the
+  // noise they draw in the rank's batch alone, not the concatenation's: the reference is the
+  // ranks apart (outputs, dx, replicated gradients bit for bit; the owned experts' gradients to
+  // rounding against the ranks' gradients added).
+  using S = TestType;
+  moe::NoisyTopKMoE<S> full(moe::test::swiglu<S>(E, d, ff, 191),
+                            moe::NoisyTopKRouter<S>(moe::test::random_matrix(E, d, 192).template cast<S>(),
+                                                    moe::test::random_matrix(E, d, 193).template cast<S>(), 2));
+  const int threads = GENERATE(1, 2);
+  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), true), moe::Capacity{},
+                                   threads, 51, false, moe::parallel::CapacityScope::per_rank, {.concatenation = false});
+}
+
+TEMPLATE_TEST_CASE("expert parallel Soft MoE (sequences of 3 tokens, none split across ranks) equals one process",
+                   "[parallel][mpi][bit_identity][soft_moe]", float, double) {
+  using S = TestType;
+  using Bank = moe::FFNExperts<S, moe::Activation::gelu_erf>;
+  Bank bank(E, d, ff);
+  unsigned seed = 195;
+  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.3); });
+  moe::SoftMoE<S> full(std::move(bank), moe::SoftRouter<S>(moe::test::random_matrix(d, E, 199).template cast<S>() * S(0.3), 1));
+  std::vector<Index> T(static_cast<std::size_t>(ep::world_size()));
+  for (std::size_t q = 0; q < T.size(); ++q) T[q] = 3 * static_cast<Index>(1 + (2 * q) % 5);  // 3, 9, 6, 12 tokens
+  const int threads = GENERATE(1, 2);
+  CAPTURE(threads);
+  ep::check_against_single_process(full, [](Index n) { return Bank(n, d, ff); }, T, moe::Capacity{}, threads, 52, false,
+                                   moe::parallel::CapacityScope::per_rank, {.concatenation = true, .sequence_length = 3});
+}
+
 TEST_CASE("the exchange moves each row to its owner and back: bytes per call", "[parallel][mpi][statistics]") {
   const Index P = ep::world_size(), r = ep::world_rank();
   auto full = mixtral<float>(2, 37);
