@@ -48,6 +48,18 @@ auto build(const Settings& s) {
                                               moe::WeightedSumCombiner<double>{}, s.capacity, executor);
 }
 
+/// What a call that fails on rank `bad` must end with: the failing rank's own message there, a
+/// pointer to it on every other rank.
+std::string failure_message(Index bad, const std::string& own, const std::string& others) {
+  return ep::world_rank() == bad ? own : others;
+}
+
+/// MoELayer's message for a non-finite x entry.
+std::string non_finite(const std::string& value, Index row, Index col) {
+  return "MoELayer::forward(): x expected finite values (ForwardContext::non_finite = error), got " + value +
+         " at row " + std::to_string(row) + ", column " + std::to_string(col);
+}
+
 /// The settings with `change` applied on rank `on` only.
 template <class Change>
 Settings on_rank(Index on, Change change) {
@@ -108,10 +120,9 @@ TEST_CASE("a rank whose forward fails before the exchange makes every rank fail"
   if (r == bad) x(2, 3) = std::numeric_limits<double>::quiet_NaN();
   moe::Workspace<double> ws;
   REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
-                      r == bad ? std::string("MoELayer::forward(): x expected finite values (ForwardContext::non_finite "
-                                             "= error), got NaN at row 2, column 3")
-                               : "MpiExpertExecutor::forward(): every rank's call expected to reach the exchange, got "
-                                 "rank " + std::to_string(bad) + " failed before the exchange (its own exception says why)");
+                      failure_message(bad, non_finite("NaN", 2, 3),
+                              "MpiExpertExecutor::forward(): every rank's call expected to reach the exchange, got rank " +
+                                  std::to_string(bad) + " failed before the exchange (its own exception says why)"));
   // The ranks are still in step: the next forward and backward run everywhere.
   x(2, 3) = 0;
   moe::ForwardContext ctx;
@@ -123,9 +134,10 @@ TEST_CASE("a rank whose forward fails before the exchange makes every rank fail"
   // A backward that fails on one rank before its exchange (dy of the wrong shape) fails on all.
   const moe::RowMatrix<double> dy = moe::RowMatrix<double>::Ones(r == bad ? 6 : 7, d);
   REQUIRE_THROWS_WITH(moe::parallel::backward(layer, dy, ws, grads),
-                      r == bad ? std::string("MoELayer::backward(): dy expected shape [7, 8], got [6, 8]")
-                               : "MpiExpertExecutor::backward(): every rank's call expected to reach the exchange, got "
-                                 "rank " + std::to_string(bad) + " failed before the exchange (its own exception says why)");
+                      failure_message(bad, "MoELayer::backward(): dy expected shape [7, 8], got [6, 8]",
+                                      "MpiExpertExecutor::backward(): every rank's call expected to reach the exchange, "
+                                      "got rank " + std::to_string(bad) +
+                                          " failed before the exchange (its own exception says why)"));
 }
 
 TEST_CASE("under a global capacity, a rank that fails before planning or plans differently fails every rank",
@@ -138,11 +150,11 @@ TEST_CASE("under a global capacity, a rank that fails before planning or plans d
   moe::RowMatrix<double> x = moe::test::random_matrix(7, d, 86 + static_cast<unsigned>(r));
   if (r == bad) x(1, 4) = std::numeric_limits<double>::infinity();
   moe::Workspace<double> ws;
+  const std::string planning = "MpiExpertExecutor::plan(): every rank's forward expected to reach the planning "
+                               "exchange, got rank ";
   REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
-                      r == bad ? std::string("MoELayer::forward(): x expected finite values (ForwardContext::non_finite "
-                                             "= error), got inf at row 1, column 4")
-                               : "MpiExpertExecutor::plan(): every rank's forward expected to reach the planning exchange, "
-                                 "got rank " + std::to_string(bad) + " failed before it (its own exception says why)");
+                      failure_message(bad, non_finite("inf", 1, 4),
+                              planning + std::to_string(bad) + " failed before it (its own exception says why)"));
   x(1, 4) = 0;
   CHECK(moe::parallel::forward(layer, x, ws).allFinite());
   // A capacity changed on one rank after construction: the planning exchange tells.
@@ -157,10 +169,10 @@ TEST_CASE("under a global capacity, a rank that fails before planning or plans d
   // Rerouting is per rank: refused at call time too, on every rank.
   if (r == 0) layer.set_capacity(s.capacity.rerouted(1));
   REQUIRE_THROWS_WITH(moe::parallel::forward(layer, x, ws),
-                      r == 0 ? std::string("MpiExpertExecutor::plan(): Capacity::reroute under CapacityScope::global "
-                                           "expected 0 (rerouting is per rank), got 1")
-                             : "MpiExpertExecutor::plan(): every rank's forward expected to reach the planning exchange, "
-                               "got rank 0 failed before it (its own exception says why)");
+                      failure_message(0,
+                              "MpiExpertExecutor::plan(): Capacity::reroute under CapacityScope::global expected 0 "
+                              "(rerouting is per rank), got 1",
+                              planning + "0 failed before it (its own exception says why)"));
   layer.set_capacity(s.capacity);
   // Still in step: forward and backward run everywhere.
   moe::ForwardContext ctx;

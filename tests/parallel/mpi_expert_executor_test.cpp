@@ -27,6 +27,16 @@ moe::MixtralMoE<S> mixtral(Index k, unsigned seed) {
                                     moe::SoftmaxTopK<S>{true})};
 }
 
+/// Switch: top-1 softmax (not renormalised) over ReLU FFN experts; weights from `seed` on.
+template <class S>
+moe::SwitchMoE<S> switch_layer(unsigned seed) {
+  moe::FFNExperts<S, moe::Activation::relu> bank(E, d, ff);
+  unsigned s = seed;
+  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, s++, 0.4); });
+  return {std::move(bank), moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, seed + 7).template cast<S>(), 1,
+                                                     moe::SoftmaxTopK<S>{false})};
+}
+
 template <class S>
 auto swiglu_maker() {
   return [](Index n) { return moe::SwiGLUExperts<S>(n, d, ff); };
@@ -63,41 +73,26 @@ TEMPLATE_TEST_CASE("expert parallel with an expert that receives no tokens", "[p
   CHECK(ws.stats.expert_load[4] == 0);
 }
 
-TEMPLATE_TEST_CASE("expert parallel Mixtral with per-rank capacity equals one process with capacity groups",
+TEMPLATE_TEST_CASE("expert parallel Mixtral with capacity per rank or global equals one process with those groups",
                    "[parallel][mpi][bit_identity][capacity]", float, double) {
+  // Per rank: the single process with the ranks' groups replayed; global: the single process
+  // with the capacity over the whole concatenation (ep_harness.hpp).
   using S = TestType;
+  const auto scope = GENERATE(moe::parallel::CapacityScope::per_rank, moe::parallel::CapacityScope::global);
   const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
   const int threads = GENERATE(1, 2);
   const bool zero_rank = GENERATE(false, true);
-  CAPTURE(threads, zero_rank, static_cast<int>(priority));
+  CAPTURE(static_cast<int>(scope), threads, zero_rank, static_cast<int>(priority));
   auto full = mixtral<S>(2, 35);
   ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank),
-                                   moe::Capacity::from_factor(0.75, 0, priority), threads, 42);
-}
-
-TEMPLATE_TEST_CASE("expert parallel Mixtral with a global capacity equals one process with that capacity",
-                   "[parallel][mpi][bit_identity][capacity]", float, double) {
-  using S = TestType;
-  const moe::Priority priority = GENERATE(moe::Priority::position, moe::Priority::batch_prioritized);
-  const int threads = GENERATE(1, 2);
-  const bool zero_rank = GENERATE(false, true);
-  CAPTURE(threads, zero_rank, static_cast<int>(priority));
-  auto full = mixtral<S>(2, 38);
-  ep::check_against_single_process(full, swiglu_maker<S>(), ep::token_counts(ep::world_size(), zero_rank),
-                                   moe::Capacity::from_factor(0.75, 0, priority), threads, 45, false,
-                                   moe::parallel::CapacityScope::global);
+                                   moe::Capacity::from_factor(0.75, 0, priority), threads, 42, false, scope);
 }
 
 TEMPLATE_TEST_CASE("expert parallel Switch with a global capacity equals one process, and dropless is unchanged",
                    "[parallel][mpi][bit_identity][capacity]", float, double) {
   using S = TestType;
   using Bank = moe::FFNExperts<S, moe::Activation::relu>;
-  Bank bank(E, d, ff);
-  unsigned seed = 150;
-  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.4); });
-  moe::SwitchMoE<S> full(std::move(bank),
-                         moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 157).template cast<S>(), 1,
-                                                   moe::SoftmaxTopK<S>{false}));
+  const auto full = switch_layer<S>(150);
   const moe::Capacity capacity = GENERATE(moe::Capacity::from_factor(1.0), moe::Capacity::fixed(3), moe::Capacity{});
   const int threads = GENERATE(1, 2);
   CAPTURE(static_cast<int>(capacity.kind), threads);
@@ -176,12 +171,7 @@ TEMPLATE_TEST_CASE("expert parallel Switch (top-1, ReLU FFN) with capacity equal
                    "[parallel][mpi][bit_identity][capacity]", float, double) {
   using S = TestType;
   using Bank = moe::FFNExperts<S, moe::Activation::relu>;
-  Bank bank(E, d, ff);
-  unsigned seed = 50;
-  bank.for_each_parameter([&](const std::string&, auto&& block) { moe::test::fill(block, seed++, 0.4); });
-  moe::SwitchMoE<S> full(std::move(bank),
-                         moe::SoftmaxTopKRouter<S>(moe::test::random_matrix(E, d, 57).template cast<S>(), 1,
-                                                   moe::SoftmaxTopK<S>{false}));
+  const auto full = switch_layer<S>(50);
   const int threads = GENERATE(1, 2);
   ep::check_against_single_process(full, [](Index n) { return Bank(n, d, ff); },
                                    ep::token_counts(ep::world_size(), false), moe::Capacity::from_factor(1.0), threads, 43);
