@@ -16,7 +16,6 @@
 
 #include <array>
 #include <climits>
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -107,9 +106,7 @@ template <class Arch = xsimd::default_arch, class Bank, class RouterType, class 
     mine[impl::first] = l.experts().first();
     mine[impl::count] = l.experts().local_count();
     mine[impl::capacity_kind] = static_cast<std::int64_t>(capacity.kind);
-    mine[impl::capacity_value] = capacity.kind == Capacity::Kind::factor
-                                     ? std::bit_cast<std::int64_t>(capacity.factor) ^ capacity.minimum
-                                     : capacity.absolute;
+    mine[impl::capacity_value] = impl::capacity_bits(capacity);
     mine[impl::capacity_scope] = static_cast<std::int64_t>(executor.capacity_scope());
     mine[impl::router_sum] = static_cast<std::int64_t>(impl::checksum(l.router()));
     mine[impl::combiner_sum] = static_cast<std::int64_t>(impl::checksum(l.combiner()));

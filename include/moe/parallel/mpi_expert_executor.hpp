@@ -109,6 +109,11 @@ inline void check_mpi(int rc, const char* where, const char* call) {
   throw std::runtime_error(detail::concat(where, ": ", call, " expected MPI_SUCCESS, got ", std::string(text, static_cast<std::size_t>(len))));
 }
 
+/// A capacity as one int64 the ranks compare: the factor's bits xor the minimum, or the slots.
+inline std::int64_t capacity_bits(const Capacity& c) {
+  return c.kind == Capacity::Kind::factor ? std::bit_cast<std::int64_t>(c.factor) ^ c.minimum : c.absolute;
+}
+
 /// Adds the wall time of its scope to a total.
 class ScopeTimer {
  public:
@@ -287,9 +292,7 @@ class MpiExpertExecutor {
       }
       head[State::h_kind] = 1;
       head[State::h_capacity_kind] = static_cast<std::int64_t>(capacity.kind);
-      head[State::h_capacity_value] = capacity.kind == Capacity::Kind::factor
-                                          ? std::bit_cast<std::int64_t>(capacity.factor) ^ capacity.minimum
-                                          : capacity.absolute;
+      head[State::h_capacity_value] = impl::capacity_bits(capacity);
       head[State::h_priority] = static_cast<std::int64_t>(capacity.priority);
       head[State::h_assignments] = n;
       head[State::h_tokens] = routing.num_tokens;
@@ -372,7 +375,7 @@ class MpiExpertExecutor {
 
     // The owned experts, as LocalExecutor runs them in one process.
     detail::ensure_shape(saved.hidden, rows, hc);
-    RowMatrix<S>& y_local = st.template buffer<S>(1);
+    RowMatrix<S>& y_local = st.template buffer<S>(0);
     detail::ensure_shape(y_local, rows, d_out);
     try {
       const impl::ScopeTimer timer(stats.expert_seconds);
@@ -436,14 +439,14 @@ class MpiExpertExecutor {
     Layout layout = st.layout(plan, saved->received, where);
     const Index rows = saved->plan.rows();
 
-    RowMatrix<S>& dy_local = st.template buffer<S>(1);
+    RowMatrix<S>& dy_local = st.template buffer<S>(0);
     detail::ensure_shape(dy_local, rows, d_out);
     st.exchange_slabs(/*to_slabs=*/true, const_cast<S*>(step.dy_perm.data()), dy_local.data(), d_out, impl::mpi_scalar<S>(),
                       saved->received, layout, saved->plan, where);
     stats += st.row_statistics(layout, d_out * static_cast<Index>(sizeof(S)), /*back=*/false);
 
-    RowMatrix<S>& dx_local = st.template buffer<S>(2);
-    RowMatrix<S>& dhidden = st.template buffer<S>(3);
+    RowMatrix<S>& dx_local = st.template buffer<S>(1);
+    RowMatrix<S>& dhidden = st.template buffer<S>(2);
     detail::ensure_shape(dx_local, rows, d);
     detail::ensure_shape(dhidden, rows, experts.hidden_cols());
     if (error.empty()) {
@@ -476,8 +479,7 @@ class MpiExpertExecutor {
  private:
   /// Per-rank row counts and displacements of one call's row exchanges (MPI's int counts).
   struct Layout {
-    std::vector<int> send_rows, send_displ, recv_rows, recv_displ;
-    Index recv_total = 0;
+    std::vector<int> send_rows, send_displ, recv_rows;
     Index self = 0;  // this rank's index, for the statistics
   };
 
@@ -745,7 +747,7 @@ class MpiExpertExecutor {
       Layout l;
       l.self = rank;
       const auto P = static_cast<std::size_t>(size);
-      l.send_rows.resize(P), l.send_displ.resize(P), l.recv_rows.resize(P), l.recv_displ.resize(P);
+      l.send_rows.resize(P), l.send_displ.resize(P), l.recv_rows.resize(P);
       const auto as_int = [&](Index v, const char* what) {
         detail::require(v >= 0 && v <= INT_MAX, where, what, "at most INT_MAX rows", v);
         return static_cast<int>(v);
@@ -756,15 +758,11 @@ class MpiExpertExecutor {
         l.send_displ[static_cast<std::size_t>(q)] = as_int(b, "rows sent (displacement)");
         l.send_rows[static_cast<std::size_t>(q)] = as_int(e - b, "rows sent");
       }
-      Index total = 0;
       for (Index s = 0; s < size; ++s) {
         Index n = 0;
         for (Index j = 0; j < count; ++j) n += received[static_cast<std::size_t>(s * count + j)];
-        l.recv_displ[static_cast<std::size_t>(s)] = as_int(total, "rows received (displacement)");
         l.recv_rows[static_cast<std::size_t>(s)] = as_int(n, "rows received");
-        total += n;
       }
-      l.recv_total = total;
       return l;
     }
 
@@ -881,7 +879,7 @@ class MpiExpertExecutor {
       const auto it = m.find(key);
       return it == m.end() ? nullptr : &it->second;
     }
-    /// Scratch matrices of the calls (exchange buffers, outputs, gradients).
+    /// Scratch matrices of the calls: the owner's outputs or dy rows (0), dx rows (1), dhidden (2).
     template <class S>
     RowMatrix<S>& buffer(std::size_t i) {
       if constexpr (std::is_same_v<S, float>) return buffers_f[i];
@@ -900,8 +898,8 @@ class MpiExpertExecutor {
     ExchangeStatistics last{}, totals{};
     std::map<const void*, impl::Saved<float>> saved_f;
     std::map<const void*, impl::Saved<double>> saved_d;
-    RowMatrix<float> buffers_f[4];
-    RowMatrix<double> buffers_d[4];
+    RowMatrix<float> buffers_f[3];
+    RowMatrix<double> buffers_d[3];
   };
 
   std::shared_ptr<State> state_;
