@@ -7,6 +7,7 @@
 #include "moe/kernels/arch.hpp"
 #include "moe/kernels/gather_rows.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/kernels/packed_gemm.hpp"
 #include "moe/kernels/quant_blocks.hpp"
 #include "moe/kernels/simd_math.hpp"
 #include "moe/kernels/softmax.hpp"

@@ -5,6 +5,7 @@
 #include "moe/kernels/reference/activations.hpp"
 #include "moe/kernels/reference/gather_rows.hpp"
 #include "moe/kernels/reference/gemm.hpp"
+#include "moe/kernels/reference/packed_gemm.hpp"
 #include "moe/kernels/reference/quant_blocks.hpp"
 #include "moe/kernels/reference/softmax.hpp"
 #include "moe/kernels/reference/top_k.hpp"
