@@ -131,11 +131,13 @@ struct DecodeResult {
   Best time;            // latency over all calls (best and median)
   double best_ratio_latency = 0;  // latency of the call with the best ratio
   double best_ratio_bound_bytes = 0;
+  moe::ComputeType compute = moe::ComputeType::native;
 };
 
 template <class Layer>
-DecodeResult decode(const Shape& s, Index T, const Options& o) {
-  const Layer layer = moe_bench::make_layer<Layer>(s);
+DecodeResult decode(const Shape& s, Index T, const Options& o, moe::ComputeType compute) {
+  Layer layer = moe_bench::make_layer<Layer>(s);
+  layer.experts().set_compute(compute);
 
   // 64 different tokens, used in turn: the selected experts change from call to call as in
   // decoding, and the weights (277 MB, 403 MB) cannot stay in the 32 MiB cache between calls.
@@ -147,7 +149,9 @@ DecodeResult decode(const Shape& s, Index T, const Options& o) {
   layer.forward(x.topRows(T), y, ws);  // sizes the workspace
 
   DecodeResult r{&s, T, 0.0, {}};
-  const double expert_bytes = double(3 * s.d_model * s.d_ff) * sizeof(S);
+  r.compute = compute;
+  // The bytes the products read: float weights, or their bf16 packed copies.
+  const double expert_bytes = double(3 * s.d_model * s.d_ff) * (compute == moe::ComputeType::bf16 ? 2.0 : sizeof(S));
   const double router_bytes = double(s.num_experts * s.d_model) * sizeof(S);
   double best_ratio = 0;
   double check = 0;
@@ -202,6 +206,8 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+const char* compute_name(moe::ComputeType c) { return c == moe::ComputeType::bf16 ? "bf16" : "float"; }
+
 std::string json_number(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.9g", v);
@@ -223,10 +229,11 @@ int main(int argc, char** argv) {
   // two, so a burst of load from other processes at one end of the run does not set the floor.
   TriadResult bw = triad(o);
   std::vector<DecodeResult> rows;
-  for (const Index T : {Index{1}, Index{4}, Index{16}}) {
-    rows.push_back(decode<moe::MixtralMoE<S>>(kMixtralScaled, T, o));
-    rows.push_back(decode<moe::OlmoeMoE<S>>(kOlmoeScaled, T, o));
-  }
+  for (const moe::ComputeType compute : {moe::ComputeType::native, moe::ComputeType::bf16})
+    for (const Index T : {Index{1}, Index{4}, Index{16}}) {
+      rows.push_back(decode<moe::MixtralMoE<S>>(kMixtralScaled, T, o, compute));
+      rows.push_back(decode<moe::OlmoeMoE<S>>(kOlmoeScaled, T, o, compute));
+    }
   const TriadResult bw2 = triad(o);
   if (bw2.time.cpu < bw.time.cpu) bw = bw2;
 
@@ -234,11 +241,14 @@ int main(int argc, char** argv) {
   std::printf("STREAM triad: %.2f GB/s (CPU time), %.2f GB/s (wall), %lld MiB per array, best of %d\n", gbs,
               bw.gb_per_s_wall(), static_cast<long long>(o.triad_mib), 2 * o.triad_reps);
   std::printf("kernels %s, Eigen %s\n\n", moe::kernels::arch_name<>(), Eigen::SimdInstructionSetsInUse());
-  std::printf("%-16s %4s %10s %12s %12s %12s %8s\n", "shape", "T", "MB read", "latency us", "median us", "bound us",
-              "ratio");
+  std::printf("packed kernels: float %s, bf16 %s\n\n", moe::kernels::packed_kernel_name<S, S>().c_str(),
+              moe::kernels::packed_kernel_name<S, moe::bf16>().c_str());
+  std::printf("%-16s %-7s %4s %10s %12s %12s %12s %8s\n", "shape", "weights", "T", "MB read", "latency us", "median us",
+              "bound us", "ratio");
   for (const DecodeResult& r : rows) {
     const double bound = r.weight_bytes / (gbs * 1e9);
-    std::printf("%-16s %4lld %10.1f %12.1f %12.1f %12.1f %8.3f\n", r.shape->name, static_cast<long long>(r.tokens),
+    std::printf("%-16s %-7s %4lld %10.1f %12.1f %12.1f %12.1f %8.3f\n", r.shape->name, compute_name(r.compute),
+                static_cast<long long>(r.tokens),
                 r.weight_bytes * 1e-6, r.best_ratio_latency * 1e6, r.time.median_cpu() * 1e6, bound * 1e6,
                 r.best_ratio_latency / bound);
   }
@@ -258,7 +268,7 @@ int main(int argc, char** argv) {
       const DecodeResult& r = rows[i];
       const Shape& s = *r.shape;
       const double bound = r.weight_bytes / (gbs * 1e9);
-      f << "    {\"shape\": \"" << s.name << "\", \"tokens\": " << r.tokens << ", \"d_model\": " << s.d_model << ", \"d_ff\": " << s.d_ff
+      f << "    {\"shape\": \"" << s.name << "\", \"weights\": \"" << compute_name(r.compute) << "\", \"tokens\": " << r.tokens << ", \"d_model\": " << s.d_model << ", \"d_ff\": " << s.d_ff
         << ", \"experts\": " << s.num_experts << ", \"top_k\": " << s.top_k
         << ", \"weight_bytes\": " << json_number(r.weight_bytes)
         << ", \"latency_s\": " << json_number(r.best_ratio_latency)

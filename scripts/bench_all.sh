@@ -12,7 +12,8 @@
 #      moe_bench_forward (BLAS build) -> forward-blas.json (a and tokens/s with OpenBLAS's GEMM)
 #      moe_bench_threads   -> threads.json   (d: T = 2048 forward, pool of 1 / pool of n threads)
 #      moe_bench_backward  -> backward.json  (e: forward+backward / forward)
-#      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound)
+#      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound; T = 4, 16; bf16)
+#      moe_bench_products  -> products.json  (issue #11: packed, bf16, gemm, OpenBLAS, FMA peak)
 #      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
 #      moe-compare --tokens T at the Mixtral-scaled shape -> compare-T.json for T in 32 128 512
 #      2048 (tokens/s per router)
@@ -62,7 +63,8 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   else
     cmake -S . -B "$bin" "${release_flags[@]}" >/dev/null
   fi
-  cmake --build "$bin" --target moe_bench_forward moe_bench_threads moe_bench_backward moe_bench_decode moe-compare \
+  cmake --build "$bin" --target moe_bench_forward moe_bench_threads moe_bench_backward moe_bench_decode \
+    moe_bench_products moe-compare \
     -j "$jobs"
   if [[ "${BLAS:-1}" != 0 ]]; then
     echo "== build (release flags + MOE_USE_BLAS=ON: Eigen on OpenBLAS) in $blas_bin"
@@ -107,6 +109,9 @@ echo "== moe_bench_backward ($reps repetitions)"
 echo "== moe_bench_decode"
 "$bin/bench/moe_bench_decode" --json "$out/decode.json" | tee "$out/decode.txt"
 
+echo "== moe_bench_products (issue #11: packed expert products, bf16, OpenBLAS, FMA peak)"
+"$bin/bench/moe_bench_products" --reps "$(( reps + 2 ))" --json "$out/products.json" | tee "$out/products.txt"
+
 echo "== PyTorch peer (bench/peers/torch_moe.py, 1 thread)"
 rm -f "$out/torch.json"
 if [[ "${SKIP_PEER:-0}" == 1 ]]; then
@@ -130,7 +135,9 @@ elif "$py" -c 'import torch' 2>/dev/null; then
     fi
     [[ -e $dir/libblas.so.3 ]] && peer_env=(env "LD_LIBRARY_PATH=$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
   fi
-  "${peer_env[@]}" "$py" bench/peers/torch_moe.py --threads 1 --reps "$peer_reps" --json "$out/torch.json"
+  # T = 4 and 16 beside moe_bench_forward's T for moe_bench_products' rows (issue #11).
+  "${peer_env[@]}" "$py" bench/peers/torch_moe.py --threads 1 --reps "$peer_reps" --tokens 1,4,16,32,512,2048 \
+    --json "$out/torch.json"
 else
   echo "bench_all: $py cannot import torch (apt-get install python3-torch); the peer is left out" >&2
 fi

@@ -7,7 +7,8 @@ in build/perf/ (issue #5's ratios, each from one run).
 Reads forward.json, backward.json (Google Benchmark JSON of moe_bench_forward and
 moe_bench_backward), threads.json (moe_bench_threads, ratio d), forward-blas.json
 (moe_bench_forward built with MOE_USE_BLAS=ON, Eigen on OpenBLAS), decode.json
-(moe_bench_decode), torch.json (bench/peers/torch_moe.py), compare-<T>.json (moe-compare
+(moe_bench_decode), products.json (moe_bench_products), torch.json (bench/peers/torch_moe.py),
+compare-<T>.json (moe-compare
 --json) and machine.json. A missing file leaves its rows out and
 says so in the page. Needs python3-matplotlib (Debian); plots use the Agg backend, no display.
 """
@@ -111,8 +112,8 @@ def main():
             rows.append(("b", "PyTorch time / moe time", s, T, f"≥ {goal:g}", goal,
                          div(torch_s.get((s, T)), moe_s.get((s, T))), True))
     for r in (dec or {}).get("decode", []):
-        if r.get("tokens", 1) != 1:
-            continue  # T = 4 and 16 are in the decode table, for information
+        if r.get("tokens", 1) != 1 or r.get("weights", "float") != "float":
+            continue  # T = 4 and 16, and bf16 weights, are in the decode table and the products section
         rows.append(("c", "T = 1 latency / (weight bytes / triad bandwidth)", r["shape"], 1, "≤ 1.3", 1.3,
                      r["ratio"], False))
     # d: wall time with a pool of 1 thread / with n threads, forward at T = 2048.
@@ -153,6 +154,56 @@ def plain_log_y(ax):
     ax.yaxis.set_major_locator(tk.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(tk.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.yaxis.set_minor_formatter(tk.NullFormatter())
+
+
+def products_section(add, prod, dec, torch_s):
+    """Issue #11's goals: the packed expert products against the FMA peak, OpenBLAS sgemm, the
+    PyTorch peer, bf16 against float, and decode against the bandwidth bound."""
+    add("## Expert products (issue #11)")
+    add("")
+    if not prod:
+        add("Not measured in this run (no products.json: `moe_bench_products`).")
+        add("")
+        return
+    ctx = prod["context"]
+    peak = ctx["fma_peak_gflops"]
+    add(f"`moe_bench_products`, one thread: FMA peak {peak:.1f} GFLOP/s (float, {ctx['moe_kernel_arch']}); "
+        f"packed kernels: float `{ctx['packed_float']}`, bf16 `{ctx['packed_bf16']}`; BLAS row: {ctx['blas']}. "
+        "GFLOP/s of the expert products (gate|up, SwiGLU, down) on the slabs the layer routed, best of "
+        f"{ctx['reps']} calls; the layer rows are whole forwards.")
+    add("")
+    add("| shape | T | packed GFLOP/s | % of peak | bf16 GFLOP/s | bf16 / packed | gemm GFLOP/s | packed / gemm | "
+        "OpenBLAS GFLOP/s | packed / OpenBLAS | layer float ms | layer bf16 ms | PyTorch ms | PyTorch / layer | "
+        "bf16 max rel. diff |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    goals = []  # (what, shape, T, goal text, goal, value, larger)
+    for r in prod["products"]:
+        gf = lambda t: r["flops"] / t * 1e-9 if t else None
+        pk, b16, gm, ob = gf(r["packed_s"]), gf(r["bf16_s"]), gf(r["gemm_s"]), gf(r["openblas_s"])
+        torch = torch_s.get((r["shape"], r["tokens"]))
+        T = r["tokens"]
+        add(f"| {r['shape']} | {T} | {fmt(pk, 1)} | {fmt(pk and 100 * pk / peak, 1)} | {fmt(b16, 1)} | "
+            f"{fmt(div(r['packed_s'], r['bf16_s']))} | {fmt(gm, 1)} | {fmt(div(r['gemm_s'], r['packed_s']))} | "
+            f"{fmt(ob, 1)} | {fmt(div(r['openblas_s'] or None, r['packed_s']))} | {fmt(r['layer_float_s'] * 1e3, 3)} | "
+            f"{fmt(r['layer_bf16_s'] * 1e3, 3)} | {fmt(torch and torch * 1e3, 3)} | "
+            f"{fmt(div(torch, r['layer_float_s']))} | {r['bf16_max_rel_diff']:.1e} |")
+        if T >= 512:
+            goals.append(("packed float, % of the FMA peak", r["shape"], T, "≥ 85", 85.0, pk and 100 * pk / peak, True))
+            goals.append(("bf16 / packed float", r["shape"], T, "≥ 1.7", 1.7, div(r["packed_s"], r["bf16_s"]), True))
+        goals.append(("packed / OpenBLAS sgemm, same products", r["shape"], T, "≥ 1.0", 1.0,
+                      div(r["openblas_s"] or None, r["packed_s"]), True))
+        if T >= 512 or T <= 32:
+            g = 1.15 if T >= 512 else 2.0
+            goals.append(("PyTorch / layer forward", r["shape"], T, f"≥ {g:g}", g, div(torch, r["layer_float_s"]), True))
+    for r in (dec or {}).get("decode", []):
+        goals.append((f"decode latency / bandwidth bound, {r.get('weights', 'float')} weights", r["shape"],
+                      r.get("tokens", 1), "≤ 1.3", 1.3, r["ratio"], False))
+    add("")
+    add("| goal | shape | T | target | measured | |")
+    add("|---|---|---:|---|---:|---|")
+    for what, shape, T, text, goal, value, larger in goals:
+        add(f"| {what} | {shape} | {T} | {text} | {fmt(value)} | {verdict(value, goal, larger)} |")
+    add("")
 
 
 def reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, blas_s):
@@ -373,6 +424,7 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
     add("")
 
     reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, blas_s)
+    products_section(add, load(os.path.join(args.perf, "products.json")), dec, torch_s)
 
     add("## Times")
     add("")
@@ -396,10 +448,11 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
             f"and the router. T = 4 and 16 run the decode path (row-wise kernel, each selected expert's "
             f"weights read once for all its tokens).")
         add("")
-        add("| shape | T | weights read (MB) | latency (us) | median (us) | bound (us) | ratio |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
-        for r in sorted(dec["decode"], key=lambda r: (r["shape"], r.get("tokens", 1))):
-            add(f"| {r['shape']} | {r.get('tokens', 1)} | {r['weight_bytes'] / 1e6:.1f} | {r['latency_s'] * 1e6:.0f} | "
+        add("| shape | weights | T | weights read (MB) | latency (us) | median (us) | bound (us) | ratio |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(dec["decode"], key=lambda r: (r["shape"], r.get("weights", "float"), r.get("tokens", 1))):
+            add(f"| {r['shape']} | {r.get('weights', 'float')} | {r.get('tokens', 1)} | {r['weight_bytes'] / 1e6:.1f} | "
+                f"{r['latency_s'] * 1e6:.0f} | "
                 f"{r['median_latency_s'] * 1e6:.0f} | {r['bound_s'] * 1e6:.0f} | {r['ratio']:.3f} |")
         add("")
     if any(blas_s.values()):

@@ -27,7 +27,11 @@ TEMPLATE_TEST_CASE("an expert loaded on demand equals the in-memory loader's, si
     const moe::io::SwiGLUExpertSource<S> source(moe::io::LazyCheckpoint::open(where), "p.", 4);
     CHECK(source.d_model() == 6);
     CHECK(source.d_ff() == 10);
-    CHECK(source.expert_bytes() == 3 * 6 * 10 * sizeof(S));
+    // The weights (d 6, ff 10) and their packed copy: gate|up [20, 6] and down [6, 10] in panels
+  // of nr rows, padded (docs/experts.md#packed-weights).
+  constexpr Index nr = moe::kernels::PackedTile<S, S, xsimd::default_arch>::nr;
+  const auto panels = [](Index n) { return (n + nr - 1) / nr; };
+  CHECK(source.expert_bytes() == (3 * 6 * 10 + panels(20) * nr * 6 + panels(6) * nr * 10) * sizeof(S));
     auto r = source.make_resident();
     CHECK(source.load(2, r) == 3 * 6 * 10 * sizeof(S));  // the file stores S
     CHECK(r.gate_up() == memory.experts().gate_up().middleRows(2 * 20, 20));

@@ -100,7 +100,7 @@ TEMPLATE_TEST_CASE("layers sharing one budget give the in-memory stack's bits fo
   moe::ForwardContext ctx;
   ctx.pool = pool.get();
   const moe::store::PrefetchOptions options{mode > 0, mode > 1};
-  const moe::store::ExpertStore<Source, TestType> store(sources(model), budget * (3 * d * ff * sizeof(float)), {},
+  const moe::store::ExpertStore<Source, TestType> store(sources(model), budget * sources(model)[0]->expert_bytes(), {},
                                                         options);
   const auto stack = on_demand_stack(model, store);
   std::vector<moe::Workspace<float>> ws;
@@ -125,7 +125,7 @@ TEMPLATE_TEST_CASE("layers sharing one budget give the in-memory stack's bits fo
 TEST_CASE("a prefetch that finishes first turns a layer's misses into hits", "[store][stack][threads]") {
   const Index L = 2, E = 6, d = 8, ff = 4, k = 2;
   const Model model = save_model("hits", L, E, d, ff, k);
-  const moe::store::ExpertStore<Source> store(sources(model), 12 * (3 * d * ff * sizeof(float)), {},
+  const moe::store::ExpertStore<Source> store(sources(model), 12 * sources(model)[0]->expert_bytes(), {},
                                               moe::store::PrefetchOptions{true, false});
   const auto stack = on_demand_stack(model, store);
   const moe::RowMatrix<float> x = moe::test::random_matrix(3, d, 9).cast<float>();
@@ -151,7 +151,12 @@ TEST_CASE("a prefetch that finishes first turns a layer's misses into hits", "[s
 
 TEST_CASE("an expert store refuses what cannot work", "[store][stack][errors]") {
   const Model model = save_model("errors", 2, 4, 8, 4, 1);
-  const std::size_t one = 3 * 8 * 4 * sizeof(float);
+  // One expert: its weights and their packed copy (docs/experts.md#packed-weights).
+  const auto bytes = [](Index d, Index ff) {
+    return 3 * d * ff * sizeof(float) + moe::kernels::packed_bytes<float, float>(2 * ff, d) +
+           moe::kernels::packed_bytes<float, float>(d, ff);
+  };
+  const std::size_t one = bytes(8, 4);
   using Store = moe::store::ExpertStore<Source>;
   CHECK_THROWS_WITH(Store({}, one), "ExpertStore::ExpertStore(): layers expected at least one source, got 0");
   CHECK_THROWS_WITH(Store(sources(model), one - 1), Catch::Contains("budget_bytes expected >= " + std::to_string(one)));
@@ -163,7 +168,7 @@ TEST_CASE("an expert store refuses what cannot work", "[store][stack][errors]") 
   auto mixed = sources(model);
   mixed.push_back(sources(wider)[0]);
   CHECK_THROWS_WITH(Store(mixed, 8 * one), "ExpertStore::ExpertStore(): layers[2] expert_bytes (= layer 0's) expected " +
-                                               std::to_string(one) + ", got " + std::to_string(3 * 8 * 5 * sizeof(float)));
+                                               std::to_string(one) + ", got " + std::to_string(bytes(8, 5)));
   const Store store(sources(model), 2 * one);
   CHECK_THROWS_WITH(store.executor(2), "ExpertStore::executor(): layer expected in [0, 2), got 2");
   CHECK_THROWS_WITH(store.prefetch(0, {4}), "ExpertStore::prefetch(): expert expected in [0, 4), got 4");

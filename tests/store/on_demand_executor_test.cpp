@@ -233,11 +233,15 @@ TEST_CASE("a budget smaller than one expert is refused at construction", "[store
   const auto dir = save_test_layer<float>("budget", 3, 8, 4, 1);
   auto source = std::make_shared<const moe::io::SwiGLUExpertSource<float>>(
       moe::io::LazyCheckpoint::open(dir / "layer.safetensors"), prefix, 3, moe::io::SwiGLUExpertNames::mixtral());
-  REQUIRE(source->expert_bytes() == 384);
+  // d 8, ff 4: 384 bytes of weights and the packed copy, gate|up [8, 8] and down [8, 4] in
+  // panels of nr rows (docs/experts.md#packed-weights).
+  constexpr moe::Index nr = moe::kernels::PackedTile<float, float, xsimd::default_arch>::nr;
+  const std::size_t one = 384 + (((8 + nr - 1) / nr) * nr * 8 + ((8 + nr - 1) / nr) * nr * 4) * sizeof(float);
+  REQUIRE(source->expert_bytes() == one);
   using Ex = moe::store::OnDemandExecutor<moe::io::SwiGLUExpertSource<float>>;
-  REQUIRE_THROWS_WITH(Ex(source, 383),
-                      "ExpertCache::ExpertCache(): budget_bytes expected >= 384 (one expert), got 383");
-  REQUIRE_NOTHROW(Ex(source, 384));
+  REQUIRE_THROWS_WITH(Ex(source, one - 1), "ExpertCache::ExpertCache(): budget_bytes expected >= " + std::to_string(one) +
+                                               " (one expert), got " + std::to_string(one - 1));
+  REQUIRE_NOTHROW(Ex(source, one));
 }
 
 TEST_CASE("a shard truncated after opening fails the call with the file and tensor named", "[store][executor][errors]") {

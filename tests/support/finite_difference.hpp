@@ -7,24 +7,40 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <string>
 
 namespace moe::test {
 
-/// dL/dv for every element of v by (L(v + h) - L(v - h)) / 2h, restoring v afterwards.
+/// dL/dv for every element of v by (L(v + h) - L(v - h)) / 2h, restoring v afterwards. When v
+/// is a block of a policy's weights, `changed` tells the policy after each write (an expert
+/// bank packs its weights at the first forward after a change: docs/experts.md#packed-weights);
+/// weights_changed(policy) below is the usual one.
 template <class Block>
-RowMatrix<double> numeric_gradient(Block&& v, const std::function<double()>& loss, double h = 1e-6) {
+RowMatrix<double> numeric_gradient(Block&& v, const std::function<double()>& loss, double h = 1e-6,
+                                   const std::function<void()>& changed = {}) {
   RowMatrix<double> g(v.rows(), v.cols());
+  const auto write = [&](Index r, Index c, double value) {
+    v(r, c) = value;
+    if (changed) changed();
+  };
   for (Index r = 0; r < v.rows(); ++r)
     for (Index c = 0; c < v.cols(); ++c) {
       const double keep = v(r, c);
-      v(r, c) = keep + h;
+      write(r, c, keep + h);
       const double up = loss();
-      v(r, c) = keep - h;
+      write(r, c, keep - h);
       const double down = loss();
-      v(r, c) = keep;
+      write(r, c, keep);
       g(r, c) = (up - down) / (2 * h);
     }
   return g;
+}
+
+/// A `changed` for numeric_gradient: tells every part of policy (a layer, a bank, a combiner)
+/// that its weights changed, through its non-const for_each_parameter.
+template <class Policy>
+std::function<void()> weights_changed(Policy& policy) {
+  return [&policy] { policy.for_each_parameter([](const std::string&, auto&&) {}); };
 }
 
 /// max |a - b| / max(1e-8, max |b|).

@@ -171,9 +171,11 @@ TEST_CASE("dropped experts get zero gradient and the layer's gradients match fin
         w(e, c) = w0;
         compare(grads.router.router().weight()(e, c), (lp - lm) / (2 * h));
       }
-    auto& down = layer.experts().down();
-    for (Index r = 0; r < down.rows(); r += 3)
-      for (Index c = 0; c < down.cols(); c += 2) {
+    // Each write through the accessor: it tells the bank its weights changed (packed weights,
+    // docs/experts.md#packed-weights).
+    const auto down = [&](Index r, Index c) -> double& { return layer.experts().down()(r, c); };
+    for (Index r = 0; r < layer.experts().down().rows(); r += 3)
+      for (Index c = 0; c < layer.experts().down().cols(); c += 2) {
         const double v0 = down(r, c);
         down(r, c) = v0 + h;
         const double lp = loss(layer, x);

@@ -32,9 +32,10 @@ enum class GemmKernel : std::uint8_t {
   /// its micro-kernel by a row's position in a block: a token routed in another batch may differ
   /// in the last bits. Results never depend on the thread count.
   fast,
-  /// The row-wise kernel for every product whose rows are tokens, in the router and the experts:
-  /// a token's output has the same bits in any batch and at any position in it (per-token
-  /// routers without a capacity). Slower at large T (docs/PERFORMANCE.md).
+  /// The row-wise kernel for every product whose rows are tokens, in the router, the shared
+  /// gate and the experts' unpacked path: a token's output has the same bits in any batch and
+  /// at any position in it (per-token routers without a capacity). The shipped expert banks'
+  /// packed forward is batch-invariant in either mode (docs/experts.md#packed-weights).
   batch_invariant,
 };
 

@@ -6,10 +6,13 @@
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/activations.hpp>
+#include <moe/expert/packed_cache.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/packed_gemm.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <xsimd/xsimd.hpp>
 
@@ -64,15 +67,22 @@ class FFNExperts {
     bo_.setZero(num_experts_, d_model_);
   }
 
-  [[nodiscard]] auto wi(Index e) { return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
+  [[nodiscard]] auto wi(Index e) {
+    packed_.invalidate();
+    return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_);
+  }
   [[nodiscard]] auto wi(Index e) const { return wi_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
-  [[nodiscard]] auto wo(Index e) { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto wo(Index e) {
+    packed_.invalidate();
+    return wo_.middleRows(check(e, __func__) * d_model_, d_model_);
+  }
   [[nodiscard]] auto wo(Index e) const { return wo_.middleRows(check(e, __func__) * d_model_, d_model_); }
   [[nodiscard]] Names& names() noexcept { return names_; }
   [[nodiscard]] const Names& names() const noexcept { return names_; }
 
   template <class F>
   void for_each_parameter(F&& f) {
+    packed_.invalidate();
     visit(*this, f);
   }
   template <class F>
@@ -80,9 +90,15 @@ class FFNExperts {
     visit(*this, f);
   }
 
-  [[nodiscard]] RowMatrix<S>& wi() noexcept { return wi_; }
+  [[nodiscard]] RowMatrix<S>& wi() noexcept {
+    packed_.invalidate();
+    return wi_;
+  }
   [[nodiscard]] const RowMatrix<S>& wi() const noexcept { return wi_; }
-  [[nodiscard]] RowMatrix<S>& wo() noexcept { return wo_; }
+  [[nodiscard]] RowMatrix<S>& wo() noexcept {
+    packed_.invalidate();
+    return wo_;
+  }
   [[nodiscard]] const RowMatrix<S>& wo() const noexcept { return wo_; }
   /// [E, ff] and [E, d]; empty unless enable_biases() was called.
   [[nodiscard]] RowMatrix<S>& bi() noexcept { return bi_; }
@@ -101,25 +117,67 @@ class FFNExperts {
     }
   }
 
+  /// The element type the forward's products read the weights in (SwiGLUExperts::compute).
+  [[nodiscard]] ComputeType compute() const noexcept { return packed_.compute(); }
+  void set_compute(ComputeType c) { packed_.set_compute(c); }
+  /// The weights changed through a kept block or pointer (SwiGLUExperts::weights_changed).
+  void weights_changed() noexcept { packed_.invalidate(); }
+  [[nodiscard]] std::size_t packed_bytes() const noexcept { return packed_.bytes(); }
+
+  /// The products read packed weights (kernels::packed_gemm), as in SwiGLUExperts::forward.
   template <class Arch = xsimd::default_arch>
   void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y,
                GemmKernel kernel = GemmKernel::fast) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
     auto pre = hidden.leftCols(ff);
-    kernels::gemm<Arch>(pre, x, Op::none, wi_.middleRows(e * ff, ff), Op::transpose, S(1), S(0), kernel);
-    if (has_biases()) pre.rowwise() += bi_.row(e);
     auto act = hidden.middleCols(ff, ff);
-    act = pre;
-    for (Index r = 0; r < n; ++r) apply_activation<Arch>(act.row(r).data(), ff);
-    kernels::gemm<Arch>(y, act, Op::none, wo_.middleRows(e * d_model_, d_model_), Op::transpose, S(1), S(0), kernel);
-    if (has_biases()) y.rowwise() += bo_.row(e);
+    const auto source = [this](Index i) {
+      const Index x_e = i / 2;
+      return i % 2 == 0 ? wi_.middleRows(x_e * d_ff_, d_ff_) : wo_.middleRows(x_e * d_model_, d_model_);
+    };
+    const auto first_product = [&](const auto* packed) {
+      if (packed != nullptr) {
+        packed_.verify(packed[2 * e], 2 * e, source, "FFNExperts::forward()");
+        packed_.verify(packed[2 * e + 1], 2 * e + 1, source, "FFNExperts::forward()");
+        kernels::packed_gemm<Arch>(pre, x, packed[2 * e]);
+      } else {
+        kernels::gemm<Arch>(pre, x, Op::none, wi_.middleRows(e * ff, ff), Op::transpose, S(1), S(0), kernel);
+      }
+      if (has_biases()) pre.rowwise() += bi_.row(e);
+      act = pre;
+      for (Index r = 0; r < n; ++r) apply_activation<Arch>(act.row(r).data(), ff);
+      if (packed != nullptr) {
+        kernels::packed_gemm<Arch>(y, act, packed[2 * e + 1]);
+      } else {
+        kernels::gemm<Arch>(y, act, Op::none, wo_.middleRows(e * d_model_, d_model_), Op::transpose, S(1), S(0),
+                            kernel);
+      }
+      if (has_biases()) y.rowwise() += bo_.row(e);
+    };
+    if constexpr (std::is_same_v<S, float>) {
+      if (packed_.compute() == ComputeType::bf16) {
+        const auto* packed = packed_.template get<bf16, Arch>(2 * num_experts_, source);
+        if (packed != nullptr) {
+          first_product(packed);
+          return;
+        }
+        first_product(static_cast<const kernels::PackedMatrix<S>*>(nullptr));
+        return;
+      }
+    }
+    first_product(packed_.template get<S, Arch>(2 * num_experts_, source));
   }
 
   /// Backward of forward(e, ...): dx, and dL/dW accumulated into grad (same shapes).
   template <class Arch = xsimd::default_arch>
   void backward(Index e, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy,
                 MatrixRef<S> dx, MatrixRef<S> scratch, FFNExperts& grad) const {
+    if (packed_.compute() != ComputeType::native)
+      throw std::logic_error(
+          "FFNExperts::backward(): a bank whose products run in bf16 (ComputeType::bf16) is for inference; "
+          "expected ComputeType::native for training");
+    grad.packed_.invalidate();
     const Index n = x.rows();
     const Index ff = d_ff_;
     kernels::gemm<Arch>(grad.wo_.middleRows(e * d_model_, d_model_), dy, Op::transpose, hidden.middleCols(ff, ff), Op::none, S(1),
@@ -188,6 +246,7 @@ class FFNExperts {
   RowMatrix<S> bi_;
   RowMatrix<S> bo_;
   Names names_;
+  PackedCache<S> packed_;
 };
 
 }  // namespace moe

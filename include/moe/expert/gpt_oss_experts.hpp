@@ -5,10 +5,13 @@
 #include <moe/core/error.hpp>
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
+#include <moe/expert/packed_cache.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/packed_gemm.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 #include <xsimd/xsimd.hpp>
 
@@ -59,9 +62,15 @@ class GptOssExperts {
   [[nodiscard]] S alpha() const noexcept { return alpha_; }
   [[nodiscard]] S limit() const noexcept { return limit_; }
 
-  [[nodiscard]] auto gate_up(Index e) { return gate_up_.middleRows(check(e, __func__) * d_model_, d_model_); }
+  [[nodiscard]] auto gate_up(Index e) {
+    packed_.invalidate();
+    return gate_up_.middleRows(check(e, __func__) * d_model_, d_model_);
+  }
   [[nodiscard]] auto gate_up(Index e) const { return gate_up_.middleRows(check(e, __func__) * d_model_, d_model_); }
-  [[nodiscard]] auto down(Index e) { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
+  [[nodiscard]] auto down(Index e) {
+    packed_.invalidate();
+    return down_.middleRows(check(e, __func__) * d_ff_, d_ff_);
+  }
   [[nodiscard]] auto down(Index e) const { return down_.middleRows(check(e, __func__) * d_ff_, d_ff_); }
   /// All experts' blocks: [E * d, 2ff] and [E * ff, d], the checkpoint's memory layout.
   [[nodiscard]] Names& names() noexcept { return names_; }
@@ -70,6 +79,7 @@ class GptOssExperts {
   /// The fused checkpoint tensors, flattened to 2-D ([E*d, 2ff], [E, 2ff], [E*ff, d], [E, d]).
   template <class F>
   void for_each_parameter(F&& f) {
+    packed_.invalidate();
     f(names_.gate_up, gate_up_);
     f(names_.gate_up_bias, gate_up_bias_);
     f(names_.down, down_);
@@ -83,9 +93,15 @@ class GptOssExperts {
     f(names_.down_bias, down_bias_);
   }
 
-  [[nodiscard]] RowMatrix<S>& gate_up() noexcept { return gate_up_; }
+  [[nodiscard]] RowMatrix<S>& gate_up() noexcept {
+    packed_.invalidate();
+    return gate_up_;
+  }
   [[nodiscard]] const RowMatrix<S>& gate_up() const noexcept { return gate_up_; }
-  [[nodiscard]] RowMatrix<S>& down() noexcept { return down_; }
+  [[nodiscard]] RowMatrix<S>& down() noexcept {
+    packed_.invalidate();
+    return down_;
+  }
   [[nodiscard]] const RowMatrix<S>& down() const noexcept { return down_; }
   [[nodiscard]] RowMatrix<S>& gate_up_bias() noexcept { return gate_up_bias_; }
   [[nodiscard]] const RowMatrix<S>& gate_up_bias() const noexcept { return gate_up_bias_; }
@@ -101,13 +117,48 @@ class GptOssExperts {
     detail::require_shape(down_bias_, num_experts_, d_model_, where, "down_bias()");
   }
 
+  /// The element type the forward's products read the weights in (SwiGLUExperts::compute).
+  [[nodiscard]] ComputeType compute() const noexcept { return packed_.compute(); }
+  void set_compute(ComputeType c) { packed_.set_compute(c); }
+  /// The weights changed through a kept block or pointer (SwiGLUExperts::weights_changed).
+  void weights_changed() noexcept { packed_.invalidate(); }
+  [[nodiscard]] std::size_t packed_bytes() const noexcept { return packed_.bytes(); }
+
   template <class Arch = xsimd::default_arch>
   void forward(Index e, const ConstMatrixRef<S>& x, MatrixRef<S> hidden, MatrixRef<S> y,
                GemmKernel kernel = GemmKernel::fast) const {
     const Index n = x.rows();
     const Index ff = d_ff_;
     auto h = hidden.leftCols(2 * ff);
-    kernels::gemm<Arch>(h, x, Op::none, gate_up_.middleRows(e * d_model_, d_model_), Op::none, S(1), S(0), kernel);
+    // The packed copies hold the products' B^T: gate_up_e^T [2ff, d] and down_e^T [d, ff].
+    const auto source = [this](Index i) {
+      const Index x_e = i / 2;
+      return (i % 2 == 0 ? gate_up_.middleRows(x_e * d_model_, d_model_) : down_.middleRows(x_e * d_ff_, d_ff_))
+          .transpose();
+    };
+    const kernels::PackedMatrix<S>* packed = nullptr;
+    const kernels::PackedMatrix<bf16>* packed16 = nullptr;
+    if constexpr (std::is_same_v<S, float>) {
+      if (packed_.compute() == ComputeType::bf16) packed16 = packed_.template get<bf16, Arch>(2 * num_experts_, source);
+    }
+    if (packed_.compute() == ComputeType::native) packed = packed_.template get<S, Arch>(2 * num_experts_, source);
+    const auto run_bf16 = [&](MatrixRef<S> c, const ConstMatrixRef<S>& a, Index i) {
+      if constexpr (std::is_same_v<S, float>) {
+        if (packed16 != nullptr) {
+          packed_.verify(packed16[i], i, source, "GptOssExperts::forward()");
+          kernels::packed_gemm<Arch>(c, a, packed16[i]);
+          return true;
+        }
+      }
+      return false;
+    };
+    if (packed != nullptr) {
+      packed_.verify(packed[2 * e], 2 * e, source, "GptOssExperts::forward()");
+      packed_.verify(packed[2 * e + 1], 2 * e + 1, source, "GptOssExperts::forward()");
+      kernels::packed_gemm<Arch>(h, x, packed[2 * e]);
+    } else if (!run_bf16(h, x, 2 * e)) {
+      kernels::gemm<Arch>(h, x, Op::none, gate_up_.middleRows(e * d_model_, d_model_), Op::none, S(1), S(0), kernel);
+    }
     h.rowwise() += gate_up_bias_.row(e);
     for (Index r = 0; r < n; ++r) {
       const S* hr = hidden.row(r).data();
@@ -119,7 +170,12 @@ class GptOssExperts {
         a[j] = (up + S(1)) * glu;
       }
     }
-    kernels::gemm<Arch>(y, hidden.middleCols(2 * ff, ff), Op::none, down_.middleRows(e * ff, ff), Op::none, S(1), S(0), kernel);
+    if (packed != nullptr) {
+      kernels::packed_gemm<Arch>(y, hidden.middleCols(2 * ff, ff), packed[2 * e + 1]);
+    } else if (!run_bf16(y, hidden.middleCols(2 * ff, ff), 2 * e + 1)) {
+      kernels::gemm<Arch>(y, hidden.middleCols(2 * ff, ff), Op::none, down_.middleRows(e * ff, ff), Op::none, S(1), S(0),
+                          kernel);
+    }
     y.rowwise() += down_bias_.row(e);
   }
 
@@ -128,6 +184,11 @@ class GptOssExperts {
   template <class Arch = xsimd::default_arch>
   void backward(Index e, const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy,
                 MatrixRef<S> dx, MatrixRef<S> scratch, GptOssExperts& grad) const {
+    if (packed_.compute() != ComputeType::native)
+      throw std::logic_error(
+          "GptOssExperts::backward(): a bank whose products run in bf16 (ComputeType::bf16) is for inference; "
+          "expected ComputeType::native for training");
+    grad.packed_.invalidate();
     const Index n = x.rows();
     const Index ff = d_ff_;
     kernels::gemm<Arch>(grad.down_.middleRows(e * ff, ff), hidden.middleCols(2 * ff, ff), Op::transpose, dy, Op::none, S(1), S(1));
@@ -174,6 +235,7 @@ class GptOssExperts {
   RowMatrix<S> down_;
   RowMatrix<S> down_bias_;
   Names names_;
+  PackedCache<S> packed_;
 };
 
 }  // namespace moe

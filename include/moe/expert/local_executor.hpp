@@ -12,6 +12,7 @@
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/packed_gemm.hpp>
 #include <moe/kernels/weight_types.hpp>
 
 #include <algorithm>
@@ -90,6 +91,7 @@ struct LocalExecutor {
       kernels::prepare_threads<S, W>(pool);
     else
       kernels::prepare_threads<S>(pool);
+    kernels::prepare_packed_threads<S>(pool);
   }
 
   template <class Arch = xsimd::default_arch, class ExpertType, class S>

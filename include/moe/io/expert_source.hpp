@@ -6,6 +6,7 @@
 #include <moe/core/parameters.hpp>
 #include <moe/core/types.hpp>
 #include <moe/expert/swiglu_experts.hpp>
+#include <moe/kernels/packed_gemm.hpp>
 #include <moe/io/error.hpp>
 #include <moe/io/lazy_safetensors.hpp>
 
@@ -75,9 +76,11 @@ class SwiGLUExpertSource {
   [[nodiscard]] Index num_experts() const noexcept { return num_experts_; }
   [[nodiscard]] Index d_model() const noexcept { return d_model_; }
   [[nodiscard]] Index d_ff() const noexcept { return d_ff_; }
-  /// Bytes of one materialised expert: 3 d ff scalars.
+  /// Bytes of one materialised expert: its 3 d ff scalars in the checkpoint layout, and the
+  /// packed copy its forward builds (docs/experts.md#packed-weights, panels padded).
   [[nodiscard]] std::size_t expert_bytes() const noexcept {
-    return static_cast<std::size_t>(3 * d_model_ * d_ff_) * sizeof(S);
+    return static_cast<std::size_t>(3 * d_model_ * d_ff_) * sizeof(S) +
+           kernels::packed_bytes<S, S>(2 * d_ff_, d_model_) + kernels::packed_bytes<S, S>(d_model_, d_ff_);
   }
   /// The checkpoint name patterns, with the prefix ("{e}" for the expert).
   [[nodiscard]] typename SwiGLUExperts<S>::Names bank_names() const { return {prefix_ + names_.gate, prefix_ + names_.up, prefix_ + names_.down}; }

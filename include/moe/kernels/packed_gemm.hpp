@@ -22,6 +22,7 @@
 #define MOE_KERNELS_PACKED_GEMM_HPP
 
 #include <moe/core/error.hpp>
+#include <moe/core/thread_pool.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/arch.hpp>
 #include <moe/kernels/weight_types.hpp>
@@ -172,6 +173,16 @@ void pack_for(PackedMatrix<W>& packed, const Eigen::MatrixBase<Derived>& b) {
   packed.pack(b, Tile::nr, Tile::group);
 }
 
+/// Bytes of PackedMatrix<W> holding an [n, k] weight packed for Arch (panels padded to nr
+/// rows, the depth to the group).
+template <class S, class W, class Arch = xsimd::default_arch>
+constexpr std::size_t packed_bytes(Index n, Index k) {
+  using Tile = PackedTile<S, W, Arch>;
+  const Index panels = (n + Tile::nr - 1) / Tile::nr;
+  const Index depth = (k + Tile::group - 1) / Tile::group * Tile::group;
+  return static_cast<std::size_t>(panels * Tile::nr * depth) * sizeof(W);
+}
+
 /// Which microkernel packed_gemm<Arch> runs for activations S and weights W, for reports:
 /// "fma avx512bw 12x32", "dpbf16 avx512bw 12x32", "fma-emulated-bf16 fma3+avx2 6x16", ...
 template <class S, class W, class Arch = xsimd::default_arch>
@@ -188,13 +199,17 @@ std::string packed_kernel_name() {
 
 namespace detail {
 
-/// The calling thread's buffer of packed activations (PackedTile::mc x kc elements of T),
-/// allocated at its first packed product and never again.
-template <class T, Index Elements>
+/// Elements of the per-thread packed-activation buffer: PackedTile mc x kc / group, the
+/// largest over the architectures (AVX-512: 384 rows x 256; bf16 pairs: 384 x 256 uint32).
+inline constexpr Index packed_activation_elements = 32 * 12 * 256;
+
+/// The calling thread's buffer of packed activations, elements of T (S, or uint32 bf16 pairs),
+/// allocated at its first packed product (or prepare_packed_threads) and never again.
+template <class T>
 struct PackedActivations {
   static T* get() {
     thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
-    if (buffer.empty()) buffer.resize(static_cast<std::size_t>(Elements));
+    if (buffer.empty()) buffer.resize(static_cast<std::size_t>(packed_activation_elements));
     return buffer.data();
   }
 };
@@ -371,7 +386,8 @@ void packed_gemm(S* c, Index ldc, const S* a, Index lda, const PackedMatrix<W>& 
   const Index k = b.cols();
   const Index kp = b.padded_cols();
   static constexpr auto tiles = packed_tile_table<Arch, S, W>(std::make_index_sequence<std::size_t(mr)>{});
-  T* xbuf = PackedActivations<T, Tile::mc * Tile::kc / g>::get();
+  static_assert(Tile::mc * Tile::kc / g <= packed_activation_elements);
+  T* xbuf = PackedActivations<T>::get();
   for (Index p0 = 0; p0 < kp; p0 += Tile::kc) {
     const Index kt = std::min(Tile::kc, kp - p0);
     const bool first = p0 == 0;
@@ -426,13 +442,20 @@ void packed_gemm(MatrixRef<std::type_identity_t<S>> c, const ConstMatrixRef<std:
   detail::packed_gemm<Arch, S, W>(c.data(), c.outerStride(), a.data(), a.outerStride(), b, a.rows());
 }
 
-/// Allocates the calling thread's packed-activation buffer for S and W (PackedTile mc x kc
-/// elements: 384 KiB for float on AVX-512), as prepare_threads does for gemm's buffers.
-template <class S, class W = S, class Arch = xsimd::default_arch>
-void prepare_packed_thread() {
-  using Tile = PackedTile<S, W, Arch>;
-  using T = std::conditional_t<std::is_same_v<W, bf16>, std::uint32_t, S>;
-  (void)detail::PackedActivations<T, Tile::mc * Tile::kc / Tile::group>::get();
+/// Allocates the packed-activation buffers (detail::packed_activation_elements: 384 KiB each
+/// for float) on the calling thread and, the first time a pool meets S, on each of its
+/// threads: for S, and for float also the bf16 pairs. Called before products are spread over
+/// a pool (LocalExecutor), so which thread takes which task never decides whether a call
+/// allocates.
+template <class S>
+void prepare_packed_threads(ThreadPool* pool) {
+  const auto setup = [](Index) {
+    (void)detail::PackedActivations<S>::get();
+    if constexpr (std::is_same_v<S, float>) (void)detail::PackedActivations<std::uint32_t>::get();
+  };
+  setup(0);
+  if (pool != nullptr && pool->size() > 1)
+    pool->setup_threads_once(moe::detail::thread_setup_key<detail::PackedActivations<S>>(), setup);
 }
 
 }  // namespace moe::kernels

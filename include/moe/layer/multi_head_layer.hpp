@@ -10,6 +10,7 @@
 #include <moe/core/traits.hpp>
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/packed_gemm.hpp>
 #include <moe/kernels/op.hpp>
 #include <moe/layer/moe_layer.hpp>
 #include <moe/layer/workspace.hpp>
@@ -165,7 +166,10 @@ class MultiHeadLayer {
 
     detail::ensure_shape(ws.x_proj, T, d);
     detail::ensure_shape(ws.merged, T, d);
-    if (ctx.pool != nullptr) kernels::prepare_threads<scalar_type>(ctx.pool);
+    if (ctx.pool != nullptr) {
+      kernels::prepare_threads<scalar_type>(ctx.pool);
+      kernels::prepare_packed_threads<scalar_type>(ctx.pool);
+    }
     row_products(ws.x_proj, x, head_proj_, Op::transpose, ctx.pool, ctx.gemm);  // x' = x Wh^T
     const Eigen::Map<const RowMatrix<scalar_type>> sub(ws.x_proj.data(), T * h, dh);
     Eigen::Map<RowMatrix<scalar_type>> z(ws.merged.data(), T * h, dh);
@@ -330,7 +334,10 @@ class MultiHeadLayer {
     detail::require_shape(grads.head_proj, d, d, "MultiHeadLayer::backward()", "grads.head_proj");
     detail::require_shape(grads.merge_proj, d, d, "MultiHeadLayer::backward()", "grads.merge_proj");
     ThreadPool* pool = ws.pool;
-    if (pool != nullptr) kernels::prepare_threads<scalar_type>(pool);
+    if (pool != nullptr) {
+      kernels::prepare_threads<scalar_type>(pool);
+      kernels::prepare_packed_threads<scalar_type>(pool);
+    }
     detail::ensure_shape(ws.dmerged, T, d);
     detail::ensure_shape(ws.dx_proj, T, d);
     row_products(ws.dmerged, dy, merge_proj_, Op::none, pool, GemmKernel::fast);  // dmerged = dy Wm
