@@ -44,32 +44,18 @@ using moe_bench::Shape;
 constexpr Index kTokens[] = {1, 32, 512, 2048};
 
 /// The ideal: for each expert e, Y_e = (silu(X_e Wg_e^T) * (X_e Wu_e^T)) Wd_e^T on rows already
-/// grouped by expert. No routing, no plan, no gather, no combine. The GEMMs are written out in
-/// exactly the form SwiGLUExperts::forward uses (moe::kernels::gemm, the library's one product
-/// function, with the same operands: one [n, 2ff] GEMM against the fused gate/up block, the
-/// same [n, 3ff] hidden layout; under MOE_USE_BLAS both sides run on the BLAS) and the activation is
-/// the same SIMD kernel, so MoE time / ideal time isolates routing + dispatch + combine.
+/// grouped by expert. No routing, no plan, no gather, no combine. Each expert runs exactly what
+/// the layer's step 4 runs, SwiGLUExperts::forward (the packed products and the SIMD SiluMul;
+/// docs/experts.md#packed-weights), so MoE time / ideal time isolates routing + dispatch +
+/// combine. (moe_bench_products compares the product kernels themselves.)
 template <class Arch = xsimd::default_arch>
 void ideal_experts(const moe::SwiGLUExperts<S>& bank, const std::vector<Index>& offsets,
                    const moe::ConstMatrixRef<S>& x, moe::MatrixRef<S> hidden, moe::MatrixRef<S> y) {
-  const Index d = bank.input_dim();
-  const Index ff = bank.d_ff();
-  const moe::kernels::SiluMul<Arch> glu{};
   for (Index e = 0; e < bank.num_experts(); ++e) {
     const Index b = offsets[static_cast<std::size_t>(e)];
     const Index n = offsets[static_cast<std::size_t>(e) + 1] - b;
     if (n == 0) continue;
-    const moe::ConstMatrixRef<S> xe = x.middleRows(b, n);
-    moe::MatrixRef<S> he = hidden.middleRows(b, n);
-    moe::MatrixRef<S> ye = y.middleRows(b, n);
-    moe::kernels::gemm<Arch>(he.leftCols(2 * ff), xe, moe::Op::none, bank.gate_up().middleRows(e * 2 * ff, 2 * ff),
-                             moe::Op::transpose, S(1), S(0));
-    for (Index r = 0; r < n; ++r) {
-      S* row = he.row(r).data();
-      glu(row, row + ff, row + 2 * ff, ff);
-    }
-    moe::kernels::gemm<Arch>(ye, he.middleCols(2 * ff, ff), moe::Op::none, bank.down().middleRows(e * d, d),
-                             moe::Op::transpose, S(1), S(0));
+    bank.template forward<Arch>(e, x.middleRows(b, n), hidden.middleRows(b, n), y.middleRows(b, n));
   }
 }
 

@@ -67,19 +67,22 @@ inline constexpr bool packed_bf16_native =
 ///  - mr: rows of A per register tile: 2 mr accumulators, plus two weight vectors and a
 ///    broadcast, fill the register file (32 vectors on AVX-512: 12; 16 elsewhere: 6);
 ///  - group: depth elements stored together in a panel (1; bf16: 2, one VDPBF16PS pair);
-///  - kc: depth per block: a tile of A (mr x kc) stays in L1 while the weight panels of the
-///    block stream from L2 (kc x nr elements each: 32 KiB for float, 16 KiB for bf16 pairs);
-///  - nc: columns per block, kc x nc weights (256 KiB float) kept in L2 across the tiles;
+///  - kc: depth per block: a tile of A (mr x kc, 24 KiB) stays in L1 while the weight panels of
+///    the block stream from L2 (kc x nr elements each: 64 KiB for float and for bf16 pairs);
+///    a product of one tile of rows takes the whole depth in one block (decode streams the
+///    weight in one sequential pass);
+///  - nc: columns per block, kc x nc weights (512 KiB) kept in L2 across the tiles;
 ///  - mc: rows of A packed at a time, the per-thread buffer (mc x kc, 384 KiB on AVX-512).
+/// Chosen by measurement on AMD Zen 5 (1 MiB L2, 48 KiB L1; docs/kernels.md).
 template <class S, class W, class Arch>
 struct PackedTile {
   static constexpr Index lanes = detail::lanes<S, Arch>;
   static constexpr Index nr = 2 * lanes;
   static constexpr Index mr = sizeof(typename xsimd::batch<S, Arch>::register_type) >= 64 ? 12 : 6;
   static constexpr Index group = std::is_same_v<W, bf16> ? 2 : 1;
-  static constexpr Index kc = std::is_same_v<W, bf16> ? 512 : 256;
-  static constexpr Index nc = std::max<Index>(nr, (Index{256} << 10) / (kc * Index(sizeof(W))) / nr * nr);
-  static constexpr Index mc = 32 * mr;
+  static constexpr Index kc = std::is_same_v<W, bf16> ? 1024 : 512;
+  static constexpr Index nc = std::max<Index>(nr, (Index{512} << 10) / (kc * Index(sizeof(W))) / nr * nr);
+  static constexpr Index mc = 16 * mr;
 };
 
 /// A weight B [n, k] in panels of nr rows: panel q holds rows [q nr, q nr + nr) (the last one
@@ -200,8 +203,8 @@ std::string packed_kernel_name() {
 namespace detail {
 
 /// Elements of the per-thread packed-activation buffer: PackedTile mc x kc / group, the
-/// largest over the architectures (AVX-512: 384 rows x 256; bf16 pairs: 384 x 256 uint32).
-inline constexpr Index packed_activation_elements = 32 * 12 * 256;
+/// largest over the architectures (AVX-512: 192 rows x 512; bf16 pairs: 192 x 512 uint32).
+inline constexpr Index packed_activation_elements = 16 * 12 * 512;
 
 /// The calling thread's buffer of packed activations, elements of T (S, or uint32 bf16 pairs),
 /// allocated at its first packed product (or prepare_packed_threads) and never again.
@@ -246,6 +249,21 @@ inline xsimd::batch<float, Arch> bf16_odd(const xsimd::batch<std::uint32_t, Arch
   return xsimd::bitwise_cast<xsimd::batch<float, Arch>>(pairs & xsimd::batch<std::uint32_t, Arch>(0xffff0000u));
 }
 
+/// Depth steps ahead at which the microkernel prefetches its weight panel (8 KiB for a float
+/// panel of 32 columns): the panel streams from memory on a tile's first pass, and the
+/// hardware prefetcher alone leaves decode at about 75 % of the bandwidth here (Zen 5: 34
+/// against 46 GB/s for float weights at m = 1). Past the panel's end it touches the next
+/// panel or nothing of use; a prefetch never faults.
+inline constexpr Index prefetch_distance = 64;
+
+/// Asks for the two cache lines `steps` depth steps of `step_bytes` past p. The address is
+/// computed as an integer: it may lie past the panel's storage, where a pointer may not point.
+inline void prefetch_weights(const void* p, Index steps, Index step_bytes) {
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(steps * step_bytes);
+  __builtin_prefetch(reinterpret_cast<const void*>(at));
+  __builtin_prefetch(reinterpret_cast<const void*>(at + 64));
+}
+
 /// The register tile: C[R x nr] (cols of its nr valid) = its value (or 0 when first) plus the
 /// chains over the kt depth elements of the block. x: the tile of A, [kt / g][R] (float, or
 /// bf16 pairs as uint32); w: the panel at the block's depth, [kt / g][nr][g].
@@ -285,6 +303,7 @@ void packed_tile(const void* x_tile, const W* w, Index kt, S* c, Index ldc, Inde
     if constexpr (packed_bf16_native<Arch>) {
       for (Index p = 0; p < pairs; ++p) {
         const W* wp = w + p * 2 * nr;
+        prefetch_weights(wp, prefetch_distance, 2 * nr * Index(sizeof(W)));
         const auto b0 = (__m512bh)_mm512_load_si512(static_cast<const void*>(wp));
         const auto b1 = (__m512bh)_mm512_load_si512(static_cast<const void*>(wp + nr));
 #pragma GCC unroll 16
@@ -299,6 +318,7 @@ void packed_tile(const void* x_tile, const W* w, Index kt, S* c, Index ldc, Inde
     {
       using U = xsimd::batch<std::uint32_t, Arch>;
       for (Index p = 0; p < pairs; ++p) {
+        prefetch_weights(w + p * 2 * nr, prefetch_distance, 2 * nr * Index(sizeof(W)));
         const auto* wp = reinterpret_cast<const std::uint32_t*>(w + p * 2 * nr);
         const U u0 = U::load_aligned(wp);
         const U u1 = U::load_aligned(wp + L);
@@ -316,6 +336,7 @@ void packed_tile(const void* x_tile, const W* w, Index kt, S* c, Index ldc, Inde
   } else {
     const S* x = static_cast<const S*>(x_tile);
     for (Index p = 0; p < kt; ++p) {
+      prefetch_weights(w + p * nr, prefetch_distance, nr * Index(sizeof(S)));
       const V b0 = V::load_aligned(w + p * nr);
       const V b1 = V::load_aligned(w + p * nr + L);
 #pragma GCC unroll 16
@@ -388,8 +409,11 @@ void packed_gemm(S* c, Index ldc, const S* a, Index lda, const PackedMatrix<W>& 
   static constexpr auto tiles = packed_tile_table<Arch, S, W>(std::make_index_sequence<std::size_t(mr)>{});
   static_assert(Tile::mc * Tile::kc / g <= packed_activation_elements);
   T* xbuf = PackedActivations<T>::get();
-  for (Index p0 = 0; p0 < kp; p0 += Tile::kc) {
-    const Index kt = std::min(Tile::kc, kp - p0);
+  // One tile of rows (decode, a small slab): the whole depth in one block, so each panel, and
+  // the weight with it, streams from memory in one sequential pass.
+  const Index kc = m <= mr && m * kp / g <= packed_activation_elements ? kp : Tile::kc;
+  for (Index p0 = 0; p0 < kp; p0 += kc) {
+    const Index kt = std::min(kc, kp - p0);
     const bool first = p0 == 0;
     for (Index i0 = 0; i0 < m; i0 += Tile::mc) {
       const Index mt = std::min(Tile::mc, m - i0);
