@@ -8,6 +8,8 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <string>
 #include <random>
 
 namespace moe_bench {
@@ -31,6 +33,13 @@ inline constexpr Shape kMixtralScaled{"mixtral-scaled", 1024, 2816, 8, 2, true};
 inline constexpr Shape kOlmoeScaled{"olmoe-scaled", 1024, 512, 64, 8, false};
 inline constexpr Shape kMixtral8x7b{"mixtral-8x7b", 4096, 14336, 8, 2, true};  // 5.6 GB of float weights
 inline constexpr Shape kOlmoe1b7b{"olmoe-1b-7b", 2048, 1024, 64, 8, false};     // 1.6 GB
+
+/// v for a JSON file: 9 significant digits.
+inline std::string json_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
 
 /// Fills m with N(0, scale^2). A plain Mersenne twister: the weights only need to look like an
 /// initialisation, and generating a few hundred million of them must stay quick.

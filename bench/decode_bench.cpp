@@ -48,6 +48,7 @@ using S = float;
 using moe::Index;
 
 using moe_bench::fill_normal;
+using moe_bench::json_number;
 using moe_bench::kMixtralScaled;
 using moe_bench::kOlmoeScaled;
 using moe_bench::Shape;
@@ -207,12 +208,6 @@ Options parse(int argc, char** argv) {
 }
 
 const char* compute_name(moe::ComputeType c) { return c == moe::ComputeType::bf16 ? "bf16" : "float"; }
-
-std::string json_number(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
 
 }  // namespace
 

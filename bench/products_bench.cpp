@@ -47,6 +47,7 @@ namespace {
 using S = float;
 using moe::Index;
 using moe::RowMatrix;
+using moe_bench::json_number;
 using moe_bench::kMixtralScaled;
 using moe_bench::kOlmoeScaled;
 using moe_bench::Shape;
@@ -109,15 +110,22 @@ struct Slabs {
   double flops = 0;
 };
 
+/// f(e, b, n) for every expert e with rows: its slab is rows [b, b + n) of s.
+template <class F>
+void for_each_slab(Index num_experts, const Slabs& s, F&& f) {
+  for (Index e = 0; e < num_experts; ++e) {
+    const Index b = s.offsets[std::size_t(e)];
+    const Index n = s.offsets[std::size_t(e) + 1] - b;
+    if (n > 0) f(e, b, n);
+  }
+}
+
 /// The previous path: kernels::gemm in SwiGLUExperts' form on the checkpoint layout.
 void gemm_experts(const moe::SwiGLUExperts<S>& bank, Slabs& s) {
   const Index d = bank.input_dim();
   const Index ff = bank.d_ff();
   const moe::kernels::SiluMul<xsimd::default_arch> glu{};
-  for (Index e = 0; e < bank.num_experts(); ++e) {
-    const Index b = s.offsets[std::size_t(e)];
-    const Index n = s.offsets[std::size_t(e) + 1] - b;
-    if (n == 0) continue;
+  for_each_slab(bank.num_experts(), s, [&](Index e, Index b, Index n) {
     moe::MatrixRef<S> he = s.hidden.middleRows(b, n);
     moe::kernels::gemm(he.leftCols(2 * ff), s.x.middleRows(b, n), moe::Op::none,
                        bank.gate_up().middleRows(e * 2 * ff, 2 * ff), moe::Op::transpose, S(1), S(0));
@@ -127,7 +135,7 @@ void gemm_experts(const moe::SwiGLUExperts<S>& bank, Slabs& s) {
     }
     moe::kernels::gemm(s.y.middleRows(b, n), he.middleCols(2 * ff, ff), moe::Op::none,
                        bank.down().middleRows(e * d, d), moe::Op::transpose, S(1), S(0));
-  }
+  });
 }
 
 #if defined(MOE_BENCH_OPENBLAS)
@@ -136,10 +144,7 @@ void openblas_experts(const moe::SwiGLUExperts<S>& bank, Slabs& s) {
   const Index d = bank.input_dim();
   const Index ff = bank.d_ff();
   const moe::kernels::SiluMul<xsimd::default_arch> glu{};
-  for (Index e = 0; e < bank.num_experts(); ++e) {
-    const Index b = s.offsets[std::size_t(e)];
-    const Index n = s.offsets[std::size_t(e) + 1] - b;
-    if (n == 0) continue;
+  for_each_slab(bank.num_experts(), s, [&](Index e, Index b, Index n) {
     S* h = s.hidden.row(b).data();
     const int ldh = int(s.hidden.cols());
     cblas_sgemm(kRowMajor, kNoTrans, kTrans, int(n), int(2 * ff), int(d), 1.0f, s.x.row(b).data(), int(d),
@@ -150,17 +155,14 @@ void openblas_experts(const moe::SwiGLUExperts<S>& bank, Slabs& s) {
     }
     cblas_sgemm(kRowMajor, kNoTrans, kTrans, int(n), int(d), int(ff), 1.0f, h + 2 * ff, ldh,
                 bank.down().row(e * d).data(), int(ff), 0.0f, s.y.row(b).data(), int(d));
-  }
+  });
 }
 #endif
 
 void bank_experts(const moe::SwiGLUExperts<S>& bank, Slabs& s) {
-  for (Index e = 0; e < bank.num_experts(); ++e) {
-    const Index b = s.offsets[std::size_t(e)];
-    const Index n = s.offsets[std::size_t(e) + 1] - b;
-    if (n == 0) continue;
+  for_each_slab(bank.num_experts(), s, [&](Index e, Index b, Index n) {
     bank.forward(e, s.x.middleRows(b, n), s.hidden.middleRows(b, n), s.y.middleRows(b, n));
-  }
+  });
 }
 
 struct Row {
@@ -205,12 +207,6 @@ Row measure(const Shape& shape, Index T, int reps) {
   moe::Workspace<S> ws16;
   r.layer_bf16 = best_of(reps, [&] { layer16.forward(x, out, ws16); });
   return r;
-}
-
-std::string json_number(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
 }
 
 }  // namespace
