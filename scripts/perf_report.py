@@ -143,6 +143,9 @@ def main():
 
     os.makedirs(os.path.join(args.docs, "perf"), exist_ok=True)
     plots = make_plots(args.docs, compare, tokens, moe_s, torch_s)
+    prod = load(os.path.join(args.perf, "products.json"))
+    if prod and products_plot(args.docs, prod):
+        plots.append("products_gflops.png")
     write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots,
                tokens, thread_t, blas_s, blas_ideal, blas_doc)
 
@@ -198,6 +201,8 @@ def products_section(add, prod, dec, torch_s):
     for r in (dec or {}).get("decode", []):
         goals.append((f"decode latency / bandwidth bound, {r.get('weights', 'float')} weights", r["shape"],
                       r.get("tokens", 1), "≤ 1.3", 1.3, r["ratio"], False))
+    add("")
+    add("![expert products against T](perf/products_gflops.png)")
     add("")
     add("| goal | shape | T | target | measured | |")
     add("|---|---|---:|---|---:|---|")
@@ -337,6 +342,39 @@ def make_plots(docs, compare, tokens, moe_s, torch_s):
         plt.close(fig)
         made.append("peer_vs_moe.png")
     return made
+
+
+def products_plot(docs, prod):
+    """GFLOP/s of the expert products against T for each kernel, with the FMA peak."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    peak = prod["context"]["fma_peak_gflops"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, s in zip(axes, SHAPES):
+        rs = sorted((r for r in prod["products"] if r["shape"] == s), key=lambda r: r["tokens"])
+        if not rs:
+            continue
+        Ts = [r["tokens"] for r in rs]
+        for key, label, marker in (("packed_s", "packed float", "o"), ("bf16_s", "packed bf16", "^"),
+                                   ("gemm_s", "kernels::gemm (before)", "s"), ("openblas_s", "OpenBLAS sgemm", "x")):
+            pts = [(r["tokens"], r["flops"] / r[key] * 1e-9) for r in rs if r.get(key)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+        ax.axhline(peak, color="gray", linestyle="--", linewidth=1, label=f"float FMA peak ({peak:.0f})")
+        ax.set(xscale="log", yscale="log", xlabel="tokens per forward (T)", title=s)
+        ax.set_xticks(Ts, [str(T) for T in Ts])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        plain_log_y(ax)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("GFLOP/s of the expert products (1 thread)")
+    fig.suptitle(f"Expert products: {prod['context']['packed_float']}, {prod['context']['packed_bf16']}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(docs, "perf", "products_gflops.png"), dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots, tokens,
