@@ -140,8 +140,13 @@ int run(const Options& o) {
   const moe::LayerStack<OnDemand<Policy>> on_disk(std::move(layers));
   const moe::LayerStack<Memory> in_memory(memory);
 
-  std::printf("offload: %ld layers x %ld experts (d %ld, ff %ld, top-%ld), %.1f KiB per expert, %.2f MiB in all\n",
-              long(o.layers), long(E), long(d), long(ff), long(k), double(one) / 1024, double(one * all) / 1048576);
+  // A resident expert holds its weights and the packed copy its forward reads
+  // (docs/experts.md#packed-weights): expert_bytes() counts both, the files the weights alone.
+  const std::size_t file_one = std::size_t(3 * d * ff) * sizeof(S);
+  std::printf("offload: %ld layers x %ld experts (d %ld, ff %ld, top-%ld), %.1f KiB of weights per expert, "
+              "%.2f MiB in all; %.1f KiB resident per expert with its packed copy\n",
+              long(o.layers), long(E), long(d), long(ff), long(k), double(file_one) / 1024,
+              double(file_one * std::size_t(all)) / 1048576, double(one) / 1024);
   std::printf("checkpoint: per layer, a router shard, %ld expert shards and model.safetensors.index.json\n", long(E));
   std::printf("budget: %g %% = %ld experts (%.2f MiB) shared by every layer, %s%s\n", o.budget_percent, long(fit),
               double(one) * double(fit) / 1048576, o.policy.c_str(),
