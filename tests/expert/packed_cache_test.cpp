@@ -263,3 +263,20 @@ TEST_CASE("ComputeType::bf16 on the golden layers stays within 1e-2 of the float
     if (c.family == 2) check(moe::io::load_gpt_oss<float>(f, prefix, {k}));
   }
 }
+
+TEST_CASE("a write through a block kept past a forward: weights_changed() repacks, debug builds catch its absence",
+          "[expert][packed]") {
+  moe::SwiGLUExperts<float> bank = swiglu_bank<float>(19);
+  std::mt19937 rng(10);
+  const RowMatrix<float> x = moe::test::random_matrix<float>(5, kD, rng);
+  auto block = bank.gate_proj(0);
+  (void)run(std::as_const(bank), 0, x);  // packs the weights as they are
+  block(0, 0) += 1.0f;                   // the bank is not told
+#ifndef NDEBUG
+  CHECK_THROWS_WITH(run(std::as_const(bank), 0, x),
+                    Catch::Contains("SwiGLUExperts::forward()") && Catch::Contains("weights_changed()"));
+#endif
+  bank.weights_changed();
+  const RowMatrix<float> y = run(std::as_const(bank), 0, x);
+  CHECK(first_difference(y.data(), swiglu_by_twin(std::as_const(bank), 0, x).data(), y.size()).empty());
+}
