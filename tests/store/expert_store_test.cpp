@@ -177,12 +177,14 @@ TEST_CASE("an expert store refuses what cannot work", "[store][stack][errors]") 
 }
 
 TEST_CASE("layers whose experts have the same bytes but another shape cannot share a store", "[store][stack][errors]") {
-  const Model a = save_model("shape_a", 1, 4, 8, 4, 1);   // d 8, ff 4
-  const Model b = save_model("shape_b", 1, 4, 4, 8, 1);   // d 4, ff 8: the same 96 floats
+  // d 32, ff 64 and d 64, ff 32: the same 6144 floats, and packed copies of the same size on
+  // every architecture (every packed dimension a multiple of the widest panel, 32 rows).
+  const Model a = save_model("shape_a", 1, 4, 32, 64, 1);
+  const Model b = save_model("shape_b", 1, 4, 64, 32, 1);
   auto mixed = sources(a);
   mixed.push_back(sources(b)[0]);
   REQUIRE(mixed[0]->expert_bytes() == mixed[1]->expert_bytes());
   CHECK_THROWS_WITH(moe::store::ExpertStore<Source>(mixed, 4 * mixed[0]->expert_bytes()),
                     "ExpertStore::ExpertStore(): layers[1] expert shape (input_dim, output_dim, hidden_cols) expected "
-                    "layer 0's (8, 8, 12), got (4, 4, 24)");
+                    "layer 0's (32, 32, 192), got (64, 64, 96)");
 }
