@@ -8,7 +8,8 @@
 #include <moe/kernels/weight_types.hpp>
 
 #include <atomic>
-#include <cstring>
+#include <bit>
+#include <cstdint>
 #include <string>
 #include <mutex>
 #include <stdexcept>
@@ -109,8 +110,7 @@ class PackedCache {
         } else {
           want = m(j, p);
         }
-        const P got = packed.at(j, p);
-        if (std::memcmp(&want, &got, sizeof(P)) != 0)
+        if (bits_of(want) != bits_of(packed.at(j, p)))
           throw std::logic_error(std::string(where) +
                                  ": the weights changed after they were packed (written through a block or pointer "
                                  "kept from before a forward); expected the bank told, by a non-const accessor or "
@@ -129,6 +129,18 @@ class PackedCache {
   }
 
  private:
+  /// The bit pattern of a packed element (NaN payloads and signed zeros compared exactly).
+  template <class P>
+  static auto bits_of(const P& v) noexcept {
+    if constexpr (std::is_same_v<P, bf16>) {
+      return v.bits;
+    } else if constexpr (sizeof(P) == 4) {
+      return std::bit_cast<std::uint32_t>(v);
+    } else {
+      return std::bit_cast<std::uint64_t>(v);
+    }
+  }
+
   template <class P>
   std::vector<kernels::PackedMatrix<P>>& storage() const {
     if constexpr (std::is_same_v<P, bf16>) {

@@ -204,7 +204,7 @@ namespace detail {
 
 /// Elements of the per-thread packed-activation buffer: PackedTile mc x kc / group, the
 /// largest over the architectures (AVX-512: 192 rows x 512; bf16 pairs: 192 x 512 uint32).
-inline constexpr Index packed_activation_elements = 16 * 12 * 512;
+inline constexpr Index packed_activation_elements = Index{16} * 12 * 512;
 
 /// The calling thread's buffer of packed activations, elements of T (S, or uint32 bf16 pairs),
 /// allocated at its first packed product (or prepare_packed_threads) and never again.
