@@ -329,12 +329,7 @@ def make_plots(docs, compare, tokens, moe_s, torch_s):
             Tp = [T for T in tokens if torch_s.get((s, T))]
             if Tp:
                 ax.plot(Tp, [T / torch_s[(s, T)] for T in Tp], marker="s", label="PyTorch, transformers loop")
-            ax.set(xscale="log", yscale="log", xlabel="tokens per forward (T)", title=s)
-            ax.set_xticks(Ts, [str(T) for T in Ts])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            plain_log_y(ax)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            style_tokens_axes(ax, Ts, s)
         axes[0].set_ylabel("tokens/s (CPU time, 1 thread)")
         fig.suptitle("MoE forward against the PyTorch peer")
         fig.tight_layout()
@@ -342,6 +337,17 @@ def make_plots(docs, compare, tokens, moe_s, torch_s):
         plt.close(fig)
         made.append("peer_vs_moe.png")
     return made
+
+
+def style_tokens_axes(ax, Ts, title):
+    """Log-log axes over the token counts Ts, labelled, gridded, with a legend."""
+    import matplotlib.ticker
+    ax.set(xscale="log", yscale="log", xlabel="tokens per forward (T)", title=title)
+    ax.set_xticks(Ts, [str(T) for T in Ts])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    plain_log_y(ax)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def products_plot(docs, prod):
@@ -363,12 +369,7 @@ def products_plot(docs, prod):
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
         ax.axhline(peak, color="gray", linestyle="--", linewidth=1, label=f"float FMA peak ({peak:.0f})")
-        ax.set(xscale="log", yscale="log", xlabel="tokens per forward (T)", title=s)
-        ax.set_xticks(Ts, [str(T) for T in Ts])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        plain_log_y(ax)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        style_tokens_axes(ax, Ts, s)
     axes[0].set_ylabel("GFLOP/s of the expert products (1 thread)")
     fig.suptitle(f"Expert products: {prod['context']['packed_float']}, {prod['context']['packed_bf16']}")
     fig.tight_layout()
