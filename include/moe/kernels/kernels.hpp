@@ -9,6 +9,7 @@
 #include "moe/kernels/gemm.hpp"
 #include "moe/kernels/packed_gemm.hpp"
 #include "moe/kernels/quant_blocks.hpp"
+#include "moe/kernels/quant_gemm.hpp"
 #include "moe/kernels/simd_math.hpp"
 #include "moe/kernels/softmax.hpp"
 #include "moe/kernels/top_k.hpp"

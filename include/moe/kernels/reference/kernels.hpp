@@ -7,6 +7,7 @@
 #include "moe/kernels/reference/gemm.hpp"
 #include "moe/kernels/reference/packed_gemm.hpp"
 #include "moe/kernels/reference/quant_blocks.hpp"
+#include "moe/kernels/reference/quant_gemm.hpp"
 #include "moe/kernels/reference/softmax.hpp"
 #include "moe/kernels/reference/top_k.hpp"
 #include "moe/kernels/reference/weighted_gather.hpp"

@@ -1,0 +1,141 @@
+// kernels::quant_gemm: bit for bit its scalar twin on every path the build has (AVX512-VNNI,
+// AVX-VNNI, AVX2, scalar), for Q8_0, Q4_0 and Q4_K weights, at sizes around the panel and the
+// register tiles; a row's bits independent of the batch; the layout round-trips GGUF's block
+// bytes; clear errors.
+#include <catch2/catch.hpp>
+
+#include "support/random.hpp"
+
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "moe/kernels/quant_gemm.hpp"
+#include "moe/kernels/reference/quant_gemm.hpp"
+
+namespace {
+
+using moe::Index;
+using moe::RowMatrix;
+using moe::kernels::BlockQ4_0;
+using moe::kernels::BlockQ4_K;
+using moe::kernels::BlockQ8_0;
+using moe::kernels::QuantMatrix;
+using moe::kernels::QuantPath;
+using moe::test::random_matrix;
+
+std::vector<QuantPath> paths_here() {
+  std::vector<QuantPath> out;
+  for (const QuantPath p : {QuantPath::scalar, QuantPath::avx2, QuantPath::avxvnni, QuantPath::avx512vnni})
+    if (moe::kernels::quant_path_available(p)) out.push_back(p);
+  return out;
+}
+
+/// Index of the first element whose bits differ, or -1.
+Index first_bit_difference(const RowMatrix<float>& x, const RowMatrix<float>& y) {
+  for (Index i = 0; i < x.size(); ++i)
+    if (std::memcmp(x.data() + i, y.data() + i, sizeof(float)) != 0) return i;
+  return -1;
+}
+
+template <class Block>
+std::vector<Block> random_blocks(Index n, Index k, std::mt19937& rng) {
+  // Quantized from random floats (every scale a real one), with a few hand-set extremes.
+  const RowMatrix<float> w = random_matrix<float>(n, k, rng);
+  return QuantMatrix<Block>::quantize(w).to_blocks();
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("quant_gemm equals its twin bit for bit on every path", "[kernels][quant]", BlockQ8_0, BlockQ4_0,
+                   BlockQ4_K) {
+  using Block = TestType;
+  constexpr Index qk = moe::kernels::quant_format<Block>::elements;
+  std::mt19937 rng(31);
+  for (const QuantPath path : paths_here()) {
+    for (const Index m : {Index{1}, Index{2}, Index{3}, Index{4}, Index{5}, Index{8}, Index{9}, Index{17}})
+      for (const Index n : {Index{1}, Index{7}, Index{8}, Index{9}, Index{16}, Index{17}, Index{40}})
+        for (const Index k : {qk, 2 * qk, 3 * qk}) {
+          INFO(moe::kernels::quant_path_name(path) << " " << moe::kernels::quant_format<Block>::name << " m " << m
+                                                   << " n " << n << " k " << k);
+          const RowMatrix<float> a = random_matrix<float>(m, k, rng);
+          const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+          const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
+          RowMatrix<float> c = RowMatrix<float>::Constant(m, n, 7.0f);
+          moe::kernels::quant_gemm_on(path, c, a, w);
+          RowMatrix<float> want(m, n);
+          moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
+          CHECK(first_bit_difference(c, want) == -1);
+        }
+  }
+}
+
+TEMPLATE_TEST_CASE("quant_gemm: a row's bits do not depend on its batch or its place", "[kernels][quant]", BlockQ8_0,
+                   BlockQ4_0, BlockQ4_K) {
+  using Block = TestType;
+  constexpr Index qk = moe::kernels::quant_format<Block>::elements;
+  std::mt19937 rng(32);
+  const Index n = 37, k = 2 * qk;
+  const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+  const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
+  const RowMatrix<float> batch = random_matrix<float>(23, k, rng);
+  RowMatrix<float> all(23, n);
+  moe::kernels::quant_gemm(all, batch, w);
+  for (const Index r : {Index{0}, Index{7}, Index{22}}) {
+    RowMatrix<float> one(1, n);
+    moe::kernels::quant_gemm(one, batch.middleRows(r, 1), w);
+    INFO("row " << r);
+    CHECK(first_bit_difference(one, all.middleRows(r, 1)) == -1);
+  }
+}
+
+TEMPLATE_TEST_CASE("QuantMatrix keeps GGUF's block bytes", "[kernels][quant]", BlockQ8_0, BlockQ4_0, BlockQ4_K) {
+  using Block = TestType;
+  constexpr Index qk = moe::kernels::quant_format<Block>::elements;
+  std::mt19937 rng(33);
+  std::uniform_int_distribution<int> byte(0, 255);
+  const Index n = 19, k = 3 * qk;
+  // Arbitrary bytes (scales included: every fp16 and 6-bit pattern must survive the layout).
+  std::vector<Block> blocks(static_cast<std::size_t>(n * k / qk));
+  std::vector<unsigned char> raw(blocks.size() * sizeof(Block));
+  for (auto& b : raw) b = static_cast<unsigned char>(byte(rng));
+  std::memcpy(blocks.data(), raw.data(), raw.size());
+  const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
+  const std::vector<Block> back = w.to_blocks();
+  REQUIRE(back.size() == blocks.size());
+  CHECK(std::memcmp(back.data(), blocks.data(), raw.size()) == 0);
+  CHECK(w.gguf_bytes() == raw.size());
+  // dequantize() is the format's definition, row by row.
+  const RowMatrix<float> deq = QuantMatrix<Block>::from_blocks(n, k, random_blocks<Block>(n, k, rng).data()).dequantize();
+  CHECK(deq.rows() == n);
+  CHECK(deq.cols() == k);
+}
+
+TEST_CASE("QuantMatrix::dequantize matches the blocks' definition", "[kernels][quant]") {
+  std::mt19937 rng(34);
+  const Index n = 5, k = 64;
+  const std::vector<BlockQ8_0> blocks = random_blocks<BlockQ8_0>(n, k, rng);
+  const RowMatrix<float> deq = QuantMatrix<BlockQ8_0>::from_blocks(n, k, blocks.data()).dequantize();
+  for (Index r = 0; r < n; ++r)
+    for (Index c = 0; c < k; ++c) {
+      const BlockQ8_0& b = blocks[static_cast<std::size_t>(r * 2 + c / 32)];
+      CHECK(deq(r, c) == moe::kernels::fp16_to_float(b.d) * static_cast<float>(b.qs[c % 32]));
+    }
+}
+
+TEST_CASE("quant_gemm: clear errors", "[kernels][quant]") {
+  QuantMatrix<BlockQ8_0> w(4, 64);
+  RowMatrix<float> a = RowMatrix<float>::Ones(2, 64), c(2, 4);
+  RowMatrix<float> bad_c(2, 5);
+  CHECK_THROWS_WITH(moe::kernels::quant_gemm(bad_c, a, w), Catch::Contains("operand shapes"));
+  CHECK_THROWS_WITH(QuantMatrix<BlockQ4_K>(4, 300), Catch::Contains("a multiple of 256"));
+  a(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(moe::kernels::quant_gemm(c, a, w), Catch::Contains("finite"));
+  std::vector<BlockQ8_0> too_few(1);
+  CHECK_THROWS_WITH(w.get_rows(3, 2, too_few.data()), Catch::Contains("within [0, 4)"));
+  for (const QuantPath p : {QuantPath::avx2, QuantPath::avxvnni, QuantPath::avx512vnni})
+    if (!moe::kernels::quant_path_available(p))
+      CHECK_THROWS_WITH(moe::kernels::quant_gemm_on(p, c, RowMatrix<float>::Ones(2, 64), w), Catch::Contains("path"));
+}
