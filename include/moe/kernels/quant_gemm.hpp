@@ -718,7 +718,6 @@ void quant_tile_avx2(const QuantMatrix<Block>& w, Index panel, int h, const Quan
 
 #endif
 
-MOE_KERNELS_END_SIMD_CODE
 #undef MOE_QUANT_UNROLL
 
 /// Calls f(std::integral_constant<int, M>) for M = m in [1, MR].
@@ -820,6 +819,8 @@ std::string quant_kernel_name() {
   return std::string(quant_format<Block>::name) + " " + quant_path_name(p) + " " +
          std::to_string(detail::quant_mr<Block, p>) + "x" + std::to_string(detail::quant_nr<p>);
 }
+
+MOE_KERNELS_END_SIMD_CODE
 
 }  // namespace moe::kernels
 
