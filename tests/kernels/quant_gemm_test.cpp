@@ -57,7 +57,7 @@ TEMPLATE_TEST_CASE("quant_gemm equals its twin bit for bit on every path", "[ker
   for (const QuantPath path : paths_here()) {
     for (const Index m : {Index{1}, Index{2}, Index{3}, Index{4}, Index{5}, Index{8}, Index{9}, Index{17}})
       for (const Index n : {Index{1}, Index{7}, Index{8}, Index{9}, Index{16}, Index{17}, Index{40}})
-        for (const Index k : {qk, 2 * qk, 3 * qk}) {
+        for (const Index k : {qk, 2 * qk, 3 * qk, qk + 5, 2 * qk - 16}) {  // the last two pad a block with zeros
           INFO(moe::kernels::quant_path_name(path) << " " << moe::kernels::quant_format<Block>::name << " m " << m
                                                    << " n " << n << " k " << k);
           const RowMatrix<float> a = random_matrix<float>(m, k, rng);
@@ -125,12 +125,39 @@ TEST_CASE("QuantMatrix::dequantize matches the blocks' definition", "[kernels][q
     }
 }
 
+TEMPLATE_TEST_CASE("QuantMatrix pads a row that is not whole blocks with zeros", "[kernels][quant]", BlockQ8_0,
+                   BlockQ4_0, BlockQ4_K) {
+  using Block = TestType;
+  constexpr Index qk = moe::kernels::quant_format<Block>::elements;
+  std::mt19937 rng(35);
+  const Index n = 9, k = qk + 24;
+  const RowMatrix<float> w = random_matrix<float>(n, k, rng);
+  RowMatrix<float> padded = RowMatrix<float>::Zero(n, 2 * qk);
+  padded.leftCols(k) = w;
+  const auto q = QuantMatrix<Block>::quantize(w);
+  const auto q_padded = QuantMatrix<Block>::quantize(padded);
+  CHECK_FALSE(q.whole_blocks());
+  CHECK(q_padded.whole_blocks());
+  REQUIRE(q.blocks_per_row() == 2);
+  // The same blocks as the explicitly padded weight, so the same values and products.
+  const auto b = q.to_blocks(), bp = q_padded.to_blocks();
+  CHECK(std::memcmp(b.data(), bp.data(), b.size() * sizeof(Block)) == 0);
+  CHECK(q.dequantize() == q_padded.dequantize().leftCols(k));
+  const RowMatrix<float> a = random_matrix<float>(4, k, rng);
+  RowMatrix<float> a_padded = RowMatrix<float>::Zero(4, 2 * qk);
+  a_padded.leftCols(k) = a;
+  RowMatrix<float> c(4, n), c_padded(4, n);
+  moe::kernels::quant_gemm(c, a, q);
+  moe::kernels::quant_gemm(c_padded, a_padded, q_padded);
+  CHECK(first_bit_difference(c, c_padded) == -1);
+}
+
 TEST_CASE("quant_gemm: clear errors", "[kernels][quant]") {
   QuantMatrix<BlockQ8_0> w(4, 64);
   RowMatrix<float> a = RowMatrix<float>::Ones(2, 64), c(2, 4);
   RowMatrix<float> bad_c(2, 5);
   CHECK_THROWS_WITH(moe::kernels::quant_gemm(bad_c, a, w), Catch::Contains("operand shapes"));
-  CHECK_THROWS_WITH(QuantMatrix<BlockQ4_K>(4, 300), Catch::Contains("a multiple of 256"));
+  CHECK_THROWS_WITH(QuantMatrix<BlockQ4_K>(-1, 256), Catch::Contains("rows"));
   a(1, 3) = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(moe::kernels::quant_gemm(c, a, w), Catch::Contains("finite"));
   std::vector<BlockQ8_0> too_few(1);

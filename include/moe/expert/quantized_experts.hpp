@@ -59,19 +59,12 @@ namespace detail {
 template <class>
 inline constexpr bool quantized_backward = false;
 
-/// Checks the sizes a quantized bank's projections need: d (and ff) whole blocks.
-template <kernels::QuantBlock Block>
-void require_quantizable(const char* where, Index num_experts, Index d_model, Index d_ff) {
-  constexpr Index qk = kernels::quant_format<Block>::elements;
-  const auto whole = [&](Index v, const char* what) {
-    detail::require(v >= 1 && v % qk == 0, where, what,
-                    detail::concat("a positive multiple of ", qk, " (", kernels::quant_format<Block>::name,
-                                   "'s block size: each row of a projection is whole blocks)"),
-                    v);
-  };
+/// Checks a quantized bank's sizes (any d and ff: rows that are not whole blocks are padded
+/// with zeros, kernels::QuantMatrix).
+inline void require_quantizable(const char* where, Index num_experts, Index d_model, Index d_ff) {
   detail::require(num_experts >= 1, where, "num_experts", ">= 1", num_experts);
-  whole(d_model, "d_model");
-  whole(d_ff, "d_ff");
+  detail::require(d_model >= 1, where, "d_model", ">= 1", d_model);
+  detail::require(d_ff >= 1, where, "d_ff", ">= 1", d_ff);
 }
 
 /// Throws naming the bank, projection and expert when m is not rows x cols.
@@ -113,7 +106,7 @@ struct QuantizedProjections {
 /// product by kernels::quant_gemm. gate_up(e) is [2ff, d] (expert e's gate rows, then its up
 /// rows: GGUF's ffn_gate_exps and ffn_up_exps slices), down(e) is [d, ff] (ffn_down_exps).
 /// hidden_cols() = 3 ff, laid out as SwiGLUExperts's. Inference only: backward does not
-/// compile. d and ff must be multiples of the block size (32; 256 for Q4_K).
+/// compile. d and ff need not be whole blocks (32; 256 for Q4_K): rows are padded with zeros.
 template <kernels::QuantBlock Block>
 class QuantizedSwiGLUExperts {
  public:
@@ -122,7 +115,7 @@ class QuantizedSwiGLUExperts {
 
   QuantizedSwiGLUExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
-    detail::require_quantizable<Block>("QuantizedSwiGLUExperts::QuantizedSwiGLUExperts()", num_experts, d_model, d_ff);
+    detail::require_quantizable("QuantizedSwiGLUExperts::QuantizedSwiGLUExperts()", num_experts, d_model, d_ff);
     w_.per_expert = 2;
     w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
     for (Index e = 0; e < num_experts; ++e) {
@@ -228,7 +221,7 @@ class QuantizedGptOssExperts {
 
   QuantizedGptOssExperts(Index num_experts, Index d_model, Index d_ff, float alpha = 1.702f, float limit = 7.0f)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff), alpha_(alpha), limit_(limit) {
-    detail::require_quantizable<Block>("QuantizedGptOssExperts::QuantizedGptOssExperts()", num_experts, d_model, d_ff);
+    detail::require_quantizable("QuantizedGptOssExperts::QuantizedGptOssExperts()", num_experts, d_model, d_ff);
     w_.per_expert = 2;
     w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
     for (Index e = 0; e < num_experts; ++e) {
@@ -355,7 +348,7 @@ class QuantizedFFNExperts {
 
   QuantizedFFNExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
-    detail::require_quantizable<Block>("QuantizedFFNExperts::QuantizedFFNExperts()", num_experts, d_model, d_ff);
+    detail::require_quantizable("QuantizedFFNExperts::QuantizedFFNExperts()", num_experts, d_model, d_ff);
     w_.per_expert = 2;
     w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
     for (Index e = 0; e < num_experts; ++e) {

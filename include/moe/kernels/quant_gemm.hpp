@@ -80,8 +80,10 @@ concept QuantBlock = requires { quant_format<Block>::elements; };
 /// Rows per panel of a QuantMatrix (16 int32 lanes of an AVX-512 register).
 inline constexpr Index quant_panel_rows = 16;
 
-/// A quantized weight [rows, cols] (cols a multiple of the block size) in the kernels' layout;
-/// see the top of this file. Built from GGUF-layout blocks (from_blocks, set_rows) or from
+/// A quantized weight [rows, cols] in the kernels' layout; see the top of this file. A row is
+/// blocks_per_row() blocks: cols / block size, rounded up, the last block's elements past cols
+/// zeros (a GGUF tensor's rows are whole blocks; a float checkpoint's need not be, and zeros
+/// change neither the quantization of the other elements nor a product). Built from GGUF-layout blocks (from_blocks, set_rows) or from
 /// float rows (quantize, quantize_rows, with the format's reference quantizer); get_rows()
 /// and dequantize() give them back. Rows past the last whole panel are padded with zero
 /// blocks, which the products never store.
@@ -111,12 +113,10 @@ class QuantMatrix {
   void resize(Index rows, Index cols) {
     constexpr const char* where = "kernels::QuantMatrix::resize()";
     moe::detail::require(rows >= 0, where, "rows", ">= 0", rows);
-    moe::detail::require(cols >= 0 && cols % format::elements == 0, where, "cols",
-                         moe::detail::concat("a multiple of ", format::elements, " (", format::name, "'s block size)"),
-                         cols);
+    moe::detail::require(cols >= 0, where, "cols", ">= 0", cols);
     rows_ = rows;
     cols_ = cols;
-    blocks_ = cols / format::elements;
+    blocks_ = (cols + format::elements - 1) / format::elements;
     panels_ = (rows + quant_panel_rows - 1) / quant_panel_rows;
     const auto cells = static_cast<std::size_t>(panels_ * blocks_ * quant_panel_rows);
     quants_.assign(cells * static_cast<std::size_t>(format::quant_bytes), zero_quant());
@@ -129,12 +129,15 @@ class QuantMatrix {
   [[nodiscard]] Index panels() const noexcept { return panels_; }
   /// Bytes held (quants and scales, padding rows included).
   [[nodiscard]] std::size_t bytes() const noexcept { return quants_.size() + scales_.size(); }
+  /// Whether a row is whole blocks (no zero padding): what a GGUF tensor needs.
+  [[nodiscard]] bool whole_blocks() const noexcept { return cols_ % format::elements == 0; }
   /// Bytes of the quants and scales of rows [0, rows) in GGUF's encoding (what a file holds).
   [[nodiscard]] std::size_t gguf_bytes() const noexcept {
     return static_cast<std::size_t>(rows_ * blocks_) * sizeof(Block);
   }
 
-  /// Rows [first, first + count) from count * blocks_per_row() GGUF-layout blocks.
+  /// Rows [first, first + count) from count * blocks_per_row() GGUF-layout blocks (with cols
+  /// not whole blocks, the elements past cols must be zeros: the products read them).
   void set_rows(Index first, Index count, const Block* blocks) {
     check_rows("kernels::QuantMatrix::set_rows()", first, count);
     for (Index r = 0; r < count; ++r)
@@ -145,11 +148,11 @@ class QuantMatrix {
     constexpr const char* where = "kernels::QuantMatrix::quantize_rows()";
     moe::detail::require(w.cols() == cols_, where, "w columns", cols_, w.cols());
     check_rows(where, first, w.rows());
-    std::vector<float> row(static_cast<std::size_t>(cols_));
+    std::vector<float> row(static_cast<std::size_t>(blocks_ * format::elements), 0.0f);
     std::vector<Block> out(static_cast<std::size_t>(blocks_));
     for (Index r = 0; r < w.rows(); ++r) {
       for (Index c = 0; c < cols_; ++c) row[static_cast<std::size_t>(c)] = w(r, c);
-      quantize_row(row.data(), out.data(), static_cast<std::size_t>(cols_));
+      quantize_row(row.data(), out.data(), row.size());
       for (Index b = 0; b < blocks_; ++b) store(first + r, b, out[static_cast<std::size_t>(b)]);
     }
   }
@@ -169,9 +172,11 @@ class QuantMatrix {
   [[nodiscard]] RowMatrix<float> dequantize() const {
     RowMatrix<float> w(rows_, cols_);
     std::vector<Block> row(static_cast<std::size_t>(blocks_));
+    std::vector<float> values(static_cast<std::size_t>(blocks_ * format::elements));
     for (Index r = 0; r < rows_; ++r) {
       get_rows(r, 1, row.data());
-      dequantize_row(row.data(), w.row(r).data(), static_cast<std::size_t>(cols_));
+      dequantize_row(row.data(), values.data(), values.size());
+      for (Index c = 0; c < cols_; ++c) w(r, c) = values[static_cast<std::size_t>(c)];
     }
     return w;
   }
@@ -288,27 +293,29 @@ struct QuantActivations {
   std::vector<std::int32_t> aux;
   std::vector<float> scale;  ///< each block's scale as a float (the fp16 d widened, or Q8_K's d)
 
-  /// Quantizes the rows of a [m, k] (k a multiple of the block size; finite values).
+  /// Quantizes the rows of a [m, k] (finite values), each padded with zeros to whole blocks.
   /// Allocates only when a is larger than any earlier call's.
   void quantize(const ConstMatrixRef<float>& a) {
     using F = quant_format<Block>;
     rows = a.rows();
-    blocks_per_row = a.cols() / F::elements;
+    blocks_per_row = (a.cols() + F::elements - 1) / F::elements;
+    const Index padded = blocks_per_row * F::elements;
     const auto nb = static_cast<std::size_t>(rows * blocks_per_row);
     if (blocks.size() < nb) blocks.resize(nb);
     if (aux.size() < nb * F::aux_per_block) aux.resize(nb * F::aux_per_block);
     if (scale.size() < nb) scale.resize(nb);
-    if (row_.size() < static_cast<std::size_t>(a.cols())) row_.resize(static_cast<std::size_t>(a.cols()));
+    if (padded != a.cols() && row_.size() < static_cast<std::size_t>(padded)) row_.resize(static_cast<std::size_t>(padded));
     for (Index i = 0; i < rows; ++i) {
       const float* x = a.row(i).data();
-      if (a.innerStride() != 1) {
-        for (Index c = 0; c < a.cols(); ++c) row_[static_cast<std::size_t>(c)] = a(i, c);
+      if (padded != a.cols()) {
+        std::copy(x, x + a.cols(), row_.begin());
+        std::fill(row_.begin() + a.cols(), row_.begin() + padded, 0.0f);
         x = row_.data();
       }
       activation_block* out = blocks.data() + i * blocks_per_row;
       std::int32_t* ax = aux.data() + i * blocks_per_row * F::aux_per_block;
       if constexpr (std::is_same_v<activation_block, BlockQ8_0>) {
-        quantize_row_q8_0(x, out, static_cast<std::size_t>(a.cols()));
+        quantize_row_q8_0(x, out, static_cast<std::size_t>(padded));
         constexpr std::int32_t offset = std::is_same_v<Block, BlockQ8_0> ? 128 : 8;
         for (Index b = 0; b < blocks_per_row; ++b) {
           std::int32_t sum = 0;
@@ -317,7 +324,7 @@ struct QuantActivations {
           scale[static_cast<std::size_t>(i * blocks_per_row + b)] = fp16_to_float(out[b].d);
         }
       } else {
-        quantize_row_q8_k(x, out, static_cast<std::size_t>(a.cols()));
+        quantize_row_q8_k(x, out, static_cast<std::size_t>(padded));
         for (Index b = 0; b < blocks_per_row; ++b) {
           for (Index s = 0; s < 8; ++s)
             ax[b * 8 + s] = std::int32_t{out[b].bsums[2 * s]} + std::int32_t{out[b].bsums[2 * s + 1]};

@@ -70,7 +70,7 @@ struct QuantizedCombiner<Block, SharedExpertCombiner<Shared, Gate>> {
 /// A float layer with its experts (routed, and shared ones in the combiner) quantized to
 /// Block; the router, combiner weights, capacity and executor copied. Every loader's layer
 /// goes through this (the "quantize at load" path; docs/quantization.md#quantized-expert-banks).
-/// Throws std::invalid_argument when d or ff is not a whole number of blocks.
+/// Rows that are not whole blocks are padded with zeros (kernels::QuantMatrix).
 template <kernels::QuantBlock Block, class E, class R, class C, class Arch, class X>
 auto quantize_layer(const MoELayer<E, R, C, Arch, X>& layer) {
   using QE = decltype(quantize_experts<Block>(layer.experts()));
