@@ -12,6 +12,7 @@
 // A case must fail through its own code: nothing outside the CASE blocks may be ill-formed
 // (check.py fails every case if an error points outside them).
 #include <moe/io/save_layer.hpp>
+#include <moe/layer/quantized_layers.hpp>
 #include <moe/moe.hpp>
 #include <moe/train/expert_dropout.hpp>
 
@@ -413,5 +414,25 @@ int run() {
   return static_cast<int>(moe::prune_experts(layer, {0, 1}).num_experts());
 }
 }  // namespace cf_prune_low_rank_bank
+
+// CASE quantized_layer_training
+namespace cf_quantized_layer_training {
+int run() {
+  return cf::train(moe::QuantizedMixtralMoE<moe::kernels::BlockQ8_0>(
+      moe::QuantizedSwiGLUExperts<moe::kernels::BlockQ8_0>(2, 4, 4), moe::SoftmaxTopKRouter<float>(2, 4, 1)));
+}
+}  // namespace cf_quantized_layer_training
+
+// CASE quantized_bank_backward
+namespace cf_quantized_bank_backward {
+int run() {
+  using Bank = moe::QuantizedFFNExperts<moe::kernels::BlockQ4_0, moe::Activation::relu>;
+  const Bank bank(1, 32, 32);
+  Bank grad(1, 32, 32);
+  moe::RowMatrix<float> x(1, 32), h(1, 64), dx(1, 32), s(1, 64);
+  bank.backward(0, x, h, x, dx, s, grad);
+  return 0;
+}
+}  // namespace cf_quantized_bank_backward
 
 // END

@@ -69,6 +69,12 @@ struct expert_traits {
     if constexpr (requires { ExpertType::needs_context; }) return bool(ExpertType::needs_context);
     else return false;
   }();
+  /// Banks for inference only (block-quantized weights): a layer's training members refuse
+  /// them with one static_assert that says so.
+  static constexpr bool inference_only = [] {
+    if constexpr (requires { ExpertType::inference_only; }) return bool(ExpertType::inference_only);
+    else return false;
+  }();
   /// Banks whose forward must see each expert's whole slab in one call (a recurrence over
   /// the rows of a sequence): the executor does not cut a slab into row blocks for them.
   static constexpr bool whole_slabs = [] {

@@ -112,6 +112,7 @@ class QuantizedSwiGLUExperts {
  public:
   using scalar_type = float;
   using block_type = Block;
+  static constexpr bool inference_only = true;  ///< expert_traits: no training
 
   QuantizedSwiGLUExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
@@ -218,6 +219,7 @@ class QuantizedGptOssExperts {
  public:
   using scalar_type = float;
   using block_type = Block;
+  static constexpr bool inference_only = true;  ///< expert_traits: no training
 
   QuantizedGptOssExperts(Index num_experts, Index d_model, Index d_ff, float alpha = 1.702f, float limit = 7.0f)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff), alpha_(alpha), limit_(limit) {
@@ -344,6 +346,7 @@ class QuantizedFFNExperts {
  public:
   using scalar_type = float;
   using block_type = Block;
+  static constexpr bool inference_only = true;  ///< expert_traits: no training
   static constexpr Activation activation = Act;
 
   QuantizedFFNExperts(Index num_experts, Index d_model, Index d_ff)

@@ -307,11 +307,15 @@ class MoELayer {
   /// The training protocol, checked where training is first used (make_gradients, backward),
   /// so a layer of inference-only policies compiles until then.
   static constexpr void check_training_members() {
-    static_assert(detail::HasExpertBackward<ExpertType, Arch>,
+    constexpr bool inference_only = expert_traits<ExpertType>::inference_only;
+    static_assert(!inference_only,
+                  "MoELayer training: ExpertType is an inference-only bank (block-quantized weights have no "
+                  "gradients): train the float bank and quantize it (docs/quantization.md#quantized-expert-banks)");
+    static_assert(inference_only || detail::HasExpertBackward<ExpertType, Arch>,
                   "MoELayer training: ExpertType must provide template <class Arch> void backward(Index e, "
                   "const ConstMatrixRef<S>& x, const ConstMatrixRef<S>& hidden, const ConstMatrixRef<S>& dy, "
                   "MatrixRef<S> dx, MatrixRef<S> dhidden, ExpertType& grad) const (docs/experts.md#training)");
-    static_assert(detail::HasParameters<ExpertType>,
+    static_assert(inference_only || detail::HasParameters<ExpertType>,
                   "MoELayer training: ExpertType must provide for_each_parameter(f), f(name, block) for every "
                   "trainable tensor (docs/experts.md#training)");
     static_assert(detail::HasRouterBackward<RouterType, Arch>,
