@@ -1,6 +1,6 @@
 // quantize_layer and the quantized family aliases: the golden layers of ../shared/golden with
 // their experts quantized at load stay within each type's measured bound of the float64
-// outputs; shared experts are quantized too; the layer's rows do not depend on the batch.
+// outputs; shared experts are quantized too, the router and the shared gate copied.
 #include <catch2/catch.hpp>
 
 #include "support/golden.hpp"
@@ -10,6 +10,7 @@
 #include <moe/io/switch_loader.hpp>
 #include <moe/layer/quantized_layers.hpp>
 #include <moe/layer/workspace.hpp>
+#include <moe/moe.hpp>
 
 #include <cstring>
 #include <string>
@@ -102,4 +103,47 @@ void check_golden_families() {
 TEMPLATE_TEST_CASE("golden layers quantized at load stay within their type's bound", "[layer][quant][golden]",
                    BlockQ8_0, BlockQ4_0, BlockQ4_K) {
   check_golden_families<TestType>();
+}
+
+namespace {
+template <class L>
+constexpr bool quantizable = requires(const L& l) { moe::quantize_layer<BlockQ8_0>(l); };
+}  // namespace
+
+TEST_CASE("quantize_layer: which layers it takes, shared experts and the router copied", "[layer][quant]") {
+  // Banks quantize_experts knows (SwiGLU, GPT-OSS, FFN; shared SwiGLU experts) and no others.
+  STATIC_REQUIRE(quantizable<moe::MixtralMoE<float>>);
+  STATIC_REQUIRE(quantizable<moe::Qwen2MoE<float>>);
+  STATIC_REQUIRE(quantizable<moe::DeepSeekV3MoE<float>>);
+  STATIC_REQUIRE(quantizable<moe::GptOssMoE<float>>);
+  STATIC_REQUIRE(quantizable<moe::SwitchMoE<float>>);
+  STATIC_REQUIRE_FALSE(quantizable<moe::LowRankMoE<float>>);
+  STATIC_REQUIRE_FALSE(quantizable<moe::ConvMoE<float>>);
+  STATIC_REQUIRE_FALSE(quantizable<moe::MixtralMoE<double>>);
+
+  std::mt19937 rng(41);
+  moe::SwiGLUExperts<float> routed(4, 64, 96), shared(1, 64, 128);
+  routed.gate_up() = moe::test::random_matrix<float>(4 * 192, 64, rng) * 0.1f;
+  routed.down() = moe::test::random_matrix<float>(4 * 64, 96, rng) * 0.1f;
+  shared.gate_up() = moe::test::random_matrix<float>(256, 64, rng) * 0.1f;
+  shared.down() = moe::test::random_matrix<float>(64, 128, rng) * 0.1f;
+  moe::SoftmaxTopKRouter<float> router(4, 64, 2);
+  router.weight() = moe::test::random_matrix<float>(4, 64, rng);
+  moe::SharedExpertCombiner<moe::SwiGLUExperts<float>, moe::SharedGate::sigmoid> combiner(shared);
+  combiner.gate_weight() = moe::test::random_matrix<float>(64, 1, rng);
+  const moe::Qwen2MoE<float> layer(routed, router, combiner);
+  const auto q = moe::quantize_layer<BlockQ4_0>(layer);
+  STATIC_REQUIRE(std::is_same_v<std::remove_const_t<decltype(q)>, moe::QuantizedQwen2MoE<BlockQ4_0>>);
+  const auto shared_q = moe::quantize_experts<BlockQ4_0>(shared);
+  const auto blocks = q.combiner().shared_expert().gate_up(0).to_blocks();
+  const auto want = shared_q.gate_up(0).to_blocks();
+  CHECK(std::memcmp(blocks.data(), want.data(), blocks.size() * sizeof(BlockQ4_0)) == 0);
+  CHECK(q.combiner().gate_weight() == combiner.gate_weight());
+  CHECK(q.router().weight() == router.weight());
+
+  // It runs (the products' bits are pinned in tests/expert/quantized_experts_test.cpp).
+  const RowMatrix<float> x = moe::test::random_matrix<float>(33, 64, rng);
+  moe::Workspace<float> ws;
+  const RowMatrix<float> y = q.forward(x, ws);
+  CHECK(moe::test::max_relative_error(y, layer.forward(x, ws)) < 0.25);
 }

@@ -47,7 +47,17 @@ QuantizedFFNExperts<Block, Act> quantize_experts(const FFNExperts<float, Act>& b
   return QuantizedFFNExperts<Block, Act>::quantize(bank);
 }
 
+/// A float bank quantize_experts<Block> takes (SwiGLU, GPT-OSS and FFN experts).
+template <class Bank, class Block>
+concept QuantizableBank = kernels::QuantBlock<Block> && requires(const Bank& b) { quantize_experts<Block>(b); };
+
 namespace detail {
+
+/// Whether quantize_layer can take a combiner: one without experts, or shared experts it can quantize.
+template <class Block, class Combiner>
+inline constexpr bool combiner_quantizable = true;
+template <class Block, class Shared, SharedGate Gate>
+inline constexpr bool combiner_quantizable<Block, SharedExpertCombiner<Shared, Gate>> = QuantizableBank<Shared, Block>;
 
 template <kernels::QuantBlock Block, class Combiner>
 struct QuantizedCombiner {
@@ -72,6 +82,7 @@ struct QuantizedCombiner<Block, SharedExpertCombiner<Shared, Gate>> {
 /// goes through this (the "quantize at load" path; docs/quantization.md#quantized-expert-banks).
 /// Rows that are not whole blocks are padded with zeros (kernels::QuantMatrix).
 template <kernels::QuantBlock Block, class E, class R, class C, class Arch, class X>
+  requires QuantizableBank<E, Block> && detail::combiner_quantizable<Block, C>
 auto quantize_layer(const MoELayer<E, R, C, Arch, X>& layer) {
   using QE = decltype(quantize_experts<Block>(layer.experts()));
   using QC = typename detail::QuantizedCombiner<Block, C>::type;
