@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every performance ratio of issue #5 in one command, and docs/PERFORMANCE.md from the results:
 #
-#   scripts/bench_all.sh            # about 10 minutes on a busy 2-core machine
+#   scripts/bench_all.sh            # about 12 minutes on a busy 2-core machine
+#   scripts/bench_all.sh --ggml DIR # and the ggml peer from a llama.cpp/ggml build in DIR
 #
 # 1. builds the release preset's benchmark targets and moe-compare (build/release), and
 #    moe_bench_forward once more with MOE_USE_BLAS=ON (Eigen on OpenBLAS) in build/release-blas,
@@ -14,6 +15,12 @@
 #      moe_bench_backward  -> backward.json  (e: forward+backward / forward)
 #      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound; T = 4, 16; bf16)
 #      moe_bench_products  -> products.json  (issue #11: packed, bf16, gemm, OpenBLAS, FMA peak)
+#      moe_bench_quant     -> quant.json     (issue #12: F32, BF16, Q8_0, Q4_0, Q4_K expert products)
+#      the ggml peer: with --ggml DIR (or GGML_DIR=DIR), DIR a llama.cpp or ggml build folder
+#        holding test-backend-ops (DIR/bin/ or DIR/), `test-backend-ops perf -o MUL_MAT_ID -b CPU`
+#        pinned to one core (taskset -c 0) -> ggml.txt; without it, or without the program, the
+#        reason goes to ggml-skipped.txt ("ggml peer skipped: no GGML_DIR given"). Nothing is
+#        downloaded or built: give it a build of your own checkout;
 #      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
 #      moe-compare --tokens T at the Mixtral-scaled shape -> compare-T.json for T in 32 128 512
 #      2048 (tokens/s per router)
@@ -30,12 +37,26 @@
 # BLAS=0 (leave out the OpenBLAS build), FILTER (a --benchmark_filter regex for the forward,
 # BLAS-forward and backward programs, e.g. 'olmoe-scaled/(T:)?32$' for a quick check: backward's
 # names have no T:), SKIP_PEER=1,
-# SKIP_COMPARE=1, DOCS_DIR (where perf_report.py writes, default docs), BUILD_DIR,
+# SKIP_COMPARE=1, GGML_DIR (as --ggml), GGML_ARGS (test-backend-ops' arguments after
+# `perf -o MUL_MAT_ID`, default `-b CPU`), DOCS_DIR (where perf_report.py writes, default docs), BUILD_DIR,
 # BLAS_BUILD_DIR, PERF_DIR (default build/release,
 # build/release-blas, build/perf; a BUILD_DIR other than build/release is configured with the
 # release preset's flags instead of the preset). Not part of CI: timings on shared machines are
 # noise for a pass/fail check.
 set -euo pipefail
+
+ggml_dir=${GGML_DIR:-}
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --ggml) [[ $# -ge 2 ]] || { echo "bench_all: --ggml needs a directory" >&2; exit 2; }; ggml_dir=$2; shift 2 ;;
+    --ggml=*) ggml_dir=${1#--ggml=}; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "bench_all: unknown argument $1 (--ggml DIR, or the environment variables in the header)" >&2; exit 2 ;;
+  esac
+done
+
+# A relative --ggml is relative to where the script was called from.
+if [[ -n "$ggml_dir" && -d "$ggml_dir" ]]; then ggml_dir=$(cd "$ggml_dir" && pwd); fi
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -64,7 +85,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     cmake -S . -B "$bin" "${release_flags[@]}" >/dev/null
   fi
   cmake --build "$bin" --target moe_bench_forward moe_bench_threads moe_bench_backward moe_bench_decode \
-    moe_bench_products moe-compare \
+    moe_bench_products moe_bench_quant moe-compare \
     -j "$jobs"
   if [[ "${BLAS:-1}" != 0 ]]; then
     echo "== build (release flags + MOE_USE_BLAS=ON: Eigen on OpenBLAS) in $blas_bin"
@@ -111,6 +132,38 @@ echo "== moe_bench_decode"
 
 echo "== moe_bench_products (issue #11: packed expert products, bf16, OpenBLAS, FMA peak)"
 "$bin/bench/moe_bench_products" --reps "$(( reps + 2 ))" --json "$out/products.json" | tee "$out/products.txt"
+
+echo "== moe_bench_quant (issue #12: quantized expert products, $reps repetitions)"
+"$bin/bench/moe_bench_quant" --benchmark_repetitions="$reps" --benchmark_color=false \
+  --benchmark_context=commit="$commit" \
+  --benchmark_out="$out/quant.json" --benchmark_out_format=json | tee "$out/quant.txt"
+
+echo "== ggml peer (test-backend-ops perf -o MUL_MAT_ID)"
+rm -f "$out/ggml.txt" "$out/ggml-skipped.txt"
+ggml_skip() { echo "$1" | tee "$out/ggml-skipped.txt" >&2; }
+if [[ -z "$ggml_dir" ]]; then
+  ggml_skip "ggml peer skipped: no GGML_DIR given"
+else
+  tbo=""
+  for c in "$ggml_dir/bin/test-backend-ops" "$ggml_dir/test-backend-ops" "$ggml_dir/build/bin/test-backend-ops"; do
+    if [[ -x "$c" ]]; then tbo=$c; break; fi
+  done
+  if [[ -z "$tbo" ]]; then
+    ggml_skip "ggml peer skipped: no test-backend-ops under $ggml_dir (bin/, ./ or build/bin/)"
+  else
+    # One core, as the other rows: the CPU backend's threads (its own choice) share core 0.
+    pin=()
+    command -v taskset >/dev/null && pin=(taskset -c 0)
+    read -r -a ggml_args <<<"${GGML_ARGS:--b CPU}"
+    {
+      echo "# ggml peer: ${pin[*]} $tbo perf -o MUL_MAT_ID ${ggml_args[*]}"
+      echo "# ggml_dir: $ggml_dir; commit: $(git -C "$ggml_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    } >"$out/ggml.txt"
+    if ! "${pin[@]}" "$tbo" perf -o MUL_MAT_ID "${ggml_args[@]}" 2>&1 | tee -a "$out/ggml.txt"; then
+      echo "bench_all: test-backend-ops failed; its output is in $out/ggml.txt" >&2
+    fi
+  fi
+fi
 
 echo "== PyTorch peer (bench/peers/torch_moe.py, 1 thread)"
 rm -f "$out/torch.json"

@@ -7,8 +7,9 @@ in build/perf/ (issue #5's ratios, each from one run).
 Reads forward.json, backward.json (Google Benchmark JSON of moe_bench_forward and
 moe_bench_backward), threads.json (moe_bench_threads, ratio d), forward-blas.json
 (moe_bench_forward built with MOE_USE_BLAS=ON, Eigen on OpenBLAS), decode.json
-(moe_bench_decode), products.json (moe_bench_products), torch.json (bench/peers/torch_moe.py),
-compare-<T>.json (moe-compare
+(moe_bench_decode), products.json (moe_bench_products), quant.json (moe_bench_quant, Google
+Benchmark JSON), ggml.txt or ggml-skipped.txt (the ggml peer's output, or why it did not run),
+torch.json (bench/peers/torch_moe.py), compare-<T>.json (moe-compare
 --json) and machine.json. A missing file leaves its rows out and
 says so in the page. Needs python3-matplotlib (Debian); plots use the Agg backend, no display.
 """
@@ -146,6 +147,9 @@ def main():
     prod = load(os.path.join(args.perf, "products.json"))
     if prod and products_plot(args.docs, prod):
         plots.append("products_gflops.png")
+    quant = quant_rows(load(os.path.join(args.perf, "quant.json")))
+    if quant and quant_plot(args.docs, quant):
+        plots.append("quant_tokens_per_s.png")
     write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots,
                tokens, thread_t, blas_s, blas_ideal, blas_doc)
 
@@ -208,6 +212,167 @@ def products_section(add, prod, dec, torch_s):
     add("|---|---|---:|---|---:|---|")
     for what, shape, T, text, goal, value, larger in goals:
         add(f"| {what} | {shape} | {T} | {text} | {fmt(value)} | {verdict(value, goal, larger)} |")
+    add("")
+
+
+QUANT_TYPES = ["F32", "BF16", "Q8_0", "Q4_0", "Q4_K"]
+
+
+def quant_rows(doc):
+    """moe_bench_quant's JSON as {(shape, T, type): benchmark object of the fastest repetition,
+    with its CPU seconds per call under "s"}, and the document under None."""
+    rows = {}
+    for b in (doc or {}).get("benchmarks", []):
+        if b.get("error_occurred") or b.get("run_type", "iteration") != "iteration":
+            continue
+        name = re.sub(r"/(iterations:\d+|repeats:\d+|min_time:[\d.]+)", "", b.get("run_name", b["name"]))
+        m = re.fullmatch(r"([^/]+)/([^/]+)/T:(\d+)", name)
+        if not m:
+            continue
+        key = (m.group(2), int(m.group(3)), m.group(1))
+        t = b["cpu_time"] * UNIT[b.get("time_unit", "ns")]
+        if key not in rows or t < rows[key]["s"]:
+            rows[key] = dict(b, s=t, reps=rows.get(key, {}).get("reps", 0) + 1)
+        else:
+            rows[key]["reps"] += 1
+    if rows:
+        rows[None] = doc
+    return rows
+
+
+def quant_section(add, quant, machine, perf_dir, plotted):
+    """Issue #12 item 6: the experts' products with quantized weights, decode against the
+    bandwidth bound of the bytes read, prefill against float, and the ggml peer."""
+    add("## Quantized products (issue #12)")
+    add("")
+    if not quant:
+        add("Not measured in this run (no quant.json: `moe_bench_quant`).")
+        add("")
+        quant_peer(add, perf_dir)
+        return
+    ctx = quant[None].get("context", {})
+    gbs = float(ctx.get("triad_gb_per_s", "nan"))
+    path = ctx.get("quant_path", "?")
+    vnni = "vnni" in path
+    reps = max(r["reps"] for k, r in quant.items() if k is not None)
+    kernels = ", ".join(f"{t} `{ctx['kernel_' + t]}`" for t in QUANT_TYPES if ctx.get("kernel_" + t))
+    add(f"`moe_bench_quant`, one thread: the routed experts' products (gate|up, SwiGLU, down on the slabs "
+        f"the layer routed, every expert that received rows) with the weights stored as each type, all "
+        f"from the same N(0, 0.02) floats (`QuantMatrix<Block>::quantize`, packed float and bf16 by "
+        f"`pack_for`). Kernels: {kernels}. Before every call a {ctx.get('sweep_mib', '?')} MiB read evicts "
+        f"the weights from the caches (untimed), so each call reads them from memory. STREAM triad "
+        f"{gbs:.1f} GB/s (CPU time, measured at the start of the same run, moe_bench_decode's method). "
+        f"CPU time of the fastest of {reps} repetition{'s' if reps != 1 else ''}.")
+    when = ctx.get("date", "?")
+    load_avg = ctx.get("load_avg")
+    same_run = machine.get("commit") and ctx.get("commit") == machine.get("commit")
+    add("")
+    add(f"Run: {when}" + (f", commit `{ctx['commit']}`" if ctx.get("commit") else "")
+        + (f", load average {', '.join(f'{x:.2f}' for x in load_avg)} at the start" if load_avg else "")
+        + ("." if same_run else "; measured apart from the rest of this page (its header describes the other "
+           "programs' run), on the same machine."))
+    add("")
+    add("| shape | T | type | ms | tokens/s | GFLOP/s | weights read (MB) | bound (ms) | ratio | vs F32 | "
+        "act. quant. share | max rel. diff vs F32 |")
+    add("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    keys = sorted((k for k in quant if k is not None),
+                  key=lambda k: (SHAPES.index(k[0]) if k[0] in SHAPES else 99, k[1],
+                                 QUANT_TYPES.index(k[2]) if k[2] in QUANT_TYPES else 99))
+    goals, speedups = [], []  # (what, shape, T, goal text, goal, value, larger): decode, then prefill
+    limits = []  # Q8_0 speed-ups not met with VNNI: (shape, T, vs, share, vs without quantizing)
+    for shape, T, typ in keys:
+        r = quant[(shape, T, typ)]
+        t = r["s"]
+        byts = r.get("weight_bytes")
+        bound = byts / (gbs * 1e9) if byts else None
+        ratio = div(t, bound)
+        f32 = quant.get((shape, T, "F32"))
+        vs = div(f32["s"], t) if f32 and typ != "F32" and T >= 512 else None
+        share = r.get("act_quant_share")
+        diff = r.get("max_rel_diff")
+        add(f"| {shape} | {T} | {typ} | {t * 1e3:.3f} | {T / t:.0f} | {fmt(r.get('GFLOP/s'), 1)} | "
+            f"{fmt(byts and byts / 1e6, 1)} | {fmt(bound and bound * 1e3, 3)} | {fmt(ratio)} | {fmt(vs)} | "
+            f"{fmt(share and 100 * share, 0) + ' %' if share else '—'} | {f'{diff:.1e}' if diff is not None else '—'} |")
+        if T <= 16:
+            goals.append((f"decode latency / bandwidth bound, {typ}", shape, T, "≤ 1.3", 1.3, ratio, False))
+        if T >= 512 and typ == "Q8_0":
+            if vnni:
+                speedups.append(("Q8_0 speed-up over F32 (VNNI)", shape, T, "≥ 2", 2.0, vs, True))
+                if vs is not None and vs < 2 and share:
+                    limits.append((shape, T, vs, share, f32["s"] / (t * (1 - share))))
+            else:
+                speedups.append((f"Q8_0 speed-up over F32 ({path}: the goal is for VNNI)", shape, T, "—", None, vs,
+                                 True))
+    goals += speedups
+    add("")
+    add("ratio = time / (weights read / triad bandwidth), at T ≤ 16, weights read = `bytes()` of the "
+        "`QuantMatrix` or `PackedMatrix` of every expert with rows (gate|up and down); vs F32 = F32 time / "
+        "this time, at T ≥ 512; act. quant. share = the time of quantizing the call's activation rows "
+        "(`QuantActivations::quantize` on every slab, timed apart with warm caches) over the call's time; "
+        "max rel. diff = max |y − y_F32| / max |y_F32| over the slabs, the weights' quantization error "
+        "included (which is why Q4's is near 0.15: a 4-bit step is about a tenth of a weight's scale).")
+    add("")
+    if plotted:
+        add("![quantized expert products against T](perf/quant_tokens_per_s.png)")
+        add("")
+    add("| goal | shape | T | target | measured | |")
+    add("|---|---|---:|---|---:|---|")
+    for what, shape, T, text, goal, value, larger in goals:
+        add(f"| {what} | {shape} | {T} | {text} | {fmt(value)} | {verdict(value, goal, larger)} |")
+    add("")
+    if not vnni:
+        add(f"- This run's path is `{path}`: the Q8_0 ≥ 2 goal is for machines with VNNI, so it is shown, "
+            "not judged.")
+    else:
+        add(f"- An AVX2-only machine is not measured here: this machine runs `{path}`. The AVX2 path "
+            "(`vpmaddubsw` + `vpmaddwd`, register tiles of 8 weight rows) is tested bit for bit against the twin on this "
+            "machine but not timed on a CPU that has only AVX2.")
+    missed = [(what, shape, T, value) for what, shape, T, _, goal, value, larger in goals
+              if goal is not None and value is not None and verdict(value, goal, larger) != "met"]
+    dec_all = [g for g in goals if g[0].startswith("decode") and g[5] is not None]
+    dec_missed = [m for m in missed if m[0].startswith("decode")]
+    if dec_all:
+        t1 = [f"{w.split(', ')[1]} {s} ({v:.2f})" for w, s, T, v in dec_missed if T == 1]
+        add(f"- Decode: {len(dec_all) - len(dec_missed)} of {len(dec_all)} rows meet ≤ 1.3"
+            + (f"; at T = 1 the misses are {', '.join(t1)}" if t1 else "; every T = 1 row meets it")
+            + ". docs/kernels.md#quantized-products says what limits them.")
+    if limits:
+        add("- Q8_0 below 2x float: " + "; ".join(
+            f"{s} T = {T}: {v:.2f}x, of which {100 * sh:.0f} % of the call quantizes activations "
+            f"({w:.2f}x without that part)" for s, T, v, sh, w in limits)
+            + ". The activation rows are quantized by the scalar reference quantizer, once per product; "
+              "docs/kernels.md#quantized-products.")
+    add("")
+    quant_peer(add, perf_dir)
+
+
+def quant_peer(add, perf_dir):
+    """The ggml peer: test-backend-ops' MUL_MAT_ID lines as printed, or why it did not run."""
+    add("### ggml peer")
+    add("")
+    out = os.path.join(perf_dir, "ggml.txt")
+    skipped = os.path.join(perf_dir, "ggml-skipped.txt")
+    if os.path.exists(out):
+        lines = open(out, errors="replace").read().splitlines()
+        head = [l[2:] for l in lines if l.startswith("# ")]
+        mm = [l.strip() for l in lines if l.strip().startswith("MUL_MAT_ID")]
+        add("`scripts/bench_all.sh --ggml DIR` ran llama.cpp's `test-backend-ops perf -o MUL_MAT_ID` on the CPU "
+            "backend on one core (" + "; ".join(head) + "). Its perf cases are ggml's own shapes "
+            "(experts, rows, k), not this page's, so the lines below are shown as printed, not set against "
+            "the rows above; the goal (ahead of ggml for every type at every T) needs the same shapes and "
+            "is not judged here.")
+        add("")
+        add("```")
+        add("\n".join(mm[:80]) if mm else "(no MUL_MAT_ID line in its output: see build/perf/ggml.txt)")
+        if len(mm) > 80:
+            add(f"... {len(mm) - 80} more in build/perf/ggml.txt")
+        add("```")
+    else:
+        reason = open(skipped).read().strip() if os.path.exists(skipped) else \
+            "ggml peer skipped: no GGML_DIR given (no ggml.txt in build/perf)"
+        add(f"{reason}. `scripts/bench_all.sh --ggml DIR` (or `GGML_DIR=DIR`) runs it from a llama.cpp or ggml "
+            "build of your own; the script downloads and builds nothing. The goal (ahead of ggml for every "
+            "type at every T) is not judged.")
     add("")
 
 
@@ -378,6 +543,30 @@ def products_plot(docs, prod):
     return True
 
 
+def quant_plot(docs, quant):
+    """Tokens per second of the experts' products against T for each weight type."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, s in zip(axes, SHAPES):
+        Ts = sorted({T for (sh, T, _) in (k for k in quant if k is not None) if sh == s})
+        if not Ts:
+            continue
+        for typ, marker in zip(QUANT_TYPES, "os^vD"):
+            pts = [(T, T / quant[(s, T, typ)]["s"]) for T in Ts if (s, T, typ) in quant]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=typ)
+        style_tokens_axes(ax, Ts, s)
+    axes[0].set_ylabel("tokens/s of the expert products (1 thread)")
+    ctx = quant[None].get("context", {})
+    fig.suptitle(f"Expert products by weight type ({ctx.get('quant_path', '?')}; weights read from memory)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(docs, "perf", "quant_tokens_per_s.png"), dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, compare, bwd, bwd_T, plots, tokens,
                thread_t, blas_s, blas_ideal, blas_doc):
     L = []
@@ -464,6 +653,8 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
 
     reading(add, rows, moe_s, ideal_s, a_median, torch_s, dec, peer, thread_t, blas_s)
     products_section(add, load(os.path.join(args.perf, "products.json")), dec, torch_s)
+    quant_section(add, quant_rows(load(os.path.join(args.perf, "quant.json"))), machine, args.perf,
+                  "quant_tokens_per_s.png" in plots)
 
     add("## Times")
     add("")
@@ -566,7 +757,7 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
     add("`scripts/bench_all.sh` (environment: `REPS`, `PEER_REPS`, `PEER_BLAS=system`, `JOBS`, "
         "`SKIP_BUILD=1`; its header says what each does) writes "
         "`build/perf/*.json` and the console output beside them (`forward.txt`, `backward.txt`, "
-        "`decode.txt`); `/usr/bin/python3 scripts/perf_report.py build/perf` regenerates this page "
+        "`decode.txt`, `quant.txt`, `ggml.txt`); `/usr/bin/python3 scripts/perf_report.py build/perf` regenerates this page "
         "from them. bench/README.md and docs/benchmarks.md describe the C++ benchmarks, "
         "bench/peers/README.md the peer. None of this runs in CI: on shared machines timings are "
         "too noisy to gate on.")
