@@ -41,6 +41,13 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+moe::WeightType weight_type(const std::string& name) {
+  for (const auto t : {moe::WeightType::f32, moe::WeightType::bf16, moe::WeightType::q8_0, moe::WeightType::q4_0,
+                       moe::WeightType::q4_k})
+    if (name == moe::weight_type_name(t)) return t;
+  throw std::invalid_argument("--weight-type: expected f32, bf16, q8_0, q4_0 or q4_k, got '" + name + "'");
+}
+
 void usage(std::FILE* out, const char* argv0) {
   std::fprintf(out,
                "usage: %s [options]\n"
@@ -65,6 +72,8 @@ void usage(std::FILE* out, const char* argv0) {
                "  --json [FILE]           every figure and curve point as JSON (stdout without FILE)\n"
                "  --plots DIR             PNGs of the curves (needs python3-matplotlib); DIR/compare.json too\n"
                "  --plot-router NAME      the router of the load heat map (default softmax-topk)\n"
+               "  --weight-type T         the experts' weights in evaluation and --throughput forwards: f32 (default),\n"
+               "                          bf16, q8_0, q4_0 or q4_k; training stays float (docs/quantization.md)\n"
                "  --quick                 a seconds-long smoke run (small model, 30 steps)\n"
                "  --list                  the policies and their rules\n"
                "  --throughput            instead: the forward-only speed table at a larger shape, options\n"
@@ -143,6 +152,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--routers") o.routers = split(value());
     else if (a == "--plots") o.plots = value();
     else if (a == "--plot-router") o.plot_router = value();
+    else if (a == "--weight-type") o.train.block.weight_type = weight_type(value());
     else if (a == "--quick") o.quick = true;
     else if (a == "--throughput") o.throughput = true;
     else if (a == "--tokens") o.tokens = integer();
@@ -243,6 +253,7 @@ int run_throughput(const Options& o, moe::ThreadPool* pool) {
   c.top_k = o.tp_top_k;
   c.vocab = 32000;
   c.sequence_length = o.tokens % 256 == 0 ? 256 : o.tokens;
+  c.weight_type = o.train.block.weight_type;
   if (c.top_k < 1 || c.top_k > c.experts)
     throw std::invalid_argument("--top-k: expected 1.." + std::to_string(c.experts) + ", got " + std::to_string(c.top_k));
   // Tokens near one of 32 cluster centres; the ids follow the cluster (as the synthetic task's).
@@ -264,12 +275,15 @@ int run_throughput(const Options& o, moe::ThreadPool* pool) {
   ctx.token_ids = token;
   ctx.modality_ids = modality;
   ctx.task_ids = task;
-  std::fprintf(stderr, "moe-compare --throughput: %ld tokens, d_model %ld, d_ff %ld, %ld experts, top-%ld, %d reps, kernels %s\n",
+  std::fprintf(stderr,
+               "moe-compare --throughput: %ld tokens, d_model %ld, d_ff %ld, %ld experts, top-%ld, %d reps, kernels %s, "
+               "expert weights %s\n",
                long(o.tokens), long(c.d), long(c.d_ff), long(c.experts), long(c.top_k), o.reps,
-               moe::kernels::arch_name());
+               moe::kernels::arch_name(), moe::weight_type_name(c.weight_type));
   nlohmann::json j;
   j["workload"] = {{"tokens", o.tokens}, {"d_model", c.d},   {"d_ff", c.d_ff}, {"experts", c.experts},
-                   {"top_k", c.top_k},   {"reps", o.reps},   {"seed", o.seed}, {"arch", moe::kernels::arch_name()}};
+                   {"top_k", c.top_k},   {"reps", o.reps},   {"seed", o.seed}, {"arch", moe::kernels::arch_name()},
+                   {"weight_type", moe::weight_type_name(c.weight_type)}};
   std::string table;
   char line[512];
   std::snprintf(line, sizeof line, "%-22s %10s %8s %8s %8s %9s %8s %8s %8s  %s\n", "router", "tokens/s", "rows/tok",
@@ -285,6 +299,9 @@ int run_throughput(const Options& o, moe::ThreadPool* pool) {
   for (std::size_t i = 0; i < list.size(); ++i) {
     std::fprintf(stderr, "[%zu/%zu] %s ...\n", i + 1, list.size(), list[i].name.c_str());
     const auto block = list[i].make(c);
+    if (!block->set_inference_weights(c.weight_type))
+      std::fprintf(stderr, "  %s: float experts (its experts have no %s form)\n", list[i].name.c_str(),
+                   moe::weight_type_name(c.weight_type));
     RowMatrix<S> y;
     block->forward(x, y, ctx);  // warm-up
     const auto start = std::chrono::steady_clock::now();
@@ -413,6 +430,9 @@ int main(int argc, char** argv) {
                  task.description.c_str(), list.size(), seeds.size(), long(t.steps), long(t.batch), t.block.lr,
                  t.block.aux, t.block.z, long(t.block.d), long(t.model.layers), long(t.block.experts),
                  long(t.block.d_ff), long(t.block.top_k), long(threads), moe::kernels::arch_name());
+    if (t.block.weight_type != moe::WeightType::f32)
+      std::fprintf(stderr, "  held-out evaluations run the experts in %s (training stays float)\n",
+                   moe::weight_type_name(t.block.weight_type));
     const auto start = std::chrono::steady_clock::now();
     const cmp::Comparison c = cmp::run_comparison(
         task, list, t, seeds, &pool,

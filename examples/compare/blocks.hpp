@@ -6,6 +6,7 @@
 #ifndef MOE_EXAMPLES_COMPARE_BLOCKS_HPP
 #define MOE_EXAMPLES_COMPARE_BLOCKS_HPP
 
+#include <moe/layer/quantized_layers.hpp>
 #include <moe/moe.hpp>
 #include <moe/train/train.hpp>
 
@@ -20,6 +21,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace moe::examples::compare {
@@ -38,6 +40,9 @@ struct BlockConfig {
   double z = 1e-3;        ///< router z-loss weight, where the router has logits
   double lr = 3e-3;       ///< Adam
   std::uint64_t seed = 1; ///< initial weights
+  /// The experts' weights in inference forwards (evaluation, --throughput); training stays
+  /// float. bf16 runs the float bank's bf16 products; q8_0, q4_0, q4_k a quantized copy.
+  WeightType weight_type = WeightType::f32;
 };
 
 /// What the last forward did, read from the workspace.
@@ -77,6 +82,10 @@ class Block {
   [[nodiscard]] virtual Index num_experts() const = 0;
   /// Routed units per token (h for multi-head, else 1).
   [[nodiscard]] virtual Index units_per_token() const { return 1; }
+  /// The experts' weights in inference forwards (BlockConfig::weight_type); false, and float
+  /// weights kept, where the policy's experts have no such form (conv, recurrent, low-rank,
+  /// multi-head).
+  virtual bool set_inference_weights(WeightType t) { return t == WeightType::f32; }
 };
 
 namespace detail {
@@ -101,6 +110,16 @@ std::vector<Index> top1_of(const DispatchPlan<S2>& plan, Index units) {
   }
   return best;
 }
+
+/// A layer's quantized copy, where quantize_layer takes it (else nothing).
+template <class Layer, class Block, bool Quantizable>
+struct QuantizedCopy {
+  using type = std::monostate;
+};
+template <class Layer, class Block>
+struct QuantizedCopy<Layer, Block, true> {
+  using type = std::optional<decltype(quantize_layer<Block>(std::declval<const Layer&>()))>;
+};
 
 template <class L>
 struct is_multi_head : std::false_type {
@@ -129,7 +148,14 @@ class LayerBlock final : public Block {
     // Training and evaluation alternate batch shapes: each keeps its own workspace, so neither
     // resizes the other's buffers (as a server and a trainer would hold one each).
     last_ = ctx.mode == Mode::training ? &train_ws_ : &infer_ws_;
-    layer_.forward(x, y, *last_, ctx);
+    const bool typed = ctx.mode != Mode::training && weight_type_ != WeightType::f32;
+    if constexpr (has_compute) inner().experts().set_compute(typed && weight_type_ == WeightType::bf16 ? ComputeType::bf16
+                                                                                                      : ComputeType::native);
+    if (typed && weight_type_ != WeightType::bf16) {
+      forward_quantized(x, y, ctx);
+    } else {
+      layer_.forward(x, y, *last_, ctx);
+    }
     tokens_ = x.rows();
     sequence_length_ = ctx.sequence_length == 0 ? x.rows() : ctx.sequence_length;
   }
@@ -152,6 +178,7 @@ class LayerBlock final : public Block {
   }
 
   void step() override {
+    stale_ = true;  // the quantized copy follows the weights at the next inference forward
     opt_.step(layer_, grads_);
     using R = typename inner_layer::router_type;
     if constexpr (std::is_same_v<R, GroupLimitedRouter<S>>) {
@@ -198,9 +225,38 @@ class LayerBlock final : public Block {
 
   [[nodiscard]] Layer& layer() noexcept { return layer_; }
 
+  bool set_inference_weights(WeightType t) override {
+    const bool ok = t == WeightType::f32 || (t == WeightType::bf16 ? has_compute : quantizable);
+    weight_type_ = ok ? t : WeightType::f32;
+    stale_ = true;
+    return ok;
+  }
+
  private:
   static constexpr bool is_multi_head = detail::is_multi_head<Layer>::value;
   using inner_layer = typename detail::is_multi_head<Layer>::inner;
+  static constexpr bool has_compute =
+      !is_multi_head && requires(inner_layer& l) { l.experts().set_compute(ComputeType::bf16); };
+  static constexpr bool quantizable =
+      !is_multi_head && requires(const Layer& l) { quantize_layer<kernels::BlockQ8_0>(l); };
+
+  /// The inference forward with quantized experts: a copy of the layer, quantized again after
+  /// each optimiser step (only when an inference forward asks for it).
+  void forward_quantized(const RowMatrix<S>& x, RowMatrix<S>& y, const ForwardContext& ctx) {
+    if constexpr (quantizable) {
+      const auto run = [&](auto& copy, auto block) {
+        using Block = decltype(block);
+        if (stale_ || !copy) copy.emplace(quantize_layer<Block>(layer_));
+        stale_ = false;
+        copy->forward(x, y, *last_, ctx);
+      };
+      if (weight_type_ == WeightType::q8_0) run(q8_0_, kernels::BlockQ8_0{});
+      if (weight_type_ == WeightType::q4_0) run(q4_0_, kernels::BlockQ4_0{});
+      if (weight_type_ == WeightType::q4_k) run(q4_k_, kernels::BlockQ4_K{});
+    }
+  }
+  template <class Block>
+  using QuantizedCopy = typename detail::QuantizedCopy<Layer, Block, quantizable>::type;
 
   [[nodiscard]] auto& inner() {
     if constexpr (is_multi_head) return layer_.inner();
@@ -229,6 +285,11 @@ class LayerBlock final : public Block {
   double shared_flops_;
   bool frozen_;
   Index tokens_ = 0, sequence_length_ = 0;
+  WeightType weight_type_ = WeightType::f32;
+  bool stale_ = true;
+  QuantizedCopy<kernels::BlockQ8_0> q8_0_{};
+  QuantizedCopy<kernels::BlockQ4_0> q4_0_{};
+  QuantizedCopy<kernels::BlockQ4_K> q4_k_{};
 };
 
 /// FLOPs of one SwiGLU row d -> ff -> d: three products.

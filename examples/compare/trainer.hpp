@@ -114,6 +114,7 @@ inline RunResult train_one(const Task& task, const Policy& policy, const TrainCo
   bc.seed = seed;
   bc.vocab = task.id_range();
   Model model(task, policy, bc, cfg.model);
+  for (const auto& block : model.blocks()) (void)block->set_inference_weights(bc.weight_type);
   const Index E = model.blocks().front()->num_experts();
 
   // The held-out set: eval_tokens inputs spread evenly over the held-out part, in whole sequences.

@@ -166,3 +166,40 @@ TEST_CASE("quant_gemm: clear errors", "[kernels][quant]") {
     if (!moe::kernels::quant_path_available(p))
       CHECK_THROWS_WITH(moe::kernels::quant_gemm_on(p, c, RowMatrix<float>::Ones(2, 64), w), Catch::Contains("path"));
 }
+
+TEST_CASE("QuantActivations: the quantized rows are the reference quantizers' bytes, ties included", "[kernels][quant]") {
+  std::mt19937 rng(36);
+  // Random rows, and rows whose scaled values fall on halves: amax 127 gives Q8_0 the scale 1
+  // (x = 2.5 rounds away from zero to 3), max -127 gives Q8_K the scale 1 (2.5 to even, 2).
+  RowMatrix<float> a = random_matrix<float>(6, 512, rng);
+  for (Index c = 0; c < 512; ++c) {
+    a(4, c) = c % 32 == 0 ? 127.0f : static_cast<float>(c % 7) - 3.5f;
+    a(5, c) = c % 256 == 0 ? -127.0f : static_cast<float>(c % 9) - 4.5f;
+  }
+  a.row(3).setZero();
+  moe::kernels::QuantActivations<BlockQ8_0> q8;
+  q8.quantize(a);
+  moe::kernels::QuantActivations<BlockQ4_K> qk;
+  qk.quantize(a);
+  for (Index r = 0; r < a.rows(); ++r) {
+    std::vector<BlockQ8_0> want8(16);
+    moe::kernels::quantize_row_q8_0(a.row(r).data(), want8.data(), 512);
+    CHECK(std::memcmp(want8.data(), q8.blocks.data() + r * 16, 16 * sizeof(BlockQ8_0)) == 0);
+    std::vector<moe::kernels::BlockQ8_K> wantk(2);
+    moe::kernels::quantize_row_q8_k(a.row(r).data(), wantk.data(), 512);
+    CHECK(std::memcmp(wantk.data(), qk.blocks.data() + r * 2, 2 * sizeof(moe::kernels::BlockQ8_K)) == 0);
+    for (Index b = 0; b < 16; ++b) {
+      std::int32_t sum = 0;
+      for (const auto v : want8[static_cast<std::size_t>(b)].qs) sum += v;
+      CHECK(q8.aux[static_cast<std::size_t>(r * 16 + b)] == -128 * sum);
+      CHECK(q8.scale[static_cast<std::size_t>(r * 16 + b)] == moe::kernels::fp16_to_float(want8[static_cast<std::size_t>(b)].d));
+    }
+  }
+  CHECK(q8.blocks[4 * 16].qs[1] == -3);  // -2.5 rounds away from zero
+  CHECK(qk.blocks[5 * 2].qs[9] == -4);   // -4.5 (scale 1) to even, not away from zero
+  // A value that is not finite, or a scale past fp16, gets the reference quantizer's error.
+  a(2, 100) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(q8.quantize(a), Catch::Contains("finite") && Catch::Contains("inf at index 100"));
+  a(2, 100) = 1e30f;
+  CHECK_THROWS_WITH(q8.quantize(a), Catch::Contains("fits fp16"));
+}

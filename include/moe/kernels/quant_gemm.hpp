@@ -22,7 +22,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -279,6 +281,102 @@ class QuantMatrix {
   std::vector<std::uint8_t> scales_;
 };
 
+MOE_KERNELS_BEGIN_SIMD_CODE
+
+namespace detail {
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+/// quantize_row_q8_0 on 16 lanes, bit for bit (std::round's halves away from zero as a
+/// truncation plus a step where the exact remainder is >= 1/2). Also writes each block's
+/// scale as a float and -offset * (sum of its quants). false, with nothing promised about
+/// the output, where the row has a non-finite value or a scale overflows fp16: the caller
+/// then runs the scalar quantizer, which throws its error.
+inline bool quantize_row_q8_0_avx512(const float* x, BlockQ8_0* out, float* scale, std::int32_t* aux, Index nb,
+                                     std::int32_t offset) noexcept {
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  for (Index b = 0; b < nb; ++b) {
+    const __m512 v[2] = {_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)};
+    const __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v[0]), abs_mask));
+    const __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v[1]), abs_mask));
+    if ((_mm512_cmp_ps_mask(a0, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(a1, inf, _CMP_LT_OQ)) != 0xFFFF) return false;
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const std::uint16_t h = float_to_fp16(d);
+    if ((h & 0x7C00u) == 0x7C00u) return false;
+    out[b].d = h;
+    scale[b] = fp16_to_float(h);
+    __m512i sum = _mm512_setzero_si512();
+    for (int i = 0; i < 2; ++i) {
+      const __m512 p = _mm512_mul_ps(v[i], _mm512_set1_ps(id));
+      const __m512 t = _mm512_roundscale_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m512 rest = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(p, t)), abs_mask));
+      const __mmask16 up = _mm512_cmp_ps_mask(rest, half, _CMP_GE_OQ);
+      const __m512 step = _mm512_castsi512_ps(_mm512_or_si512(
+          _mm512_and_si512(_mm512_castps_si512(p), _mm512_set1_epi32(static_cast<int>(0x80000000u))),
+          _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+      const __m512i q = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, step));
+      sum = _mm512_add_epi32(sum, q);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * i), _mm512_cvtepi32_epi8(q));
+    }
+    aux[b] = -offset * _mm512_reduce_add_epi32(sum);
+  }
+  return true;
+}
+
+/// quantize_row_q8_k on 16 lanes, bit for bit (nearbyint is the default rounding, to even);
+/// also each block's scale and its eight sub-block sums. false as quantize_row_q8_0_avx512.
+inline bool quantize_row_q8_k_avx512(const float* x, BlockQ8_K* out, float* scale, std::int32_t* aux,
+                                     Index nb) noexcept {
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  for (Index b = 0; b < nb; ++b) {
+    const float* v = x + 256 * b;
+    __m512 amax_v = _mm512_setzero_ps();
+    __mmask16 finite = 0xFFFF;
+    for (int i = 0; i < 16; ++i) {
+      const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(v + 16 * i)), abs_mask));
+      finite &= _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ);
+      amax_v = _mm512_max_ps(amax_v, a);
+    }
+    if (finite != 0xFFFF) return false;
+    BlockQ8_K& o = out[b];
+    const float amax = _mm512_reduce_max_ps(amax_v);
+    if (amax == 0.0f) {
+      o.d = 0.0f;
+      std::memset(o.qs, 0, sizeof o.qs);
+      std::memset(o.bsums, 0, sizeof o.bsums);
+      scale[b] = 0.0f;
+      for (int s = 0; s < 8; ++s) aux[b * 8 + s] = 0;
+      continue;
+    }
+    float max = 0.0f;  // the first element of largest magnitude, with its sign
+    for (int j = 0; j < 256; ++j)
+      if (std::fabs(v[j]) == amax) {
+        max = v[j];
+        break;
+      }
+    const float iscale = -127.0f / max;
+    const __m512i top = _mm512_set1_epi32(127);
+    for (int i = 0; i < 16; ++i) {
+      const __m512 p = _mm512_mul_ps(_mm512_set1_ps(iscale), _mm512_loadu_ps(v + 16 * i));
+      const __m512i q = _mm512_min_epi32(
+          _mm512_cvtps_epi32(_mm512_roundscale_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)), top);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o.qs + 16 * i), _mm512_cvtepi32_epi8(q));
+      o.bsums[i] = static_cast<std::int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    o.d = 1.0f / iscale;
+    scale[b] = o.d;
+    for (int s = 0; s < 8; ++s) aux[b * 8 + s] = std::int32_t{o.bsums[2 * s]} + std::int32_t{o.bsums[2 * s + 1]};
+  }
+  return true;
+}
+#endif
+
+}  // namespace detail
+
 /// Activation rows quantized to a weight format's partner (QuantMatrix<Block>'s products):
 /// blocks[i * blocks_per_row + b] is row i's block b, and aux[(i * blocks_per_row + b) *
 /// aux_per_block + ...] what the paths add per block: for Q8_0 weights -128 * (sum of the
@@ -314,21 +412,28 @@ struct QuantActivations {
       }
       activation_block* out = blocks.data() + i * blocks_per_row;
       std::int32_t* ax = aux.data() + i * blocks_per_row * F::aux_per_block;
+      float* sc = scale.data() + i * blocks_per_row;
       if constexpr (std::is_same_v<activation_block, BlockQ8_0>) {
-        quantize_row_q8_0(x, out, static_cast<std::size_t>(padded));
         constexpr std::int32_t offset = std::is_same_v<Block, BlockQ8_0> ? 128 : 8;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        if (detail::quantize_row_q8_0_avx512(x, out, sc, ax, blocks_per_row, offset)) continue;
+#endif
+        quantize_row_q8_0(x, out, static_cast<std::size_t>(padded));
         for (Index b = 0; b < blocks_per_row; ++b) {
           std::int32_t sum = 0;
           for (std::size_t j = 0; j < qk8_0; ++j) sum += out[b].qs[j];
           ax[b] = -offset * sum;
-          scale[static_cast<std::size_t>(i * blocks_per_row + b)] = fp16_to_float(out[b].d);
+          sc[b] = fp16_to_float(out[b].d);
         }
       } else {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        if (detail::quantize_row_q8_k_avx512(x, out, sc, ax, blocks_per_row)) continue;
+#endif
         quantize_row_q8_k(x, out, static_cast<std::size_t>(padded));
         for (Index b = 0; b < blocks_per_row; ++b) {
           for (Index s = 0; s < 8; ++s)
             ax[b * 8 + s] = std::int32_t{out[b].bsums[2 * s]} + std::int32_t{out[b].bsums[2 * s + 1]};
-          scale[static_cast<std::size_t>(i * blocks_per_row + b)] = out[b].d;
+          sc[b] = out[b].d;
         }
       }
     }
@@ -475,7 +580,6 @@ void quant_tile_scalar(const QuantMatrix<Block>& w, Index panel, const QuantActi
   }
 }
 
-MOE_KERNELS_BEGIN_SIMD_CODE
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 
