@@ -5,6 +5,7 @@
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/save_layer.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/layer/quantized_layers.hpp>
 #include <moe/store/on_demand_executor.hpp>
 #include <moe/store/on_demand_swiglu.hpp>
 
@@ -373,4 +374,70 @@ TEST_CASE("threads sharing one on-demand layer each get the in-memory bits", "[s
   }
   CHECK(sum == layer.executor().cache().totals());
   CHECK(layer.executor().cache().resident_bytes() <= 2 * layer.executor().source().expert_bytes());
+}
+
+namespace {
+
+template <class Source, class Policy>
+using OnDemandTyped = moe::MoELayer<moe::store::OnDemandSwiGLU<float>, moe::SoftmaxTopKRouter<float>,
+                                    moe::WeightedSumCombiner<float>, xsimd::default_arch,
+                                    moe::store::OnDemandExecutor<Source, Policy>>;
+
+/// An on-demand layer over `source` with the memory layer's router and a budget of `experts`.
+template <class Source, class Policy>
+OnDemandTyped<Source, Policy> on_demand_over(std::shared_ptr<const Source> source, const moe::MixtralMoE<float>& memory,
+                                            std::size_t experts) {
+  moe::store::OnDemandSwiGLU<float> bank(source->num_experts(), source->d_model(), source->d_ff(), source->bank_names());
+  const std::size_t budget = experts * source->expert_bytes();
+  return OnDemandTyped<Source, Policy>(std::move(bank), memory.router(), moe::WeightedSumCombiner<float>{}, {},
+                                       moe::store::OnDemandExecutor<Source, Policy>(std::move(source), budget));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("quantized on demand: the in-memory quantized layer's bits for every budget and policy",
+                   "[store][executor][quant]", moe::kernels::BlockQ8_0, moe::kernels::BlockQ4_0, moe::kernels::BlockQ4_K) {
+  using Block = TestType;
+  const Index E = 6, d = 40, ff = 24, k = 2;  // neither width whole blocks: rows padded with zeros
+  const auto dir = save_test_layer<float>(std::string("q_") + moe::kernels::quant_format<Block>::name, E, d, ff, k);
+  const auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = k});
+  const auto quantized = moe::quantize_layer<Block>(memory);
+  const auto inputs = batches<float>(d);
+  const std::size_t budget = GENERATE(std::size_t{1}, std::size_t{4});
+  const fs::path where = GENERATE(as<std::string>{}, "layer.safetensors", "sharded");
+  CAPTURE(budget, where);
+  using Source = moe::io::QuantizedSwiGLUExpertSource<Block>;
+  auto source = std::make_shared<const Source>(moe::io::LazyCheckpoint::open(dir / where), prefix, E,
+                                               moe::io::SwiGLUExpertNames::mixtral());
+  CHECK(source->expert_bytes() == moe::QuantizedSwiGLUExperts<Block>(1, d, ff).weight_bytes());
+  const auto check = [&](auto layer) {
+    moe::Workspace<float> ws, ref_ws;
+    for (const auto& x : inputs) {
+      const moe::RowMatrix<float> y = layer.forward(x, ws);
+      CHECK(moe::test::same_bits(y, quantized.forward(x, ref_ws)));
+      CHECK(layer.executor().cache().resident_bytes() <= budget * source->expert_bytes());
+    }
+  };
+  check(on_demand_over<Source, moe::store::LruPolicy>(source, memory, budget));
+  check(on_demand_over<Source, moe::store::FrequencyLruPolicy>(source, memory, budget));
+}
+
+TEST_CASE("bf16 on demand: the in-memory layer's bf16 bits, its packed copy in the budget", "[store][executor][bf16]") {
+  const Index E = 5, d = 16, ff = 24, k = 2;
+  const auto dir = save_test_layer<float>("bf16", E, d, ff, k);
+  auto memory = moe::io::load_mixtral<float>(moe::io::SafetensorsFile::open(dir / "layer.safetensors"), prefix, {.top_k = k});
+  memory.experts().set_compute(moe::ComputeType::bf16);
+  using Source = moe::io::SwiGLUExpertSource<float>;
+  auto source = std::make_shared<const Source>(moe::io::LazyCheckpoint::open(dir / "sharded"), prefix, E,
+                                               moe::io::SwiGLUExpertNames::mixtral(), moe::ComputeType::bf16);
+  CHECK(source->make_resident().compute() == moe::ComputeType::bf16);
+  CHECK(source->expert_bytes() == std::size_t(3 * d * ff) * sizeof(float) +
+                                      moe::kernels::packed_bytes<float, moe::bf16>(2 * ff, d) +
+                                      moe::kernels::packed_bytes<float, moe::bf16>(d, ff));
+  auto layer = on_demand_over<Source, moe::store::LruPolicy>(source, memory, 2);
+  moe::Workspace<float> ws, ref_ws;
+  for (const auto& x : batches<float>(d)) CHECK(moe::test::same_bits(layer.forward(x, ws), memory.forward(x, ref_ws)));
+  CHECK_THROWS_WITH(moe::io::SwiGLUExpertSource<double>(moe::io::LazyCheckpoint::open(dir / "sharded"), prefix, E,
+                                                        moe::io::SwiGLUExpertNames::mixtral(), moe::ComputeType::bf16),
+                    Catch::Contains("expected a float source"));
 }
