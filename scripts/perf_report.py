@@ -325,8 +325,8 @@ def quant_section(add, quant, machine, perf_dir, plotted):
             "not judged.")
     else:
         add(f"- An AVX2-only machine is not measured here: this machine runs `{path}`. The AVX2 path "
-            "(`vpmaddubsw` + `vpmaddwd`, register tiles of 8 weight rows) is tested bit for bit against the twin on this "
-            "machine but not timed on a CPU that has only AVX2.")
+            "(`vpmaddubsw` + `vpmaddwd`, register tiles of 8 weight rows) is tested against the twin on this machine "
+            "(docs/kernels.md#quantized-products) but not timed on a CPU that has only AVX2.")
     missed = [(what, shape, T, value) for what, shape, T, _, goal, value, larger in goals
               if goal is not None and value is not None and verdict(value, goal, larger) != "met"]
     dec_all = [g for g in goals if g[0].startswith("decode") and g[5] is not None]
@@ -336,6 +336,11 @@ def quant_section(add, quant, machine, perf_dir, plotted):
         add(f"- Decode: {len(dec_all) - len(dec_missed)} of {len(dec_all)} rows meet ≤ 1.3"
             + (f"; at T = 1 the misses are {', '.join(t1)}" if t1 else "; every T = 1 row meets it")
             + ". docs/kernels.md#quantized-products says what limits them.")
+        low = [f"{w.split(', ')[1]} {s} T = {T} ({v:.2f})" for w, s, T, _, _, v, _ in dec_all if v < 0.9]
+        if low:
+            add("- Ratios below 0.9 (" + ", ".join(low) + ") mean those calls found more bandwidth than the "
+                "triad did at the start of the run: on a shared machine the bandwidth left to one core moves "
+                "with the other processes' load, and single decode rows move by tenths from run to run.")
     if limits:
         add("- Q8_0 below 2x float: " + "; ".join(
             f"{s} T = {T}: {v:.2f}x, of which {100 * sh:.0f} % of the call quantizes activations "
