@@ -30,8 +30,9 @@
 // mean call time. The label names the kernel that ran (packed_kernel_name, quant_kernel_name).
 // A table of the fastest repetitions ends the run (stdout for the console format, else stderr).
 //
-// About 1 minute per repetition on this project's 2-core Zen 5 VM, 30 s of it building the
-// weights (Q4_K's reference quantizer); bench_all.sh runs REPS (3) repetitions.
+// On this project's 2-core Zen 5 VM: about 50 s with one repetition, 2-2.5 minutes with the 3
+// that bench_all.sh runs (REPS); 30 s of it, once, quantizing the weights (Q4_K's reference
+// quantizer).
 #include <moe/kernels/activations.hpp>
 #include <moe/kernels/arch.hpp>
 #include <moe/kernels/packed_gemm.hpp>
