@@ -203,3 +203,28 @@ TEST_CASE("QuantActivations: the quantized rows are the reference quantizers' by
   a(2, 100) = 1e30f;
   CHECK_THROWS_WITH(q8.quantize(a), Catch::Contains("fits fp16"));
 }
+
+TEST_CASE("quant_gemm: hand-built extreme Q8_0 blocks (quants of -128 and 127) equal the twin on every path",
+          "[kernels][quant]") {
+  // The quantizers never write -128, but a GGUF file may hold it: AVX2's sign trick must not
+  // try to negate it.
+  std::mt19937 rng(37);
+  std::uniform_int_distribution<int> quant(-128, 127);
+  const Index n = 19, k = 96;
+  std::vector<BlockQ8_0> blocks(static_cast<std::size_t>(n * k / 32));
+  for (std::size_t b = 0; b < blocks.size(); ++b) {
+    blocks[b].d = moe::kernels::float_to_fp16(0.01f * static_cast<float>(b % 7 + 1));
+    for (auto& q : blocks[b].qs) q = static_cast<std::int8_t>(b % 3 == 0 ? (quant(rng) < 0 ? -128 : 127) : quant(rng));
+  }
+  const auto w = QuantMatrix<BlockQ8_0>::from_blocks(n, k, blocks.data());
+  RowMatrix<float> a = random_matrix<float>(11, k, rng);
+  a.row(3) *= -1.0f;
+  RowMatrix<float> want(11, n);
+  moe::kernels::reference::quant_gemm<BlockQ8_0>(want, a, blocks.data());
+  for (const QuantPath path : paths_here()) {
+    INFO(moe::kernels::quant_path_name(path));
+    RowMatrix<float> c(11, n);
+    moe::kernels::quant_gemm_on(path, c, a, w);
+    CHECK(first_bit_difference(c, want) == -1);
+  }
+}

@@ -730,18 +730,20 @@ void quant_tile_avx2(const QuantMatrix<Block>& w, Index panel, int h, const Quan
               dot[i] = dot_u8s8<Path>(dot[i], v, _mm256_set1_epi32(load_i32(ab[i * nb + b].qs + 4 * g)));
           }
         } else {
-          // vpmaddubsw saturates at 2 * 255 * 127: take the weights back to signed (q + 128 - 128)
-          // and move the activation's sign onto them, so both factors stay within 127.
+          // vpmaddubsw saturates at 2 * 255 * 127: take the weights back to signed (q + 128 - 128),
+          // and multiply |q| (unsigned, 128 included) by the activation with q's sign moved onto
+          // it (activations lie in [-127, 127], so the sign always fits): both factors at most
+          // 128 and 127.
           const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
-          MOE_QUANT_UNROLL
           for (int i = 0; i < M; ++i) dot[i] = _mm256_setzero_si256();
           MOE_QUANT_UNROLL
           for (int g = 0; g < 8; ++g) {
             const __m256i v = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + g * 64)), bias);
+            const __m256i magnitude = _mm256_abs_epi8(v);
             MOE_QUANT_UNROLL
             for (int i = 0; i < M; ++i) {
               const __m256i x = _mm256_set1_epi32(load_i32(ab[i * nb + b].qs + 4 * g));
-              dot[i] = dot_u8s8<QuantPath::avx2>(dot[i], _mm256_sign_epi8(x, x), _mm256_sign_epi8(v, x));
+              dot[i] = dot_u8s8<QuantPath::avx2>(dot[i], magnitude, _mm256_sign_epi8(x, v));
             }
           }
         }
