@@ -52,6 +52,7 @@
 #include <moe/io/expert_source.hpp>
 #include <moe/io/file_identity.hpp>
 #include <moe/io/gguf.hpp>
+#include <moe/io/gguf_loader.hpp>
 #include <moe/io/hf_loader.hpp>
 #include <moe/io/layer_tensors.hpp>
 #include <moe/io/lazy_safetensors.hpp>
@@ -308,6 +309,16 @@ inline double gguf_and_blocks(const std::string& path) {
   return sum + static_cast<double>(f.get_or<std::uint32_t>("general.alignment", 32));
 }
 
+/// A GGUF layer: a quantized Mixtral layer saved under llama.cpp's names and loaded back.
+/// Analysed, never run.
+inline double gguf_layer(const std::string& path) {
+  const MixtralMoE<float> layer(SwiGLUExperts<float>(2, 32, 32), SoftmaxTopKRouter<float>(2, 32, 1));
+  io::save_gguf_layer(path, quantize_layer<kernels::BlockQ8_0>(layer), 0, io::GgufFamily::mixtral);
+  const io::GgufFile f = io::GgufFile::open(path);
+  const auto loaded = io::load_gguf_layer<QuantizedMixtralMoE<kernels::BlockQ8_0>>(f, 0);
+  return static_cast<double>(io::describe_gguf_layer(f, 0).tensors.size()) + static_cast<double>(loaded.num_experts());
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -377,6 +388,7 @@ double all_layers() {
   sum += static_cast<double>(routing_losses<S>());
   sum += static_cast<double>(deployment_tools<S>());
   sum += gguf_and_blocks("tidy.gguf");
+  sum += gguf_layer("tidy_layer.gguf");
   {
     const MixtralMoE<S> memory(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2));
     sum += static_cast<double>(on_demand<S, store::LruPolicy>(memory, "on_demand_layer"));
