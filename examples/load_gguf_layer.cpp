@@ -129,9 +129,11 @@ void print_info(const moe::io::GgufLayerInfo& info) {
   std::printf("block %ld: %s (general.architecture '%s'), %ld experts, top-%ld, d_model %ld, d_ff %ld\n",
               long(info.layer), std::string(moe::io::gguf_family_name(info.family)).c_str(), info.architecture.c_str(),
               long(info.num_experts), long(info.top_k), long(info.d_model), long(info.d_ff));
-  std::string weights = "experts " + join_types(info, {"gate", "up", "down"}) +
-                        (info.stacked ? " (ffn_{gate,up,down}_exps)" : " (one tensor per expert)") + ", router " +
-                        join_types(info, {"router"});
+  const char* layout = info.fused_gate_up ? " (ffn_gate_up_exps, ffn_down_exps)"
+                       : info.stacked       ? " (ffn_{gate,up,down}_exps)"
+                                            : " (one tensor per expert)";
+  std::string weights =
+      "experts " + join_types(info, {"gate", "up", "gate_up", "down"}) + layout + ", router " + join_types(info, {"router"});
   if (info.shared_d_ff > 0)
     weights += ", shared expert " + join_types(info, {"shared gate", "shared up", "shared down"}) + " (d_ff " +
                std::to_string(info.shared_d_ff) + ")";

@@ -440,6 +440,52 @@ TEST_CASE("GGUF: the older layout of one tensor per expert loads as the stacked 
   CHECK(again.to_bytes() == stacked.to_bytes());
 }
 
+TEST_CASE("GGUF: newer files' fused ffn_gate_up_exps loads as the separate tensors", "[io][gguf]") {
+  using namespace gguf_loader_test;
+  // llama.cpp reads blk.N.ffn_gate_up_exps.weight [d, 2 ff, E] first when a file has it: expert
+  // e's gate rows, then its up rows, the layout of QuantizedSwiGLUExperts::gate_up(e).
+  const auto q = moe::quantize_layer<BlockQ8_0>(deepseek_v3(23));
+  GgufWriter separate;
+  moe::io::save_gguf_layer(separate, q, 0, GgufFamily::deepseek_v3);
+  const auto reference = GgufFile::from_bytes(separate.to_bytes(), "separate.gguf");
+  GgufWriter fused;
+  for (const auto& v : reference.metadata()) {
+    if (v.type() == moe::io::GgufType::STRING) fused.set(v.key(), v.as<std::string>());
+    else if (v.type() == moe::io::GgufType::U32) fused.set(v.key(), v.as<std::uint32_t>());
+    else if (v.type() == moe::io::GgufType::F32) fused.set(v.key(), v.as<float>());
+    else fused.set(v.key(), v.as<bool>());
+  }
+  for (const auto& t : reference.tensors()) {
+    if (t.name == "blk.0.ffn_up_exps.weight") continue;
+    const auto raw = reference.raw(t.name);
+    std::vector<std::byte> bytes(raw.begin(), raw.end());
+    if (t.name != "blk.0.ffn_gate_exps.weight") {
+      fused.add_tensor(t.name, t.type, t.ne, std::move(bytes));
+      continue;
+    }
+    std::vector<std::byte> gate_up;
+    for (Index e = 0; e < q.num_experts(); ++e) {
+      const auto blocks = q.experts().gate_up(e).to_blocks();
+      const auto* p = reinterpret_cast<const std::byte*>(blocks.data());
+      gate_up.insert(gate_up.end(), p, p + blocks.size() * sizeof(BlockQ8_0));
+    }
+    fused.add_tensor("blk.0.ffn_gate_up_exps.weight", t.type, {kD, 2 * kFF, q.num_experts()}, std::move(gate_up));
+  }
+  const auto file = GgufFile::from_bytes(fused.to_bytes(), "fused.gguf");
+  const auto info = moe::io::describe_gguf_layer(file, 0);
+  CHECK(info.fused_gate_up);
+  CHECK(info.find("gate_up")->ne == std::vector<std::int64_t>{kD, 2 * kFF, 8});
+  CHECK(info.find("gate") == nullptr);
+  const auto loaded = moe::io::load_gguf_layer<moe::QuantizedDeepSeekV3MoE<BlockQ8_0>>(file, 0);
+  CHECK(same_blocks(loaded.experts(), q.experts()));
+  std::mt19937 rng(24);
+  const RowMatrix<float> x = random_matrix<float>(kT, kD, rng);
+  CHECK(same_bits(run(loaded, x), run(q, x)));
+  // The float path reads the same rows.
+  const auto as_float = moe::io::load_gguf_layer<moe::DeepSeekV3MoE<float>>(file, 0);
+  CHECK(as_float.experts().gate_up() == q.experts().dequantize().gate_up());
+}
+
 TEST_CASE("GGUF: load_gguf_layer builds the type asked for, or says why not", "[io][gguf]") {
   using namespace gguf_loader_test;
   const auto q8 = moe::quantize_layer<BlockQ8_0>(mixtral(31));

@@ -109,7 +109,7 @@ inline constexpr GgmlType ggml_type_of = std::is_same_v<Block, kernels::BlockQ8_
 
 /// One tensor a layer reads.
 struct GgufLayerTensor {
-  std::string role;  ///< "router", "gate", "up", "down", "shared gate", ..., "router bias", "correction bias"
+  std::string role;  ///< "router", "gate", "up", "gate_up", "down", "shared gate", ..., "router bias", ...
   std::string name;  ///< its name in the file
   GgmlType type = GgmlType::F32;
   std::vector<std::int64_t> ne;  ///< GGUF order (ne[0] the row length)
@@ -130,6 +130,9 @@ struct GgufLayerInfo {
   /// ffn_{gate,up,down}_exps.weight (all experts in one tensor); false: the older layout of one
   /// tensor per expert, ffn_{gate,up,down}.{e}.weight.
   bool stacked = true;
+  /// Gate and up in one tensor, ffn_gate_up_exps.weight [d, 2 ff, E] (expert e's gate rows, then
+  /// its up rows), as newer llama.cpp files may hold them.
+  bool fused_gate_up = false;
   /// The experts' weight type (routed and shared). With F32, F16 and BF16 mixed, the routed
   /// gate's.
   GgmlType expert_type = GgmlType::F32;
@@ -356,6 +359,8 @@ struct GgufExpertRows {
 
 inline GgufExpertRows gguf_expert_rows(const GgufLayerInfo& info, std::string_view proj, Index e, bool shared) {
   if (shared) return {info.tensor_name("ffn_" + std::string(proj) + "_shexp.weight"), 0};
+  if (info.fused_gate_up && proj != "down")
+    return {info.tensor_name("ffn_gate_up_exps.weight"), 2 * e * info.d_ff + (proj == "up" ? info.d_ff : 0)};
   const Index rows = proj == "down" ? info.d_model : info.d_ff;
   if (info.stacked) return {info.tensor_name("ffn_" + std::string(proj) + "_exps.weight"), e * rows};
   return {info.tensor_name("ffn_" + std::string(proj) + "." + std::to_string(e) + ".weight"), 0};
@@ -855,9 +860,16 @@ inline GgufLayerInfo describe_gguf_layer(const GgufFile& file, Index layer) {
     add(std::move(role), t);
   };
   const std::string in_out = "[d_model, d_ff, num_experts] " + sizes, out_in = "[d_ff, d_model, num_experts] " + sizes;
-  info.stacked = file.contains(info.tensor_name("ffn_gate_exps.weight")) || !file.contains(info.tensor_name("ffn_gate.0.weight")) ||
-                 info.family == GgufFamily::gpt_oss;
-  if (info.stacked) {
+  // llama.cpp's order: a fused ffn_gate_up_exps first (not GPT-OSS's), then separate gate and up
+  // tensors, and for older Mixtral files one tensor per expert.
+  info.fused_gate_up = info.family != GgufFamily::gpt_oss && file.contains(info.tensor_name("ffn_gate_up_exps.weight"));
+  info.stacked = info.fused_gate_up || file.contains(info.tensor_name("ffn_gate_exps.weight")) ||
+                 !file.contains(info.tensor_name("ffn_gate.0.weight")) || info.family == GgufFamily::gpt_oss;
+  if (info.fused_gate_up) {
+    if (ff > big / 2) throw MetadataError(fname, ff_key, "expected a width whose double fits an int64, got " + std::to_string(ff));
+    expert("gate_up", "ffn_gate_up_exps.weight", {d, 2 * ff, E}, "[d_model, 2 x d_ff, num_experts] " + sizes);
+    expert("down", "ffn_down_exps.weight", {ff, d, E}, out_in);
+  } else if (info.stacked) {
     expert("gate", "ffn_gate_exps.weight", {d, ff, E}, in_out);
     expert("up", "ffn_up_exps.weight", {d, ff, E}, in_out);
     expert("down", "ffn_down_exps.weight", {ff, d, E}, out_in);
