@@ -754,3 +754,58 @@ TEST_CASE("save_gguf_layer to a path: a file llama.cpp's layout, loaded back", "
     CHECK(loaded.combiner().gate_weight() == q.combiner().gate_weight());
   }
 }
+
+TEST_CASE("GGUF loader: corrupted layer files load or end in a documented exception", "[io][gguf]") {
+  using namespace gguf_loader_test;
+  // Small layers (d 32, ff 32, 4 experts) of the families with the most metadata and tensors;
+  // bytes flipped anywhere (header, metadata, tensor infos, data). Each file either loads and
+  // runs, or ends in moe::io::Error or std::invalid_argument: nothing else escapes, nothing
+  // reads out of bounds (the sanitizer builds run this too).
+  std::mt19937 rng(61);
+  moe::SigmoidGroupLimited<float> g;
+  g.n_group = 2;
+  g.topk_group = 1;
+  g.routed_scaling_factor = 2.0f;
+  g.correction_bias = random_matrix<float>(4, 1, rng).col(0);
+  const auto small_bank = [&](Index E) {
+    moe::SwiGLUExperts<float> b(E, 32, 32);
+    b.gate_up() = random_matrix<float>(E * 64, 32, rng) * 0.1f;
+    b.down() = random_matrix<float>(E * 32, 32, rng) * 0.1f;
+    return b;
+  };
+  const moe::DeepSeekV3MoE<float> ds(small_bank(4), moe::GroupLimitedRouter<float>(random_matrix<float>(4, 32, rng), 2, g),
+                                     moe::SharedExpertCombiner<moe::SwiGLUExperts<float>, moe::SharedGate::none>(small_bank(1)));
+  moe::GptOssExperts<float> gx(4, 32, 32);
+  gx.gate_up() = random_matrix<float>(4 * 32, 64, rng) * 0.1f;
+  gx.down() = random_matrix<float>(4 * 32, 32, rng) * 0.1f;
+  const moe::GptOssMoE<float> go(std::move(gx), moe::TopKSoftmaxRouter<float>(random_matrix<float>(4, 32, rng), 2, {},
+                                                                               random_matrix<float>(4, 1, rng).col(0)));
+  std::vector<std::vector<std::byte>> files;
+  for (int i = 0; i < 2; ++i) {
+    GgufWriter w;
+    if (i == 0) moe::io::save_gguf_layer(w, moe::quantize_layer<BlockQ8_0>(ds), 0, GgufFamily::deepseek_v3);
+    else moe::io::save_gguf_layer(w, go, 0, GgufFamily::gpt_oss, {.expert_type = GgmlType::F16});
+    files.push_back(w.to_bytes());
+  }
+  const RowMatrix<float> x = random_matrix<float>(3, 32, rng);
+  int loaded = 0, refused = 0;
+  for (int trial = 0; trial < 600; ++trial) {
+    std::vector<std::byte> bytes = files[static_cast<std::size_t>(trial % 2)];
+    const auto header = GgufFile::from_bytes(bytes, "corrupt.gguf").data_offset();
+    std::uniform_int_distribution<std::size_t> where(0, trial % 3 == 0 ? bytes.size() - 1 : header - 1);
+    std::uniform_int_distribution<int> value(0, 255), flips(1, 4);
+    for (int k = flips(rng); k > 0; --k) bytes[where(rng)] = static_cast<std::byte>(value(rng));
+    try {
+      const auto f = GgufFile::from_bytes(std::move(bytes), "corrupt.gguf");
+      moe::io::visit_gguf_layer(f, 0, [&](auto& layer) { (void)run(layer, x); });
+      ++loaded;
+    } catch (const moe::io::Error&) {
+      ++refused;
+    } catch (const std::invalid_argument&) {
+      ++refused;
+    }
+  }
+  INFO(loaded << " loaded, " << refused << " refused");
+  CHECK(loaded > 0);
+  CHECK(refused > 0);
+}
