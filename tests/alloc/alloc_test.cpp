@@ -96,6 +96,7 @@ void operator delete[](void* p, const std::nothrow_t&) noexcept { release(p); }
 void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
 void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
 
+#include <moe/layer/quantized_layers.hpp>
 #include <moe/moe.hpp>
 #include <moe/router/expert_choice_router.hpp>
 #include <moe/router/hash_router.hpp>
@@ -461,4 +462,44 @@ TEST_CASE("Hierarchical routing (groups, then experts): steady state allocates n
   // E = 8 experts as 4 groups of 2: top-2 groups, top-1 expert in each.
   const auto layer = filled(moe::HierarchicalMoE<S>(swiglu(), moe::HierarchicalRouter<S>(4, E / 4, d, 2, 1)));
   check_all_pools(layer, {.weights = {.z = S(0.001)}});
+}
+
+namespace {
+
+/// Inference only (the quantized banks do not train): warm-up, then one counted forward.
+template <class Layer>
+void check_inference_steady_state(const Layer& layer, moe::ThreadPool* pool) {
+  std::mt19937 gen(12);
+  RowMatrix<S> x(T, layer.input_dim()), y(T, layer.output_dim());
+  fill(x, gen, 1.0);
+  moe::Workspace<S> ws;
+  moe::ForwardContext ctx;
+  ctx.pool = pool;
+  for (int round = 0; round < 3; ++round) layer.forward(x, y, ws, ctx);
+  const Allocations a = count_allocations([&] { layer.forward(x, y, ws, ctx); });
+  INFO("threads " << (pool ? pool->size() : 0));
+  CHECK(a.news == 0);
+  CHECK(a.eigen == 0);
+  CHECK(y.allFinite());
+  CHECK(y.cwiseAbs().maxCoeff() > 0);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Quantized Mixtral and Qwen2-MoE: steady-state forward allocates nothing", "[alloc][quant]",
+                   moe::kernels::BlockQ8_0, moe::kernels::BlockQ4_K) {
+  using Block = TestType;
+  const auto mixtral = moe::quantize_layer<Block>(filled(moe::MixtralMoE<S>(swiglu(), moe::SoftmaxTopKRouter<S>(E, d, 2))));
+  moe::SharedExpertCombiner<moe::SwiGLUExperts<S>, moe::SharedGate::sigmoid> combiner(moe::SwiGLUExperts<S>(1, d, ff));
+  const auto qwen = moe::quantize_layer<Block>(
+      filled(moe::Qwen2MoE<S>(swiglu(), moe::SoftmaxTopKRouter<S>(E, d, 2), std::move(combiner))));
+  SECTION("serial") {
+    check_inference_steady_state(mixtral, nullptr);
+    check_inference_steady_state(qwen, nullptr);
+  }
+  SECTION("pool of 2 threads") {
+    moe::ThreadPool pool(2);
+    check_inference_steady_state(mixtral, &pool);
+    check_inference_steady_state(qwen, &pool);
+  }
 }

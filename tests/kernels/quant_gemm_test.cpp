@@ -228,3 +228,21 @@ TEST_CASE("quant_gemm: hand-built extreme Q8_0 blocks (quants of -128 and 127) e
     CHECK(first_bit_difference(c, want) == -1);
   }
 }
+
+TEMPLATE_TEST_CASE("quant_gemm: rows past one chunk of the activation buffer equal the twin", "[kernels][quant]", BlockQ8_0,
+                   BlockQ4_K) {
+  using Block = TestType;
+  // quant_gemm quantizes at most quant_activation_blocks<Block> blocks at once: 256 rows of
+  // k = 1024 for Q8_0, 1024 rows of k = 256 for Q4_K; these products take two chunks and a bit.
+  const Index k = std::is_same_v<Block, BlockQ8_0> ? 1024 : 256;
+  const Index per_chunk = moe::kernels::quant_activation_blocks<Block> / (k / moe::kernels::quant_format<Block>::elements);
+  const Index m = 2 * per_chunk + 3, n = 17;
+  std::mt19937 rng(38);
+  const RowMatrix<float> a = random_matrix<float>(m, k, rng);
+  const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+  const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
+  RowMatrix<float> c(m, n), want(m, n);
+  moe::kernels::quant_gemm(c, a, w);
+  moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
+  CHECK(first_bit_difference(c, want) == -1);
+}

@@ -13,6 +13,7 @@
 #include <moe/core/types.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/packed_gemm.hpp>
+#include <moe/kernels/quant_gemm.hpp>
 #include <moe/kernels/weight_types.hpp>
 
 #include <algorithm>
@@ -92,6 +93,8 @@ struct LocalExecutor {
     else
       kernels::prepare_threads<S>(pool);
     kernels::prepare_packed_threads<S>(pool);
+    if constexpr (requires { typename ExpertType::block_type; })
+      kernels::prepare_quant_threads<typename ExpertType::block_type>(pool);
   }
 
   template <class Arch = xsimd::default_arch, class ExpertType, class S>

@@ -167,8 +167,8 @@ class QuantizedSwiGLUExperts {
   /// Throws if a projection was replaced by one of another shape.
   void check_shapes() const {
     for (Index e = 0; e < num_experts_; ++e) {
-      detail::require_quant_shape(gate_up(e), 2 * d_ff_, d_model_, "QuantizedSwiGLUExperts", "gate_up", e);
-      detail::require_quant_shape(down(e), d_model_, d_ff_, "QuantizedSwiGLUExperts", "down", e);
+      detail::require_quant_shape(w_.at(e, 0), 2 * d_ff_, d_model_, "QuantizedSwiGLUExperts", "gate_up", e);
+      detail::require_quant_shape(w_.at(e, 1), d_model_, d_ff_, "QuantizedSwiGLUExperts", "down", e);
     }
   }
 
@@ -198,8 +198,9 @@ class QuantizedSwiGLUExperts {
 
  private:
   Index check(Index e, const char* accessor) const {
-    detail::require(e >= 0 && e < num_experts_, detail::concat("QuantizedSwiGLUExperts::", accessor, "()"),
-                    "expert index", detail::concat("in [0, ", num_experts_, ")"), e);
+    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
+      detail::throw_invalid(detail::concat("QuantizedSwiGLUExperts::", accessor, "()"), "expert index",
+                            detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }
 
@@ -285,8 +286,8 @@ class QuantizedGptOssExperts {
 
   void check_shapes() const {
     for (Index e = 0; e < num_experts_; ++e) {
-      detail::require_quant_shape(gate_up(e), 2 * d_ff_, d_model_, "QuantizedGptOssExperts", "gate_up", e);
-      detail::require_quant_shape(down(e), d_model_, d_ff_, "QuantizedGptOssExperts", "down", e);
+      detail::require_quant_shape(w_.at(e, 0), 2 * d_ff_, d_model_, "QuantizedGptOssExperts", "gate_up", e);
+      detail::require_quant_shape(w_.at(e, 1), d_model_, d_ff_, "QuantizedGptOssExperts", "down", e);
     }
     detail::require_shape(gate_up_bias_, num_experts_, 2 * d_ff_, "QuantizedGptOssExperts::check_shapes()",
                           "gate_up_bias()");
@@ -323,8 +324,9 @@ class QuantizedGptOssExperts {
 
  private:
   Index check(Index e, const char* accessor) const {
-    detail::require(e >= 0 && e < num_experts_, detail::concat("QuantizedGptOssExperts::", accessor, "()"),
-                    "expert index", detail::concat("in [0, ", num_experts_, ")"), e);
+    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
+      detail::throw_invalid(detail::concat("QuantizedGptOssExperts::", accessor, "()"), "expert index",
+                            detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }
 
@@ -418,8 +420,8 @@ class QuantizedFFNExperts {
 
   void check_shapes() const {
     for (Index e = 0; e < num_experts_; ++e) {
-      detail::require_quant_shape(wi(e), d_ff_, d_model_, "QuantizedFFNExperts", "wi", e);
-      detail::require_quant_shape(wo(e), d_model_, d_ff_, "QuantizedFFNExperts", "wo", e);
+      detail::require_quant_shape(w_.at(e, 0), d_ff_, d_model_, "QuantizedFFNExperts", "wi", e);
+      detail::require_quant_shape(w_.at(e, 1), d_model_, d_ff_, "QuantizedFFNExperts", "wo", e);
     }
   }
 
@@ -452,8 +454,9 @@ class QuantizedFFNExperts {
 
  private:
   Index check(Index e, const char* accessor) const {
-    detail::require(e >= 0 && e < num_experts_, detail::concat("QuantizedFFNExperts::", accessor, "()"),
-                    "expert index", detail::concat("in [0, ", num_experts_, ")"), e);
+    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
+      detail::throw_invalid(detail::concat("QuantizedFFNExperts::", accessor, "()"), "expert index",
+                            detail::concat("in [0, ", num_experts_, ")"), e);
     return e;
   }
 

@@ -37,6 +37,7 @@
 #endif
 
 #include "moe/core/error.hpp"
+#include "moe/core/thread_pool.hpp"
 #include "moe/core/types.hpp"
 #include "moe/kernels/arch.hpp"
 #include "moe/kernels/quant_blocks.hpp"
@@ -392,56 +393,81 @@ struct QuantActivations {
   std::vector<float> scale;  ///< each block's scale as a float (the fp16 d widened, or Q8_K's d)
 
   /// Quantizes the rows of a [m, k] (finite values), each padded with zeros to whole blocks.
-  /// Allocates only when a is larger than any earlier call's.
+  /// Allocates only when a needs more blocks than reserved (kernels::quant_gemm quantizes at
+  /// most quant_activation_blocks<Block> at once, reserved at a thread's first product).
   void quantize(const ConstMatrixRef<float>& a) {
     using F = quant_format<Block>;
     rows = a.rows();
     blocks_per_row = (a.cols() + F::elements - 1) / F::elements;
-    const Index padded = blocks_per_row * F::elements;
+    const Index full = a.cols() / F::elements;
     const auto nb = static_cast<std::size_t>(rows * blocks_per_row);
     if (blocks.size() < nb) blocks.resize(nb);
     if (aux.size() < nb * F::aux_per_block) aux.resize(nb * F::aux_per_block);
     if (scale.size() < nb) scale.resize(nb);
-    if (padded != a.cols() && row_.size() < static_cast<std::size_t>(padded)) row_.resize(static_cast<std::size_t>(padded));
     for (Index i = 0; i < rows; ++i) {
       const float* x = a.row(i).data();
-      if (padded != a.cols()) {
-        std::copy(x, x + a.cols(), row_.begin());
-        std::fill(row_.begin() + a.cols(), row_.begin() + padded, 0.0f);
-        x = row_.data();
-      }
       activation_block* out = blocks.data() + i * blocks_per_row;
       std::int32_t* ax = aux.data() + i * blocks_per_row * F::aux_per_block;
       float* sc = scale.data() + i * blocks_per_row;
-      if constexpr (std::is_same_v<activation_block, BlockQ8_0>) {
-        constexpr std::int32_t offset = std::is_same_v<Block, BlockQ8_0> ? 128 : 8;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-        if (detail::quantize_row_q8_0_avx512(x, out, sc, ax, blocks_per_row, offset)) continue;
-#endif
-        quantize_row_q8_0(x, out, static_cast<std::size_t>(padded));
-        for (Index b = 0; b < blocks_per_row; ++b) {
-          std::int32_t sum = 0;
-          for (std::size_t j = 0; j < qk8_0; ++j) sum += out[b].qs[j];
-          ax[b] = -offset * sum;
-          sc[b] = fp16_to_float(out[b].d);
-        }
-      } else {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-        if (detail::quantize_row_q8_k_avx512(x, out, sc, ax, blocks_per_row)) continue;
-#endif
-        quantize_row_q8_k(x, out, static_cast<std::size_t>(padded));
-        for (Index b = 0; b < blocks_per_row; ++b) {
-          for (Index s = 0; s < 8; ++s)
-            ax[b * 8 + s] = std::int32_t{out[b].bsums[2 * s]} + std::int32_t{out[b].bsums[2 * s + 1]};
-          sc[b] = out[b].d;
-        }
+      quantize_blocks(x, full, out, ax, sc);
+      if (full < blocks_per_row) {
+        // The last block's elements past k are zeros.
+        float tail[F::elements] = {};
+        const Index done = full * F::elements;
+        std::copy(x + done, x + a.cols(), tail);
+        for (Index j = done; j < a.cols(); ++j)
+          if (!std::isfinite(x[j])) detail::require_finite(quantizer_name(), x, static_cast<std::size_t>(a.cols()));
+        quantize_blocks(tail, 1, out + full, ax + full * F::aux_per_block, sc + full);
       }
     }
   }
 
+  /// Room for `count` activation blocks without allocating.
+  void reserve(std::size_t count) {
+    blocks.reserve(count);
+    aux.reserve(count * quant_format<Block>::aux_per_block);
+    scale.reserve(count);
+  }
+
  private:
-  std::vector<float> row_;
+  static constexpr const char* quantizer_name() noexcept {
+    return std::is_same_v<activation_block, BlockQ8_0> ? "kernels::quantize_row_q8_0()" : "kernels::quantize_row_q8_k()";
+  }
+
+  /// n whole blocks of x into out, with their aux and scales.
+  static void quantize_blocks(const float* x, Index n, activation_block* out, std::int32_t* ax, float* sc) {
+    if (n == 0) return;
+    if constexpr (std::is_same_v<activation_block, BlockQ8_0>) {
+      constexpr std::int32_t offset = std::is_same_v<Block, BlockQ8_0> ? 128 : 8;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      if (detail::quantize_row_q8_0_avx512(x, out, sc, ax, n, offset)) return;
+#endif
+      quantize_row_q8_0(x, out, static_cast<std::size_t>(n) * qk8_0);
+      for (Index b = 0; b < n; ++b) {
+        std::int32_t sum = 0;
+        for (std::size_t j = 0; j < qk8_0; ++j) sum += out[b].qs[j];
+        ax[b] = -offset * sum;
+        sc[b] = fp16_to_float(out[b].d);
+      }
+    } else {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      if (detail::quantize_row_q8_k_avx512(x, out, sc, ax, n)) return;
+#endif
+      quantize_row_q8_k(x, out, static_cast<std::size_t>(n) * qk_k);
+      for (Index b = 0; b < n; ++b) {
+        for (Index s = 0; s < 8; ++s)
+          ax[b * 8 + s] = std::int32_t{out[b].bsums[2 * s]} + std::int32_t{out[b].bsums[2 * s + 1]};
+        sc[b] = out[b].d;
+      }
+    }
+  }
 };
+
+/// Activation blocks a thread quantizes at once in kernels::quant_gemm (about 300 KiB of
+/// blocks): rows go in chunks of this many blocks, so the buffer is reserved once per thread
+/// and never grows, whatever the shapes (unless one row alone needs more).
+template <QuantBlock Block>
+inline constexpr Index quant_activation_blocks = std::is_same_v<Block, BlockQ4_K> ? 1024 : 8192;
 
 /// The code paths of the quantized products.
 enum class QuantPath : std::uint8_t {
@@ -900,7 +926,11 @@ void quant_gemm_path(float* c, Index ldc, const QuantActivations<Block>& a, cons
 
 template <QuantBlock Block>
 inline QuantActivations<Block>& thread_activations() {
-  thread_local QuantActivations<Block> buffer;
+  thread_local QuantActivations<Block> buffer = [] {
+    QuantActivations<Block> b;
+    b.reserve(static_cast<std::size_t>(quant_activation_blocks<Block>));
+    return b;
+  }();
   return buffer;
 }
 
@@ -922,24 +952,43 @@ void quant_gemm_on(QuantPath path, MatrixRef<float> c, const ConstMatrixRef<floa
                                quant_path_name(path));
   if (c.rows() == 0 || c.cols() == 0) return;
   auto& act = detail::thread_activations<Block>();
-  act.quantize(a);
   const Index ldc = c.outerStride();
-  switch (path) {
-    case QuantPath::scalar:
-      detail::quant_gemm_path<Block, QuantPath::scalar>(c.data(), ldc, act, b);
-      break;
-    case QuantPath::avx2:
-      if constexpr (quant_path_available(QuantPath::avx2)) detail::quant_gemm_path<Block, QuantPath::avx2>(c.data(), ldc, act, b);
-      break;
-    case QuantPath::avxvnni:
-      if constexpr (quant_path_available(QuantPath::avxvnni))
-        detail::quant_gemm_path<Block, QuantPath::avxvnni>(c.data(), ldc, act, b);
-      break;
-    case QuantPath::avx512vnni:
-      if constexpr (quant_path_available(QuantPath::avx512vnni))
-        detail::quant_gemm_path<Block, QuantPath::avx512vnni>(c.data(), ldc, act, b);
-      break;
+  // Rows in chunks whose quantized blocks fit the thread's reserved buffer.
+  const Index per_row = std::max<Index>(1, b.blocks_per_row());
+  const Index chunk = std::max<Index>(1, quant_activation_blocks<Block> / per_row);
+  for (Index r0 = 0; r0 < a.rows(); r0 += chunk) {
+    const Index rows = std::min(chunk, a.rows() - r0);
+    act.quantize(a.middleRows(r0, rows));
+    float* out = c.data() + r0 * ldc;
+    switch (path) {
+      case QuantPath::scalar:
+        detail::quant_gemm_path<Block, QuantPath::scalar>(out, ldc, act, b);
+        break;
+      case QuantPath::avx2:
+        if constexpr (quant_path_available(QuantPath::avx2)) detail::quant_gemm_path<Block, QuantPath::avx2>(out, ldc, act, b);
+        break;
+      case QuantPath::avxvnni:
+        if constexpr (quant_path_available(QuantPath::avxvnni))
+          detail::quant_gemm_path<Block, QuantPath::avxvnni>(out, ldc, act, b);
+        break;
+      case QuantPath::avx512vnni:
+        if constexpr (quant_path_available(QuantPath::avx512vnni))
+          detail::quant_gemm_path<Block, QuantPath::avx512vnni>(out, ldc, act, b);
+        break;
+    }
   }
+}
+
+/// Reserves the quantized-activation buffers (detail::thread_activations: about 350 KiB per
+/// format) on the calling thread and on each thread of `pool`, so no product allocates
+/// whichever thread runs it (LocalExecutor calls it before spreading a quantized bank's
+/// experts over a pool).
+template <QuantBlock Block>
+void prepare_quant_threads(ThreadPool* pool) {
+  const auto setup = [](Index) { (void)detail::thread_activations<Block>(); };
+  setup(0);
+  if (pool != nullptr && pool->size() > 1)
+    pool->setup_threads_once(moe::detail::thread_setup_key<QuantActivations<Block>>(), setup);
 }
 
 /// C = A B^T with quantized B on Arch's path (quant_path<Arch>()). Each element of C is bit
