@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -126,6 +128,18 @@ Slabs route(const Layer& layer, const Shape& shape, moe::Index T) {
   moe::RowMatrix<float> out(T, shape.d_model);
   moe::Workspace<float> ws;
   layer.forward(x, out, ws);
+  if (const char* path = std::getenv("MOE_BENCH_ROUTING")) {
+    // The routing, for a peer that runs the same products (bench/peers/ggml_moe.cpp): one line
+    // "shape T k" and each token's experts in token order.
+    std::ofstream f(path, std::ios::app);
+    const auto& rr = ws.routing;
+    const moe::Index k = static_cast<moe::Index>(rr.token.size()) / T;
+    f << shape.name << ' ' << T << ' ' << k;
+    for (moe::Index t = 0; t < T; ++t)
+      for (std::size_t i = 0; i < rr.token.size(); ++i)
+        if (rr.token[i] == t) f << ' ' << rr.expert[i];
+    f << '\n';
+  }
   Slabs s;
   s.offsets = ws.plan.offsets;
   s.x = ws.x_perm;

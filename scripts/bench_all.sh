@@ -16,11 +16,12 @@
 #      moe_bench_decode    -> decode.json    (c: T = 1 latency / STREAM-triad bound; T = 4, 16; bf16)
 #      moe_bench_products  -> products.json  (issue #11: packed, bf16, gemm, OpenBLAS, FMA peak)
 #      moe_bench_quant     -> quant.json     (issue #12: F32, BF16, Q8_0, Q4_0, Q4_K expert products)
-#      the ggml peer: with --ggml DIR (or GGML_DIR=DIR), DIR a llama.cpp or ggml build folder
-#        holding test-backend-ops (DIR/bin/ or DIR/), `test-backend-ops perf -o MUL_MAT_ID -b CPU`
-#        pinned to one core (taskset -c 0) -> ggml.txt; without it, or without the program, the
-#        reason goes to ggml-skipped.txt ("ggml peer skipped: no GGML_DIR given"). Nothing is
-#        downloaded or built: give it a build of your own checkout;
+#      the ggml peer: with --ggml DIR (or GGML_DIR=DIR), DIR a ggml or llama.cpp checkout built with
+#        CMake (its libggml-cpu.so somewhere under DIR), bench/peers/ggml_moe.cpp is compiled
+#        against it and run on one core (taskset -c 0) -> ggml.jsonl: ggml_mul_mat_id on this
+#        page's shapes, types, T and routing (test-backend-ops' perf mode has fixed shapes of its
+#        own); without it the reason goes to ggml-skipped.txt ("ggml peer skipped: no GGML_DIR
+#        given"). Nothing of ggml is downloaded or built: give it a build of your own checkout;
 #      bench/peers/torch_moe.py -> torch.json (b: the transformers MoE loop in PyTorch)
 #      moe-compare --tokens T at the Mixtral-scaled shape -> compare-T.json for T in 32 128 512
 #      2048 (tokens/s per router)
@@ -37,8 +38,7 @@
 # BLAS=0 (leave out the OpenBLAS build), FILTER (a --benchmark_filter regex for the forward,
 # BLAS-forward and backward programs, e.g. 'olmoe-scaled/(T:)?32$' for a quick check: backward's
 # names have no T:), SKIP_PEER=1,
-# SKIP_COMPARE=1, GGML_DIR (as --ggml), GGML_ARGS (test-backend-ops' arguments after
-# `perf -o MUL_MAT_ID`, default `-b CPU`), DOCS_DIR (where perf_report.py writes, default docs), BUILD_DIR,
+# SKIP_COMPARE=1, GGML_DIR (as --ggml), DOCS_DIR (where perf_report.py writes, default docs), BUILD_DIR,
 # BLAS_BUILD_DIR, PERF_DIR (default build/release,
 # build/release-blas, build/perf; a BUILD_DIR other than build/release is configured with the
 # release preset's flags instead of the preset). Not part of CI: timings on shared machines are
@@ -134,33 +134,45 @@ echo "== moe_bench_products (issue #11: packed expert products, bf16, OpenBLAS, 
 "$bin/bench/moe_bench_products" --reps "$(( reps + 2 ))" --json "$out/products.json" | tee "$out/products.txt"
 
 echo "== moe_bench_quant (issue #12: quantized expert products, $reps repetitions)"
-"$bin/bench/moe_bench_quant" --benchmark_repetitions="$reps" --benchmark_color=false \
+rm -f "$out/routing.txt"
+# MOE_BENCH_ROUTING: the benchmark writes each (shape, T)'s routing there, for the ggml peer.
+MOE_BENCH_ROUTING="$out/routing.txt" "$bin/bench/moe_bench_quant" --benchmark_repetitions="$reps" --benchmark_color=false \
   --benchmark_context=commit="$commit" \
   --benchmark_out="$out/quant.json" --benchmark_out_format=json | tee "$out/quant.txt"
 
-echo "== ggml peer (test-backend-ops perf -o MUL_MAT_ID)"
-rm -f "$out/ggml.txt" "$out/ggml-skipped.txt"
+echo "== ggml peer (bench/peers/ggml_moe.cpp: MUL_MAT_ID on the same shapes, types and routing)"
+rm -f "$out/ggml.jsonl" "$out/ggml-skipped.txt"
 ggml_skip() { echo "$1" | tee "$out/ggml-skipped.txt" >&2; }
 if [[ -z "$ggml_dir" ]]; then
   ggml_skip "ggml peer skipped: no GGML_DIR given"
 else
-  tbo=""
-  for c in "$ggml_dir/bin/test-backend-ops" "$ggml_dir/test-backend-ops" "$ggml_dir/build/bin/test-backend-ops"; do
-    if [[ -x "$c" ]]; then tbo=$c; break; fi
+  # A ggml checkout (include/) or a llama.cpp one (ggml/include/), built with CMake under it.
+  inc=""
+  for c in "$ggml_dir/include" "$ggml_dir/ggml/include"; do
+    if [[ -f "$c/ggml.h" && -f "$c/ggml-cpu.h" ]]; then inc=$c; break; fi
   done
-  if [[ -z "$tbo" ]]; then
-    ggml_skip "ggml peer skipped: no test-backend-ops under $ggml_dir (bin/, ./ or build/bin/)"
+  lib=$(find "$ggml_dir" -name 'libggml-cpu.so' -print -quit 2>/dev/null)
+  if [[ -z "$inc" || -z "$lib" ]]; then
+    ggml_skip "ggml peer skipped: no ggml.h/ggml-cpu.h (include/ or ggml/include/) and built libggml-cpu.so under $ggml_dir"
   else
-    # One core, as the other rows: the CPU backend's threads (its own choice) share core 0.
-    pin=()
-    command -v taskset >/dev/null && pin=(taskset -c 0)
-    read -r -a ggml_args <<<"${GGML_ARGS:--b CPU}"
-    {
-      echo "# ggml peer: ${pin[*]} $tbo perf -o MUL_MAT_ID ${ggml_args[*]}"
-      echo "# ggml_dir: $ggml_dir; commit: $(git -C "$ggml_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    } >"$out/ggml.txt"
-    if ! "${pin[@]}" "$tbo" perf -o MUL_MAT_ID "${ggml_args[@]}" 2>&1 | tee -a "$out/ggml.txt"; then
-      echo "bench_all: test-backend-ops failed; its output is in $out/ggml.txt" >&2
+    libdir=$(dirname "$lib")
+    libs=(-L"$libdir" -lggml -lggml-cpu -lggml-base)
+    # llama.cpp puts libggml-base.so beside libggml.so, which may be another folder.
+    base=$(find "$ggml_dir" -name 'libggml-base.so' -print -quit 2>/dev/null)
+    [[ -n "$base" ]] && libs+=(-L"$(dirname "$base")" -Wl,-rpath,"$(dirname "$base")")
+    peer_bin="$out/ggml_moe"
+    if ! ${CXX:-c++} -O2 -std=c++17 "$root/bench/peers/ggml_moe.cpp" -I"$inc" "${libs[@]}" -Wl,-rpath,"$libdir" \
+        -o "$peer_bin" 2>"$out/ggml-build.log"; then
+      ggml_skip "ggml peer skipped: bench/peers/ggml_moe.cpp did not build against $ggml_dir ($out/ggml-build.log)"
+    else
+      pin=()
+      command -v taskset >/dev/null && pin=(taskset -c 0)
+      commit_ggml=$(git -C "$ggml_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)
+      echo "# ggml peer: ${pin[*]} $peer_bin --threads 1 --routing $out/routing.txt; ggml_dir $ggml_dir; commit $commit_ggml" >&2
+      if ! "${pin[@]}" "$peer_bin" --threads 1 --routing "$out/routing.txt" >"$out/ggml.jsonl"; then
+        ggml_skip "ggml peer failed: see $out/ggml.jsonl"
+      fi
+      echo "{\"ggml_dir\": \"$ggml_dir\", \"ggml_commit\": \"$commit_ggml\"}" >>"$out/ggml.jsonl"
     fi
   fi
 fi

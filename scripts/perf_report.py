@@ -8,7 +8,7 @@ Reads forward.json, backward.json (Google Benchmark JSON of moe_bench_forward an
 moe_bench_backward), threads.json (moe_bench_threads, ratio d), forward-blas.json
 (moe_bench_forward built with MOE_USE_BLAS=ON, Eigen on OpenBLAS), decode.json
 (moe_bench_decode), products.json (moe_bench_products), quant.json (moe_bench_quant, Google
-Benchmark JSON), ggml.txt or ggml-skipped.txt (the ggml peer's output, or why it did not run),
+Benchmark JSON), ggml.jsonl or ggml-skipped.txt (the ggml peer's times, or why it did not run),
 torch.json (bench/peers/torch_moe.py), compare-<T>.json (moe-compare
 --json) and machine.json. A missing file leaves its rows out and
 says so in the page. Needs python3-matplotlib (Debian); plots use the Agg backend, no display.
@@ -345,39 +345,61 @@ def quant_section(add, quant, machine, perf_dir, plotted):
         add("- Q8_0 below 2x float: " + "; ".join(
             f"{s} T = {T}: {v:.2f}x, of which {100 * sh:.0f} % of the call quantizes activations "
             f"({w:.2f}x without that part)" for s, T, v, sh, w in limits)
-            + ". The activation rows are quantized by the scalar reference quantizer, once per product; "
-              "docs/kernels.md#quantized-products.")
+            + ". The activation rows are quantized once per product (on 16 lanes on AVX-512, else by the "
+              "scalar reference quantizer); docs/kernels.md#quantized-products.")
     add("")
-    quant_peer(add, perf_dir)
+    quant_peer(add, perf_dir, quant)
 
 
-def quant_peer(add, perf_dir):
-    """The ggml peer: test-backend-ops' MUL_MAT_ID lines as printed, or why it did not run."""
+def quant_peer(add, perf_dir, quant=None):
+    """The ggml peer: bench/peers/ggml_moe.cpp's MUL_MAT_ID times on the same shapes, types, T
+    and routing, against moe_bench_quant's rows; or why it did not run."""
     add("### ggml peer")
     add("")
-    out = os.path.join(perf_dir, "ggml.txt")
+    out = os.path.join(perf_dir, "ggml.jsonl")
     skipped = os.path.join(perf_dir, "ggml-skipped.txt")
+    rows, meta = {}, {}
     if os.path.exists(out):
-        lines = open(out, errors="replace").read().splitlines()
-        head = [l[2:] for l in lines if l.startswith("# ")]
-        mm = [l.strip() for l in lines if l.strip().startswith("MUL_MAT_ID")]
-        add("`scripts/bench_all.sh --ggml DIR` ran llama.cpp's `test-backend-ops perf -o MUL_MAT_ID` on the CPU "
-            "backend on one core (" + "; ".join(head) + "). Its perf cases are ggml's own shapes "
-            "(experts, rows, k), not this page's, so the lines below are shown as printed, not set against "
-            "the rows above; the goal (ahead of ggml for every type at every T) needs the same shapes and "
-            "is not judged here.")
+        for line in open(out):
+            line = line.strip()
+            if not line:
+                continue
+            r = json.loads(line)
+            if "shape" in r:
+                rows[(r["shape"], int(r["tokens"]), r["type"].upper())] = r
+            else:
+                meta.update(r)
+    if rows:
+        routings = sorted({r.get("routing", "?") for r in rows.values()})
+        add(f"`scripts/bench_all.sh --ggml DIR` built `bench/peers/ggml_moe.cpp` against ggml "
+            f"(`{meta.get('ggml_dir', '?')}`, commit `{meta.get('ggml_commit', '?')}`) and ran it on one core, "
+            "one thread: the same two products per routed row as the table above (`ggml_mul_mat_id` with "
+            "gate and up fused in one [d, 2ff, E] weight, down in [ff, d, E]), the same shapes, types and "
+            f"T, routing from {', '.join(routings)}, and the same 128 MiB cache sweep before each timed "
+            "call; the fastest of at least three calls. ggml runs its plain CPU kernels here (no repacked "
+            "extra buffer: what test-backend-ops measures too).")
         add("")
-        add("```")
-        add("\n".join(mm[:80]) if mm else "(no MUL_MAT_ID line in its output: see build/perf/ggml.txt)")
-        if len(mm) > 80:
-            add(f"... {len(mm) - 80} more in build/perf/ggml.txt")
-        add("```")
+        add("| shape | T | type | ggml ms | moe ms | moe / ggml speed | goal > 1 |")
+        add("|---|---:|---|---:|---:|---:|---|")
+        behind = []
+        for key in sorted(rows, key=lambda k: (SHAPES.index(k[0]) if k[0] in SHAPES else 99, k[1],
+                                               QUANT_TYPES.index(k[2]) if k[2] in QUANT_TYPES else 99)):
+            g = rows[key]
+            ours = (quant or {}).get(key)
+            speed = div(g["best_s"], ours["s"]) if ours else None
+            if speed is not None and speed <= 1:
+                behind.append(f"{key[2]} {key[0]} T = {key[1]} ({speed:.2f})")
+            add(f"| {key[0]} | {key[1]} | {key[2]} | {g['best_s'] * 1e3:.3f} | "
+                f"{fmt(ours and ours['s'] * 1e3, 3)} | {fmt(speed)} | {verdict(speed, 1.0, True)} |")
+        add("")
+        add("- Ahead of ggml in every row." if not behind else "- Not ahead: " + "; ".join(behind) + ".")
     else:
         reason = open(skipped).read().strip() if os.path.exists(skipped) else \
-            "ggml peer skipped: no GGML_DIR given (no ggml.txt in build/perf)"
-        add(f"{reason}. `scripts/bench_all.sh --ggml DIR` (or `GGML_DIR=DIR`) runs it from a llama.cpp or ggml "
-            "build of your own; the script downloads and builds nothing. The goal (ahead of ggml for every "
-            "type at every T) is not judged.")
+            "ggml peer skipped: no GGML_DIR given (no ggml.jsonl in build/perf)"
+        add(f"{reason}. `scripts/bench_all.sh --ggml DIR` (or `GGML_DIR=DIR`) compiles "
+            "`bench/peers/ggml_moe.cpp` against a ggml or llama.cpp checkout you built with CMake; the script "
+            "downloads and builds nothing of ggml. The goal (ahead of ggml for every type at every T) is not "
+            "judged.")
     add("")
 
 
@@ -762,7 +784,7 @@ def write_page(args, machine, rows, moe_s, ideal_s, a_median, torch_s, dec, peer
     add("`scripts/bench_all.sh` (environment: `REPS`, `PEER_REPS`, `PEER_BLAS=system`, `JOBS`, "
         "`SKIP_BUILD=1`; its header says what each does) writes "
         "`build/perf/*.json` and the console output beside them (`forward.txt`, `backward.txt`, "
-        "`decode.txt`, `quant.txt`, `ggml.txt`); `/usr/bin/python3 scripts/perf_report.py build/perf` regenerates this page "
+        "`decode.txt`, `quant.txt`, `ggml.jsonl`); `/usr/bin/python3 scripts/perf_report.py build/perf` regenerates this page "
         "from them. bench/README.md and docs/benchmarks.md describe the C++ benchmarks, "
         "bench/peers/README.md the peer. None of this runs in CI: on shared machines timings are "
         "too noisy to gate on.")
