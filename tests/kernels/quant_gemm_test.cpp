@@ -26,7 +26,7 @@ using moe::kernels::QuantMatrix;
 using moe::kernels::QuantPath;
 using moe::test::random_matrix;
 
-std::vector<QuantPath> paths_here() {
+std::vector<QuantPath> quant_paths_here() {
   std::vector<QuantPath> out;
   for (const QuantPath p : {QuantPath::scalar, QuantPath::avx2, QuantPath::avxvnni, QuantPath::avx512vnni})
     if (moe::kernels::quant_path_available(p)) out.push_back(p);
@@ -34,14 +34,14 @@ std::vector<QuantPath> paths_here() {
 }
 
 /// Index of the first element whose bits differ, or -1.
-Index first_bit_difference(const RowMatrix<float>& x, const RowMatrix<float>& y) {
+Index quant_first_bit_difference(const RowMatrix<float>& x, const RowMatrix<float>& y) {
   for (Index i = 0; i < x.size(); ++i)
     if (std::memcmp(x.data() + i, y.data() + i, sizeof(float)) != 0) return i;
   return -1;
 }
 
 template <class Block>
-std::vector<Block> random_blocks(Index n, Index k, std::mt19937& rng) {
+std::vector<Block> quant_random_blocks(Index n, Index k, std::mt19937& rng) {
   // Quantized from random floats (every scale a real one), with a few hand-set extremes.
   const RowMatrix<float> w = random_matrix<float>(n, k, rng);
   return QuantMatrix<Block>::quantize(w).to_blocks();
@@ -54,20 +54,20 @@ TEMPLATE_TEST_CASE("quant_gemm equals its twin bit for bit on every path", "[ker
   using Block = TestType;
   constexpr Index qk = moe::kernels::quant_format<Block>::elements;
   std::mt19937 rng(31);
-  for (const QuantPath path : paths_here()) {
+  for (const QuantPath path : quant_paths_here()) {
     for (const Index m : {Index{1}, Index{2}, Index{3}, Index{4}, Index{5}, Index{8}, Index{9}, Index{17}})
       for (const Index n : {Index{1}, Index{7}, Index{8}, Index{9}, Index{16}, Index{17}, Index{40}})
         for (const Index k : {qk, 2 * qk, 3 * qk, qk + 5, 2 * qk - 16}) {  // the last two pad a block with zeros
           INFO(moe::kernels::quant_path_name(path) << " " << moe::kernels::quant_format<Block>::name << " m " << m
                                                    << " n " << n << " k " << k);
           const RowMatrix<float> a = random_matrix<float>(m, k, rng);
-          const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+          const std::vector<Block> blocks = quant_random_blocks<Block>(n, k, rng);
           const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
           RowMatrix<float> c = RowMatrix<float>::Constant(m, n, 7.0f);
           moe::kernels::quant_gemm_on(path, c, a, w);
           RowMatrix<float> want(m, n);
           moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
-          CHECK(first_bit_difference(c, want) == -1);
+          CHECK(quant_first_bit_difference(c, want) == -1);
         }
   }
 }
@@ -78,7 +78,7 @@ TEMPLATE_TEST_CASE("quant_gemm: a row's bits do not depend on its batch or its p
   constexpr Index qk = moe::kernels::quant_format<Block>::elements;
   std::mt19937 rng(32);
   const Index n = 37, k = 2 * qk;
-  const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+  const std::vector<Block> blocks = quant_random_blocks<Block>(n, k, rng);
   const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
   const RowMatrix<float> batch = random_matrix<float>(23, k, rng);
   RowMatrix<float> all(23, n);
@@ -87,7 +87,7 @@ TEMPLATE_TEST_CASE("quant_gemm: a row's bits do not depend on its batch or its p
     RowMatrix<float> one(1, n);
     moe::kernels::quant_gemm(one, batch.middleRows(r, 1), w);
     INFO("row " << r);
-    CHECK(first_bit_difference(one, all.middleRows(r, 1)) == -1);
+    CHECK(quant_first_bit_difference(one, all.middleRows(r, 1)) == -1);
   }
 }
 
@@ -108,7 +108,7 @@ TEMPLATE_TEST_CASE("QuantMatrix keeps GGUF's block bytes", "[kernels][quant]", B
   CHECK(std::memcmp(back.data(), blocks.data(), raw.size()) == 0);
   CHECK(w.gguf_bytes() == raw.size());
   // dequantize() is the format's definition, row by row.
-  const RowMatrix<float> deq = QuantMatrix<Block>::from_blocks(n, k, random_blocks<Block>(n, k, rng).data()).dequantize();
+  const RowMatrix<float> deq = QuantMatrix<Block>::from_blocks(n, k, quant_random_blocks<Block>(n, k, rng).data()).dequantize();
   CHECK(deq.rows() == n);
   CHECK(deq.cols() == k);
 }
@@ -116,7 +116,7 @@ TEMPLATE_TEST_CASE("QuantMatrix keeps GGUF's block bytes", "[kernels][quant]", B
 TEST_CASE("QuantMatrix::dequantize matches the blocks' definition", "[kernels][quant]") {
   std::mt19937 rng(34);
   const Index n = 5, k = 64;
-  const std::vector<BlockQ8_0> blocks = random_blocks<BlockQ8_0>(n, k, rng);
+  const std::vector<BlockQ8_0> blocks = quant_random_blocks<BlockQ8_0>(n, k, rng);
   const RowMatrix<float> deq = QuantMatrix<BlockQ8_0>::from_blocks(n, k, blocks.data()).dequantize();
   for (Index r = 0; r < n; ++r)
     for (Index c = 0; c < k; ++c) {
@@ -149,7 +149,7 @@ TEMPLATE_TEST_CASE("QuantMatrix pads a row that is not whole blocks with zeros",
   RowMatrix<float> c(4, n), c_padded(4, n);
   moe::kernels::quant_gemm(c, a, q);
   moe::kernels::quant_gemm(c_padded, a_padded, q_padded);
-  CHECK(first_bit_difference(c, c_padded) == -1);
+  CHECK(quant_first_bit_difference(c, c_padded) == -1);
 }
 
 TEST_CASE("quant_gemm: clear errors", "[kernels][quant]") {
@@ -221,11 +221,11 @@ TEST_CASE("quant_gemm: hand-built extreme Q8_0 blocks (quants of -128 and 127) e
   a.row(3) *= -1.0f;
   RowMatrix<float> want(11, n);
   moe::kernels::reference::quant_gemm<BlockQ8_0>(want, a, blocks.data());
-  for (const QuantPath path : paths_here()) {
+  for (const QuantPath path : quant_paths_here()) {
     INFO(moe::kernels::quant_path_name(path));
     RowMatrix<float> c(11, n);
     moe::kernels::quant_gemm_on(path, c, a, w);
-    CHECK(first_bit_difference(c, want) == -1);
+    CHECK(quant_first_bit_difference(c, want) == -1);
   }
 }
 
@@ -239,10 +239,10 @@ TEMPLATE_TEST_CASE("quant_gemm: rows past one chunk of the activation buffer equ
   const Index m = 2 * per_chunk + 3, n = 17;
   std::mt19937 rng(38);
   const RowMatrix<float> a = random_matrix<float>(m, k, rng);
-  const std::vector<Block> blocks = random_blocks<Block>(n, k, rng);
+  const std::vector<Block> blocks = quant_random_blocks<Block>(n, k, rng);
   const auto w = QuantMatrix<Block>::from_blocks(n, k, blocks.data());
   RowMatrix<float> c(m, n), want(m, n);
   moe::kernels::quant_gemm(c, a, w);
   moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
-  CHECK(first_bit_difference(c, want) == -1);
+  CHECK(quant_first_bit_difference(c, want) == -1);
 }

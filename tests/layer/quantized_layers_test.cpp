@@ -24,13 +24,13 @@ using moe::kernels::BlockQ4_K;
 using moe::kernels::BlockQ8_0;
 using moe::test::meta;
 
-Index meta_index(const moe::io::SafetensorsFile& f, const std::string& key) { return std::stoll(meta(f, key)); }
-bool meta_bool(const moe::io::SafetensorsFile& f, const std::string& key) { return meta(f, key) == "true"; }
+Index quant_meta_index(const moe::io::SafetensorsFile& f, const std::string& key) { return std::stoll(meta(f, key)); }
+bool quant_meta_bool(const moe::io::SafetensorsFile& f, const std::string& key) { return meta(f, key) == "true"; }
 
 /// The documented bound (docs/quantization.md#quantized-expert-banks) of a golden layer's
 /// output, quantized at load, against the float64 expected output: max |y - want| / max |want|.
 template <class Block>
-constexpr double golden_bound() {
+constexpr double quant_golden_bound() {
   // Measured over the six families (2-core Zen 5; the errors do not depend on the path, which
   // computes the same bits everywhere): Q8_0 0.0099-0.0189, Q4_0 0.114-0.185, Q4_K 0.077-0.136.
   if constexpr (std::is_same_v<Block, BlockQ8_0>) return 0.025;
@@ -40,7 +40,7 @@ constexpr double golden_bound() {
 
 /// Runs a float layer's quantized twin on the golden input; the error against expected.output.
 template <class Block, class Layer>
-double golden_error(const Layer& layer, const moe::io::SafetensorsFile& f) {
+double quant_golden_error(const Layer& layer, const moe::io::SafetensorsFile& f) {
   const auto q = moe::quantize_layer<Block>(layer);
   const RowMatrix<float> x = f.read_rows<float>("input", -1, q.input_dim());
   moe::Workspace<float> ws;
@@ -51,50 +51,50 @@ double golden_error(const Layer& layer, const moe::io::SafetensorsFile& f) {
 }
 
 template <class Block>
-void check_golden_families() {
+void quant_check_golden_families() {
   const auto open = [](const char* name) {
     return moe::io::SafetensorsFile::open(moe::test::golden_dir() / (std::string(name) + ".safetensors"));
   };
   const auto report = [](const char* name, double err) {
     INFO(moe::kernels::quant_format<Block>::name << " " << name << ": max relative error " << err);
     WARN(moe::kernels::quant_format<Block>::name << " " << name << ": " << err);
-    CHECK(err < golden_bound<Block>());
+    CHECK(err < quant_golden_bound<Block>());
     CHECK(err > 1e-5);  // the quantized products ran (float alone is within 1e-5)
   };
   {
     const auto f = open("mixtral_top2");
-    report("mixtral_top2", golden_error<Block>(moe::io::load_mixtral<float>(f, meta(f, "prefix"), {meta_index(f, "top_k")}), f));
+    report("mixtral_top2", quant_golden_error<Block>(moe::io::load_mixtral<float>(f, meta(f, "prefix"), {quant_meta_index(f, "top_k")}), f));
   }
   {
     const auto f = open("olmoe_top8");
-    report("olmoe_top8", golden_error<Block>(moe::io::load_olmoe<float>(f, meta(f, "prefix"),
-                                                                        {meta_index(f, "top_k"), meta_bool(f, "renormalize")}),
+    report("olmoe_top8", quant_golden_error<Block>(moe::io::load_olmoe<float>(f, meta(f, "prefix"),
+                                                                        {quant_meta_index(f, "top_k"), quant_meta_bool(f, "renormalize")}),
                                              f));
   }
   {
     const auto f = open("qwen2moe_top4_shared");
     report("qwen2moe_top4_shared",
-           golden_error<Block>(moe::io::load_qwen2_moe<float>(f, meta(f, "prefix"),
-                                                              {meta_index(f, "top_k"), meta_bool(f, "renormalize")}),
+           quant_golden_error<Block>(moe::io::load_qwen2_moe<float>(f, meta(f, "prefix"),
+                                                              {quant_meta_index(f, "top_k"), quant_meta_bool(f, "renormalize")}),
                                f));
   }
   {
     const auto f = open("deepseekv3_group_limited");
     moe::io::DeepSeekV3Config c;
-    c.top_k = meta_index(f, "top_k");
-    c.n_group = meta_index(f, "n_group");
-    c.topk_group = meta_index(f, "topk_group");
+    c.top_k = quant_meta_index(f, "top_k");
+    c.n_group = quant_meta_index(f, "n_group");
+    c.topk_group = quant_meta_index(f, "topk_group");
     c.routed_scaling_factor = std::stod(meta(f, "routed_scaling_factor"));
-    c.norm_topk_prob = meta_bool(f, "renormalize");
-    report("deepseekv3_group_limited", golden_error<Block>(moe::io::load_deepseek_v3<float>(f, meta(f, "prefix"), c), f));
+    c.norm_topk_prob = quant_meta_bool(f, "renormalize");
+    report("deepseekv3_group_limited", quant_golden_error<Block>(moe::io::load_deepseek_v3<float>(f, meta(f, "prefix"), c), f));
   }
   {
     const auto f = open("gptoss_top2");
-    report("gptoss_top2", golden_error<Block>(moe::io::load_gpt_oss<float>(f, meta(f, "prefix"), {meta_index(f, "top_k")}), f));
+    report("gptoss_top2", quant_golden_error<Block>(moe::io::load_gpt_oss<float>(f, meta(f, "prefix"), {quant_meta_index(f, "top_k")}), f));
   }
   {
     const auto f = open("switch_top1");
-    report("switch_top1", golden_error<Block>(moe::io::load_switch_transformers<float>(f, meta(f, "prefix"), {}), f));
+    report("switch_top1", quant_golden_error<Block>(moe::io::load_switch_transformers<float>(f, meta(f, "prefix"), {}), f));
   }
 }
 
@@ -102,24 +102,24 @@ void check_golden_families() {
 
 TEMPLATE_TEST_CASE("golden layers quantized at load stay within their type's bound", "[layer][quant][golden]",
                    BlockQ8_0, BlockQ4_0, BlockQ4_K) {
-  check_golden_families<TestType>();
+  quant_check_golden_families<TestType>();
 }
 
 namespace {
 template <class L>
-constexpr bool quantizable = requires(const L& l) { moe::quantize_layer<BlockQ8_0>(l); };
+constexpr bool quant_layer_quantizable = requires(const L& l) { moe::quantize_layer<BlockQ8_0>(l); };
 }  // namespace
 
 TEST_CASE("quantize_layer: which layers it takes, shared experts and the router copied", "[layer][quant]") {
   // Banks quantize_experts knows (SwiGLU, GPT-OSS, FFN; shared SwiGLU experts) and no others.
-  STATIC_REQUIRE(quantizable<moe::MixtralMoE<float>>);
-  STATIC_REQUIRE(quantizable<moe::Qwen2MoE<float>>);
-  STATIC_REQUIRE(quantizable<moe::DeepSeekV3MoE<float>>);
-  STATIC_REQUIRE(quantizable<moe::GptOssMoE<float>>);
-  STATIC_REQUIRE(quantizable<moe::SwitchMoE<float>>);
-  STATIC_REQUIRE_FALSE(quantizable<moe::LowRankMoE<float>>);
-  STATIC_REQUIRE_FALSE(quantizable<moe::ConvMoE<float>>);
-  STATIC_REQUIRE_FALSE(quantizable<moe::MixtralMoE<double>>);
+  STATIC_REQUIRE(quant_layer_quantizable<moe::MixtralMoE<float>>);
+  STATIC_REQUIRE(quant_layer_quantizable<moe::Qwen2MoE<float>>);
+  STATIC_REQUIRE(quant_layer_quantizable<moe::DeepSeekV3MoE<float>>);
+  STATIC_REQUIRE(quant_layer_quantizable<moe::GptOssMoE<float>>);
+  STATIC_REQUIRE(quant_layer_quantizable<moe::SwitchMoE<float>>);
+  STATIC_REQUIRE_FALSE(quant_layer_quantizable<moe::LowRankMoE<float>>);
+  STATIC_REQUIRE_FALSE(quant_layer_quantizable<moe::ConvMoE<float>>);
+  STATIC_REQUIRE_FALSE(quant_layer_quantizable<moe::MixtralMoE<double>>);
 
   std::mt19937 rng(41);
   moe::SwiGLUExperts<float> routed(4, 64, 96), shared(1, 64, 128);

@@ -42,6 +42,7 @@
 #include <moe/expert/local_executor.hpp>
 #include <moe/expert/low_rank_experts.hpp>
 #include <moe/expert/position_scaled_experts.hpp>
+#include <moe/expert/quantized_experts.hpp>
 #include <moe/expert/swiglu_experts.hpp>
 #include <moe/gather/gather.hpp>
 #include <moe/gather/gather_slots.hpp>
@@ -73,11 +74,13 @@
 #include <moe/kernels/kernels.hpp>
 #include <moe/kernels/op.hpp>
 #include <moe/kernels/quant_blocks.hpp>
+#include <moe/kernels/quant_gemm.hpp>
 #include <moe/kernels/reference/activations.hpp>
 #include <moe/kernels/reference/gather_rows.hpp>
 #include <moe/kernels/reference/gemm.hpp>
 #include <moe/kernels/reference/kernels.hpp>
 #include <moe/kernels/reference/quant_blocks.hpp>
+#include <moe/kernels/reference/quant_gemm.hpp>
 #include <moe/kernels/reference/softmax.hpp>
 #include <moe/kernels/reference/top_k.hpp>
 #include <moe/kernels/reference/weighted_gather.hpp>
@@ -92,6 +95,7 @@
 #include <moe/layer/layer_stack.hpp>
 #include <moe/layer/dense_backward.hpp>
 #include <moe/layer/moe_layer.hpp>
+#include <moe/layer/quantized_layers.hpp>
 #include <moe/layer/multi_head_layer.hpp>
 #include <moe/layer/recurrent_moe.hpp>
 #include <moe/layer/workspace.hpp>
@@ -319,6 +323,43 @@ inline double gguf_layer(const std::string& path) {
   return static_cast<double>(io::describe_gguf_layer(f, 0).tensors.size()) + static_cast<double>(loaded.num_experts());
 }
 
+/// The quantized products on every path this build has, their twin, the three quantized banks'
+/// forwards, a quantized layer and the quantized on-demand source. Analysed, never run.
+template <class Block>
+inline double quantized(const std::string& dir) {
+  const RowMatrix<float> w = RowMatrix<float>::Ones(20, 64), a = RowMatrix<float>::Ones(3, 64);
+  const auto q = kernels::QuantMatrix<Block>::quantize(w);
+  RowMatrix<float> c(3, 20), want(3, 20);
+  for (const auto p : {kernels::QuantPath::scalar, kernels::QuantPath::avx2, kernels::QuantPath::avxvnni,
+                       kernels::QuantPath::avx512vnni})
+    if (kernels::quant_path_available(p)) kernels::quant_gemm_on(p, c, a, q);
+  kernels::quant_gemm(c, a, q);
+  const auto blocks = q.to_blocks();
+  kernels::reference::quant_gemm<Block>(want, a, blocks.data());
+  double sum = static_cast<double>(c.sum() + want.sum() + q.dequantize().sum());
+  RowMatrix<float> x = RowMatrix<float>::Ones(2, 32), h(2, 96), y(2, 32);
+  const auto swiglu = QuantizedSwiGLUExperts<Block>::quantize(SwiGLUExperts<float>(2, 32, 32));
+  swiglu.forward(1, x, h, y);
+  sum += static_cast<double>(y.sum() + swiglu.dequantize().gate_up().sum());
+  const auto gpt = QuantizedGptOssExperts<Block>::quantize(GptOssExperts<float>(2, 32, 32));
+  gpt.forward(0, x, h, y);
+  sum += static_cast<double>(y.sum());
+  const auto ffn = QuantizedFFNExperts<Block, Activation::silu>::quantize(FFNExperts<float, Activation::silu>(2, 32, 32));
+  RowMatrix<float> h2(2, 64);
+  ffn.forward(0, x, h2, y);
+  sum += static_cast<double>(y.sum());
+  const auto layer = quantize_layer<Block>(Qwen2MoE<float>(SwiGLUExperts<float>(2, 32, 32), SoftmaxTopKRouter<float>(2, 32, 1),
+                                                           SharedExpertCombiner<SwiGLUExperts<float>, SharedGate::sigmoid>(
+                                                               SwiGLUExperts<float>(1, 32, 32))));
+  Workspace<float> ws;
+  sum += static_cast<double>(layer.forward(x, ws).sum());
+  kernels::prepare_quant_threads<Block>(nullptr);
+  const io::QuantizedSwiGLUExpertSource<Block> source(io::LazyCheckpoint::open(dir), "", 2);
+  auto resident = source.make_resident();
+  sum += static_cast<double>(source.load(1, resident)) + static_cast<double>(source.expert_bytes());
+  return sum;
+}
+
 template <class S>
 double all_layers() {
   const Index E = 4, d = 8, ff = 6;
@@ -389,6 +430,8 @@ double all_layers() {
   sum += static_cast<double>(deployment_tools<S>());
   sum += gguf_and_blocks("tidy.gguf");
   sum += gguf_layer("tidy_layer.gguf");
+  sum += quantized<kernels::BlockQ8_0>("q_layer") + quantized<kernels::BlockQ4_0>("q_layer") +
+         quantized<kernels::BlockQ4_K>("q_layer");
   {
     const MixtralMoE<S> memory(SwiGLUExperts<S>(E, d, ff), SoftmaxTopKRouter<S>(E, d, 2));
     sum += static_cast<double>(on_demand<S, store::LruPolicy>(memory, "on_demand_layer"));
