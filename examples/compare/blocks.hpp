@@ -149,8 +149,11 @@ class LayerBlock final : public Block {
     // resizes the other's buffers (as a server and a trainer would hold one each).
     last_ = ctx.mode == Mode::training ? &train_ws_ : &infer_ws_;
     const bool typed = ctx.mode != Mode::training && weight_type_ != WeightType::f32;
-    if constexpr (has_compute) inner().experts().set_compute(typed && weight_type_ == WeightType::bf16 ? ComputeType::bf16
-                                                                                                      : ComputeType::native);
+    if constexpr (has_compute) {
+      // Only on a change: set_compute drops the packed weights.
+      const ComputeType want = typed && weight_type_ == WeightType::bf16 ? ComputeType::bf16 : ComputeType::native;
+      if (inner().experts().compute() != want) inner().experts().set_compute(want);
+    }
     if (typed && weight_type_ != WeightType::bf16) {
       forward_quantized(x, y, ctx);
     } else {
