@@ -430,9 +430,14 @@ int main(int argc, char** argv) {
                  task.description.c_str(), list.size(), seeds.size(), long(t.steps), long(t.batch), t.block.lr,
                  t.block.aux, t.block.z, long(t.block.d), long(t.model.layers), long(t.block.experts),
                  long(t.block.d_ff), long(t.block.top_k), long(threads), moe::kernels::arch_name());
-    if (t.block.weight_type != moe::WeightType::f32)
+    if (t.block.weight_type != moe::WeightType::f32) {
       std::fprintf(stderr, "  held-out evaluations run the experts in %s (training stays float)\n",
                    moe::weight_type_name(t.block.weight_type));
+      for (const auto& p : list)
+        if (!p.make(t.block)->set_inference_weights(t.block.weight_type))
+          std::fprintf(stderr, "  %s: float experts (its experts have no %s form)\n", p.name.c_str(),
+                       moe::weight_type_name(t.block.weight_type));
+    }
     const auto start = std::chrono::steady_clock::now();
     const cmp::Comparison c = cmp::run_comparison(
         task, list, t, seeds, &pool,
