@@ -100,7 +100,7 @@ inline constexpr GgmlType ggml_type_of = std::is_same_v<Block, kernels::BlockQ8_
     case GgmlType::F32:
     case GgmlType::F16:
     case GgmlType::BF16: return 1e-5;
-    case GgmlType::Q8_0: return 0.03;
+    case GgmlType::Q8_0:
     case GgmlType::Q4_0: return 0.03;
     case GgmlType::Q4_K: return 0.05;
     default: return 0.0;
@@ -846,14 +846,16 @@ inline GgufLayerInfo describe_gguf_layer(const GgufFile& file, Index layer) {
     info.tensors.push_back({std::move(role), t.name, t.type, t.ne});
     return &t;
   };
-  const auto floaty = [&](std::string role, const std::string& rest, std::vector<std::int64_t> ne, const std::string& meaning) {
+  const auto floaty = [&](std::string role, const std::string& rest, const std::vector<std::int64_t>& ne,
+                          const std::string& meaning) {
     const GgufTensorInfo& t = detail::gguf_shape(file, info.tensor_name(rest), ne, meaning);
     detail::gguf_require_float_readable(file, t);
     add(std::move(role), t);
   };
   floaty("router", "ffn_gate_inp.weight", {d, E}, "[d_model, num_experts] " + sizes);
   const GgufTensorInfo* first = nullptr;
-  const auto expert = [&](std::string role, const std::string& rest, std::vector<std::int64_t> ne, const std::string& meaning) {
+  const auto expert = [&](std::string role, const std::string& rest, const std::vector<std::int64_t>& ne,
+                          const std::string& meaning) {
     const GgufTensorInfo& t = detail::gguf_shape(file, info.tensor_name(rest), ne, meaning);
     if (first == nullptr) first = &t;
     detail::gguf_require_expert_type(file, t, *first);

@@ -477,31 +477,28 @@ enum class QuantPath : std::uint8_t {
   avx512vnni,  ///< vpdpbusd on 16 lanes (AVX512-VNNI)
 };
 
+namespace detail {
+#if defined(__AVX2__) && defined(__F16C__)
+inline constexpr bool built_avx2 = true;
+#else
+inline constexpr bool built_avx2 = false;
+#endif
+#if defined(__AVX2__) && defined(__F16C__) && defined(__AVXVNNI__)
+inline constexpr bool built_avxvnni = true;
+#else
+inline constexpr bool built_avxvnni = false;
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+inline constexpr bool built_avx512vnni = true;
+#else
+inline constexpr bool built_avx512vnni = false;
+#endif
+}  // namespace detail
+
 /// Whether this build can run a path (the compiler's target flags).
 constexpr bool quant_path_available(QuantPath p) noexcept {
-  switch (p) {
-    case QuantPath::scalar:
-      return true;
-    case QuantPath::avx2:
-#if defined(__AVX2__) && defined(__F16C__)
-      return true;
-#else
-      return false;
-#endif
-    case QuantPath::avxvnni:
-#if defined(__AVX2__) && defined(__F16C__) && defined(__AVXVNNI__)
-      return true;
-#else
-      return false;
-#endif
-    case QuantPath::avx512vnni:
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-      return true;
-#else
-      return false;
-#endif
-  }
-  return false;
+  return p == QuantPath::scalar || (p == QuantPath::avx2 && detail::built_avx2) ||
+         (p == QuantPath::avxvnni && detail::built_avxvnni) || (p == QuantPath::avx512vnni && detail::built_avx512vnni);
 }
 
 /// The path the products take for Arch: VNNI on 16 lanes for an AVX-512 Arch where the build
