@@ -192,7 +192,7 @@ class FFNExperts {
     kernels::gemm<Arch>(dx, dpre, Op::none, wi_.middleRows(e * ff, ff), Op::none, S(1), S(0));
   }
 
- private:
+  /// The activation in place on v[0, n) (the quantized bank applies it too).
   template <class Arch>
   static void apply_activation(S* v, Index n) {
     if constexpr (Act == Activation::relu) kernels::Relu<Arch>{}(v, n);
@@ -201,6 +201,7 @@ class FFNExperts {
     else kernels::Silu<Arch>{}(v, n);
   }
 
+ private:
   /// d act / d pre at pre-activation v.
   static S derivative(S v) {
     if constexpr (Act == Activation::relu) {

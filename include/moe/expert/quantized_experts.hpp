@@ -19,8 +19,10 @@
 #include <moe/kernels/quant_gemm.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 #include <xsimd/xsimd.hpp>
@@ -98,6 +100,23 @@ struct QuantizedProjections {
     for (Index i = 0; i < per_expert; ++i) b += at(e, i).bytes();
     return b;
   }
+  /// num_experts experts, each with zero projections of the given [rows, cols] shapes.
+  void assign(Index num_experts, std::initializer_list<std::array<Index, 2>> shapes) {
+    per_expert = static_cast<Index>(shapes.size());
+    mats.clear();
+    mats.reserve(static_cast<std::size_t>(num_experts * per_expert));
+    for (Index e = 0; e < num_experts; ++e)
+      for (const auto& [rows, cols] : shapes) mats.emplace_back(rows, cols);
+  }
+  /// e, or an exception naming bank::accessor() when it is not an expert (the message is
+  /// built only on failure: forwards call this).
+  [[nodiscard]] Index check(Index e, const char* bank, const char* accessor) const {
+    const auto experts = per_expert == 0 ? Index{0} : static_cast<Index>(mats.size()) / per_expert;
+    if (e < 0 || e >= experts)
+      detail::throw_invalid(detail::concat(bank, "::", accessor, "()"), "expert index",
+                            detail::concat("in [0, ", experts, ")"), e);
+    return e;
+  }
 };
 
 }  // namespace detail
@@ -117,12 +136,7 @@ class QuantizedSwiGLUExperts {
   QuantizedSwiGLUExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
     detail::require_quantizable("QuantizedSwiGLUExperts::QuantizedSwiGLUExperts()", num_experts, d_model, d_ff);
-    w_.per_expert = 2;
-    w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
-    for (Index e = 0; e < num_experts; ++e) {
-      w_.mats.emplace_back(2 * d_ff, d_model);
-      w_.mats.emplace_back(d_model, d_ff);
-    }
+    w_.assign(num_experts, {{2 * d_ff, d_model}, {d_model, d_ff}});
   }
 
   /// Quantizes a float bank (ggml's reference quantizers, row by row).
@@ -197,12 +211,7 @@ class QuantizedSwiGLUExperts {
   }
 
  private:
-  Index check(Index e, const char* accessor) const {
-    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
-      detail::throw_invalid(detail::concat("QuantizedSwiGLUExperts::", accessor, "()"), "expert index",
-                            detail::concat("in [0, ", num_experts_, ")"), e);
-    return e;
-  }
+  Index check(Index e, const char* accessor) const { return w_.check(e, "QuantizedSwiGLUExperts", accessor); }
 
   Index num_experts_;
   Index d_model_;
@@ -225,12 +234,7 @@ class QuantizedGptOssExperts {
   QuantizedGptOssExperts(Index num_experts, Index d_model, Index d_ff, float alpha = 1.702f, float limit = 7.0f)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff), alpha_(alpha), limit_(limit) {
     detail::require_quantizable("QuantizedGptOssExperts::QuantizedGptOssExperts()", num_experts, d_model, d_ff);
-    w_.per_expert = 2;
-    w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
-    for (Index e = 0; e < num_experts; ++e) {
-      w_.mats.emplace_back(2 * d_ff, d_model);
-      w_.mats.emplace_back(d_model, d_ff);
-    }
+    w_.assign(num_experts, {{2 * d_ff, d_model}, {d_model, d_ff}});
     gate_up_bias_.setZero(num_experts, 2 * d_ff);
     down_bias_.setZero(num_experts, d_model);
   }
@@ -323,12 +327,7 @@ class QuantizedGptOssExperts {
   }
 
  private:
-  Index check(Index e, const char* accessor) const {
-    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
-      detail::throw_invalid(detail::concat("QuantizedGptOssExperts::", accessor, "()"), "expert index",
-                            detail::concat("in [0, ", num_experts_, ")"), e);
-    return e;
-  }
+  Index check(Index e, const char* accessor) const { return w_.check(e, "QuantizedGptOssExperts", accessor); }
 
   Index num_experts_;
   Index d_model_;
@@ -354,12 +353,7 @@ class QuantizedFFNExperts {
   QuantizedFFNExperts(Index num_experts, Index d_model, Index d_ff)
       : num_experts_(num_experts), d_model_(d_model), d_ff_(d_ff) {
     detail::require_quantizable("QuantizedFFNExperts::QuantizedFFNExperts()", num_experts, d_model, d_ff);
-    w_.per_expert = 2;
-    w_.mats.reserve(static_cast<std::size_t>(2 * num_experts));
-    for (Index e = 0; e < num_experts; ++e) {
-      w_.mats.emplace_back(d_ff, d_model);
-      w_.mats.emplace_back(d_model, d_ff);
-    }
+    w_.assign(num_experts, {{d_ff, d_model}, {d_model, d_ff}});
   }
 
   static QuantizedFFNExperts quantize(const FFNExperts<float, Act>& bank) {
@@ -434,13 +428,7 @@ class QuantizedFFNExperts {
     kernels::quant_gemm<Arch>(pre, x, w_.at(e, 0));
     if (has_biases()) pre.rowwise() += bi_.row(e);
     act = pre;
-    for (Index r = 0; r < x.rows(); ++r) {
-      float* v = act.row(r).data();
-      if constexpr (Act == Activation::relu) kernels::Relu<Arch>{}(v, ff);
-      else if constexpr (Act == Activation::gelu_erf) kernels::GeluErf<Arch>{}(v, ff);
-      else if constexpr (Act == Activation::gelu_tanh) kernels::GeluTanh<Arch>{}(v, ff);
-      else kernels::Silu<Arch>{}(v, ff);
-    }
+    for (Index r = 0; r < x.rows(); ++r) FFNExperts<float, Act>::template apply_activation<Arch>(act.row(r).data(), ff);
     kernels::quant_gemm<Arch>(y, act, w_.at(e, 1));
     if (has_biases()) y.rowwise() += bo_.row(e);
   }
@@ -453,12 +441,7 @@ class QuantizedFFNExperts {
   }
 
  private:
-  Index check(Index e, const char* accessor) const {
-    if (e < 0 || e >= num_experts_)  // the message is built only on failure (forwards call this)
-      detail::throw_invalid(detail::concat("QuantizedFFNExperts::", accessor, "()"), "expert index",
-                            detail::concat("in [0, ", num_experts_, ")"), e);
-    return e;
-  }
+  Index check(Index e, const char* accessor) const { return w_.check(e, "QuantizedFFNExperts", accessor); }
 
   Index num_experts_;
   Index d_model_;
