@@ -4,6 +4,7 @@
 // activations' quantization; quantize() / dequantize() and the errors.
 #include <catch2/catch.hpp>
 
+#include "support/bits.hpp"
 #include "support/golden.hpp"
 #include "support/random.hpp"
 
@@ -24,10 +25,6 @@ using moe::kernels::BlockQ8_0;
 using moe::test::random_matrix;
 
 constexpr Index kQuantE = 3, kQuantD = 256, kQuantFF = 512;
-
-bool quant_same_bits(const RowMatrix<float>& x, const RowMatrix<float>& y) {
-  return x.rows() == y.rows() && x.cols() == y.cols() && std::memcmp(x.data(), y.data(), sizeof(float) * x.size()) == 0;
-}
 
 template <class Block>
 RowMatrix<float> quant_reference_product(const RowMatrix<float>& a, const moe::kernels::QuantMatrix<Block>& w) {
@@ -96,8 +93,8 @@ TEMPLATE_TEST_CASE("QuantizedSwiGLUExperts: products bit for bit the twin, withi
   const RowMatrix<float> x = random_matrix<float>(7, kQuantD, rng);
   for (Index e = 0; e < kQuantE; ++e) {
     const auto [hidden, y] = quant_run_expert(bank, e, x);
-    CHECK(quant_same_bits(hidden.leftCols(2 * kQuantFF), quant_reference_product(x, bank.gate_up(e))));
-    CHECK(quant_same_bits(y, quant_reference_product(hidden.middleCols(2 * kQuantFF, kQuantFF), bank.down(e))));
+    CHECK(moe::test::same_bits(hidden.leftCols(2 * kQuantFF), quant_reference_product(x, bank.gate_up(e))));
+    CHECK(moe::test::same_bits(y, quant_reference_product(hidden.middleCols(2 * kQuantFF, kQuantFF), bank.down(e))));
     // Against float64 with the same weights.
     const auto deq = bank.dequantize();
     moe::SwiGLUExperts<double> exact(kQuantE, kQuantD, kQuantFF);
@@ -125,10 +122,10 @@ TEMPLATE_TEST_CASE("QuantizedGptOssExperts: products bit for bit the twin, withi
     const auto [hidden, y] = quant_run_expert(bank, e, x);
     RowMatrix<float> h = quant_reference_product(x, bank.gate_up(e));
     h.rowwise() += bank.gate_up_bias().row(e);
-    CHECK(quant_same_bits(hidden.leftCols(2 * kQuantFF), h));
+    CHECK(moe::test::same_bits(hidden.leftCols(2 * kQuantFF), h));
     RowMatrix<float> want = quant_reference_product(hidden.middleCols(2 * kQuantFF, kQuantFF), bank.down(e));
     want.rowwise() += bank.down_bias().row(e);
-    CHECK(quant_same_bits(y, want));
+    CHECK(moe::test::same_bits(y, want));
     const auto deq = bank.dequantize();
     moe::GptOssExperts<double> exact(kQuantE, kQuantD, kQuantFF);
     exact.gate_up() = deq.gate_up().template cast<double>();
@@ -154,10 +151,10 @@ TEMPLATE_TEST_CASE("QuantizedFFNExperts: products bit for bit the twin, within t
     const auto [hidden, y] = quant_run_expert(bank, e, x);
     RowMatrix<float> pre = quant_reference_product(x, bank.wi(e));
     pre.rowwise() += bank.bi().row(e);
-    CHECK(quant_same_bits(hidden.leftCols(kQuantFF), pre));
+    CHECK(moe::test::same_bits(hidden.leftCols(kQuantFF), pre));
     RowMatrix<float> want = quant_reference_product(hidden.middleCols(kQuantFF, kQuantFF), bank.wo(e));
     want.rowwise() += bank.bo().row(e);
-    CHECK(quant_same_bits(y, want));
+    CHECK(moe::test::same_bits(y, want));
     const auto deq = bank.dequantize();
     moe::FFNExperts<double, moe::Activation::gelu_tanh> exact(kQuantE, kQuantD, kQuantFF);
     exact.enable_biases();
@@ -200,8 +197,8 @@ TEST_CASE("quantized banks: sizes that are not whole blocks, clear errors", "[ex
   const auto bank = moe::QuantizedSwiGLUExperts<BlockQ4_K>::quantize(f);
   const RowMatrix<float> x = random_matrix<float>(3, 48, rng);
   const auto [hidden, y] = quant_run_expert(bank, 1, x);
-  CHECK(quant_same_bits(hidden.leftCols(80), quant_reference_product(x, bank.gate_up(1))));
-  CHECK(quant_same_bits(y, quant_reference_product(hidden.middleCols(80, 40), bank.down(1))));
+  CHECK(moe::test::same_bits(hidden.leftCols(80), quant_reference_product(x, bank.gate_up(1))));
+  CHECK(moe::test::same_bits(y, quant_reference_product(hidden.middleCols(80, 40), bank.down(1))));
 
   CHECK_THROWS_WITH(moe::QuantizedSwiGLUExperts<BlockQ8_0>(0, 32, 32), Catch::Contains("num_experts"));
   moe::QuantizedSwiGLUExperts<BlockQ8_0> q(2, 32, 64);

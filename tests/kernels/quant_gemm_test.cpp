@@ -4,6 +4,7 @@
 // bytes; clear errors.
 #include <catch2/catch.hpp>
 
+#include "support/bits.hpp"
 #include "support/random.hpp"
 
 #include <cstring>
@@ -33,13 +34,6 @@ std::vector<QuantPath> quant_paths_here() {
   return out;
 }
 
-/// Index of the first element whose bits differ, or -1.
-Index quant_first_bit_difference(const RowMatrix<float>& x, const RowMatrix<float>& y) {
-  for (Index i = 0; i < x.size(); ++i)
-    if (std::memcmp(x.data() + i, y.data() + i, sizeof(float)) != 0) return i;
-  return -1;
-}
-
 template <class Block>
 std::vector<Block> quant_random_blocks(Index n, Index k, std::mt19937& rng) {
   // Quantized from random floats (every scale a real one), with a few hand-set extremes.
@@ -67,7 +61,7 @@ TEMPLATE_TEST_CASE("quant_gemm equals its twin bit for bit on every path", "[ker
           moe::kernels::quant_gemm_on(path, c, a, w);
           RowMatrix<float> want(m, n);
           moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
-          CHECK(quant_first_bit_difference(c, want) == -1);
+          CHECK(moe::test::same_bits(c, want));
         }
   }
 }
@@ -87,7 +81,7 @@ TEMPLATE_TEST_CASE("quant_gemm: a row's bits do not depend on its batch or its p
     RowMatrix<float> one(1, n);
     moe::kernels::quant_gemm(one, batch.middleRows(r, 1), w);
     INFO("row " << r);
-    CHECK(quant_first_bit_difference(one, all.middleRows(r, 1)) == -1);
+    CHECK(moe::test::same_bits(one, all.middleRows(r, 1)));
   }
 }
 
@@ -149,7 +143,7 @@ TEMPLATE_TEST_CASE("QuantMatrix pads a row that is not whole blocks with zeros",
   RowMatrix<float> c(4, n), c_padded(4, n);
   moe::kernels::quant_gemm(c, a, q);
   moe::kernels::quant_gemm(c_padded, a_padded, q_padded);
-  CHECK(quant_first_bit_difference(c, c_padded) == -1);
+  CHECK(moe::test::same_bits(c, c_padded));
 }
 
 TEST_CASE("quant_gemm: clear errors", "[kernels][quant]") {
@@ -225,7 +219,7 @@ TEST_CASE("quant_gemm: hand-built extreme Q8_0 blocks (quants of -128 and 127) e
     INFO(moe::kernels::quant_path_name(path));
     RowMatrix<float> c(11, n);
     moe::kernels::quant_gemm_on(path, c, a, w);
-    CHECK(quant_first_bit_difference(c, want) == -1);
+    CHECK(moe::test::same_bits(c, want));
   }
 }
 
@@ -244,5 +238,5 @@ TEMPLATE_TEST_CASE("quant_gemm: rows past one chunk of the activation buffer equ
   RowMatrix<float> c(m, n), want(m, n);
   moe::kernels::quant_gemm(c, a, w);
   moe::kernels::reference::quant_gemm<Block>(want, a, blocks.data());
-  CHECK(quant_first_bit_difference(c, want) == -1);
+  CHECK(moe::test::same_bits(c, want));
 }
